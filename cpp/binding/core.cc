@@ -1,0 +1,250 @@
+// onnxquant._core: the thin pybind11 binding of the engine.
+//
+// Bytes and numpy arrays in, bytes and plain Python values out. Float32
+// C-contiguous arrays cross without a copy; pointers are read with the GIL
+// held, then the GIL is released for the native work. Engine errors become
+// the exceptions of onnxquant.errors.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <vector>
+
+#include "onnxquant/error.h"
+#include "onnxquant/insert_qdq.h"
+#include "onnxquant/minmax_stats.h"
+#include "onnxquant/model_io.h"
+#include "onnxquant/pass_registry.h"
+#include "onnxquant/plan.h"
+
+namespace py = pybind11;
+namespace oq = onnxquant;
+
+namespace {
+
+const char* ErrorClassName(oq::ErrorKind kind) {
+  switch (kind) {
+    case oq::ErrorKind::kModel:
+      return "ModelError";
+    case oq::ErrorKind::kUnsupportedModel:
+      return "UnsupportedModelError";
+    case oq::ErrorKind::kCalibrationData:
+      return "CalibrationDataError";
+    case oq::ErrorKind::kRange:
+      return "RangeMissingError";
+    case oq::ErrorKind::kInvalidArgument:
+      return "InvalidArgumentError";
+    case oq::ErrorKind::kInternal:
+      return "InternalError";
+  }
+  return "InternalError";
+}
+
+void TranslateErrors(std::exception_ptr p) {
+  try {
+    if (p) std::rethrow_exception(p);
+  } catch (const oq::Error& e) {
+    py::object cls =
+        py::module_::import("onnxquant.errors").attr(ErrorClassName(e.kind()));
+    PyErr_SetString(cls.ptr(), e.what());
+  } catch (const std::bad_alloc&) {
+    PyErr_SetString(PyExc_MemoryError,
+                    "onnxquant ran out of memory in the native engine.");
+  }
+}
+
+oq::pb::ModelProto Parse(const py::bytes& b) {
+  std::string_view view = b;
+  return oq::ParseModel(view);
+}
+
+py::bytes Serialize(const oq::pb::ModelProto& m) {
+  std::string s = oq::SerializeModel(m);
+  return py::bytes(s);
+}
+
+py::dict PlanToDict(const oq::QuantPlan& plan) {
+  py::dict d;
+  d["calibrated"] = plan.calibrated;
+  py::list qdq;
+  for (const auto& q : plan.qdq) qdq.append(py::make_tuple(q.tensor, q.source));
+  d["qdq"] = qdq;
+  py::list nodes;
+  for (const auto& n : plan.quantized_nodes) {
+    py::dict nd;
+    nd["node"] = n.node;
+    nd["op_type"] = n.op_type;
+    nd["weight_input"] = n.weight_input;
+    nd["weight_axis"] = n.weight_axis;
+    nd["bias_input"] = n.bias_input;
+    nodes.append(nd);
+  }
+  d["quantized_nodes"] = nodes;
+  py::list floats;
+  for (const auto& f : plan.float_nodes) {
+    floats.append(py::make_tuple(f.node, f.op_type, f.reason));
+  }
+  d["float_nodes"] = floats;
+  py::list constants;
+  for (const auto& c : plan.constants) {
+    constants.append(py::make_tuple(c.tensor, c.min, c.max));
+  }
+  d["constants"] = constants;
+  py::list absorbed;
+  for (const auto& a : plan.absorbed) {
+    absorbed.append(py::make_tuple(a.node, a.producer));
+  }
+  d["absorbed"] = absorbed;
+  d["notes"] = plan.notes;
+  return d;
+}
+
+using FloatArray = py::array_t<float, py::array::c_style>;
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "onnxquant's native engine (private; use the onnxquant package).";
+  py::register_exception_translator(&TranslateErrors);
+
+  m.def("pass_names", [] {
+    std::vector<std::string> names;
+    for (const auto& p : oq::RegisteredPasses()) names.emplace_back(p.name);
+    return names;
+  }, "Names of the registered graph passes, in their default order.");
+
+  m.def(
+      "run_passes",
+      [](const py::bytes& model, const std::vector<std::string>& names) {
+        auto proto = Parse(model);
+        std::vector<std::string> changed;
+        {
+          py::gil_scoped_release release;
+          changed = oq::RunPasses(proto, names);
+        }
+        return py::make_tuple(Serialize(proto), changed);
+      },
+      py::arg("model"), py::arg("passes"),
+      "Runs the named passes, each to a fixed point. Returns (model bytes, "
+      "names of the passes that changed it).");
+
+  py::enum_<oq::ActivationType>(m, "ActivationType")
+      .value("UINT8", oq::ActivationType::kUint8)
+      .value("INT8", oq::ActivationType::kInt8);
+
+  py::class_<oq::QuantOptions>(m, "QuantOptions")
+      .def(py::init<>())
+      .def_readwrite("activation_type", &oq::QuantOptions::activation_type)
+      .def_readwrite("per_channel", &oq::QuantOptions::per_channel)
+      .def_readwrite("exclude_nodes", &oq::QuantOptions::exclude_nodes)
+      .def_readwrite("op_types", &oq::QuantOptions::op_types)
+      .def_readwrite("quantize_activation_matmul",
+                     &oq::QuantOptions::quantize_activation_matmul)
+      .def_readwrite("reduce_weight_range",
+                     &oq::QuantOptions::reduce_weight_range);
+
+  m.def(
+      "make_plan",
+      [](const py::bytes& model, const oq::DtypeMap& dtypes,
+         const oq::QuantOptions& options) {
+        auto proto = Parse(model);
+        oq::QuantPlan plan;
+        {
+          py::gil_scoped_release release;
+          plan = oq::MakePlan(proto, dtypes, options);
+        }
+        return PlanToDict(plan);
+      },
+      py::arg("model"), py::arg("dtypes"), py::arg("options"),
+      "The quantization plan of a normalised model, as a dict.");
+
+  m.def(
+      "expose_tensors",
+      [](const py::bytes& model, const std::vector<std::string>& names,
+         const oq::DtypeMap& dtypes) {
+        auto proto = Parse(model);
+        {
+          py::gil_scoped_release release;
+          oq::ExposeTensors(proto, names, dtypes);
+        }
+        return Serialize(proto);
+      },
+      py::arg("model"), py::arg("names"), py::arg("dtypes"),
+      "The model with the named tensors added to its outputs.");
+
+  m.def(
+      "quantize",
+      [](const py::bytes& model, const oq::DtypeMap& dtypes,
+         const oq::QuantOptions& options, const oq::RangeMap& ranges) {
+        auto proto = Parse(model);
+        oq::QuantizeReport report;
+        {
+          py::gil_scoped_release release;
+          report = oq::InsertQdq(proto, dtypes, options, ranges);
+        }
+        py::dict r;
+        r["plan"] = PlanToDict(report.plan);
+        r["floored"] = report.floored;
+        r["enlarged"] = report.enlarged;
+        return py::make_tuple(Serialize(proto), r);
+      },
+      py::arg("model"), py::arg("dtypes"), py::arg("options"),
+      py::arg("ranges"),
+      "Applies the plan with the given ranges. Returns (QDQ model bytes, "
+      "report dict).");
+
+  py::class_<oq::MinMaxStats>(m, "MinMaxStats")
+      .def(py::init<std::vector<std::string>>(), py::arg("names"))
+      .def_property_readonly("names", &oq::MinMaxStats::names)
+      .def(
+          "update",
+          [](oq::MinMaxStats& self, const py::dict& arrays, int threads) {
+            // Keep the arrays alive while the GIL is released.
+            std::vector<py::object> keep;
+            std::vector<oq::FloatChunk> chunks;
+            for (const auto& item : arrays) {
+              std::string name = py::cast<std::string>(item.first);
+              int index = self.IndexOf(name);
+              if (index < 0) {
+                throw oq::InvalidArgument("Tensor '" + name +
+                                          "' is not among the calibrated "
+                                          "tensors of these statistics.");
+              }
+              py::object obj = py::reinterpret_borrow<py::object>(item.second);
+              auto arr = py::cast<py::array>(obj);
+              if (!py::isinstance<FloatArray>(arr) ||
+                  !(arr.flags() & py::array::c_style)) {
+                throw oq::InvalidArgument(
+                    "Tensor '" + name +
+                    "' must be a float32 C-contiguous numpy array (use "
+                    "numpy.ascontiguousarray(x, dtype=numpy.float32)).");
+              }
+              chunks.push_back(
+                  {index, static_cast<const float*>(arr.data()),
+                   static_cast<int64_t>(arr.size())});
+              keep.push_back(obj);
+            }
+            py::gil_scoped_release release;
+            self.Update(chunks, threads);
+          },
+          py::arg("arrays"), py::arg("threads") = 1,
+          "Feeds {name: float32 C-contiguous array}; no copy is made and "
+          "the GIL is released while the statistics update.")
+      .def("merge", &oq::MinMaxStats::Merge, py::arg("other"))
+      .def("result", [](const oq::MinMaxStats& self) {
+        py::dict out;
+        for (size_t i = 0; i < self.names().size(); ++i) {
+          const auto& s = self.stats(static_cast<int>(i));
+          py::dict d;
+          d["min"] = s.min;
+          d["max"] = s.max;
+          d["count"] = s.count;
+          d["nan"] = s.nan;
+          d["pos_inf"] = s.pos_inf;
+          d["neg_inf"] = s.neg_inf;
+          out[py::str(self.names()[i])] = d;
+        }
+        return out;
+      }, "{name: {min, max, count, nan, pos_inf, neg_inf}}.");
+}

@@ -1,0 +1,57 @@
+// The quantization arithmetic of the TFLite 8-bit spec, in ONNX QDQ form.
+#ifndef ONNXQUANT_ARITHMETIC_H_
+#define ONNXQUANT_ARITHMETIC_H_
+
+#include <cstdint>
+#include <vector>
+
+#include "onnxquant/plan.h"
+
+namespace onnxquant {
+
+struct ActivationParams {
+  float scale = 1.f;
+  int32_t zero_point = 0;
+  bool floored = false;  // the range was (near) zero: the scale was floored
+};
+
+// Smallest scale an activation gets; a zero range is floored to it.
+inline constexpr float kMinActivationScale = 1e-8f;
+
+// Scale and zero point for a per-tensor activation range [rmin, rmax].
+// The range is first widened to contain 0; the zero point is rounded half to
+// even and clamped to the type's range. REQUIRES: finite rmin <= rmax
+// (Error(kRange) otherwise, naming nothing: the caller adds the tensor).
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       ActivationType type);
+
+struct WeightQuant {
+  std::vector<int8_t> values;  // same layout as the float weight
+  std::vector<float> scales;   // one per channel (or one)
+  bool enlarged = false;       // some channel's scale was enlarged for bias
+};
+
+// Symmetric int8 weights in [-qmax, qmax] (qmax 127, or 63 for a reduced
+// range), scale = max|w| / qmax per channel along `axis` (-1: per tensor).
+// `min_scales`, when not empty, gives per channel a floor on the scale (for
+// the int32 bias to fit); zero-scale channels get the floor or 1.
+WeightQuant QuantizeWeight(const std::vector<float>& w,
+                           const std::vector<int64_t>& dims, int axis,
+                           int qmax, const std::vector<float>& min_scales);
+
+// Per channel, the smallest weight scale for which bias / (input_scale *
+// weight_scale) fits in int32 with a margin.
+std::vector<float> MinWeightScalesForBias(const std::vector<float>& bias,
+                                          float input_scale,
+                                          size_t num_channels);
+
+// int32 bias: round(b / (input_scale * weight_scale[c])), the bias scale
+// computed in float32 exactly as stored. Returns values and bias scales.
+std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
+                                  float input_scale,
+                                  const std::vector<float>& weight_scales,
+                                  std::vector<float>* bias_scales);
+
+}  // namespace onnxquant
+
+#endif  // ONNXQUANT_ARITHMETIC_H_

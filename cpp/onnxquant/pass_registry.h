@@ -1,0 +1,41 @@
+// Graph rewrites registered by name, and the loop that runs them.
+//
+// A pass is one rewrite in one file under passes/. It applies its rewrite
+// wherever it matches in the main graph and says whether anything changed;
+// RunPasses repeats each pass until it changes nothing. Passes leave subgraph
+// bodies (If, Loop, Scan) untouched, and never rename a tensor that a body
+// reads from the outer scope.
+#ifndef ONNXQUANT_PASS_REGISTRY_H_
+#define ONNXQUANT_PASS_REGISTRY_H_
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "onnxquant/model_io.h"
+
+namespace onnxquant {
+
+struct Pass {
+  std::string_view name;
+  std::string_view summary;
+  // Applies the rewrite once over the main graph; returns true on a change.
+  // Throws Error on a model it cannot rewrite safely.
+  bool (*apply)(pb::ModelProto& model);
+};
+
+// Every registered pass, in the order optimize_model runs them.
+const std::vector<Pass>& RegisteredPasses();
+
+// Throws Error(kInvalidArgument) naming the known passes if `name` is none.
+const Pass& FindPass(std::string_view name);
+
+// Runs the named passes in order, each until it changes nothing (at most
+// 1000 rounds, then Error(kInternal)). Returns the names of the passes that
+// changed the model.
+std::vector<std::string> RunPasses(pb::ModelProto& model,
+                                   const std::vector<std::string>& names);
+
+}  // namespace onnxquant
+
+#endif  // ONNXQUANT_PASS_REGISTRY_H_

@@ -1,0 +1,25 @@
+// The registered passes, one per file in this folder.
+#ifndef ONNXQUANT_PASSES_PASSES_H_
+#define ONNXQUANT_PASSES_PASSES_H_
+
+#include "onnxquant/model_io.h"
+
+namespace onnxquant::passes {
+
+// Removes from graph.input every name that is also an initializer.
+bool RemoveInitializersFromInputs(pb::ModelProto& model);
+// Turns Constant nodes holding a tensor (`value`, `value_float(s)`,
+// `value_int(s)`) into initializers.
+bool LiftConstants(pb::ModelProto& model);
+// Folds a BatchNormalization (inference form) that follows a Conv,
+// ConvTranspose or Gemm with constant weights into that node.
+bool FoldBatchNorm(pb::ModelProto& model);
+// Removes Identity nodes, renaming the producer's output where the Identity
+// fed a graph output.
+bool RemoveIdentity(pb::ModelProto& model);
+// Removes Dropout nodes whose mask output is unused.
+bool RemoveDropout(pb::ModelProto& model);
+
+}  // namespace onnxquant::passes
+
+#endif  // ONNXQUANT_PASSES_PASSES_H_

@@ -1,0 +1,92 @@
+// The quantization plan: what gets quantized, how, and what stays float.
+//
+// Computed once from a normalised model and the options; calibration observes
+// exactly `calibrated`, and quantization (insert_qdq.h) applies the plan.
+// The op table and the weight axes are those of docs/architecture.md.
+#ifndef ONNXQUANT_PLAN_H_
+#define ONNXQUANT_PLAN_H_
+
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "onnxquant/model_io.h"
+
+namespace onnxquant {
+
+enum class ActivationType { kUint8, kInt8 };
+
+struct QuantOptions {
+  // uint8 (default) fuses into ONNX Runtime's CPU integer kernels; int8 is
+  // for TFLite-style targets and NPUs, with a Q/DQ pair per consumer.
+  ActivationType activation_type = ActivationType::kUint8;
+  // Per-channel weight scales (on by default); off gives one scale a weight.
+  bool per_channel = true;
+  // Node names kept float whatever their op.
+  std::vector<std::string> exclude_nodes;
+  // Op types to quantize; empty means every op of the table.
+  std::vector<std::string> op_types;
+  // Quantize MatMul of two activations (attention); off keeps them float.
+  bool quantize_activation_matmul = true;
+  // Weights use [-63, 63] instead of [-127, 127] (CPUs without VNNI).
+  bool reduce_weight_range = false;
+};
+
+// Tensor name -> ONNX element type (TensorProto.DataType), as shape
+// inference found it. Tensors absent from the map are treated as unknown and
+// never quantized.
+using DtypeMap = std::unordered_map<std::string, int>;
+
+struct QuantizedNode {
+  std::string node;
+  std::string op_type;
+  int weight_input = -1;  // index of the constant weight input, or -1
+  int weight_axis = -1;   // per-channel axis of the weight, -1 per tensor
+  int bias_input = -1;    // index of a bias quantized to int32, or -1
+};
+
+struct FloatNode {
+  std::string node;
+  std::string op_type;
+  std::string reason;
+};
+
+// A tensor that gets a QuantizeLinear/DequantizeLinear pair.
+struct QdqTensor {
+  std::string tensor;  // the tensor quantized in the output model
+  std::string source;  // the calibrated tensor whose range it uses
+};
+
+// A constant (initializer) activation operand quantized from its own values
+// (e.g. the addend of an Add), per tensor.
+struct ConstantOperand {
+  std::string tensor;
+  float min = 0.f;
+  float max = 0.f;
+};
+
+struct AbsorbedActivation {
+  std::string node;      // the Relu/Clip removed from the graph
+  std::string producer;  // the quantized node whose output range absorbs it
+};
+
+struct QuantPlan {
+  std::vector<std::string> calibrated;  // in graph order
+  std::vector<QdqTensor> qdq;           // in graph order
+  std::vector<QuantizedNode> quantized_nodes;
+  std::vector<FloatNode> float_nodes;
+  std::vector<ConstantOperand> constants;
+  std::vector<AbsorbedActivation> absorbed;
+  std::vector<std::string> notes;  // e.g. subgraphs left untouched
+};
+
+// Computes the plan for the main graph of a normalised model.
+// REQUIRES: opset >= 13 (Error(kUnsupportedModel) otherwise).
+// Throws Error(kInvalidArgument) for an excluded node or op type that the
+// model does not contain, naming it.
+QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,
+                   const QuantOptions& options);
+
+}  // namespace onnxquant
+
+#endif  // ONNXQUANT_PLAN_H_

@@ -1,0 +1,42 @@
+// Reading and writing initializer payloads.
+#ifndef ONNXQUANT_TENSOR_UTIL_H_
+#define ONNXQUANT_TENSOR_UTIL_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "onnxquant/model_io.h"
+
+namespace onnxquant {
+
+// Number of elements of a tensor with these dims (1 for a scalar).
+int64_t NumElements(const std::vector<int64_t>& dims);
+
+std::vector<int64_t> Dims(const pb::TensorProto& tensor);
+
+// The values of a FLOAT, FLOAT16 or DOUBLE initializer as float32.
+// Throws Error(kUnsupportedModel) for external data or other types, naming
+// the tensor.
+std::vector<float> ToFloats(const pb::TensorProto& tensor);
+
+// The values of an INT64 or INT32 initializer.
+std::vector<int64_t> ToInt64s(const pb::TensorProto& tensor);
+
+// Builders: the payload goes to raw_data, little-endian.
+pb::TensorProto FloatTensor(const std::string& name,
+                            const std::vector<int64_t>& dims,
+                            const std::vector<float>& values);
+pb::TensorProto Int8Tensor(const std::string& name,
+                           const std::vector<int64_t>& dims,
+                           const std::vector<int8_t>& values);
+pb::TensorProto Uint8Tensor(const std::string& name,
+                            const std::vector<int64_t>& dims,
+                            const std::vector<uint8_t>& values);
+pb::TensorProto Int32Tensor(const std::string& name,
+                            const std::vector<int64_t>& dims,
+                            const std::vector<int32_t>& values);
+
+}  // namespace onnxquant
+
+#endif  // ONNXQUANT_TENSOR_UTIL_H_

@@ -1,0 +1,49 @@
+"""The exceptions onnxquant raises.
+
+Every failure a user can cause is one of these, with a message that names the
+node, tensor or file and says what to do. The native engine's errors arrive as
+the same classes.
+"""
+
+__all__ = [
+    "OnnxQuantError",
+    "ModelError",
+    "UnsupportedModelError",
+    "CalibrationDataError",
+    "RangeMissingError",
+    "InvalidArgumentError",
+    "InternalError",
+]
+
+
+class OnnxQuantError(Exception):
+    """Base class of every onnxquant error."""
+
+
+class ModelError(OnnxQuantError, ValueError):
+    """The model is corrupt, truncated, unreadable or inconsistent, or was not
+    prepared with :func:`onnxquant.optimize_model`."""
+
+
+class UnsupportedModelError(OnnxQuantError):
+    """The model uses an opset, op or construct onnxquant cannot handle."""
+
+
+class CalibrationDataError(OnnxQuantError, ValueError):
+    """Calibration samples that do not fit the model: none at all, wrong input
+    names, shapes or dtypes, or NaN/Inf in the model's inputs."""
+
+
+class RangeMissingError(OnnxQuantError, KeyError):
+    """A planned tensor has no range, or an invalid one, at quantization."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
+class InvalidArgumentError(OnnxQuantError, ValueError):
+    """An option or argument outside its domain."""
+
+
+class InternalError(OnnxQuantError, RuntimeError):
+    """A broken invariant inside onnxquant: please report it as a bug."""

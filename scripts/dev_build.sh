@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Developer build: compiles the engine, its GoogleTests and the _core
+# extension into BUILD_DIR (default build/dev) and copies _core next to the
+# Python sources, so that `PYTHONPATH=python` imports the fresh build.
+# Usage: scripts/dev_build.sh [BUILD_DIR]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+build=${1:-build/dev}
+py=${PYTHON:-.venv/bin/python}
+if [ ! -f "$build/build.ninja" ]; then
+  cmake -S . -B "$build" -G Ninja -DONNXQUANT_BUILD_PYTHON=ON \
+    -DPython3_EXECUTABLE="$(realpath "$py")" \
+    -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)"
+fi
+cmake --build "$build" -j2
+cp "$build"/_core*.so python/onnxquant/

@@ -1,0 +1,111 @@
+// A small builder of ONNX graphs for the engine's tests (the lite protobuf
+// has no text format, so tests build their graphs here).
+#ifndef ONNXQUANT_TESTS_GRAPH_BUILDER_H_
+#define ONNXQUANT_TESTS_GRAPH_BUILDER_H_
+
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "onnxquant/model_io.h"
+#include "onnxquant/tensor_util.h"
+
+namespace onnxquant::testing {
+
+class GraphBuilder {
+ public:
+  explicit GraphBuilder(int opset = 13) {
+    model_.set_ir_version(8);
+    auto* op = model_.add_opset_import();
+    op->set_domain("");
+    op->set_version(opset);
+    model_.mutable_graph()->set_name("test");
+  }
+
+  GraphBuilder& Input(const std::string& name, std::vector<int64_t> shape,
+                      int elem_type = pb::TensorProto::FLOAT) {
+    SetValueInfo(model_.mutable_graph()->add_input(), name, shape, elem_type);
+    return *this;
+  }
+  GraphBuilder& Output(const std::string& name, std::vector<int64_t> shape,
+                       int elem_type = pb::TensorProto::FLOAT) {
+    SetValueInfo(model_.mutable_graph()->add_output(), name, shape, elem_type);
+    return *this;
+  }
+  GraphBuilder& Initializer(const std::string& name, std::vector<int64_t> dims,
+                            std::vector<float> values) {
+    *model_.mutable_graph()->add_initializer() =
+        FloatTensor(name, dims, values);
+    return *this;
+  }
+  GraphBuilder& Int64Initializer(const std::string& name,
+                                 std::vector<int64_t> dims,
+                                 std::vector<int64_t> values) {
+    auto* t = model_.mutable_graph()->add_initializer();
+    t->set_name(name);
+    t->set_data_type(pb::TensorProto::INT64);
+    for (auto d : dims) t->add_dims(d);
+    for (auto v : values) t->add_int64_data(v);
+    return *this;
+  }
+  // Adds a node; returns it so that the caller can add attributes.
+  pb::NodeProto* Node(const std::string& op_type,
+                      std::vector<std::string> inputs,
+                      std::vector<std::string> outputs,
+                      const std::string& name = "") {
+    auto* n = model_.mutable_graph()->add_node();
+    n->set_op_type(op_type);
+    n->set_name(name.empty() ? op_type + "_" + std::to_string(
+                                   model_.graph().node_size())
+                             : name);
+    for (auto& i : inputs) n->add_input(i);
+    for (auto& o : outputs) n->add_output(o);
+    return n;
+  }
+
+  static void IntAttr(pb::NodeProto* n, const std::string& name, int64_t v) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(pb::AttributeProto::INT);
+    a->set_i(v);
+  }
+  static void FloatAttr(pb::NodeProto* n, const std::string& name, float v) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(pb::AttributeProto::FLOAT);
+    a->set_f(v);
+  }
+  static void IntsAttr(pb::NodeProto* n, const std::string& name,
+                       std::vector<int64_t> v) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(pb::AttributeProto::INTS);
+    for (auto x : v) a->add_ints(x);
+  }
+
+  pb::ModelProto& model() { return model_; }
+  pb::ModelProto Build() const { return model_; }
+
+ private:
+  static void SetValueInfo(pb::ValueInfoProto* vi, const std::string& name,
+                           const std::vector<int64_t>& shape, int elem_type) {
+    vi->set_name(name);
+    auto* tt = vi->mutable_type()->mutable_tensor_type();
+    tt->set_elem_type(elem_type);
+    auto* s = tt->mutable_shape();
+    for (auto d : shape) {
+      if (d < 0) {
+        s->add_dim()->set_dim_param("N");
+      } else {
+        s->add_dim()->set_dim_value(d);
+      }
+    }
+  }
+
+  pb::ModelProto model_;
+};
+
+}  // namespace onnxquant::testing
+
+#endif  // ONNXQUANT_TESTS_GRAPH_BUILDER_H_
