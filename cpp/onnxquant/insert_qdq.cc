@@ -1,17 +1,393 @@
 #include "onnxquant/insert_qdq.h"
 
+#include <algorithm>
+#include <cmath>
+#include <unordered_map>
+#include <unordered_set>
+
+#include "onnxquant/arithmetic.h"
 #include "onnxquant/error.h"
+#include "onnxquant/graph_index.h"
+#include "onnxquant/tensor_util.h"
 
 namespace onnxquant {
+namespace {
 
-QuantizeReport InsertQdq(pb::ModelProto&, const DtypeMap&, const QuantOptions&,
-                         const RangeMap&) {
-  throw InternalError("InsertQdq: not implemented yet");
+pb::NodeProto MakeNode(const std::string& op, const std::string& name,
+                       std::vector<std::string> inputs,
+                       const std::string& output, int axis = -1) {
+  pb::NodeProto n;
+  n.set_op_type(op);
+  n.set_name(name);
+  for (auto& i : inputs) n.add_input(i);
+  n.add_output(output);
+  if (axis >= 0) {
+    auto* a = n.add_attribute();
+    a->set_name("axis");
+    a->set_type(pb::AttributeProto::INT);
+    a->set_i(axis);
+  }
+  return n;
 }
 
-void ExposeTensors(pb::ModelProto&, const std::vector<std::string>&,
-                   const DtypeMap&) {
-  throw InternalError("ExposeTensors: not implemented yet");
+class QdqWriter {
+ public:
+  QdqWriter(pb::ModelProto& model, const QuantOptions& options,
+            const RangeMap& ranges, QuantizeReport* report)
+      : graph_(*model.mutable_graph()), names_(graph_), options_(options),
+        ranges_(ranges), report_(report) {}
+
+  void Run();
+
+ private:
+  const ActivationParams& Params(const std::string& source);
+  // Scale and zero-point initializers of a calibrated tensor, made once.
+  std::pair<std::string, std::string> ParamTensors(const std::string& source);
+  void AbsorbActivations();
+  void QuantizeWeights(std::vector<pb::NodeProto>* head);
+  void QuantizeConstants(std::vector<pb::NodeProto>* head);
+  // Appends Q and DQ nodes reading `input` and writing `output`.
+  void AddPair(const std::string& input, const std::string& output,
+               const std::string& source, std::vector<pb::NodeProto>* out);
+  void QuantizeActivations(std::vector<pb::NodeProto>* head);
+  void DropUnusedInitializers();
+  pb::NodeProto* NodeByName(const std::string& name);
+  const std::string& SourceOf(const std::string& tensor) const;
+
+  pb::GraphProto& graph_;
+  NameAllocator names_;
+  const QuantOptions& options_;
+  const RangeMap& ranges_;
+  QuantizeReport* report_;
+  std::unordered_map<std::string, std::string> source_;
+  std::unordered_set<std::string> replaced_;  // initializers quantized
+  std::unordered_map<std::string, ActivationParams> params_;
+  std::unordered_map<std::string, std::pair<std::string, std::string>>
+      param_tensors_;
+  // Q/DQ nodes to insert right after the node producing each tensor.
+  std::unordered_map<std::string, std::vector<pb::NodeProto>> after_;
+};
+
+const ActivationParams& QdqWriter::Params(const std::string& source) {
+  auto it = params_.find(source);
+  if (it != params_.end()) return it->second;
+  auto r = ranges_.find(source);
+  if (r == ranges_.end()) {
+    throw RangeError("No range for planned tensor '" + source +
+                     "'. Calibrate the model (Calibrator.compute_range()) "
+                     "and pass every range it returns to quantize().");
+  }
+  ActivationParams p;
+  try {
+    p = ActivationQuantParams(r->second.first, r->second.second,
+                              options_.activation_type);
+  } catch (const Error& e) {
+    throw RangeError("Invalid range for tensor '" + source + "': " +
+                     e.what() + ". Pass (min, max) with min <= max, finite.");
+  }
+  if (p.floored) report_->floored.push_back(source);
+  return params_.emplace(source, p).first->second;
+}
+
+std::pair<std::string, std::string> QdqWriter::ParamTensors(
+    const std::string& source) {
+  auto it = param_tensors_.find(source);
+  if (it != param_tensors_.end()) return it->second;
+  const ActivationParams& p = Params(source);
+  const std::string scale = names_.Make(source + "_scale");
+  const std::string zp = names_.Make(source + "_zero_point");
+  *graph_.add_initializer() = FloatTensor(scale, {}, {p.scale});
+  if (options_.activation_type == ActivationType::kUint8) {
+    *graph_.add_initializer() =
+        Uint8Tensor(zp, {}, {static_cast<uint8_t>(p.zero_point)});
+  } else {
+    *graph_.add_initializer() =
+        Int8Tensor(zp, {}, {static_cast<int8_t>(p.zero_point)});
+  }
+  return param_tensors_.emplace(source, std::make_pair(scale, zp))
+      .first->second;
+}
+
+const std::string& QdqWriter::SourceOf(const std::string& tensor) const {
+  auto it = source_.find(tensor);
+  if (it == source_.end()) {
+    throw InternalError("tensor '" + tensor + "' is not in the plan's QDQ set");
+  }
+  return it->second;
+}
+
+pb::NodeProto* QdqWriter::NodeByName(const std::string& name) {
+  for (auto& n : *graph_.mutable_node()) {
+    if (n.name() == name) return &n;
+  }
+  throw InternalError("the plan names node '" + name +
+                      "', which the graph does not hold");
+}
+
+void QdqWriter::AbsorbActivations() {
+  std::unordered_set<std::string> removed;
+  for (const auto& a : report_->plan.absorbed) {
+    pb::NodeProto* act = NodeByName(a.node);
+    pb::NodeProto* producer = NodeByName(a.producer);
+    producer->set_output(0, act->output(0));
+    removed.insert(a.node);
+  }
+  auto* nodes = graph_.mutable_node();
+  for (int i = nodes->size() - 1; i >= 0; --i) {
+    if (removed.count(nodes->Get(i).name())) nodes->DeleteSubrange(i, 1);
+  }
+}
+
+void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
+  GraphIndex index(graph_);
+  const int qmax = options_.reduce_weight_range ? 63 : 127;
+  for (const auto& q : report_->plan.quantized_nodes) {
+    if (q.weight_input < 0) continue;
+    pb::NodeProto* node = NodeByName(q.node);
+    const std::string wname = node->input(q.weight_input);
+    const auto* winit = index.Initializer(wname);
+    if (!winit) throw InternalError("weight '" + wname + "' vanished");
+    const std::vector<int64_t> dims = Dims(*winit);
+    const std::vector<float> w = ToFloats(*winit);
+    const size_t channels = q.weight_axis >= 0 ? dims[q.weight_axis] : 1;
+    std::vector<float> bias;
+    float in_scale = 0.f;
+    if (q.bias_input >= 0) {
+      bias = ToFloats(*index.Initializer(node->input(q.bias_input)));
+      in_scale = Params(SourceOf(node->input(0))).scale;
+    }
+    std::vector<float> min_scales;
+    if (!bias.empty()) {
+      auto per = MinWeightScalesForBias(bias, in_scale, bias.size());
+      if (channels == bias.size()) {
+        min_scales = per;
+      } else {
+        float m = 0.f;
+        for (float s : per) m = std::max(m, s);
+        min_scales.assign(channels, m);
+      }
+    }
+    WeightQuant wq = QuantizeWeight(w, dims, q.weight_axis, qmax, min_scales);
+    if (wq.enlarged) report_->enlarged.push_back(wname);
+    const std::vector<int64_t> sdims =
+        q.weight_axis >= 0 ? std::vector<int64_t>{int64_t(channels)}
+                           : std::vector<int64_t>{};
+    const std::string wq_name = names_.Make(wname + "_quantized");
+    const std::string ws_name = names_.Make(wname + "_scale");
+    const std::string wz_name = names_.Make(wname + "_zero_point");
+    const std::string wdq = names_.Make(wname + "_dequantized");
+    *graph_.add_initializer() = Int8Tensor(wq_name, dims, wq.values);
+    *graph_.add_initializer() = FloatTensor(ws_name, sdims, wq.scales);
+    *graph_.add_initializer() =
+        Int8Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0));
+    head->push_back(MakeNode("DequantizeLinear", names_.Make(wdq + "_node"),
+                             {wq_name, ws_name, wz_name}, wdq,
+                             q.weight_axis));
+    node->set_input(q.weight_input, wdq);
+    replaced_.insert(wname);
+    if (bias.empty()) continue;
+    std::vector<float> bias_scales;
+    std::vector<int32_t> bq = QuantizeBias(bias, in_scale, wq.scales,
+                                           &bias_scales);
+    const std::string bname = node->input(q.bias_input);
+    const bool per_channel = wq.scales.size() > 1;
+    const std::vector<int64_t> bsd =
+        per_channel ? std::vector<int64_t>{int64_t(bias.size())}
+                    : std::vector<int64_t>{};
+    if (!per_channel) bias_scales.resize(1);
+    const std::string bq_name = names_.Make(bname + "_quantized");
+    const std::string bs_name = names_.Make(bname + "_scale");
+    const std::string bz_name = names_.Make(bname + "_zero_point");
+    const std::string bdq = names_.Make(bname + "_dequantized");
+    *graph_.add_initializer() =
+        Int32Tensor(bq_name, {int64_t(bias.size())}, bq);
+    *graph_.add_initializer() = FloatTensor(bs_name, bsd, bias_scales);
+    *graph_.add_initializer() = Int32Tensor(
+        bz_name, bsd, std::vector<int32_t>(per_channel ? bias.size() : 1, 0));
+    head->push_back(MakeNode("DequantizeLinear", names_.Make(bdq + "_node"),
+                             {bq_name, bs_name, bz_name}, bdq,
+                             per_channel ? 0 : -1));
+    node->set_input(q.bias_input, bdq);
+    replaced_.insert(bname);
+  }
+}
+
+void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
+  GraphIndex index(graph_);
+  for (const auto& c : report_->plan.constants) {
+    const auto* init = index.Initializer(c.tensor);
+    const ActivationParams p =
+        ActivationQuantParams(c.min, c.max, options_.activation_type);
+    const std::vector<float> v = ToFloats(*init);
+    const int qmin = options_.activation_type == ActivationType::kUint8 ? 0
+                                                                        : -128;
+    const int qmax = qmin + 255;
+    std::vector<int32_t> q(v.size());
+    for (size_t i = 0; i < v.size(); ++i) {
+      const double x = std::nearbyint(static_cast<double>(v[i]) / p.scale) +
+                       p.zero_point;
+      q[i] = static_cast<int32_t>(std::clamp(x, 1.0 * qmin, 1.0 * qmax));
+    }
+    const std::string qn = names_.Make(c.tensor + "_quantized");
+    const std::string sn = names_.Make(c.tensor + "_scale");
+    const std::string zn = names_.Make(c.tensor + "_zero_point");
+    const std::string dq = names_.Make(c.tensor + "_dequantized");
+    if (options_.activation_type == ActivationType::kUint8) {
+      *graph_.add_initializer() = Uint8Tensor(
+          qn, Dims(*init), std::vector<uint8_t>(q.begin(), q.end()));
+      *graph_.add_initializer() =
+          Uint8Tensor(zn, {}, {static_cast<uint8_t>(p.zero_point)});
+    } else {
+      *graph_.add_initializer() = Int8Tensor(
+          qn, Dims(*init), std::vector<int8_t>(q.begin(), q.end()));
+      *graph_.add_initializer() =
+          Int8Tensor(zn, {}, {static_cast<int8_t>(p.zero_point)});
+    }
+    *graph_.add_initializer() = FloatTensor(sn, {}, {p.scale});
+    head->push_back(
+        MakeNode("DequantizeLinear", names_.Make(dq + "_node"), {qn, sn, zn},
+                 dq));
+    for (const auto& qnode : report_->plan.quantized_nodes) {
+      pb::NodeProto* n = NodeByName(qnode.node);
+      for (int k = 0; k < n->input_size(); ++k) {
+        if (n->input(k) == c.tensor) n->set_input(k, dq);
+      }
+    }
+    replaced_.insert(c.tensor);
+  }
+}
+
+void QdqWriter::AddPair(const std::string& input, const std::string& output,
+                        const std::string& source,
+                        std::vector<pb::NodeProto>* out) {
+  const auto [scale, zp] = ParamTensors(source);
+  const std::string q = names_.Make(output + "_quantized");
+  out->push_back(MakeNode("QuantizeLinear", names_.Make(q + "_node"),
+                          {input, scale, zp}, q));
+  out->push_back(MakeNode("DequantizeLinear", names_.Make(output + "_node"),
+                          {q, scale, zp}, output));
+}
+
+void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
+  GraphIndex index(graph_);  // node indices stay valid: no node is added
+  const bool per_consumer = options_.activation_type == ActivationType::kInt8;
+  auto rewire = [&](int node, const std::string& from, const std::string& to) {
+    auto* n = graph_.mutable_node(node);
+    for (int k = 0; k < n->input_size(); ++k) {
+      if (n->input(k) == from) n->set_input(k, to);
+    }
+  };
+  for (const auto& entry : report_->plan.qdq) {
+    const std::string& t = entry.tensor;
+    const std::string& src = entry.source;
+    std::vector<int> consumers;
+    for (int c : index.Consumers(t)) {
+      const auto& in = graph_.node(c).input();
+      if (std::find(in.begin(), in.end(), t) != in.end()) {
+        consumers.push_back(c);
+      }
+    }
+    const int producer = index.Producer(t);
+    if (producer < 0) {  // a graph input: consumers read a new name
+      if (!per_consumer) {
+        const std::string dq = names_.Make(t + "_dequantized");
+        AddPair(t, dq, src, head);
+        for (int c : consumers) rewire(c, t, dq);
+      } else {
+        for (int c : consumers) {
+          const std::string dq = names_.Make(t + "_dequantized");
+          AddPair(t, dq, src, head);
+          rewire(c, t, dq);
+        }
+      }
+      continue;
+    }
+    // A node output: the producer writes a new name and the DQ takes over
+    // the tensor's own, so graph outputs and subgraph reads keep working.
+    const std::string fp = names_.Make(t + "_float");
+    auto* p = graph_.mutable_node(producer);
+    for (int k = 0; k < p->output_size(); ++k) {
+      if (p->output(k) == t) p->set_output(k, fp);
+    }
+    auto& out = after_[fp];
+    AddPair(fp, t, src, &out);
+    if (!per_consumer) continue;
+    const size_t first_own = index.IsGraphOutput(t) ? 0 : 1;
+    for (size_t k = first_own; k < consumers.size(); ++k) {
+      const std::string dq = names_.Make(t + "_dequantized");
+      AddPair(fp, dq, src, &out);
+      rewire(consumers[k], t, dq);
+    }
+  }
+}
+
+void QdqWriter::DropUnusedInitializers() {
+  GraphIndex index(graph_);
+  auto* inits = graph_.mutable_initializer();
+  for (int i = inits->size() - 1; i >= 0; --i) {
+    const std::string& name = inits->Get(i).name();
+    if (replaced_.count(name) && index.Consumers(name).empty() &&
+        !index.IsGraphOutput(name)) {
+      inits->DeleteSubrange(i, 1);
+    }
+  }
+}
+
+void QdqWriter::Run() {
+  for (const auto& e : report_->plan.qdq) source_[e.tensor] = e.source;
+  for (const auto& src : report_->plan.calibrated) Params(src);
+  AbsorbActivations();
+  std::vector<pb::NodeProto> head;
+  QuantizeWeights(&head);
+  QuantizeConstants(&head);
+  QuantizeActivations(&head);
+  // Rebuild the node list in topological order: parameter DQs and graph
+  // input pairs first, then each node followed by the pairs of its outputs.
+  std::vector<pb::NodeProto> nodes = std::move(head);
+  for (auto& n : *graph_.mutable_node()) {
+    nodes.push_back(n);
+    for (const auto& o : n.output()) {
+      auto it = after_.find(o);
+      if (it == after_.end()) continue;
+      for (auto& q : it->second) nodes.push_back(std::move(q));
+    }
+  }
+  graph_.clear_node();
+  for (auto& n : nodes) *graph_.add_node() = std::move(n);
+  DropUnusedInitializers();
+}
+
+}  // namespace
+
+QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
+                         const QuantOptions& options, const RangeMap& ranges) {
+  QuantizeReport report;
+  report.plan = MakePlan(model, dtypes, options);
+  QdqWriter writer(model, options, ranges, &report);
+  writer.Run();
+  return report;
+}
+
+void ExposeTensors(pb::ModelProto& model, const std::vector<std::string>& names,
+                   const DtypeMap& dtypes) {
+  auto* graph = model.mutable_graph();
+  GraphIndex index(*graph);
+  std::unordered_set<std::string> outputs;
+  for (const auto& o : graph->output()) outputs.insert(o.name());
+  for (const auto& name : names) {
+    if (outputs.count(name)) continue;
+    if (index.Producer(name) < 0 && !index.IsGraphInput(name)) {
+      throw ModelError("Tensor '" + name +
+                       "' is produced by no node and is no graph input, so "
+                       "it cannot be observed for calibration.");
+    }
+    auto* vi = graph->add_output();
+    vi->set_name(name);
+    auto it = dtypes.find(name);
+    vi->mutable_type()->mutable_tensor_type()->set_elem_type(
+        it == dtypes.end() ? pb::TensorProto::FLOAT : it->second);
+    outputs.insert(name);
+  }
 }
 
 }  // namespace onnxquant

@@ -1,0 +1,133 @@
+#include "onnxquant/arithmetic.h"
+
+#include <algorithm>
+#include <cfenv>
+#include <cmath>
+#include <limits>
+
+#include "onnxquant/error.h"
+
+namespace onnxquant {
+namespace {
+
+// Largest |int32 bias| allowed: half of int32's range, so that the bias
+// leaves room for the accumulated products it is added to.
+constexpr double kMaxBias = 1073741824.0;  // 2^30
+
+// Round half to even (the default floating-point rounding mode).
+double RoundHalfEven(double x) { return std::nearbyint(x); }
+
+}  // namespace
+
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       ActivationType type) {
+  if (!std::isfinite(rmin) || !std::isfinite(rmax) || rmin > rmax) {
+    throw RangeError("the range [" + std::to_string(rmin) + ", " +
+                     std::to_string(rmax) + "] is not a finite interval");
+  }
+  const int qmin = type == ActivationType::kUint8 ? 0 : -128;
+  const int qmax = type == ActivationType::kUint8 ? 255 : 127;
+  rmin = std::min(rmin, 0.f);
+  rmax = std::max(rmax, 0.f);
+  ActivationParams p;
+  float scale = (rmax - rmin) / static_cast<float>(qmax - qmin);
+  if (!(scale >= kMinActivationScale)) {
+    scale = kMinActivationScale;
+    p.floored = true;
+  }
+  p.scale = scale;
+  const double zp = RoundHalfEven(static_cast<double>(qmin) -
+                                  static_cast<double>(rmin) / scale);
+  p.zero_point = static_cast<int32_t>(
+      std::clamp(zp, static_cast<double>(qmin), static_cast<double>(qmax)));
+  return p;
+}
+
+std::vector<float> MinWeightScalesForBias(const std::vector<float>& bias,
+                                          float input_scale,
+                                          size_t num_channels) {
+  std::vector<float> mins(num_channels, 0.f);
+  for (size_t c = 0; c < num_channels && c < bias.size(); ++c) {
+    const double need =
+        std::fabs(static_cast<double>(bias[c])) / (input_scale * kMaxBias);
+    // Rounded up to the next float so that the product stays within bounds.
+    mins[c] = std::nextafter(static_cast<float>(need),
+                             std::numeric_limits<float>::infinity());
+  }
+  return mins;
+}
+
+WeightQuant QuantizeWeight(const std::vector<float>& w,
+                           const std::vector<int64_t>& dims, int axis,
+                           int qmax, const std::vector<float>& min_scales) {
+  if (axis >= static_cast<int>(dims.size())) {
+    throw InvalidArgument("weight axis " + std::to_string(axis) +
+                          " out of range for a tensor of rank " +
+                          std::to_string(dims.size()));
+  }
+  // Layout: [outer, channels, inner] around `axis`.
+  int64_t channels = 1, inner = 1;
+  if (axis >= 0) {
+    channels = dims[axis];
+    for (size_t d = axis + 1; d < dims.size(); ++d) inner *= dims[d];
+  } else {
+    inner = static_cast<int64_t>(w.size());
+  }
+  const int64_t outer =
+      channels * inner == 0 ? 0 : static_cast<int64_t>(w.size()) /
+                                      (channels * inner);
+  WeightQuant out;
+  out.values.resize(w.size());
+  out.scales.assign(channels, 0.f);
+  std::vector<float> absmax(channels, 0.f);
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const float* p = w.data() + (o * channels + c) * inner;
+      for (int64_t i = 0; i < inner; ++i) {
+        absmax[c] = std::max(absmax[c], std::fabs(p[i]));
+      }
+    }
+  }
+  for (int64_t c = 0; c < channels; ++c) {
+    float scale = absmax[c] / static_cast<float>(qmax);
+    const float floor_scale =
+        c < static_cast<int64_t>(min_scales.size()) ? min_scales[c] : 0.f;
+    if (scale < floor_scale) {
+      scale = floor_scale;
+      out.enlarged = true;
+    }
+    if (!(scale > 0.f)) scale = 1.f;  // an all-zero channel: any scale works
+    out.scales[c] = scale;
+  }
+  for (int64_t o = 0; o < outer; ++o) {
+    for (int64_t c = 0; c < channels; ++c) {
+      const int64_t base = (o * channels + c) * inner;
+      for (int64_t i = 0; i < inner; ++i) {
+        const double q = RoundHalfEven(static_cast<double>(w[base + i]) /
+                                       static_cast<double>(out.scales[c]));
+        out.values[base + i] =
+            static_cast<int8_t>(std::clamp(q, -1.0 * qmax, 1.0 * qmax));
+      }
+    }
+  }
+  return out;
+}
+
+std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
+                                  float input_scale,
+                                  const std::vector<float>& weight_scales,
+                                  std::vector<float>* bias_scales) {
+  std::vector<int32_t> q(bias.size());
+  bias_scales->assign(bias.size(), 0.f);
+  for (size_t c = 0; c < bias.size(); ++c) {
+    const float ws =
+        weight_scales.size() == 1 ? weight_scales[0] : weight_scales[c];
+    const float s = input_scale * ws;  // float32, exactly as stored
+    (*bias_scales)[c] = s;
+    const double v = RoundHalfEven(static_cast<double>(bias[c]) / s);
+    q[c] = static_cast<int32_t>(std::clamp(v, -2147483647.0, 2147483647.0));
+  }
+  return q;
+}
+
+}  // namespace onnxquant
