@@ -9,7 +9,7 @@ build=${1:-build/dev}
 py=${PYTHON:-.venv/bin/python}
 if [ ! -f "$build/build.ninja" ]; then
   cmake -S . -B "$build" -G Ninja -DONNXQUANT_BUILD_PYTHON=ON \
-    -DPython3_EXECUTABLE="$(realpath "$py")" \
+    -DPython3_EXECUTABLE="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")" \
     -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)"
 fi
 cmake --build "$build" -j2
