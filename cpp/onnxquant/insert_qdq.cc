@@ -43,12 +43,20 @@ class QdqWriter {
   const ActivationParams& Params(const std::string& source);
   // Scale and zero-point initializers of a calibrated tensor, made once.
   std::pair<std::string, std::string> ParamTensors(const std::string& source);
+  // New scale and zero-point initializers for `source` (same values).
+  std::pair<std::string, std::string> NewParamTensors(
+      const std::string& source);
   void AbsorbActivations();
   void QuantizeWeights(std::vector<pb::NodeProto>* head);
   void QuantizeConstants(std::vector<pb::NodeProto>* head);
   // Appends Q and DQ nodes reading `input` and writing `output`.
+  // With `own_params`, the pair gets initializers of its own: ONNX
+  // Runtime's common-subexpression elimination would otherwise merge
+  // per-consumer pairs back into one Q with several consumers, which its
+  // int8-to-uint8 conversion cannot handle.
   void AddPair(const std::string& input, const std::string& output,
-               const std::string& source, std::vector<pb::NodeProto>* out);
+               const std::string& source, bool own_params,
+               std::vector<pb::NodeProto>* out);
   void QuantizeActivations(std::vector<pb::NodeProto>* head);
   void DropUnusedInitializers();
   pb::NodeProto* NodeByName(const std::string& name);
@@ -93,6 +101,11 @@ std::pair<std::string, std::string> QdqWriter::ParamTensors(
     const std::string& source) {
   auto it = param_tensors_.find(source);
   if (it != param_tensors_.end()) return it->second;
+  return param_tensors_.emplace(source, NewParamTensors(source)).first->second;
+}
+
+std::pair<std::string, std::string> QdqWriter::NewParamTensors(
+    const std::string& source) {
   const ActivationParams& p = Params(source);
   const std::string scale = names_.Make(source + "_scale");
   const std::string zp = names_.Make(source + "_zero_point");
@@ -104,8 +117,7 @@ std::pair<std::string, std::string> QdqWriter::ParamTensors(
     *graph_.add_initializer() =
         Int8Tensor(zp, {}, {static_cast<int8_t>(p.zero_point)});
   }
-  return param_tensors_.emplace(source, std::make_pair(scale, zp))
-      .first->second;
+  return {scale, zp};
 }
 
 const std::string& QdqWriter::SourceOf(const std::string& tensor) const {
@@ -258,9 +270,10 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
 }
 
 void QdqWriter::AddPair(const std::string& input, const std::string& output,
-                        const std::string& source,
+                        const std::string& source, bool own_params,
                         std::vector<pb::NodeProto>* out) {
-  const auto [scale, zp] = ParamTensors(source);
+  const auto [scale, zp] =
+      own_params ? NewParamTensors(source) : ParamTensors(source);
   const std::string q = names_.Make(output + "_quantized");
   out->push_back(MakeNode("QuantizeLinear", names_.Make(q + "_node"),
                           {input, scale, zp}, q));
@@ -291,12 +304,13 @@ void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
     if (producer < 0) {  // a graph input: consumers read a new name
       if (!per_consumer) {
         const std::string dq = names_.Make(t + "_dequantized");
-        AddPair(t, dq, src, head);
+        AddPair(t, dq, src, false, head);
         for (int c : consumers) rewire(c, t, dq);
       } else {
-        for (int c : consumers) {
+        for (size_t k = 0; k < consumers.size(); ++k) {
+          const int c = consumers[k];
           const std::string dq = names_.Make(t + "_dequantized");
-          AddPair(t, dq, src, head);
+          AddPair(t, dq, src, k > 0, head);
           rewire(c, t, dq);
         }
       }
@@ -310,12 +324,12 @@ void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
       if (p->output(k) == t) p->set_output(k, fp);
     }
     auto& out = after_[fp];
-    AddPair(fp, t, src, &out);
+    AddPair(fp, t, src, false, &out);
     if (!per_consumer) continue;
     const size_t first_own = index.IsGraphOutput(t) ? 0 : 1;
     for (size_t k = first_own; k < consumers.size(); ++k) {
       const std::string dq = names_.Make(t + "_dequantized");
-      AddPair(fp, dq, src, &out);
+      AddPair(fp, dq, src, true, &out);
       rewire(consumers[k], t, dq);
     }
   }

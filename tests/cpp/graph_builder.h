@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "onnxquant/model_io.h"
@@ -82,6 +83,51 @@ class GraphBuilder {
     a->set_name(name);
     a->set_type(pb::AttributeProto::INTS);
     for (auto x : v) a->add_ints(x);
+  }
+
+  static void TensorAttr(pb::NodeProto* n, const std::string& name,
+                         const pb::TensorProto& t) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(pb::AttributeProto::TENSOR);
+    *a->mutable_t() = t;
+  }
+
+  static void StringAttr(pb::NodeProto* n, const std::string& name,
+                         const std::string& v) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(pb::AttributeProto::STRING);
+    a->set_s(v);
+  }
+  static void GraphAttr(pb::NodeProto* n, const std::string& name,
+                        const pb::GraphProto& g) {
+    auto* a = n->add_attribute();
+    a->set_name(name);
+    a->set_type(pb::AttributeProto::GRAPH);
+    *a->mutable_g() = g;
+  }
+
+  // A dtype map (tensor name -> TensorProto.DataType) naming every tensor of
+  // the main graph: inputs and outputs with their declared type,
+  // initializers with theirs, other node outputs with `node_output_type`.
+  std::unordered_map<std::string, int> Dtypes(
+      int node_output_type = pb::TensorProto::FLOAT) const {
+    std::unordered_map<std::string, int> m;
+    const auto& g = model_.graph();
+    for (const auto& n : g.node()) {
+      for (const auto& o : n.output()) {
+        if (!o.empty()) m[o] = node_output_type;
+      }
+    }
+    for (const auto& t : g.initializer()) m[t.name()] = t.data_type();
+    for (const auto& v : g.input()) {
+      m[v.name()] = v.type().tensor_type().elem_type();
+    }
+    for (const auto& v : g.output()) {
+      m[v.name()] = v.type().tensor_type().elem_type();
+    }
+    return m;
   }
 
   pb::ModelProto& model() { return model_; }
