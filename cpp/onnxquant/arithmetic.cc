@@ -50,6 +50,9 @@ std::vector<float> MinWeightScalesForBias(const std::vector<float>& bias,
   for (size_t c = 0; c < num_channels && c < bias.size(); ++c) {
     const double need =
         std::fabs(static_cast<double>(bias[c])) / (input_scale * kMaxBias);
+    // A zero bias fits at any scale: no floor (else a dead channel would get
+    // the denormal nextafter(0) as its scale and be reported as enlarged).
+    if (need == 0.0) continue;
     // Rounded up to the next float so that the product stays within bounds.
     mins[c] = std::nextafter(static_cast<float>(need),
                              std::numeric_limits<float>::infinity());

@@ -93,16 +93,31 @@ bool GraphIndex::HasSubgraph(const pb::NodeProto& node) {
   return false;
 }
 
-NameAllocator::NameAllocator(const pb::GraphProto& graph) {
-  for (const auto& v : graph.input()) used_.insert(v.name());
-  for (const auto& v : graph.output()) used_.insert(v.name());
-  for (const auto& v : graph.value_info()) used_.insert(v.name());
-  for (const auto& t : graph.initializer()) used_.insert(t.name());
+namespace {
+
+// Every name `graph` and its subgraphs use: ONNX forbids a subgraph to define
+// a name the outer scope also defines, so new names avoid both.
+void CollectNames(const pb::GraphProto& graph,
+                  std::unordered_set<std::string>* used) {
+  for (const auto& v : graph.input()) used->insert(v.name());
+  for (const auto& v : graph.output()) used->insert(v.name());
+  for (const auto& v : graph.value_info()) used->insert(v.name());
+  for (const auto& t : graph.initializer()) used->insert(t.name());
   for (const auto& n : graph.node()) {
-    used_.insert(n.name());
-    for (const auto& o : n.output()) used_.insert(o);
-    for (const auto& in : n.input()) used_.insert(in);
+    used->insert(n.name());
+    for (const auto& o : n.output()) used->insert(o);
+    for (const auto& in : n.input()) used->insert(in);
+    for (const auto& attr : n.attribute()) {
+      if (attr.has_g()) CollectNames(attr.g(), used);
+      for (const auto& g : attr.graphs()) CollectNames(g, used);
+    }
   }
+}
+
+}  // namespace
+
+NameAllocator::NameAllocator(const pb::GraphProto& graph) {
+  CollectNames(graph, &used_);
 }
 
 std::string NameAllocator::Make(const std::string& base) {
