@@ -11,6 +11,10 @@ The pipeline, in the style of FuriosaAI's quantizer::
     onnx.save(quantized, "model.int8.onnx")
 """
 
+# Set before the submodules are imported: they read it.
+__version__ = "0.1.0"
+
+from onnxquant.calibrator import CalibrationMethod, Calibrator
 from onnxquant.errors import (
     CalibrationDataError,
     InternalError,
@@ -20,15 +24,33 @@ from onnxquant.errors import (
     RangeMissingError,
     UnsupportedModelError,
 )
-
-__version__ = "0.1.0"
+from onnxquant.optimize import optimize_model
+from onnxquant.quantize import QuantOptions, quantize
+from onnxquant.report import CalibrationReport, QuantizationReport
 
 __all__ = [
     "CalibrationDataError",
+    "CalibrationMethod",
+    "CalibrationReport",
+    "Calibrator",
     "InternalError",
     "InvalidArgumentError",
     "ModelError",
     "OnnxQuantError",
+    "QuantOptions",
+    "QuantizationReport",
     "RangeMissingError",
     "UnsupportedModelError",
+    "load_samples",
+    "optimize_model",
+    "quantize",
 ]
+
+
+def __getattr__(name: str):
+    # Lazy, so that ``python -m onnxquant.data`` runs a module not yet imported.
+    if name == "load_samples":
+        from onnxquant.data import load_samples
+
+        return load_samples
+    raise AttributeError(f"module 'onnxquant' has no attribute {name!r}")

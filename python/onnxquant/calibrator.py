@@ -1,0 +1,284 @@
+"""Calibration: running the model on samples and choosing activation ranges."""
+
+from __future__ import annotations
+
+import enum
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from onnxquant import _core
+from onnxquant._model import ModelLike, load_model, model_to_bytes
+from onnxquant._samples import batch_samples, input_specs
+from onnxquant._shapes import infer_dtypes
+from onnxquant.errors import CalibrationDataError, InternalError, InvalidArgumentError
+from onnxquant.quantize import QuantOptions, require_normalized
+from onnxquant.report import CalibrationReport, NonFiniteCount
+
+__all__ = ["BUILT_METHODS", "CalibrationMethod", "Calibrator", "default_threads"]
+
+
+class CalibrationMethod(enum.IntEnum):
+    """How :meth:`Calibrator.compute_range` turns statistics into ranges.
+
+    Each method has an asymmetric (``_ASYM``: [min, max], widened to contain 0)
+    and a symmetric (``_SYM``: [-a, a], or [0, a] when nothing is negative)
+    form. Built so far: MIN_MAX.
+    """
+
+    MIN_MAX_ASYM = 0
+    MIN_MAX_SYM = 1
+    ENTROPY_ASYM = 2
+    ENTROPY_SYM = 3
+    PERCENTILE_ASYM = 4
+    PERCENTILE_SYM = 5
+    MSE_ASYM = 6
+    MSE_SYM = 7
+    SQNR_ASYM = 8
+    SQNR_SYM = 9
+
+
+#: The methods built so far; the others raise NotImplementedError.
+BUILT_METHODS = (CalibrationMethod.MIN_MAX_ASYM, CalibrationMethod.MIN_MAX_SYM)
+
+
+def default_threads() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has
+    one, else ``os.cpu_count()``)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return os.cpu_count() or 1
+
+
+def _method(method: object) -> CalibrationMethod:
+    if isinstance(method, str):
+        try:
+            return CalibrationMethod[method.upper()]
+        except KeyError:
+            pass
+    elif isinstance(method, int) and not isinstance(method, bool):
+        try:
+            return CalibrationMethod(method)
+        except ValueError:
+            pass
+    names = ", ".join(m.name for m in CalibrationMethod)
+    raise InvalidArgumentError(f"Unknown calibration method {method!r}; choose one of {names}.")
+
+
+def _session(model_bytes: bytes, threads: int, providers: Sequence[str] | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # BASIC keeps every graph output (the exposed tensors among them) intact.
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options,
+                                providers=list(providers or ["CPUExecutionProvider"]))
+
+
+class Calibrator:
+    """Collects activation statistics of a normalised model and computes ranges.
+
+    Args:
+        model: the output of :func:`~onnxquant.optimize_model` (ModelProto,
+            bytes or path; never modified).
+        method: a :class:`CalibrationMethod` (or its name or value).
+        percentage: the percentile of PERCENTILE methods, in (0, 100]
+            (default 99.99).
+        options: the :class:`~onnxquant.QuantOptions` that ``quantize`` will use
+            (default: ``QuantOptions()``); they decide which tensors the plan
+            calibrates, so pass the same ones to both.
+        batch_size: where every input's first (batch) dim is dynamic,
+            consecutive samples are concatenated into batches of up to this many
+            rows per ``session.run`` (default 32; 1 runs samples one by one).
+            This assumes that samples are independent along the batch axis, as
+            in any model whose batch dim is truly a batch.
+        threads: the thread budget of the process (default None: the CPUs this
+            process may use). ONNX Runtime's intra-op pool gets all of it and
+            runs without spinning; the native statistics, which run between two
+            ``session.run`` calls and never beside them, get all of it too. The
+            ranges do not depend on the thread count.
+        providers: ONNX Runtime execution providers (default the CPU provider).
+
+    Raises:
+        ModelError: the model was not normalised by ``optimize_model``.
+        NotImplementedError: a method that is not built yet.
+        InvalidArgumentError: an argument outside its domain.
+    """
+
+    def __init__(self, model: ModelLike, method: CalibrationMethod | str | int, *,
+                 percentage: float = 99.99, options: QuantOptions | None = None,
+                 batch_size: int = 32, threads: int | None = None,
+                 providers: Sequence[str] | None = None) -> None:
+        self._method = _method(method)
+        if self._method not in BUILT_METHODS:
+            raise NotImplementedError(
+                f"{self._method.name} is not built yet: use MIN_MAX_ASYM or MIN_MAX_SYM.")
+        if isinstance(percentage, bool) or not isinstance(percentage, (int, float)) or \
+                not 0.0 < percentage <= 100.0:
+            raise InvalidArgumentError(f"percentage must be in (0, 100], got {percentage!r}.")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        if threads is None:
+            threads = default_threads()
+        elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise InvalidArgumentError(f"threads must be an int >= 1, got {threads!r}.")
+        if options is None:
+            options = QuantOptions()
+        elif not isinstance(options, QuantOptions):
+            raise InvalidArgumentError(
+                f"options must be a QuantOptions, got {type(options).__name__}.")
+        work = load_model(model)
+        require_normalized(work, "Calibrator")
+        self._percentage = float(percentage)
+        self._batch_size = batch_size
+        self._threads = threads
+        self._options = options
+        self._specs = input_specs(work)
+        dtypes = infer_dtypes(work, providers=providers)
+        data = model_to_bytes(work)
+        plan = _core.make_plan(data, dtypes, options.to_native())
+        self._tensors = tuple(plan["calibrated"])
+        inputs = {s.name for s in self._specs}
+        self._fetch = [t for t in self._tensors if t not in inputs]
+        self._from_feed = [t for t in self._tensors if t in inputs]
+        self._session = None
+        if self._fetch:
+            augmented = _core.expose_tensors(data, self._fetch, dtypes)
+            self._session = _session(augmented, threads, providers)
+            produced = {o.name for o in self._session.get_outputs()}
+            lost = [t for t in self._fetch if t not in produced]
+            if lost:
+                raise InternalError(
+                    f"The calibration session does not return tensor '{lost[0]}'; this is a "
+                    "bug in onnxquant, please report it with the model.")
+        self._stats = _core.MinMaxStats(list(self._tensors))
+        self._num_samples = 0
+
+    @property
+    def method(self) -> CalibrationMethod:
+        """The calibration method."""
+        return self._method
+
+    @property
+    def options(self) -> QuantOptions:
+        """The quantization options the plan was made with."""
+        return self._options
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """The tensors calibrated (the plan's), in graph order."""
+        return self._tensors
+
+    @property
+    def num_samples(self) -> int:
+        """Samples fed so far."""
+        return self._num_samples
+
+    def collect_data(self, samples: Iterable[object], progress: bool = False) -> None:
+        """Runs the model on ``samples`` and adds what the planned tensors hold
+        to the statistics. May be called again to add more samples.
+
+        ``samples`` is an iterable of samples; a sample is a list of numpy
+        arrays in input order, a dict by input name, or a numpy array for a
+        one-input model, with the batch dimension the model expects. They are
+        read one at a time; memory does not grow with their number.
+        ``progress`` (default False) shows a tqdm progress bar.
+
+        Raises:
+            CalibrationDataError: a sample with an unknown or missing input
+                name, a dtype or shape that does not fit, or NaN/Inf in an
+                input (naming the sample and input); or ONNX Runtime failing on
+                a sample.
+        """
+        bar = None
+        if progress:
+            from tqdm import tqdm
+
+            total = len(samples) if hasattr(samples, "__len__") else None
+            bar = tqdm(total=total, unit="sample", desc="Calibrating")
+        try:
+            for feed, count in batch_samples(samples, self._specs, self._batch_size,
+                                             self._num_samples):
+                self._update(feed, count)
+                self._num_samples += count
+                if bar is not None:
+                    bar.update(count)
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def _update(self, feed: dict[str, np.ndarray], count: int) -> None:
+        arrays = {t: feed[t] for t in self._from_feed}
+        if self._session is not None:
+            try:
+                outputs = self._session.run(self._fetch, feed)
+            except Exception as e:  # ORT's errors derive from Exception only
+                first = self._num_samples
+                which = f"sample {first}" if count == 1 else \
+                    f"samples {first} to {first + count - 1}"
+                raise CalibrationDataError(
+                    f"ONNX Runtime failed on {which}: {str(e).strip()}") from e
+            arrays.update(zip(self._fetch, outputs))
+        if arrays:
+            self._stats.update(
+                {t: np.ascontiguousarray(a, dtype=np.float32) for t, a in arrays.items()},
+                self._threads)
+
+    def compute_range(self) -> dict[str, tuple[float, float]]:
+        """Returns ``{tensor name: (min, max)}`` as plain Python floats for every
+        calibrated tensor (JSON-serialisable), by the calibration method:
+
+        - MIN_MAX_ASYM: ``(min(x_min, 0), max(x_max, 0))``;
+        - MIN_MAX_SYM: ``(-a, a)`` with ``a = max(|x_min|, |x_max|)``, or
+          ``(0, a)`` when ``x_min >= 0``.
+
+        NaN and Inf in intermediate tensors are left out of the statistics and
+        counted in :attr:`report`; a tensor without any finite value gets
+        ``(0.0, 0.0)`` and is listed in ``report.degraded``.
+
+        Raises:
+            CalibrationDataError: no sample was fed.
+        """
+        if self._num_samples == 0:
+            raise CalibrationDataError(
+                "The calibration set is empty: call collect_data(samples) with at least one "
+                "sample before compute_range().")
+        stats = self._stats.result()
+        ranges = {}
+        for name in self._tensors:
+            s = stats[name]
+            if s["count"] == 0:
+                ranges[name] = (0.0, 0.0)
+                continue
+            low, high = float(s["min"]), float(s["max"])
+            if self._method == CalibrationMethod.MIN_MAX_ASYM:
+                ranges[name] = (min(low, 0.0), max(high, 0.0))
+            else:
+                bound = max(abs(low), abs(high))
+                ranges[name] = (0.0, bound) if low >= 0.0 else (-bound, bound)
+        return ranges
+
+    @property
+    def report(self) -> CalibrationReport:
+        """What calibration saw so far: samples, NaN/Inf counts, tensors without
+        a finite value."""
+        stats = self._stats.result()
+        nonfinite = tuple(
+            NonFiniteCount(t, int(stats[t]["nan"]), int(stats[t]["pos_inf"]),
+                           int(stats[t]["neg_inf"]))
+            for t in self._tensors
+            if stats[t]["nan"] or stats[t]["pos_inf"] or stats[t]["neg_inf"])
+        degraded = tuple(t for t in self._tensors
+                         if self._num_samples and stats[t]["count"] == 0)
+        return CalibrationReport(self._num_samples, self._method.name, nonfinite, degraded)
+
+    def __repr__(self) -> str:
+        return (f"Calibrator({self._method.name}, {len(self._tensors)} tensors, "
+                f"{self._num_samples} samples)")

@@ -1,0 +1,197 @@
+"""The ``onnxquant`` command line.
+
+``onnxquant quantize model.onnx -o model.int8.onnx --calibration-data data.npz``
+normalises the model, calibrates it on the samples of the ``.npz`` file,
+quantizes it, writes the result and prints the report and the time of each
+step. Errors a user can cause print as one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Iterator
+
+from onnxquant.errors import CalibrationDataError, OnnxQuantError
+
+__all__ = ["build_parser", "main", "run_demo", "run_quantize"]
+
+EXIT_USAGE = 2
+
+
+@contextlib.contextmanager
+def _step(name: str, times: dict[str, float]) -> Iterator[None]:
+    print(f"{name}...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    yield
+    times[name] = time.perf_counter() - start
+    print(f"{name}: {times[name]:.2f} s", file=sys.stderr, flush=True)
+
+
+def run_quantize(args: argparse.Namespace) -> int:
+    """The ``quantize`` subcommand."""
+    import os
+
+    from onnxquant._model import save_model_atomic
+    from onnxquant.calibrator import BUILT_METHODS, CalibrationMethod, Calibrator
+    from onnxquant.data import load_samples
+    from onnxquant.optimize import optimize_model
+    from onnxquant.quantize import QuantOptions, quantize
+
+    # Fail before the slow steps on what can be checked now.
+    if CalibrationMethod[args.method] not in BUILT_METHODS:
+        built = ", ".join(m.name for m in BUILT_METHODS)
+        raise NotImplementedError(f"{args.method} is not built yet: use one of {built}.")
+    if not os.path.exists(args.calibration_data):
+        raise CalibrationDataError(
+            f"Calibration data file '{args.calibration_data}' does not exist.")
+    options = QuantOptions(
+        activation_type=args.activation_type, per_channel=args.per_channel,
+        exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,
+        quantize_activation_matmul=not args.float_activation_matmul,
+        reduce_weight_range=args.reduce_weight_range)
+    times: dict[str, float] = {}
+    with _step("optimize", times):
+        model = optimize_model(args.model)
+    with _step("read samples", times):
+        samples = load_samples(args.calibration_data, model, max_samples=args.max_samples)
+    with _step("plan", times):
+        calibrator = Calibrator(model, args.method, options=options,
+                                batch_size=args.batch_size, threads=args.threads)
+    with _step(f"calibrate ({len(samples)} samples)", times):
+        calibrator.collect_data(samples, progress=not args.quiet)
+    with _step("compute ranges", times):
+        ranges = calibrator.compute_range()
+    with _step("quantize", times):
+        quantized, report = quantize(model, ranges, options=options,
+                                     calibration_report=calibrator.report,
+                                     return_report=True)
+    with _step("save", times):
+        save_model_atomic(quantized, args.output)
+        if args.report_json:
+            text = json.dumps({"report": report.to_dict(), "ranges": ranges,
+                               "seconds": times}, indent=2)
+            with open(args.report_json, "w", encoding="utf-8") as f:
+                f.write(text + "\n")
+    print(report)
+    print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """The ``demo`` subcommand: quantize a model on real data and print FP32
+    against INT8 top-1 and the time of each step."""
+    from onnxquant import demo
+
+    if args.model is None:
+        data = demo.default_demo_data(num_calibration=args.num_calibration,
+                                      seed=args.seed, data_root=args.data_root)
+    else:
+        if not (args.calibration_data and args.test_data):
+            raise CalibrationDataError(
+                "demo --model needs --calibration-data and --test-data (.npz files whose "
+                "keys are the model's input name, the test file with 'labels').")
+        data = demo.npz_demo_data(args.model, args.calibration_data, args.test_data,
+                                  num_calibration=args.num_calibration, seed=args.seed)
+    demo.run_demo(data, method=args.method, output=args.output, progress=not args.quiet)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``onnxquant`` command."""
+    from onnxquant import __version__
+    from onnxquant.calibrator import CalibrationMethod
+
+    parser = argparse.ArgumentParser(
+        prog="onnxquant",
+        description="Post-training INT8 quantization of ONNX models (QDQ format).")
+    parser.add_argument("--version", action="version", version=f"onnxquant {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    q = commands.add_parser(
+        "quantize", help="quantize a float ONNX model with calibration samples",
+        description="Normalise MODEL (opset >= 13, batch norm folded), run it on the "
+                    "calibration samples to collect activation ranges, and write the INT8 "
+                    "QDQ model. Prints the report and the time of each step.")
+    q.add_argument("model", help="the float .onnx model (read only)")
+    q.add_argument("-o", "--output", required=True,
+                   help="where to write the quantized .onnx model (written whole or not at all)")
+    q.add_argument("--calibration-data", required=True, metavar="NPZ",
+                   help="an .npz whose keys are the model's input names, arrays in the "
+                        "model's layout and dtype, axis 0 indexing samples (see "
+                        "'python -m onnxquant.data' to convert the zoo's sets)")
+    q.add_argument("--method", default="MIN_MAX_ASYM",
+                   choices=[m.name for m in CalibrationMethod],
+                   help="how ranges are chosen from the statistics (default MIN_MAX_ASYM)")
+    q.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
+                   help="activation integer type: uint8 fuses into ONNX Runtime's CPU "
+                        "integer kernels, int8 suits TFLite-style targets and NPUs "
+                        "(default uint8)")
+    q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
+                   help="one scale per weight instead of one per output channel")
+    q.add_argument("--exclude-node", action="append", default=[], metavar="NAME",
+                   help="keep this node in float (repeat for several)")
+    q.add_argument("--op-types", nargs="+", default=None, metavar="OP",
+                   help="quantize only these op types, e.g. Conv Gemm (default: every op "
+                        "the plan supports)")
+    q.add_argument("--float-activation-matmul", action="store_true",
+                   help="keep MatMul of two activations (attention) in float")
+    q.add_argument("--reduce-weight-range", action="store_true",
+                   help="7-bit weights [-63, 63], for CPUs without VNNI")
+    q.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="use only the first N samples of the file (default: all)")
+    q.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="samples run together where the batch dim is dynamic (default 32)")
+    q.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="thread budget for ONNX Runtime and the statistics (default: the "
+                        "CPUs this process may use)")
+    q.add_argument("--report-json", default=None, metavar="PATH",
+                   help="also write the report, the ranges and the step times as JSON")
+    q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    q.set_defaults(handler=run_quantize)
+
+    d = commands.add_parser(
+        "demo", help="quantize a model on real data and compare FP32 with INT8",
+        description="Quantize a model on real data and print FP32 against INT8 accuracy.")
+    d.add_argument("--model", default=None,
+                   help="a one-input classifier .onnx (default: the built-in Fashion-MNIST "
+                        "CNN, calibrated and evaluated on Debian's dataset-fashion-mnist)")
+    d.add_argument("--calibration-data", default=None, metavar="NPZ",
+                   help="with --model: samples to draw calibration samples from")
+    d.add_argument("--test-data", default=None, metavar="NPZ",
+                   help="with --model: labelled evaluation samples ('labels' key)")
+    d.add_argument("--num-calibration", type=int, default=500, metavar="N",
+                   help="calibration samples drawn with numpy.random.default_rng(seed) "
+                        "(default 500)")
+    d.add_argument("--seed", type=int, default=0, help="seed of the draw (default 0)")
+    d.add_argument("--data-root", default=None,
+                   help="Fashion-MNIST folder (default /usr/share/datasets/fashion-mnist)")
+    d.add_argument("-o", "--output", default=None,
+                   help="also write the quantized model here")
+    d.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    d.add_argument("--method", default="MIN_MAX_ASYM",
+                   choices=[m.name for m in CalibrationMethod],
+                   help="calibration method (default MIN_MAX_ASYM)")
+    d.set_defaults(handler=run_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the command line; returns the exit code (0, or 2 on an error)."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (OnnxQuantError, NotImplementedError) as e:
+        print(f"onnxquant: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as e:
+        print(f"onnxquant: error: {e.strerror}: {e.filename}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,123 @@
+"""Normalising a model before quantization: :func:`optimize_model`."""
+
+from __future__ import annotations
+
+import onnx
+
+from onnxquant import _core
+from onnxquant._model import (
+    NORMALIZED_KEY,
+    ModelLike,
+    load_model,
+    model_to_bytes,
+    set_metadata,
+)
+from onnxquant._opset import (
+    TARGET_OPSET,
+    assumed_input_shapes,
+    convert_float16,
+    convert_opset,
+    default_opset,
+    fold_shape_subgraphs,
+    verify_same_outputs,
+)
+
+__all__ = ["name_nodes", "optimize_model", "run_passes"]
+
+_MIN_IR_VERSION = 7
+
+
+def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.ModelProto:
+    """Runs the engine's graph passes (default: all, in their registered order)
+    on a copy of ``model`` and returns it."""
+    names = list(_core.pass_names()) if passes is None else list(passes)
+    data, _changed = _core.run_passes(model_to_bytes(model), names)
+    result = onnx.ModelProto()
+    result.ParseFromString(data)
+    return result
+
+
+def name_nodes(model: onnx.ModelProto) -> int:
+    """Gives every main-graph node a unique name, in place; returns how many
+    were renamed. Unnamed nodes become ``<op_type>_<index>``; a repeated name
+    gets a ``_<n>`` suffix. Names that were unique are kept."""
+    taken = {n.name for n in model.graph.node if n.name}
+    seen: set[str] = set()
+    renamed = 0
+    for index, node in enumerate(model.graph.node):
+        if node.name and node.name not in seen:
+            seen.add(node.name)
+            continue
+        base = node.name or f"{node.op_type}_{index}"
+        name, k = base, 1
+        while name in taken or name in seen:
+            name, k = f"{base}_{k}", k + 1
+        node.name = name
+        seen.add(name)
+        taken.add(name)
+        renamed += 1
+    return renamed
+
+
+def optimize_model(model: ModelLike, *,
+                   input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
+    """Returns the normalised form of ``model`` that the rest of onnxquant takes.
+
+    ``model`` is an ``onnx.ModelProto``, bytes or a path; it is never modified.
+    Steps:
+
+    1. **float16**: a float16 model is converted to float32 (initializers,
+       Constant tensors, Cast targets, and the element types of graph inputs,
+       outputs and value_info). QuantizeLinear accepts float16 only from opset
+       19 on, and calibration statistics are float32 anyway; so the returned
+       model, and the quantized model made from it, take and return float32.
+       bfloat16 models raise UnsupportedModelError.
+    2. **Graph passes** of the engine: initializers removed from graph.input,
+       Constant nodes lifted to initializers, Identity and unused-mask Dropout
+       removed, BatchNormalization folded into Conv/ConvTranspose/Gemm.
+    3. **Opset**: kept when it is 13 or more (never downgraded). Below 13,
+       shape subgraphs (``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``
+       and other computations on constants) are folded into initializers under
+       static input shapes, then ONNX's version converter takes the model to
+       opset 13 and ``ir_version`` to at least 7, and ONNX Runtime checks on a
+       random input that the converted model computes what the original did.
+       The static shapes are the model's own; ``input_shapes`` (default None:
+       none given) sets them per input name, and an unset dynamic first (batch)
+       dim is taken as 1. When shapes were folded under such an assumed shape,
+       the returned model's input takes that shape.
+    4. The graph passes again, on the converted model; then every node gets a
+       unique name (unnamed ones ``<op_type>_<index>``), which reports and
+       ``exclude_nodes`` refer to.
+    5. A ``metadata_props`` entry ``onnxquant.normalized`` (the onnxquant
+       version) stamps the result; :class:`~onnxquant.Calibrator` and
+       :func:`~onnxquant.quantize` require it.
+
+    Raises:
+        ModelError: the model cannot be read or is malformed.
+        UnsupportedModelError: bfloat16; an opset conversion that fails (the
+            message names the node that blocks it) or that changes the outputs.
+        InvalidArgumentError: ``input_shapes`` names an unknown input or a shape
+            that does not fit the model.
+    """
+    from onnxquant import __version__
+
+    work = load_model(model)
+    convert_float16(work)
+    reference = work
+    work = run_passes(work)
+    opset = default_opset(work)
+    if not opset:
+        work.opset_import.add(domain="", version=TARGET_OPSET)
+    elif opset < TARGET_OPSET:
+        shapes, assumed = assumed_input_shapes(work, input_shapes)
+        fold_shape_subgraphs(work, shapes, assumed)
+        work = convert_opset(work, TARGET_OPSET)
+        verify_same_outputs(reference, work, shapes,
+                            f"conversion from opset {opset} to {TARGET_OPSET}")
+    elif input_shapes:
+        assumed_input_shapes(work, input_shapes)  # validates the names and shapes
+    work.ir_version = max(work.ir_version, _MIN_IR_VERSION)
+    work = run_passes(work)
+    name_nodes(work)
+    set_metadata(work, NORMALIZED_KEY, __version__)
+    return work

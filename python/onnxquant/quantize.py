@@ -1,0 +1,199 @@
+"""Quantizing a normalised model with calibrated ranges: :func:`quantize`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+
+import onnx
+import onnx.checker
+
+from onnxquant import _core
+from onnxquant._model import (
+    NORMALIZED_KEY,
+    QUANTIZED_KEY,
+    ModelLike,
+    get_metadata,
+    load_model,
+    model_to_bytes,
+    set_metadata,
+)
+from onnxquant._shapes import infer_dtypes
+from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
+from onnxquant.report import CalibrationReport, QuantizationReport
+
+__all__ = ["QuantOptions", "quantize"]
+
+_ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8"}
+
+
+@dataclass(frozen=True)
+class QuantOptions:
+    """How a model is quantized; shared by :class:`~onnxquant.Calibrator` (it
+    decides which tensors are calibrated) and :func:`~onnxquant.quantize`.
+
+    Attributes:
+        activation_type: ``"uint8"`` (default) or ``"int8"``. uint8 lets ONNX
+            Runtime's CPU provider fuse QDQ into integer kernels; int8 suits
+            TFLite-style targets and NPUs, with a Q/DQ pair per consumer.
+        per_channel: per-channel weight scales (default True); False gives one
+            scale per weight.
+        exclude_nodes: names of nodes kept in float (default none).
+        op_types: the op types to quantize (default None: every op of the plan's
+            table).
+        quantize_activation_matmul: quantize MatMul of two activations, as in
+            attention (default True); False keeps them float.
+        reduce_weight_range: weights in [-63, 63] instead of [-127, 127], for
+            CPUs without VNNI whose uint8 x int8 kernels can saturate (default
+            False).
+    """
+
+    activation_type: str = "uint8"
+    per_channel: bool = True
+    exclude_nodes: tuple[str, ...] = ()
+    op_types: tuple[str, ...] | None = None
+    quantize_activation_matmul: bool = True
+    reduce_weight_range: bool = False
+
+    def __post_init__(self) -> None:
+        if self.activation_type not in _ACTIVATION_TYPES:
+            raise InvalidArgumentError(
+                f"activation_type must be 'uint8' or 'int8', got {self.activation_type!r}.")
+        for name in ("per_channel", "quantize_activation_matmul", "reduce_weight_range"):
+            if not isinstance(getattr(self, name), bool):
+                raise InvalidArgumentError(
+                    f"{name} must be True or False, got {getattr(self, name)!r}.")
+        object.__setattr__(self, "exclude_nodes", _names("exclude_nodes", self.exclude_nodes))
+        if self.op_types is not None:
+            object.__setattr__(self, "op_types", _names("op_types", self.op_types))
+
+    def to_native(self) -> _core.QuantOptions:
+        """The engine's form of these options."""
+        native = _core.QuantOptions()
+        native.activation_type = getattr(_core.ActivationType,
+                                         _ACTIVATION_TYPES[self.activation_type])
+        native.per_channel = self.per_channel
+        native.exclude_nodes = list(self.exclude_nodes)
+        native.op_types = list(self.op_types or ())
+        native.quantize_activation_matmul = self.quantize_activation_matmul
+        native.reduce_weight_range = self.reduce_weight_range
+        return native
+
+
+def _names(option: str, values: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(values, str):
+        raise InvalidArgumentError(
+            f"{option} takes a list of names, not the string {values!r}; write "
+            f"{option}=[{values!r}].")
+    values = tuple(values)
+    bad = [v for v in values if not isinstance(v, str) or not v]
+    if bad:
+        raise InvalidArgumentError(f"{option} holds {bad[0]!r}, which is not a name.")
+    return values
+
+
+def require_normalized(model: onnx.ModelProto, what: str) -> None:
+    """Raises ModelError unless ``model`` carries optimize_model's stamp and
+    not quantize's."""
+    if get_metadata(model, QUANTIZED_KEY) is not None:
+        raise ModelError(
+            f"{what} takes a float model, and this one is already quantized by onnxquant.")
+    if get_metadata(model, NORMALIZED_KEY) is None:
+        raise ModelError(
+            f"{what} takes a model normalised by onnxquant.optimize_model; run "
+            "model = onnxquant.optimize_model(model) first (ranges are keyed by the "
+            "normalised model's tensor names).")
+
+
+def _native_ranges(ranges: Mapping[str, object]) -> dict[str, tuple[float, float]]:
+    if not isinstance(ranges, Mapping):
+        raise InvalidArgumentError(
+            f"ranges must be a dict {{tensor name: (min, max)}}, got {type(ranges).__name__}.")
+    # Non-finite or inverted pairs pass through: the engine raises
+    # RangeMissingError naming the tensor, for the planned ones.
+    native = {}
+    for name, value in ranges.items():
+        try:
+            low, high = value
+            native[str(name)] = (float(low), float(high))
+        except (TypeError, ValueError) as e:
+            raise InvalidArgumentError(
+                f"ranges['{name}'] must be a pair of numbers (min, max), got {value!r}.") from e
+    return native
+
+
+_DEFAULTS = QuantOptions()
+
+
+def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
+             activation_type: str = "uint8", per_channel: bool = True,
+             exclude_nodes: Iterable[str] = (), op_types: Iterable[str] | None = None,
+             quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
+             options: QuantOptions | None = None,
+             calibration_report: CalibrationReport | None = None,
+             return_report: bool = False):
+    """Returns the QDQ-quantized form of a normalised model.
+
+    Args:
+        model: the output of :func:`~onnxquant.optimize_model` (ModelProto,
+            bytes or path; never modified).
+        ranges: ``{tensor name: (min, max)}`` as
+            :meth:`~onnxquant.Calibrator.compute_range` returns it, for every
+            tensor the plan calibrates.
+        activation_type, per_channel, exclude_nodes, op_types,
+        quantize_activation_matmul, reduce_weight_range: see
+            :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None = all
+            planned ops, True, False).
+        options: a :class:`QuantOptions` instead of the keywords above (then
+            the keywords must keep their defaults). Default None.
+        calibration_report: the calibrator's ``report``, to include in the
+            returned report (default None).
+        return_report: also return a :class:`~onnxquant.report.QuantizationReport`
+            (default False).
+
+    Returns:
+        The quantized ``onnx.ModelProto``, or ``(model, report)`` with
+        ``return_report=True``. The model carries a ``metadata_props`` entry
+        ``onnxquant.quantized``.
+
+    Raises:
+        ModelError: the model was not normalised by optimize_model, or is
+            already quantized.
+        RangeMissingError: a planned tensor has no range, or a non-finite or
+            inverted one (the message names the tensor).
+        InvalidArgumentError: an option outside its domain, or an excluded node
+            or op type the model does not contain.
+    """
+    keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
+                            quantize_activation_matmul, reduce_weight_range)
+    if options is None:
+        options = keywords
+    elif keywords != _DEFAULTS:
+        changed = [f.name for f in fields(QuantOptions)
+                   if getattr(keywords, f.name) != getattr(_DEFAULTS, f.name)]
+        raise InvalidArgumentError(
+            f"Pass either options=QuantOptions(...) or keyword options, not both "
+            f"(got options and {', '.join(changed)}).")
+    elif not isinstance(options, QuantOptions):
+        raise InvalidArgumentError(
+            f"options must be a QuantOptions, got {type(options).__name__}.")
+    work = load_model(model)
+    require_normalized(work, "quantize")
+    native_ranges = _native_ranges(ranges)
+    dtypes = infer_dtypes(work)
+    data, native_report = _core.quantize(model_to_bytes(work), dtypes, options.to_native(),
+                                         native_ranges)
+    result = onnx.ModelProto()
+    result.ParseFromString(data)
+    from onnxquant import __version__
+
+    set_metadata(result, QUANTIZED_KEY, __version__)
+    try:
+        onnx.checker.check_model(result)
+    except onnx.checker.ValidationError as e:
+        raise InternalError(
+            f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
+            "a bug in onnxquant, please report it with the model.") from e
+    if not return_report:
+        return result
+    return result, QuantizationReport.from_native(native_report, calibration_report)

@@ -1,0 +1,268 @@
+"""Calibrator: ranges from the data fed, sample checks, memory, reports."""
+
+from __future__ import annotations
+
+import json
+import tracemalloc
+
+import numpy as np
+import onnxquant as oq
+import pytest
+from onnxquant.calibrator import default_threads
+
+ASYM = oq.CalibrationMethod.MIN_MAX_ASYM
+SYM = oq.CalibrationMethod.MIN_MAX_SYM
+
+
+@pytest.fixture()
+def scale_shift(scale_shift_model):
+    return oq.optimize_model(scale_shift_model)
+
+
+def _rows(rng, count, low=-3.0, high=5.0):
+    return [(rng.random((1, 8), dtype=np.float32) * (high - low) + low).astype(np.float32)
+            for _ in range(count)]
+
+
+def _expected_asym(values: np.ndarray) -> tuple[float, float]:
+    return min(float(values.min()), 0.0), max(float(values.max()), 0.0)
+
+
+def test_method_values_are_fixed():
+    assert [m.value for m in oq.CalibrationMethod] == list(range(10))
+    assert oq.CalibrationMethod.SQNR_SYM.name == "SQNR_SYM"
+
+
+def test_minmax_asym_equals_numpy_over_uneven_chunks(scale_shift):
+    rng = np.random.default_rng(0)
+    samples = _rows(rng, 57)
+    calibrator = oq.Calibrator(scale_shift, ASYM, batch_size=4)
+    assert set(calibrator.tensors) == {"x", "t", "y"}
+    for start, stop in [(0, 1), (1, 12), (12, 13), (13, 57)]:
+        calibrator.collect_data(iter(samples[start:stop]))
+    assert calibrator.num_samples == 57
+    x = np.concatenate(samples)
+    t = x * np.float32(2.0)
+    y = t + np.float32(-1.0)
+    ranges = calibrator.compute_range()
+    assert ranges == {"x": _expected_asym(x), "t": _expected_asym(t), "y": _expected_asym(y)}
+    assert all(type(v) is float for pair in ranges.values() for v in pair)
+    assert json.loads(json.dumps(ranges)) == {k: list(v) for k, v in ranges.items()}
+
+
+def test_asym_range_always_contains_zero(scale_shift):
+    calibrator = oq.Calibrator(scale_shift, ASYM)
+    calibrator.collect_data([np.full((1, 8), 3.0, np.float32)])
+    ranges = calibrator.compute_range()
+    assert ranges["x"] == (0.0, 3.0)
+    assert ranges["y"] == (0.0, 5.0)
+
+
+def test_minmax_sym(scale_shift):
+    calibrator = oq.Calibrator(scale_shift, SYM)
+    samples = [np.array([[0.5, 1, 2, 3, 4, 0.25, 1.5, 2.5]], np.float32)]
+    calibrator.collect_data(samples)
+    ranges = calibrator.compute_range()
+    assert ranges["x"] == (0.0, 4.0)  # nothing negative: [0, a]
+    assert ranges["y"] == (-7.0, 7.0)  # 2x - 1 spans [0, 7]
+    calibrator.collect_data([np.full((1, 8), -6.0, np.float32)])
+    assert calibrator.compute_range()["x"] == (-6.0, 6.0)
+
+
+def test_batching_and_threads_do_not_change_ranges(scale_shift):
+    samples = _rows(np.random.default_rng(1), 45, -10.0, 10.0)
+    results = []
+    for batch_size, threads in [(1, 1), (7, 2), (32, 3), (100, 1)]:
+        calibrator = oq.Calibrator(scale_shift, ASYM, batch_size=batch_size, threads=threads)
+        calibrator.collect_data(samples)
+        results.append(calibrator.compute_range())
+    assert all(r == results[0] for r in results[1:])
+
+
+def test_batches_split_where_shapes_differ(parse_model):
+    model = oq.optimize_model(parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, M] x) => (float[N, M] y) <float[1] two = {2.0}> { y = Mul(x, two) }
+    """))
+    samples = [np.full((1, width), float(k), np.float32)
+               for k, width in enumerate([3, 3, 5, 5, 5, 3])]
+    calibrator = oq.Calibrator(model, ASYM, batch_size=32)
+    calibrator.collect_data(samples)
+    assert calibrator.num_samples == 6
+    assert calibrator.compute_range()["y"] == (0.0, 10.0)
+
+
+def test_sample_forms_dict_list_array(scale_shift):
+    x = np.array([[1, -2, 3, -4, 5, -6, 7, -8]], np.float32)
+    calibrator = oq.Calibrator(scale_shift, ASYM)
+    calibrator.collect_data([{"x": x}, [x * 2], x * 3])
+    assert calibrator.num_samples == 3
+    assert calibrator.compute_range()["x"] == (-24.0, 21.0)
+
+
+def test_memory_does_not_grow_with_sample_count(scale_shift):
+    big = np.random.default_rng(2).random((1, 8), dtype=np.float32)
+
+    def stream(count):
+        for i in range(count):
+            yield big + np.float32(i % 5)
+
+    calibrator = oq.Calibrator(scale_shift, ASYM, batch_size=16)
+    calibrator.collect_data(stream(200))  # warm up
+    tracemalloc.start()
+    try:
+        calibrator.collect_data(stream(200))
+        after_few = tracemalloc.get_traced_memory()[0]
+        calibrator.collect_data(stream(5000))
+        after_many = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    # 5000 kept samples and outputs would hold > 500 kB; nothing may accumulate.
+    assert after_many - after_few < 64 * 1024
+    assert calibrator.num_samples == 5400
+
+
+def test_nan_and_inf_in_intermediate_tensors_are_counted(parse_model):
+    model = oq.optimize_model(parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4] x) => (float[1, 4] y) <float[1] c = {3.0}> {
+            t = Log(x)
+            y = Mul(t, c)
+        }
+    """))
+    calibrator = oq.Calibrator(model, ASYM)
+    assert set(calibrator.tensors) == {"t", "y"}
+    calibrator.collect_data([np.array([[0.0, 1.0, np.e, -1.0]], np.float32)])
+    ranges = calibrator.compute_range()
+    assert ranges["t"] == pytest.approx((0.0, 1.0), abs=1e-6)  # -inf and NaN left out
+    report = calibrator.report
+    counts = {c.tensor: c for c in report.nonfinite}
+    assert counts["t"].neg_inf == 1 and counts["t"].nan == 1
+    assert counts["y"].neg_inf == 1
+    assert report.degraded == ()
+    assert "NaN" in str(report)
+
+
+def test_tensor_without_finite_values_degrades_to_zero_range(parse_model):
+    model = oq.optimize_model(parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4] x) => (float[1, 4] y) <float[1] c = {3.0}> {
+            t = Log(x)
+            y = Mul(t, c)
+        }
+    """))
+    calibrator = oq.Calibrator(model, ASYM)
+    calibrator.collect_data([np.zeros((1, 4), np.float32)])
+    ranges = calibrator.compute_range()
+    assert ranges == {"t": (0.0, 0.0), "y": (0.0, 0.0)}
+    assert set(calibrator.report.degraded) == {"t", "y"}
+    assert calibrator.report.to_dict()["nonfinite"][0]["neg_inf"] == 4
+
+
+def test_progress_bar(scale_shift, capsys):
+    calibrator = oq.Calibrator(scale_shift, ASYM)
+    calibrator.collect_data(_rows(np.random.default_rng(3), 5), progress=True)
+    assert "5/5" in capsys.readouterr().err
+
+
+def test_default_thread_budget_is_positive():
+    assert default_threads() >= 1
+
+
+# ---------------------------------------------------------------------------
+# Bad samples and arguments
+# ---------------------------------------------------------------------------
+
+@pytest.fixture()
+def calibrator(scale_shift):
+    return oq.Calibrator(scale_shift, ASYM)
+
+
+def test_unknown_input_name(calibrator):
+    with pytest.raises(oq.CalibrationDataError, match=r"'image'.*inputs are 'x'"):
+        calibrator.collect_data([{"image": np.zeros((1, 8), np.float32)}])
+
+
+def test_missing_input_name(parse_model):
+    model = oq.optimize_model(parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[1, 4] a, float[1, 4] b) => (float[1, 4] y) { y = Add(a, b) }
+    """))
+    calibrator = oq.Calibrator(model, ASYM)
+    with pytest.raises(oq.CalibrationDataError, match=r"lacks input 'b'.*'a', 'b'"):
+        calibrator.collect_data([{"a": np.zeros((1, 4), np.float32)}])
+    with pytest.raises(oq.CalibrationDataError, match=r"1 arrays.*2 inputs"):
+        calibrator.collect_data([[np.zeros((1, 4), np.float32)]])
+    with pytest.raises(oq.CalibrationDataError, match="single array"):
+        calibrator.collect_data([np.zeros((1, 4), np.float32)])
+
+
+def test_wrong_dtype(calibrator):
+    with pytest.raises(oq.CalibrationDataError,
+                       match=r"Sample 0, input 'x': expected dtype float32, got float64"):
+        calibrator.collect_data([np.zeros((1, 8))])
+
+
+def test_wrong_shape(calibrator):
+    with pytest.raises(oq.CalibrationDataError, match=r"'x'.*\[N, 8\].*\[1, 9\]"):
+        calibrator.collect_data([np.zeros((1, 9), np.float32)])
+    with pytest.raises(oq.CalibrationDataError, match=r"'x'.*\[N, 8\].*\[8\]"):
+        calibrator.collect_data([np.zeros(8, np.float32)])
+
+
+@pytest.mark.parametrize("bad, word", [(np.nan, "NaN"), (np.inf, "Inf"), (-np.inf, "Inf")])
+def test_nonfinite_model_input_names_sample(calibrator, bad, word):
+    good = np.zeros((1, 8), np.float32)
+    broken = good.copy()
+    broken[0, 3] = bad
+    with pytest.raises(oq.CalibrationDataError, match=rf"Sample 2, input 'x' contains {word}"):
+        calibrator.collect_data([good, good, broken])
+
+
+def test_sample_numbers_continue_across_calls(calibrator):
+    calibrator.collect_data([np.zeros((1, 8), np.float32)] * 3)
+    with pytest.raises(oq.CalibrationDataError, match="Sample 4"):
+        calibrator.collect_data([np.zeros((1, 8), np.float32), np.zeros((1, 8), np.int32)])
+
+
+def test_empty_calibration_set(calibrator):
+    with pytest.raises(oq.CalibrationDataError, match="empty"):
+        calibrator.compute_range()
+    calibrator.collect_data([])
+    with pytest.raises(oq.CalibrationDataError, match="empty"):
+        calibrator.compute_range()
+
+
+def test_array_of_samples(calibrator):
+    samples = np.arange(3 * 1 * 8, dtype=np.float32).reshape(3, 1, 8)  # axis 0: samples
+    calibrator.collect_data(samples)
+    assert calibrator.num_samples == 3
+    assert calibrator.compute_range()["x"] == (0.0, 23.0)
+
+
+def test_array_instead_of_iterable_of_samples(calibrator):
+    with pytest.raises(oq.CalibrationDataError, match=r"shape \[1, 8\].*\[sample\]"):
+        calibrator.collect_data(np.zeros((1, 8), np.float32))
+    with pytest.raises(oq.CalibrationDataError, match="iterable of samples"):
+        calibrator.collect_data({"x": np.zeros((1, 8), np.float32)})
+
+
+def test_methods_not_built_yet(scale_shift):
+    with pytest.raises(NotImplementedError, match="ENTROPY_ASYM is not built yet"):
+        oq.Calibrator(scale_shift, oq.CalibrationMethod.ENTROPY_ASYM)
+    with pytest.raises(NotImplementedError, match="PERCENTILE_SYM is not built yet"):
+        oq.Calibrator(scale_shift, "percentile_sym")
+
+
+@pytest.mark.parametrize("kwargs, word", [
+    ({"method": "MINMAX"}, "Unknown calibration method"),
+    ({"method": 10}, "Unknown calibration method"),
+    ({"percentage": 0}, "percentage"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"threads": 0}, "threads"),
+    ({"options": {"per_channel": False}}, "QuantOptions"),
+])
+def test_bad_arguments(scale_shift, kwargs, word):
+    kwargs = {"method": ASYM, **kwargs}
+    with pytest.raises(oq.InvalidArgumentError, match=word):
+        oq.Calibrator(scale_shift, **kwargs)

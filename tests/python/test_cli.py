@@ -1,0 +1,119 @@
+"""The onnxquant command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+from onnxquant.cli import build_parser, main
+
+
+@pytest.fixture()
+def files(tmp_path, small_cnn_model, image_batches):
+    model = tmp_path / "cnn.onnx"
+    onnx.save(small_cnn_model, model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, image=image_batches[:, 0])  # [40, 3, 8, 8]: axis 0 indexes samples
+    return tmp_path, str(model), str(data)
+
+
+def test_quantize_end_to_end(files, capsys):
+    folder, model, data = files
+    out = str(folder / "cnn.int8.onnx")
+    report = str(folder / "report.json")
+    code = main(["quantize", model, "-o", out, "--calibration-data", data,
+                 "--method", "MIN_MAX_SYM", "--max-samples", "25", "--report-json", report])
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "Quantized nodes" in captured.out and f"wrote {out}" in captured.out
+    assert "calibrate (25 samples)" in captured.out  # the step times
+    assert "25/25" in captured.err  # the progress bar
+    quantized = onnx.load(out)
+    onnx.checker.check_model(quantized, full_check=True)
+    assert any(n.op_type == "QuantizeLinear" for n in quantized.graph.node)
+    with open(report, encoding="utf-8") as f:
+        written = json.load(f)
+    assert written["report"]["calibration"]["num_samples"] == 25
+    assert set(written["ranges"]) and "optimize" in written["seconds"]
+
+
+def test_options_reach_the_quantizer(files, capsys):
+    folder, model, data = files
+    out = str(folder / "q.onnx")
+    code = main(["quantize", model, "-o", out, "--calibration-data", data, "-q",
+                 "--activation-type", "int8", "--no-per-channel", "--op-types", "Conv"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "Gemm" in text.split("Float nodes")[1]  # not in --op-types: kept float
+    quantized = onnx.load(out)
+    scales = {n.input[1] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
+    assert all(len(t.dims) == 0 for t in quantized.graph.initializer if t.name in scales)
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"data": "absent.npz"}, "absent.npz' does not exist"),
+    ({"model": "absent.onnx"}, "absent.onnx' does not exist"),
+    ({"extra": ["--method", "ENTROPY_ASYM"]}, "ENTROPY_ASYM is not built yet"),
+    ({"extra": ["--exclude-node", "nope"]}, "nope"),
+])
+def test_errors_are_one_line(files, capsys, change, words):
+    folder, model, data = files
+    model = str(folder / change["model"]) if "model" in change else model
+    data = str(folder / change["data"]) if "data" in change else data
+    code = main(["quantize", model, "-o", str(folder / "o.onnx"), "--calibration-data", data,
+                 "-q", *change.get("extra", [])])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines()
+              if line.startswith("onnxquant: error:")]
+    assert len(errors) == 1 and words in errors[0]
+    assert not os.path.exists(folder / "o.onnx")
+
+
+def test_help_explains_the_options(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["quantize", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--calibration-data", "--method", "--activation-type", "--no-per-channel",
+                   "--exclude-node", "--op-types", "--max-samples"):
+        assert option in text
+    assert "default uint8" in text
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Debian's dataset-fashion-mnist is not installed")
+def test_demo_prints_fp32_against_int8_on_the_embedded_default(capsys):
+    assert main(["demo", "-q", "--num-calibration", "200"]) == 0
+    out = capsys.readouterr().out
+    fp32 = float(re.search(r"FP32 top-1:\s+([\d.]+) %", out).group(1))
+    int8 = float(re.search(r"INT8 top-1 \(QDQ emulated\):\s+([\d.]+) %", out).group(1))
+    assert fp32 > 88.0  # the committed model scored 91.47 % when trained
+    assert fp32 - int8 < 1.0
+    assert "10000 test samples" in out
+
+
+def test_demo_with_a_model_needs_its_data_files(capsys):
+    assert main(["demo", "--model", "m.onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "--calibration-data" in err and "--test-data" in err
+
+
+def test_module_entry_point_prints_no_traceback(files):
+    folder, model, _data = files
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(__import__("onnxquant").__file__)),
+         env.get("PYTHONPATH", "")])
+    result = subprocess.run(
+        [sys.executable, "-m", "onnxquant.cli", "quantize", model, "-o",
+         str(folder / "o.onnx"), "--calibration-data", str(folder / "absent.npz")],
+        capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("onnxquant: error:")

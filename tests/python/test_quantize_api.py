@@ -1,0 +1,144 @@
+"""quantize(): the public pipeline, options, report, and its errors."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import onnx
+import onnxquant as oq
+import pytest
+from onnxquant._model import QUANTIZED_KEY, get_metadata
+from onnxquant.report import QuantizationReport
+
+
+@pytest.fixture()
+def calibrated(small_cnn_model, image_batches):
+    model = oq.optimize_model(small_cnn_model)
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
+    calibrator.collect_data(image_batches)  # iterating [40, 1, ...] gives [1, ...] samples
+    return model, calibrator
+
+
+def _op_count(model: onnx.ModelProto, op_type: str) -> int:
+    return sum(n.op_type == op_type for n in model.graph.node)
+
+
+def test_pipeline_gives_a_valid_qdq_model(calibrated, image_batches, run_model):
+    model, calibrator = calibrated
+    before = model.SerializeToString()
+    ranges = calibrator.compute_range()
+    quantized = oq.quantize(model, ranges)
+    assert model.SerializeToString() == before  # the input is untouched
+    onnx.checker.check_model(quantized, full_check=True)
+    assert _op_count(quantized, "QuantizeLinear") >= 3
+    assert _op_count(quantized, "DequantizeLinear") >= 3
+    assert get_metadata(quantized, QUANTIZED_KEY) == oq.__version__
+    x = image_batches[:, 0]
+    (want,) = run_model(model, {"image": x})
+    (got,) = run_model(quantized, {"image": x})
+    assert np.abs(got - want).max() <= 0.05 * np.abs(want).max()
+
+
+def test_report(calibrated):
+    model, calibrator = calibrated
+    quantized, report = oq.quantize(model, calibrator.compute_range(),
+                                    calibration_report=calibrator.report, return_report=True)
+    assert isinstance(quantized, onnx.ModelProto)
+    assert isinstance(report, QuantizationReport)
+    assert {n.op_type for n in report.quantized_nodes} >= {"Conv", "Gemm"}
+    assert {n.weight_axis for n in report.quantized_nodes if n.op_type == "Conv"} == {0}
+    assert report.calibration.num_samples == 40
+    text = str(report)
+    assert "Quantized nodes" in text and "Conv" in text and "40 samples" in text
+    data = json.loads(json.dumps(report.to_dict()))
+    assert data["calibration"]["method"] == "MIN_MAX_ASYM"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        report.floored = ()
+
+
+def test_missing_range_names_the_tensor(calibrated):
+    model, calibrator = calibrated
+    ranges = calibrator.compute_range()
+    name = calibrator.tensors[1]
+    del ranges[name]
+    with pytest.raises(oq.RangeMissingError, match=f"'{name}'"):
+        oq.quantize(model, ranges)
+
+
+def test_inverted_range_names_the_tensor(calibrated):
+    model, calibrator = calibrated
+    ranges = calibrator.compute_range()
+    name = calibrator.tensors[0]
+    ranges[name] = (1.0, -1.0)
+    with pytest.raises(oq.RangeMissingError, match=f"'{name}'"):
+        oq.quantize(model, ranges)
+
+
+def test_ranges_must_be_pairs(calibrated):
+    model, calibrator = calibrated
+    ranges = calibrator.compute_range()
+    ranges[calibrator.tensors[0]] = 3.0
+    with pytest.raises(oq.InvalidArgumentError, match="pair of numbers"):
+        oq.quantize(model, ranges)
+    with pytest.raises(oq.InvalidArgumentError, match="dict"):
+        oq.quantize(model, [("x", (0, 1))])
+
+
+def test_already_quantized_model_is_refused(calibrated):
+    model, calibrator = calibrated
+    ranges = calibrator.compute_range()
+    quantized = oq.quantize(model, ranges)
+    with pytest.raises(oq.ModelError, match="already quantized"):
+        oq.quantize(quantized, ranges)
+
+
+def test_int8_activations(calibrated):
+    model, calibrator = calibrated
+    quantized = oq.quantize(model, calibrator.compute_range(), activation_type="int8")
+    onnx.checker.check_model(quantized, full_check=True)
+    zero_points = {n.input[2] for n in quantized.graph.node if n.op_type == "QuantizeLinear"}
+    types = {t.data_type for t in quantized.graph.initializer if t.name in zero_points}
+    assert types == {onnx.TensorProto.INT8}
+
+
+def test_exclude_node_keeps_it_float(calibrated):
+    model, calibrator = calibrated
+    gemm = next(n.name for n in model.graph.node if n.op_type == "Gemm")
+    assert gemm, "the optimized model names its nodes"
+    options = oq.QuantOptions(exclude_nodes=[gemm])
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, options=options)
+    calibrator.collect_data([np.zeros((1, 3, 8, 8), np.float32)])
+    _, report = oq.quantize(model, calibrator.compute_range(), options=options,
+                            return_report=True)
+    assert gemm in {f.node for f in report.float_nodes}
+    assert gemm not in {n.node for n in report.quantized_nodes}
+
+
+def test_unknown_excluded_node_is_an_invalid_argument(calibrated):
+    model, calibrator = calibrated
+    with pytest.raises(oq.InvalidArgumentError, match="no_such_node"):
+        oq.quantize(model, calibrator.compute_range(), exclude_nodes=["no_such_node"])
+
+
+def test_options_dataclass():
+    options = oq.QuantOptions()
+    assert (options.activation_type, options.per_channel, options.exclude_nodes,
+            options.op_types) == ("uint8", True, (), None)
+    assert oq.QuantOptions(op_types=["Conv"]).op_types == ("Conv",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        options.per_channel = False
+    with pytest.raises(oq.InvalidArgumentError, match="'uint8' or 'int8'"):
+        oq.QuantOptions(activation_type="int4")
+    with pytest.raises(oq.InvalidArgumentError, match=r"exclude_nodes=\['conv1'\]"):
+        oq.QuantOptions(exclude_nodes="conv1")
+    with pytest.raises(oq.InvalidArgumentError, match="True or False"):
+        oq.QuantOptions(per_channel="yes")
+
+
+def test_options_and_keywords_together_are_refused(calibrated):
+    model, calibrator = calibrated
+    with pytest.raises(oq.InvalidArgumentError, match="per_channel"):
+        oq.quantize(model, calibrator.compute_range(), options=oq.QuantOptions(),
+                    per_channel=False)
