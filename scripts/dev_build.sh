@@ -13,4 +13,8 @@ if [ ! -f "$build/build.ninja" ]; then
     -Dpybind11_DIR="$("$py" -m pybind11 --cmakedir)"
 fi
 cmake --build "$build" -j2
-cp "$build"/_core*.so python/onnxquant/
+# Copy then rename: a running process that mapped the old file keeps it.
+for so in "$build"/_core*.so; do
+  cp "$so" "python/onnxquant/.$(basename "$so").tmp"
+  mv -f "python/onnxquant/.$(basename "$so").tmp" "python/onnxquant/$(basename "$so")"
+done
