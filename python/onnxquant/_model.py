@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable
+from typing import BinaryIO
 
 import onnx
 import onnx.checker
@@ -26,6 +28,8 @@ __all__ = [
     "model_to_bytes",
     "save_model_atomic",
     "set_metadata",
+    "write_bytes_atomic",
+    "write_file_atomic",
 ]
 
 ModelLike = onnx.ModelProto | bytes | str | os.PathLike
@@ -155,12 +159,41 @@ def set_metadata(model: onnx.ModelProto, key: str, value: str) -> None:
     entry.value = value
 
 
+def write_file_atomic(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write(file)`` on a temporary file in the directory of ``path``,
+    flushes it to disk, then renames it to ``path``: a crash or a full disk
+    leaves either the old file or the new one, never a partial file.
+
+    Raises:
+        OSError: the directory does not exist or is not writable, or the write
+            failed (the temporary file is removed).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".onnxquant-", suffix=".tmp", dir=directory)
+    try:
+        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, mode)  # mkstemp creates 0600
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to ``path`` whole or not at all (see write_file_atomic)."""
+    write_file_atomic(path, lambda f: f.write(data))
+
+
 def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """Writes ``model`` to ``path`` whole or not at all.
-
-    The bytes go to a temporary file in the same directory, are flushed to disk,
-    and then replace ``path`` with ``os.replace``: a crash or a full disk leaves
-    either the old file or the new one, never a partial model.
 
     Raises:
         ModelError: the directory does not exist or is not writable.
@@ -168,24 +201,7 @@ def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
     """
     path = os.fspath(path)
     data = model_to_bytes(model)
-    directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".onnxquant-", suffix=".tmp", dir=directory)
+        write_bytes_atomic(path, data)
     except OSError as e:
-        raise ModelError(f"Cannot write '{path}': {e.strerror} ({directory}).") from e
-    try:
-        mode = os.stat(path).st_mode & 0o777 if os.path.exists(path) else 0o644
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)  # mkstemp creates 0600
-        os.replace(tmp, path)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError):
-            raise ModelError(f"Cannot write '{path}': {e.strerror}.") from e
-        raise
+        raise ModelError(f"Cannot write '{path}': {e.strerror}.") from e

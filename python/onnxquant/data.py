@@ -17,13 +17,12 @@ import argparse
 import io
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 
-from onnxquant._model import ModelLike, load_model
+from onnxquant._model import ModelLike, load_model, write_file_atomic
 from onnxquant._samples import InputSpec, input_specs
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
@@ -263,21 +262,7 @@ def convert_zoo(source: str | os.PathLike, model: ModelLike, output: str | os.Pa
 
 
 def _savez_atomic(path: str, arrays: dict[str, np.ndarray]) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".onnxquant-", suffix=".npz", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_file_atomic(path, lambda f: np.savez(f, **arrays))
 
 
 def main(argv: list[str] | None = None) -> int:
