@@ -11,9 +11,9 @@
 #include <string>
 #include <vector>
 
+#include "calibration.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
-#include "onnxquant/minmax_stats.h"
 #include "onnxquant/model_io.h"
 #include "onnxquant/pass_registry.h"
 #include "onnxquant/plan.h"
@@ -99,8 +99,6 @@ py::dict PlanToDict(const oq::QuantPlan& plan) {
   d["notes"] = plan.notes;
   return d;
 }
-
-using FloatArray = py::array_t<float, py::array::c_style>;
 
 }  // namespace
 
@@ -194,57 +192,5 @@ PYBIND11_MODULE(_core, m) {
       "Applies the plan with the given ranges. Returns (QDQ model bytes, "
       "report dict).");
 
-  py::class_<oq::MinMaxStats>(m, "MinMaxStats")
-      .def(py::init<std::vector<std::string>>(), py::arg("names"))
-      .def_property_readonly("names", &oq::MinMaxStats::names)
-      .def(
-          "update",
-          [](oq::MinMaxStats& self, const py::dict& arrays, int threads) {
-            // Keep the arrays alive while the GIL is released.
-            std::vector<py::object> keep;
-            std::vector<oq::FloatChunk> chunks;
-            for (const auto& item : arrays) {
-              std::string name = py::cast<std::string>(item.first);
-              int index = self.IndexOf(name);
-              if (index < 0) {
-                throw oq::InvalidArgument("Tensor '" + name +
-                                          "' is not among the calibrated "
-                                          "tensors of these statistics.");
-              }
-              py::object obj = py::reinterpret_borrow<py::object>(item.second);
-              auto arr = py::cast<py::array>(obj);
-              if (!py::isinstance<FloatArray>(arr) ||
-                  !(arr.flags() & py::array::c_style)) {
-                throw oq::InvalidArgument(
-                    "Tensor '" + name +
-                    "' must be a float32 C-contiguous numpy array (use "
-                    "numpy.ascontiguousarray(x, dtype=numpy.float32)).");
-              }
-              chunks.push_back(
-                  {index, static_cast<const float*>(arr.data()),
-                   static_cast<int64_t>(arr.size())});
-              keep.push_back(obj);
-            }
-            py::gil_scoped_release release;
-            self.Update(chunks, threads);
-          },
-          py::arg("arrays"), py::arg("threads") = 1,
-          "Feeds {name: float32 C-contiguous array}; no copy is made and "
-          "the GIL is released while the statistics update.")
-      .def("merge", &oq::MinMaxStats::Merge, py::arg("other"))
-      .def("result", [](const oq::MinMaxStats& self) {
-        py::dict out;
-        for (size_t i = 0; i < self.names().size(); ++i) {
-          const auto& s = self.stats(static_cast<int>(i));
-          py::dict d;
-          d["min"] = s.min;
-          d["max"] = s.max;
-          d["count"] = s.count;
-          d["nan"] = s.nan;
-          d["pos_inf"] = s.pos_inf;
-          d["neg_inf"] = s.neg_inf;
-          out[py::str(self.names()[i])] = d;
-        }
-        return out;
-      }, "{name: {min, max, count, nan, pos_inf, neg_inf}}.");
+  onnxquant::binding::BindCalibration(m);
 }

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hashlib
+import json
 import os
 from collections.abc import Iterable, Sequence
 
 import numpy as np
 
 from onnxquant import _core
-from onnxquant._model import ModelLike, load_model, model_to_bytes
+from onnxquant._model import ModelLike, load_model, model_to_bytes, write_bytes_atomic
 from onnxquant._samples import batch_samples, input_specs
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import CalibrationDataError, InternalError, InvalidArgumentError
 from onnxquant.quantize import QuantOptions, require_normalized
 from onnxquant.report import CalibrationReport, NonFiniteCount
 
-__all__ = ["BUILT_METHODS", "CalibrationMethod", "Calibrator", "default_threads"]
+__all__ = ["CalibrationMethod", "Calibrator", "default_threads"]
+
+_STATE_FORMAT = "onnxquant.calibrator/1"
 
 
 class CalibrationMethod(enum.IntEnum):
@@ -24,7 +29,8 @@ class CalibrationMethod(enum.IntEnum):
 
     Each method has an asymmetric (``_ASYM``: [min, max], widened to contain 0)
     and a symmetric (``_SYM``: [-a, a], or [0, a] when nothing is negative)
-    form. Built so far: MIN_MAX.
+    form. docs/calibration.md defines each method; every one is computed from
+    the same histograms, so one :meth:`Calibrator.collect_data` serves all.
     """
 
     MIN_MAX_ASYM = 0
@@ -37,10 +43,6 @@ class CalibrationMethod(enum.IntEnum):
     MSE_SYM = 7
     SQNR_ASYM = 8
     SQNR_SYM = 9
-
-
-#: The methods built so far; the others raise NotImplementedError.
-BUILT_METHODS = (CalibrationMethod.MIN_MAX_ASYM, CalibrationMethod.MIN_MAX_SYM)
 
 
 def default_threads() -> int:
@@ -66,6 +68,13 @@ def _method(method: object) -> CalibrationMethod:
     raise InvalidArgumentError(f"Unknown calibration method {method!r}; choose one of {names}.")
 
 
+def _percentage(value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0.0 < value <= 100.0:
+        raise InvalidArgumentError(f"percentage must be in (0, 100], got {value!r}.")
+    return float(value)
+
+
 def _session(model_bytes: bytes, threads: int, providers: Sequence[str] | None):
     import onnxruntime as ort
 
@@ -88,9 +97,12 @@ class Calibrator:
     Args:
         model: the output of :func:`~onnxquant.optimize_model` (ModelProto,
             bytes or path; never modified).
-        method: a :class:`CalibrationMethod` (or its name or value).
+        method: a :class:`CalibrationMethod` (or its name or value): the
+            default of :meth:`compute_range`.
         percentage: the percentile of PERCENTILE methods, in (0, 100]
             (default 99.99).
+        ignore_zero_spike: ENTROPY methods leave the values exactly 0 (the
+            spike of ReLU outputs) out of the KL divergence (default False).
         options: the :class:`~onnxquant.QuantOptions` that ``quantize`` will use
             (default: ``QuantOptions()``); they decide which tensors the plan
             calibrates, so pass the same ones to both.
@@ -108,21 +120,17 @@ class Calibrator:
 
     Raises:
         ModelError: the model was not normalised by ``optimize_model``.
-        NotImplementedError: a method that is not built yet.
         InvalidArgumentError: an argument outside its domain.
     """
 
     def __init__(self, model: ModelLike, method: CalibrationMethod | str | int, *,
-                 percentage: float = 99.99, options: QuantOptions | None = None,
+                 percentage: float = 99.99, ignore_zero_spike: bool = False,
+                 options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
         self._method = _method(method)
-        if self._method not in BUILT_METHODS:
-            raise NotImplementedError(
-                f"{self._method.name} is not built yet: use MIN_MAX_ASYM or MIN_MAX_SYM.")
-        if isinstance(percentage, bool) or not isinstance(percentage, (int, float)) or \
-                not 0.0 < percentage <= 100.0:
-            raise InvalidArgumentError(f"percentage must be in (0, 100], got {percentage!r}.")
+        self._percentage = _percentage(percentage)
+        self._ignore_zero_spike = bool(ignore_zero_spike)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         if threads is None:
@@ -136,13 +144,13 @@ class Calibrator:
                 f"options must be a QuantOptions, got {type(options).__name__}.")
         work = load_model(model)
         require_normalized(work, "Calibrator")
-        self._percentage = float(percentage)
         self._batch_size = batch_size
         self._threads = threads
         self._options = options
         self._specs = input_specs(work)
         dtypes = infer_dtypes(work, providers=providers)
         data = model_to_bytes(work)
+        self._fingerprint = hashlib.sha256(data).hexdigest()
         plan = _core.make_plan(data, dtypes, options.to_native())
         self._tensors = tuple(plan["calibrated"])
         inputs = {s.name for s in self._specs}
@@ -158,7 +166,7 @@ class Calibrator:
                 raise InternalError(
                     f"The calibration session does not return tensor '{lost[0]}'; this is a "
                     "bug in onnxquant, please report it with the model.")
-        self._stats = _core.MinMaxStats(list(self._tensors))
+        self._stats = _core.HistogramSet(list(self._tensors))
         self._num_samples = 0
 
     @property
@@ -231,45 +239,114 @@ class Calibrator:
                 {t: np.ascontiguousarray(a, dtype=np.float32) for t, a in arrays.items()},
                 self._threads)
 
-    def compute_range(self) -> dict[str, tuple[float, float]]:
+    def compute_range(self, method: CalibrationMethod | str | int | None = None, *,
+                      percentage: float | None = None) -> dict[str, tuple[float, float]]:
         """Returns ``{tensor name: (min, max)}`` as plain Python floats for every
-        calibrated tensor (JSON-serialisable), by the calibration method:
+        calibrated tensor (JSON-serialisable).
 
-        - MIN_MAX_ASYM: ``(min(x_min, 0), max(x_max, 0))``;
-        - MIN_MAX_SYM: ``(-a, a)`` with ``a = max(|x_min|, |x_max|)``, or
-          ``(0, a)`` when ``x_min >= 0``.
-
-        NaN and Inf in intermediate tensors are left out of the statistics and
-        counted in :attr:`report`; a tensor without any finite value gets
-        ``(0.0, 0.0)`` and is listed in ``report.degraded``.
+        ``method`` (default: the calibrator's) may be any of the ten: every
+        method reads the same histograms, so ranges for several methods come
+        from one :meth:`collect_data` without running the model again.
+        ``percentage`` overrides the calibrator's for PERCENTILE methods.
+        docs/calibration.md defines each method. NaN and Inf in intermediate
+        tensors are left out of the statistics and counted in :attr:`report`;
+        a tensor without any finite value gets ``(0.0, 0.0)`` and is listed in
+        ``report.degraded``.
 
         Raises:
             CalibrationDataError: no sample was fed.
+            InvalidArgumentError: an unknown method or a percentage outside
+                (0, 100].
         """
         if self._num_samples == 0:
             raise CalibrationDataError(
                 "The calibration set is empty: call collect_data(samples) with at least one "
                 "sample before compute_range().")
-        stats = self._stats.result()
-        ranges = {}
-        for name in self._tensors:
-            s = stats[name]
-            if s["count"] == 0:
-                ranges[name] = (0.0, 0.0)
-                continue
-            low, high = float(s["min"]), float(s["max"])
-            if self._method == CalibrationMethod.MIN_MAX_ASYM:
-                ranges[name] = (min(low, 0.0), max(high, 0.0))
-            else:
-                bound = max(abs(low), abs(high))
-                ranges[name] = (0.0, bound) if low >= 0.0 else (-bound, bound)
-        return ranges
+        chosen = self._method if method is None else _method(method)
+        pct = self._percentage if percentage is None else _percentage(percentage)
+        ranges = self._stats.compute_ranges(int(chosen), pct, self._ignore_zero_spike,
+                                            self._threads)
+        return {name: (float(ranges[name][0]), float(ranges[name][1]))
+                for name in self._tensors}
+
+    def statistics(self) -> dict[str, dict[str, float]]:
+        """Per tensor: exact ``min`` and ``max`` of the finite values, ``count``,
+        ``zeros``, ``nan``, ``pos_inf``, ``neg_inf``, and the histogram's
+        ``bin_width`` and number of ``bins``."""
+        return self._stats.stats()
+
+    def histogram(self, tensor: str) -> tuple[float, float, np.ndarray]:
+        """``(low edge, bin width, counts)`` of one tensor's histogram (bins
+        anchored at 0 with a power-of-two width)."""
+        return self._stats.histogram(tensor)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the collected statistics (whole or not at all), so that
+        calibration can be resumed or split across processes or machines;
+        :meth:`load` reads them back for the same normalised model."""
+        header = json.dumps({"format": _STATE_FORMAT, "model_sha256": self._fingerprint,
+                             "options": dataclasses.asdict(self._options),
+                             "tensors": list(self._tensors),
+                             "num_samples": self._num_samples}).encode()
+        payload = len(header).to_bytes(8, "little") + header + self._stats.serialize()
+        write_bytes_atomic(path, payload)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, model: ModelLike,
+             method: CalibrationMethod | str | int, **kwargs) -> Calibrator:
+        """A calibrator for ``model`` holding the statistics :meth:`save`
+        wrote; ``method`` and the keywords are those of the constructor.
+
+        Raises:
+            CalibrationDataError: the file is not calibrator state, or was
+                saved for another model or other options.
+        """
+        path = os.fspath(path)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+            size = int.from_bytes(data[:8], "little")
+            header = json.loads(data[8:8 + size].decode())
+            if header.get("format") != _STATE_FORMAT:
+                raise ValueError("unknown format")
+        except (OSError, ValueError, UnicodeDecodeError) as e:
+            raise CalibrationDataError(
+                f"'{path}' is not onnxquant calibrator state ({e}); write it with "
+                "Calibrator.save.") from e
+        calibrator = cls(model, method, **kwargs)
+        if header["model_sha256"] != calibrator._fingerprint or \
+                header["tensors"] != list(calibrator._tensors):
+            raise CalibrationDataError(
+                f"'{path}' holds statistics of another model or other options: load it with "
+                "the normalised model and QuantOptions it was saved with.")
+        try:
+            calibrator._stats = _core.HistogramSet.deserialize(data[8 + size:])
+        except InvalidArgumentError as e:
+            raise CalibrationDataError(f"'{path}' is corrupt: {e}") from e
+        calibrator._num_samples = int(header["num_samples"])
+        return calibrator
+
+    def merge(self, other: Calibrator) -> None:
+        """Adds the statistics of ``other`` (same model and options, e.g. run on
+        another share of the samples); the result equals one calibrator fed
+        both shares.
+
+        Raises:
+            CalibrationDataError: ``other`` calibrates another model or
+                other tensors.
+        """
+        if other._fingerprint != self._fingerprint or other._tensors != self._tensors:
+            raise CalibrationDataError(
+                "Cannot merge calibrators of different models or options: build both from "
+                "the same normalised model and QuantOptions.")
+        self._stats.merge(other._stats)
+        self._num_samples += other._num_samples
 
     @property
     def report(self) -> CalibrationReport:
         """What calibration saw so far: samples, NaN/Inf counts, tensors without
         a finite value."""
-        stats = self._stats.result()
+        stats = self._stats.stats()
         nonfinite = tuple(
             NonFiniteCount(t, int(stats[t]["nan"]), int(stats[t]["pos_inf"]),
                            int(stats[t]["neg_inf"]))

@@ -247,13 +247,6 @@ def test_array_instead_of_iterable_of_samples(calibrator):
         calibrator.collect_data({"x": np.zeros((1, 8), np.float32)})
 
 
-def test_methods_not_built_yet(scale_shift):
-    with pytest.raises(NotImplementedError, match="ENTROPY_ASYM is not built yet"):
-        oq.Calibrator(scale_shift, oq.CalibrationMethod.ENTROPY_ASYM)
-    with pytest.raises(NotImplementedError, match="PERCENTILE_SYM is not built yet"):
-        oq.Calibrator(scale_shift, "percentile_sym")
-
-
 @pytest.mark.parametrize("kwargs, word", [
     ({"method": "MINMAX"}, "Unknown calibration method"),
     ({"method": 10}, "Unknown calibration method"),

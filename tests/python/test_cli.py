@@ -59,7 +59,7 @@ def test_options_reach_the_quantizer(files, capsys):
 @pytest.mark.parametrize("change, words", [
     ({"data": "absent.npz"}, "absent.npz' does not exist"),
     ({"model": "absent.onnx"}, "absent.onnx' does not exist"),
-    ({"extra": ["--method", "ENTROPY_ASYM"]}, "ENTROPY_ASYM is not built yet"),
+    ({"extra": ["--method", "PERCENTILE_SYM", "--percentage", "0"]}, "percentage"),
     ({"extra": ["--exclude-node", "nope"]}, "nope"),
 ])
 def test_errors_are_one_line(files, capsys, change, words):
