@@ -6,13 +6,13 @@ the same classes.
 """
 
 __all__ = [
-    "OnnxQuantError",
-    "ModelError",
-    "UnsupportedModelError",
     "CalibrationDataError",
-    "RangeMissingError",
-    "InvalidArgumentError",
     "InternalError",
+    "InvalidArgumentError",
+    "ModelError",
+    "OnnxQuantError",
+    "RangeMissingError",
+    "UnsupportedModelError",
 ]
 
 

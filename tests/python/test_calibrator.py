@@ -6,8 +6,9 @@ import json
 import tracemalloc
 
 import numpy as np
-import onnxquant as oq
 import pytest
+
+import onnxquant as oq
 from onnxquant.calibrator import default_threads
 
 ASYM = oq.CalibrationMethod.MIN_MAX_ASYM

@@ -11,6 +11,7 @@ import sys
 import numpy as np
 import onnx
 import pytest
+
 from onnxquant.cli import build_parser, main
 
 

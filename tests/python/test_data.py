@@ -6,8 +6,9 @@ import io
 import os
 
 import numpy as np
-import onnxquant as oq
 import pytest
+
+import onnxquant as oq
 from onnxquant.data import convert_zoo, load_samples, main
 
 FIXED_BATCH = """

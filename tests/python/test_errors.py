@@ -10,8 +10,9 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 import onnx.parser
-import onnxquant as oq
 import pytest
+
+import onnxquant as oq
 from onnxquant import _core
 from onnxquant._model import load_model
 

@@ -10,8 +10,9 @@ import onnx
 import onnx.helper
 import onnx.numpy_helper
 import onnx.parser
-import onnxquant as oq
 import pytest
+
+import onnxquant as oq
 from onnxquant._model import NORMALIZED_KEY, get_metadata, load_model, save_model_atomic
 from onnxquant._opset import default_opset
 

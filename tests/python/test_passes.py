@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-import onnxquant
 import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
+
+import onnxquant
 from onnxquant import _core
 
 RNG_SEED = 20240607

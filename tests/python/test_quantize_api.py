@@ -7,8 +7,9 @@ import json
 
 import numpy as np
 import onnx
-import onnxquant as oq
 import pytest
+
+import onnxquant as oq
 from onnxquant._model import QUANTIZED_KEY, get_metadata
 from onnxquant.report import QuantizationReport
 
