@@ -26,7 +26,7 @@ from onnxquant._model import ModelLike, load_model, write_file_atomic
 from onnxquant._samples import InputSpec, input_specs
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
-__all__ = ["NpzSamples", "convert_zoo", "load_samples", "main"]
+__all__ = ["NpzSamples", "convert_zoo", "load_samples", "main", "read_image_set"]
 
 LABELS_KEY = "labels"
 
@@ -167,32 +167,59 @@ def _dim(d: object) -> int | None:
     return d if isinstance(d, int) else None
 
 
-def _read_images(source: str, pick: np.ndarray | None, channels: int
-                 ) -> tuple[Iterator[np.ndarray], int, np.ndarray | None]:
-    arrays = _open_npz(source)
-    labels = arrays.get(LABELS_KEY)
+def _iter_images(arrays: dict[str, np.ndarray], index: np.ndarray,
+                 mode: str) -> Iterator[np.ndarray]:
+    """Images ``index`` of an image set, one HWC uint8 array each (JPEG
+    bytes decoded with Pillow into ``mode``, "RGB" or "L")."""
     if "images" in arrays:
-        images = arrays["images"]
-        total = len(images)
-        index = np.arange(total) if pick is None else pick(total)
-        return (images[i] for i in index), len(index), None if labels is None else labels[index]
+        return (arrays["images"][i] for i in index)
+    from PIL import Image
+
+    jpeg, offsets = arrays["jpeg"], arrays["offsets"]
+    return (np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes()))
+                       .convert(mode)) for i in index)
+
+
+def _set_size(source: str, arrays: dict[str, np.ndarray]) -> int:
+    if "images" in arrays:
+        return len(arrays["images"])
     if "jpeg" in arrays and "offsets" in arrays:
-        from PIL import Image
-
-        jpeg, offsets = arrays["jpeg"], arrays["offsets"]
-        total = len(offsets) - 1
-        index = np.arange(total) if pick is None else pick(total)
-        mode = "L" if channels == 1 else "RGB"
-
-        def decode():
-            for i in index:
-                data = jpeg[offsets[i]:offsets[i + 1]].tobytes()
-                yield np.asarray(Image.open(io.BytesIO(data)).convert(mode))
-
-        return decode(), len(index), None if labels is None else labels[index]
+        return len(arrays["offsets"]) - 1
     raise CalibrationDataError(
         f"Data set '{source}' has neither an 'images' array nor 'jpeg' and 'offsets'; it "
         f"has {sorted(arrays)}.")
+
+
+def read_image_set(source: str | os.PathLike, indices: np.ndarray | None = None, *,
+                   mode: str = "RGB") -> tuple[np.ndarray, np.ndarray | None]:
+    """The images of a zoo image set (an ``.npz`` with ``images`` as HWC uint8,
+    or ``jpeg`` bytes with ``offsets``: image i is ``jpeg[offsets[i]:offsets[i+1]]``)
+    as one uint8 array [N, H, W, C], with its ``labels`` (or None).
+
+    ``indices`` (default all) picks images in the order given; JPEG images are
+    decoded into ``mode`` ("RGB" or "L").
+
+    Raises:
+        CalibrationDataError: the file is missing, unreadable, or holds no images.
+    """
+    source = os.fspath(source)
+    arrays = _open_npz(source)
+    total = _set_size(source, arrays)
+    index = np.arange(total) if indices is None else np.asarray(indices)
+    images = np.stack(list(_iter_images(arrays, index, mode)))
+    labels = arrays.get(LABELS_KEY)
+    return images, None if labels is None else labels[index]
+
+
+def _read_images(source: str, pick: np.ndarray | None, channels: int
+                 ) -> tuple[Iterator[np.ndarray], int, np.ndarray | None]:
+    arrays = _open_npz(source)
+    total = _set_size(source, arrays)
+    index = np.arange(total) if pick is None else pick(total)
+    labels = arrays.get(LABELS_KEY)
+    mode = "L" if channels == 1 else "RGB"
+    return (_iter_images(arrays, index, mode), len(index),
+            None if labels is None else labels[index])
 
 
 def convert_zoo(source: str | os.PathLike, model: ModelLike, output: str | os.PathLike, *,

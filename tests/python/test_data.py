@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import onnxquant as oq
-from onnxquant.data import convert_zoo, load_samples, main
+from onnxquant.data import convert_zoo, load_samples, main, read_image_set
 
 FIXED_BATCH = """
 <ir_version: 8, opset_import: ["" : 13]>
@@ -177,6 +177,29 @@ def test_convert_jpeg_set(tmp_path, parse_model):
         x = data["input"]
     assert x.shape == (2, 3, 2, 3)
     assert abs(float(x[0].mean()) - 10) < 3 and abs(float(x[1].mean()) - 200) < 3
+
+
+def test_read_image_set_both_forms(tmp_path):
+    from PIL import Image
+
+    images = np.stack([np.full((2, 3, 3), v, np.uint8) for v in (10, 120, 200)])
+    labels = np.array([4, 5, 6], np.uint8)
+    plain = _write(tmp_path / "plain.npz", images=images, labels=labels)
+    x, y = read_image_set(plain, np.array([2, 0]))
+    assert np.array_equal(x, images[[2, 0]]) and y.tolist() == [6, 4]
+    blobs = []
+    for img in images:
+        buffer = io.BytesIO()
+        Image.fromarray(img).save(buffer, format="JPEG")
+        blobs.append(np.frombuffer(buffer.getvalue(), np.uint8))
+    offsets = np.cumsum([0] + [len(b) for b in blobs])
+    jpeg = _write(tmp_path / "jpeg.npz", jpeg=np.concatenate(blobs), offsets=offsets,
+                  labels=labels)
+    x, y = read_image_set(jpeg, np.array([1]))
+    assert x.shape == (1, 2, 3, 3) and y.tolist() == [5]
+    assert abs(float(x.mean()) - 120) < 3
+    with pytest.raises(oq.CalibrationDataError, match="neither an 'images' array"):
+        read_image_set(_write(tmp_path / "none.npz", other=labels))
 
 
 def test_convert_refuses_wrong_image_size(tmp_path, parse_model):

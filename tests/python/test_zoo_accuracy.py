@@ -8,7 +8,6 @@ Runtime saves at ORT_ENABLE_EXTENDED.
 
 from __future__ import annotations
 
-import io
 import os
 
 import numpy as np
@@ -17,18 +16,15 @@ import onnxruntime as ort
 import pytest
 
 import onnxquant as oq
+from onnxquant.data import read_image_set
 from onnxquant.evaluate import compare_top1, make_session, predict
 
 
 def _cifar_train_sample(zoo: str, count: int, seed: int = 0) -> np.ndarray:
-    from PIL import Image
-
-    d = np.load(os.path.join(zoo, "cifar10", "cifar10_train_jpeg.npz"))
-    jpeg, offsets = d["jpeg"], d["offsets"]
-    pick = np.random.default_rng(seed).choice(len(offsets) - 1, count, replace=False)
-    images = [np.asarray(Image.open(io.BytesIO(jpeg[offsets[i]:offsets[i + 1]].tobytes()))
-                         .convert("RGB")) for i in pick]
-    return np.stack(images).transpose(0, 3, 1, 2).astype(np.float32)
+    path = os.path.join(zoo, "cifar10", "cifar10_train_jpeg.npz")
+    pick = np.random.default_rng(seed).choice(50000, count, replace=False)
+    images, _ = read_image_set(path, pick)
+    return images.transpose(0, 3, 1, 2).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
