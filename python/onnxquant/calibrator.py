@@ -102,7 +102,11 @@ class Calibrator:
         percentage: the percentile of PERCENTILE methods, in (0, 100]
             (default 99.99).
         ignore_zero_spike: ENTROPY methods leave the values exactly 0 (the
-            spike of ReLU outputs) out of the KL divergence (default False).
+            spike of ReLU outputs, often most of a tensor) out of the KL
+            divergence (default True). With the spike kept, the divergence of
+            a ReLU output is dominated by its zero bin and the search picks
+            its narrowest candidate, clipping most of the range
+            (docs/accuracy.md: ResNet8 60.5 % instead of 75.7 %).
         options: the :class:`~onnxquant.QuantOptions` that ``quantize`` will use
             (default: ``QuantOptions()``); they decide which tensors the plan
             calibrates, so pass the same ones to both.
@@ -124,7 +128,7 @@ class Calibrator:
     """
 
     def __init__(self, model: ModelLike, method: CalibrationMethod | str | int, *,
-                 percentage: float = 99.99, ignore_zero_spike: bool = False,
+                 percentage: float = 99.99, ignore_zero_spike: bool = True,
                  options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
