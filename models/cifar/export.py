@@ -36,7 +36,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-
 from models.cifar import data, nets
 
 TORCHSCRIPT_OPSET = 13
