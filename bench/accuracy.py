@@ -17,9 +17,19 @@ For each model entry (a row of the summary tables) the script
    a validation set exists, each tool's best method chosen on it and compared on the test set
    (differences under two paired standard errors are ties).
 
-    PYTHONPATH=python .venv/bin/python bench/accuracy.py [--quick] [--output docs/accuracy.md]
+A second part (on by default; ``--no-tasks`` leaves it out, ``--tasks-only`` runs only it)
+measures the zoo's models without labels here, INT8 against FP32 in each task's metric:
+the face detectors (detections matched to FP32's as pseudo-labels: precision, recall, F1,
+mean IoU, score correlation), super-resolution (PSNR against FP32 and against a reference)
+and Basic Pitch (output correlation), onnxquant's methods beside ONNX Runtime's, with the
+same normalised graph, calibration samples and QDQ emulation.
 
-Model entries live in ``MODELS`` (key -> builder); add a builder to add a row.
+    PYTHONPATH=python .venv/bin/python bench/accuracy.py [--quick] [--output docs/accuracy.md]
+    PYTHONPATH=python .venv/bin/python bench/accuracy.py --tasks-only
+
+Model entries live in ``MODELS`` (key -> builder); add a builder to add a row. The
+models/cifar networks (``cifar-<name>``) are skipped, with a note, while their ONNX file is
+missing. Task entries live in ``TASKS`` (key -> builder of ``TaskEntry`` list).
 """
 
 from __future__ import annotations
@@ -107,6 +117,13 @@ class ModelEntry:
     test: LabelledSet
     validation: LabelledSet | None = None
     notes: list[str] = field(default_factory=list)
+    #: The onnxquant columns (config labels) and ONNX Runtime methods run for this entry;
+    #: None: all. The others show "—".
+    methods: tuple[str, ...] | None = None
+    ort_methods: tuple[str, ...] | None = None
+    #: Whether the integer-kernel and int8-activation runs (``--fused``, ``--int8``,
+    #: ``--ort-fused``) are made for this entry.
+    kernel_checks: bool = True
 
 
 def nchw_set(path: str, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -163,6 +180,13 @@ class MissingModel(FileNotFoundError):
 
 
 CIFAR_DIR = os.path.join(REPO, "models", "cifar")
+#: The methods run by default on the models/cifar networks: two per tool, to keep the
+#: whole run within 15 minutes on two cores (every method costs a pass over 15 000 images,
+#: ViT's about 20 s on an idle CPU and twice that on a busy one, and ONNX Runtime's
+#: calibration 5-20 s more per method). ``--cifar-methods`` and ``--cifar-ort-methods``
+#: change them; the validation set chooses each tool's best among those run.
+CIFAR_METHODS = ("MIN_MAX_ASYM", "PERCENTILE_ASYM")
+CIFAR_ORT_METHODS = ("MinMax", "Percentile")
 #: The CIFAR-10 networks trained in this repository (models/cifar/nets.py): file stem -> name.
 CIFAR_NETS = {
     "resnet": "ResNet",
@@ -217,7 +241,9 @@ def cifar_entry(stem: str, dynamo: bool = False) -> Callable[[str], ModelEntry]:
             raise MissingModel(name, f"{os.path.relpath(path, REPO)} does not exist (yet)")
         calibration, description, val, test = cifar_sets(zoo)
         return ModelEntry(
-            name=name, path=path, calibration=calibration, calibration_description=description,
+            name=name, path=path, methods=CIFAR_METHODS, ort_methods=CIFAR_ORT_METHODS,
+            kernel_checks=False,
+            calibration=calibration, calibration_description=description,
             test=test, validation=val)
     return build
 
@@ -427,7 +453,7 @@ class EntryFailed(RuntimeError):
 def optimize(path: str) -> onnx.ModelProto:
     try:
         return oq.optimize_model(path)
-    except Exception as e:  # noqa: BLE001 - the entry is reported as not measured
+    except Exception as e:  # the entry is reported as not measured
         raise EntryFailed(f"oq.optimize_model failed: {first_line(e)}") from e
 
 
@@ -482,9 +508,12 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
 
     # onnxquant: one collection per set of Calibrator keywords serves every method.
     ranges: dict[str, dict[str, tuple[float, float]] | Exception] = {}
-    for kwargs in dict.fromkeys(c.calibrator_kwargs for c in args.configs):
+    configs = [c for c in args.configs if entry.methods is None or c.label in entry.methods]
+    ort_methods = [m for m in ORT_METHODS
+                   if entry.ort_methods is None or m in entry.ort_methods]
+    for kwargs in dict.fromkeys(c.calibrator_kwargs for c in configs):
         t = time.perf_counter()
-        group = [c for c in args.configs if c.calibrator_kwargs == kwargs]
+        group = [c for c in configs if c.calibrator_kwargs == kwargs]
         try:
             found = our_ranges(model, entry.calibration, oq.QuantOptions(),
                                [oq.CalibrationMethod[c.method] for c in group], **dict(kwargs))
@@ -495,7 +524,7 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
         log(f"  onnxquant calibration ({len(entry.calibration)} samples"
             f"{', ' + ', '.join(f'{k}={v}' for k, v in kwargs) if kwargs else ''}): "
             f"{time.perf_counter() - t:.1f} s")
-    for c in args.configs:
+    for c in configs:
         r = ranges[c.label]
         if isinstance(r, Exception):
             runs.append(Run("onnxquant", c.label, error=f"{type(r).__name__}: {r}"))
@@ -504,7 +533,8 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
         if not tensors:
             tensors = list(r)
         t = time.perf_counter()
-        kernels = ["emulated"] + (["integer"] if c.label in args.fused else [])
+        kernels = ["emulated"] + (["integer"] if c.label in args.fused and
+                                  entry.kernel_checks else [])
         try:
             q = oq.quantize(model, r)
         except Exception as e:  # noqa: BLE001 - recorded in the report, the run goes on
@@ -514,7 +544,9 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
         for k in kernels:
             runs.append(evaluate(Run("onnxquant", c.label, kernels=k), q))
         log(f"  onnxquant {c.label}: {time.perf_counter() - t:.1f} s")
-    for name in args.int8:  # int8 activations: their own plan, so their own collection
+    for name in [m for m in args.int8 if entry.kernel_checks and
+                 (entry.methods is None or m in entry.methods)]:
+        # int8 activations: their own plan, so their own collection
         m = oq.CalibrationMethod[name]
         options = oq.QuantOptions(activation_type="int8")
         try:
@@ -538,7 +570,7 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
     # ONNX Runtime: pre-processing, then one quantize_static per method.
     ort_source = ort_preprocess(normalised, workdir, args.ort_preprocess, notes)
     workaround = None
-    for method in ORT_METHODS:
+    for method in ort_methods:
         t = time.perf_counter()
         output = os.path.join(workdir, f"ort_{method}.onnx")
         note = None
@@ -574,7 +606,8 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
             note = "Gemm bias reshaped to 1-D (onnxruntime#24815)"
         q = onnx.load(output)
         range_columns[f"ORT {method}"] = ort_ranges(q)
-        kernels = ["emulated"] + (["integer"] if method in args.ort_fused else [])
+        kernels = ["emulated"] + (["integer"] if method in args.ort_fused and
+                                  entry.kernel_checks else [])
         for k in kernels:
             runs.append(evaluate(Run("onnxruntime", method, kernels=k, note=note), q))
         log(f"  onnxruntime {method}: {time.perf_counter() - t:.1f} s")
@@ -588,8 +621,7 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
 # super-resolution and audio (INT8 against FP32 in each task's own metric)
 
 #: onnxquant methods of the task section by default (one collection serves them all).
-TASK_METHODS = ("MIN_MAX_ASYM", "PERCENTILE_ASYM", "PERCENTILE_SYM", "MSE_ASYM", "SQNR_ASYM",
-                "ENTROPY_ASYM")
+TASK_METHODS = ("MIN_MAX_ASYM", "PERCENTILE_ASYM", "MSE_ASYM", "SQNR_ASYM", "ENTROPY_ASYM")
 #: ONNX Runtime methods of the task section by default.
 TASK_ORT_METHODS = ("MinMax", "Percentile")
 FACE_SCORE_THRESHOLD = 0.7
@@ -666,11 +698,13 @@ def face_photos(zoo: str) -> list[str]:
             if f.lower().endswith((".jpg", ".jpeg", ".png"))]
 
 
-def _split_description(paths: list[str]) -> tuple[str, str]:
+def _split_description(paths: list[str]) -> tuple[str, str, str]:
+    """Short calibration and evaluation descriptions, and the note listing the files."""
     names = [os.path.basename(p) for p in paths]
     cal, ev = names[:FACE_CALIBRATION], names[FACE_CALIBRATION:]
-    return (f"face/images {', '.join(cal)} (the first {len(cal)} sorted by name)",
-            f"face/images {', '.join(ev)} (the other {len(ev)})")
+    note = (f"Face photos (`face/images`, {len(names)} files sorted by name): calibration "
+            f"{', '.join(cal)}; evaluation {', '.join(ev)}.")
+    return (f"the first {len(cal)} face photos", f"the other {len(ev)}", note)
 
 
 def face_inputs(paths: list[str], size: tuple[int, int], bgr_raw: bool) -> np.ndarray:
@@ -692,7 +726,8 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     lt = np.maximum(a[:, None, :2], b[None, :, :2])
     rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
     inter = np.clip(rb - lt, 0, None).prod(axis=2)
-    area = lambda x: np.clip(x[:, 2:] - x[:, :2], 0, None).prod(axis=1)  # noqa: E731
+    def area(x: np.ndarray) -> np.ndarray:
+        return np.clip(x[:, 2:] - x[:, :2], 0, None).prod(axis=1)
     union = area(a)[:, None] + area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1), 0.0)
 
@@ -783,8 +818,8 @@ def detector_score(scores_of, boxes_of):
         n_ref = n_q = 0
         ious: list[float] = []
         for i in range(len(s_ref)):
-            ref_boxes, _ = detections(s_ref[i], lambda k: boxes_of(fp32, i, k))
-            boxes, scores = detections(s_q[i], lambda k: boxes_of(q, i, k))
+            ref_boxes, _ = detections(s_ref[i], lambda k, i=i: boxes_of(fp32, i, k))
+            boxes, scores = detections(s_q[i], lambda k, i=i: boxes_of(q, i, k))
             n_ref, n_q = n_ref + len(ref_boxes), n_q + len(boxes)
             ious += match(ref_boxes, boxes, scores)
         tp = len(ious)
@@ -831,7 +866,7 @@ def after_last_conv(model: onnx.ModelProto) -> list[str]:
 
 def face_entries(zoo: str) -> list[TaskEntry]:
     paths = face_photos(zoo)
-    cal_text, eval_text = _split_description(paths)
+    cal_text, eval_text, split = _split_description(paths)
     entries = []
     for filename, name in (("version-RFB-320.onnx", "Ultra-Light RFB-320"),
                            ("version-slim-320.onnx", "Ultra-Light slim-320")):
@@ -840,7 +875,7 @@ def face_entries(zoo: str) -> list[TaskEntry]:
             name=name, group="detector", path=os.path.join(zoo, "face", filename),
             calibration=x[:FACE_CALIBRATION], evaluation=x[FACE_CALIBRATION:],
             calibration_description=cal_text + "; resized to 320×240, RGB (x − 127) / 128",
-            evaluation_description=eval_text,
+            evaluation_description=eval_text, notes=[split],
             score=detector_score(ultraface_scores, ultraface_boxes),
             variants=[("decoding in float", after_last_conv)]))
     x = face_inputs(paths, (320, 320), bgr_raw=True)
@@ -849,7 +884,7 @@ def face_entries(zoo: str) -> list[TaskEntry]:
         path=os.path.join(zoo, "face", "yunet_n_320_320.onnx"),
         calibration=x[:FACE_CALIBRATION], evaluation=x[FACE_CALIBRATION:],
         calibration_description=cal_text + "; resized to 320×320, BGR 0..255",
-        evaluation_description=eval_text,
+        evaluation_description=eval_text, notes=[split],
         score=detector_score(yunet_scores, yunet_boxes)))
     return entries
 
@@ -869,9 +904,12 @@ def superres_entry(zoo: str) -> TaskEntry:
     from PIL import Image
 
     paths = face_photos(zoo)
-    cal_text, eval_text = _split_description(paths)
+    cal_text, eval_text, split = _split_description(paths)
     size = 224
     lows, highs, bicubic = [], [], []
+
+    def y(image) -> np.ndarray:
+        return np.asarray(image.convert("YCbCr"), np.float32)[..., 0] / 255.0
     for p in paths:
         with Image.open(p) as im:
             im = im.convert("RGB")
@@ -880,7 +918,6 @@ def superres_entry(zoo: str) -> TaskEntry:
             high = im.crop((left, top, left + side, top + side)).resize(
                 (size * SR_SCALE,) * 2, Image.BICUBIC)
         low = high.resize((size, size), Image.BICUBIC)
-        y = lambda i: np.asarray(i.convert("YCbCr"), np.float32)[..., 0] / 255.0  # noqa: E731
         lows.append(y(low)[None])
         highs.append(y(high)[None])
         bicubic.append(np.asarray(low.convert("YCbCr").split()[0].resize(
@@ -901,10 +938,11 @@ def superres_entry(zoo: str) -> TaskEntry:
         calibration_description=cal_text,
         evaluation_description=eval_text,
         score=score, reference={"psnr_ref": float(psnr(ref, bic).mean())},
-        notes=["Each photo centre-cropped to a square and resized (bicubic) to 672×672 is the "
-               "reference; that image resized (bicubic) to 224×224 is the input. The model "
-               "sees the Y channel (Pillow's YCbCr) / 255 and is compared on Y; outputs are "
-               "clipped to 0..1 before PSNR (peak 1). PSNR is per image, then averaged."])
+        notes=[split, ("Super-resolution: each photo centre-cropped to a square and resized "
+                "(bicubic) to 672×672 is the reference; that image resized (bicubic) to 224×224 is the input. The "
+                "model sees the Y channel (Pillow's YCbCr) / 255 and is compared on Y; "
+                "outputs are clipped to 0..1 before PSNR (peak 1). PSNR is per image, then "
+                "averaged.")])
 
 
 SUPERRES_COLUMNS = [
@@ -978,7 +1016,7 @@ def basic_pitch_entry(zoo: str) -> TaskEntry:
         out["onset_f1"] = f1_active(fp32[BP_OUTPUTS["onset"]], q[BP_OUTPUTS["onset"]], 0.5)
         return out
     notes.append(
-        f"vocadito_10.wav ({seconds:.1f} s) read with `wave`, mono, {how}; framed as Basic "
+        f"Basic Pitch: vocadito_10.wav ({seconds:.1f} s) read with `wave`, mono, {how}; framed as Basic "
         f"Pitch does: {BP_PAD} zeros first, windows of {BP_WINDOW} samples every {BP_HOP} "
         f"({BP_WINDOW} − 2 × {BP_PAD}), the last padded with zeros: {len(x)} windows. "
         "Outputs: `StatefulPartitionedCall:0` contour, `:1` note, `:2` onset (Basic Pitch's "
@@ -1348,7 +1386,13 @@ def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu
         lines.append(f"- **{e.name}**: `{os.path.relpath(e.path, REPO)}`; calibration: "
                      f"{e.calibration_description}; validation: "
                      f"{e.validation.description if e.validation else 'none'}; test: "
-                     f"{e.test.description}.")
+                     f"{e.test.description}"
+                     + (f"; methods run (to keep the run short; the others show —): "
+                        f"onnxquant {', '.join(e.methods or ['all'])}, ONNX Runtime "
+                        f"{', '.join(e.ort_methods or ['all'])}"
+                        if e.methods is not None or e.ort_methods is not None else "")
+                     + ("" if e.kernel_checks else "; no integer-kernel or int8 runs")
+                     + ".")
     lines += ["", "## INT8 top-1, QDQ emulated (headline)", ""]
     header = ["model", "images", "FP32"] + our + [f"ORT {m}" for m in ORT_METHODS]
     rows = []
@@ -1400,6 +1444,8 @@ def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu
         [("onnxquant", m, "int8") for m in args.int8] + \
         [("onnxruntime", m, "uint8") for m in args.ort_fused]
     for r in results:
+        if not r.entry.kernel_checks:
+            continue
         for tool, method, act in configs:
             emulated = find(r, tool, method, "emulated", act)
             fused = find(r, tool, method, "integer", act)
@@ -1445,7 +1491,7 @@ def render_tasks(results: list[TaskResult], args: argparse.Namespace,
         "",
         ("Models of `../shared/zoo` without labels here: each INT8 model is compared with "
          "its FP32 model on the same evaluation samples, in the metric of its task (FP32's "
-         "outputs serve as pseudo-labels). Same pipeline as above: the graph normalised by "
+         "outputs serve as pseudo-labels). As for the classifiers, the graph normalised by "
          "`onnxquant.optimize_model` is the FP32 reference and the input of both tools; "
          f"onnxquant: one `Calibrator` collection, `compute_range(method)` for {ours}, then "
          "`quantize` with its defaults; ONNX Runtime: `quant_pre_process`"
@@ -1471,7 +1517,7 @@ def render_tasks(results: list[TaskResult], args: argparse.Namespace,
         for n in r.entry.notes:
             if n not in seen:
                 seen.add(n)
-                lines.append(f"- {r.entry.name}: {n}")
+                lines.append(f"- {n}")
     for r in results:
         e = r.entry
         lines.append(f"- **{e.name}**: `{os.path.relpath(e.path, REPO)}`; calibration: "
@@ -1534,6 +1580,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--models", nargs="+", choices=list(MODELS), default=DEFAULT_MODELS,
                     help="classifier entries to run (default: all but the -dynamo ones); an "
                          "entry whose model file is missing is skipped with a note")
+    labels = [c.label for c in our_configs(True)]
+    ap.add_argument("--cifar-methods", nargs="+", choices=labels, default=list(CIFAR_METHODS),
+                    metavar="METHOD",
+                    help="onnxquant columns run on the models/cifar networks (default "
+                         "%(default)s; a label with a keyword is quoted whole)")
+    ap.add_argument("--cifar-ort-methods", nargs="+", choices=ORT_METHODS,
+                    default=list(CIFAR_ORT_METHODS),
+                    help="ONNX Runtime methods run on the models/cifar networks "
+                         "(default %(default)s)")
+    ap.add_argument("--no-cifar-kernels", dest="cifar_kernels", action="store_false",
+                    help="leave out the integer-kernel and int8 runs on the models/cifar "
+                         "networks")
     ap.add_argument("--no-tasks", dest="tasks", action="store_false",
                     help="leave out the detectors, super-resolution and audio section")
     ap.add_argument("--tasks-only", action="store_true",
@@ -1584,6 +1642,10 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{e.name}: skipped: {e}")
             skipped.append((e.name, str(e)))
             continue
+        if entry.path.startswith(CIFAR_DIR + os.sep):
+            entry = dataclasses.replace(entry, methods=tuple(args.cifar_methods),
+                                        ort_methods=tuple(args.cifar_ort_methods),
+                                        kernel_checks=args.cifar_kernels)
         if args.quick:
             entry = dataclasses.replace(
                 entry, test=entry.test.subset(QUICK_TEST),
