@@ -6,6 +6,7 @@
 #include <unordered_set>
 
 #include "onnxquant/error.h"
+#include "onnxquant/graph_edit.h"
 #include "onnxquant/graph_index.h"
 #include "onnxquant/op_table.h"
 #include "onnxquant/plan_patterns.h"
@@ -14,24 +15,10 @@
 namespace onnxquant {
 namespace {
 
-int64_t IntAttr(const pb::NodeProto& n, const std::string& name, int64_t def) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.i();
-  }
-  return def;
-}
-float FloatAttr(const pb::NodeProto& n, const std::string& name, float def) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.f();
-  }
-  return def;
-}
 std::string StringAttr(const pb::NodeProto& n, const std::string& name,
                        const std::string& def) {
-  for (const auto& a : n.attribute()) {
-    if (a.name() == name) return a.s();
-  }
-  return def;
+  const pb::AttributeProto* a = FindAttribute(n, name);
+  return a ? a->s() : def;
 }
 
 // What the planner decided for one node.
@@ -214,18 +201,18 @@ Decision Planner::DecideWeighted(const pb::NodeProto& n) const {
   } else if (op == "ConvTranspose") {
     // With groups, output channels are spread over axis 0 and axis 1.
     q.weight_axis =
-        options_.per_channel && IntAttr(n, "group", 1) == 1 ? 1 : -1;
+        options_.per_channel && IntAttribute(n, "group", 1) == 1 ? 1 : -1;
   } else {  // Gemm
     if (w->dims_size() != 2) return Float("Gemm weight is not 2-D");
     q.weight_axis =
-        options_.per_channel ? (IntAttr(n, "transB", 0) ? 0 : 1) : -1;
+        options_.per_channel ? (IntAttribute(n, "transB", 0) ? 0 : 1) : -1;
   }
   if (n.input_size() > 2 && !n.input(2).empty()) {
     const auto* b = FloatConstant(n.input(2));
     bool bias_ok = b && b->dims_size() == 1;
     if (op == "Gemm") {
-      bias_ok = bias_ok && FloatAttr(n, "alpha", 1.f) == 1.f &&
-                FloatAttr(n, "beta", 1.f) == 1.f;
+      bias_ok = bias_ok && FloatAttribute(n, "alpha", 1.f) == 1.f &&
+                FloatAttribute(n, "beta", 1.f) == 1.f;
     }
     if (bias_ok) q.bias_input = 2;
   }
