@@ -4,16 +4,26 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
 #include "onnxquant/error.h"
+#include "onnxquant/histogram_kernels.h"
 
 namespace onnxquant {
 namespace {
 
-// Add() works in blocks this long, so that its two passes (range, then bins)
-// read each block from cache.
-constexpr int64_t kBlock = 8192;
+namespace kernels = histogram_kernels;
+
+// Add() works in blocks this long: each block's range is summarised, the
+// grid covers it, then its values are counted.
+constexpr int64_t kBlock = 4096;
+// An Add() of at least kLaneMinimum values counts into kLanes uint32 arrays
+// of kStride slots (the bins and the sink), added to the bins when the grid
+// changes and at the end, at the latest every kFlushEvery values so that no
+// count overflows.
+constexpr int kLanes = 4;
+constexpr int32_t kStride = Histogram::kMaxBins + 1;
+constexpr int64_t kLaneMinimum = 8 * kStride;
+constexpr int64_t kFlushEvery = int64_t{1} << 31;
 
 // Returns floor(k / 2^shift). REQUIRES: shift >= 0.
 int64_t FloorShift(int64_t k, int shift) {
@@ -53,76 +63,25 @@ int CanonicalExponent(double lo, double hi, int at_least) {
   return e;
 }
 
-uint32_t Bits(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-
-// What the first pass learns about one block.
-struct BlockSummary {
-  float lo = std::numeric_limits<float>::infinity();
-  float hi = -std::numeric_limits<float>::infinity();
-  int64_t nan = 0, pos_inf = 0, neg_inf = 0, zeros = 0;
-};
-
-// Returns a key that orders finite floats as their values (-0.0 just below
-// +0.0): the bits, with those of negative values' magnitudes flipped.
-int32_t OrderKey(uint32_t bits) {
-  const uint32_t negative = 0u - (bits >> 31);  // all ones when negative
-  return static_cast<int32_t>(bits ^ (negative & 0x7fffffffu));
-}
-
-float FromOrderKey(int32_t key) {
-  const uint32_t k = static_cast<uint32_t>(key);
-  const uint32_t bits = k ^ ((0u - (k >> 31)) & 0x7fffffffu);
-  float v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
-}
-
-// Returns the finite min/max (never -0.0) and the special-value counts of
-// data[0, n), n <= kBlock. Branch-free, and min/max run on integer keys
-// (float min/max reductions do not vectorise without -ffast-math), so that
-// the compiler vectorises the loop.
-BlockSummary Summarize(const float* data, int64_t n) {
-  constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
-  int32_t lo = kNone, hi = -kNone;
-  int32_t nan = 0, pos_inf = 0, neg_inf = 0, zeros = 0;
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t bits = Bits(data[i]);
-    const uint32_t magnitude = bits & 0x7fffffffu;
-    // All ones for NaN and +-Inf: their keys become kNone / -kNone.
-    const int32_t special = -static_cast<int32_t>(magnitude >= 0x7f800000u);
-    const int32_t key = OrderKey(bits) & ~special;
-    lo = std::min(lo, key | (kNone & special));
-    hi = std::max(hi, key | (-kNone & special));
-    nan += magnitude > 0x7f800000u;
-    pos_inf += bits == 0x7f800000u;
-    neg_inf += bits == 0xff800000u;
-    zeros += magnitude == 0;
-  }
-  BlockSummary s;
-  if (lo != kNone) {
-    s.lo = FromOrderKey(lo) + 0.f;  // -0.0 becomes +0.0
-    s.hi = FromOrderKey(hi) + 0.f;
-  }
-  s.nan = nan;
-  s.pos_inf = pos_inf;
-  s.neg_inf = neg_inf;
-  s.zeros = zeros;
-  return s;
-}
-
 }  // namespace
 
 double Histogram::bin_width() const { return std::ldexp(1.0, exponent_); }
 
 void Histogram::Add(const float* data, int64_t n) {
+  std::vector<uint32_t> lanes;
+  if (n >= kLaneMinimum) lanes.assign(kLanes * kStride, 0);
+  int64_t pending = 0;  // values counted in lanes and not yet in counts_
+  int32_t slots[kBlock];
   for (int64_t start = 0; start < n; start += kBlock) {
     const float* block = data + start;
-    const int64_t size = std::min(kBlock, n - start);
-    const BlockSummary s = Summarize(block, size);
+    const int32_t size = static_cast<int32_t>(std::min(kBlock, n - start));
+    // Once the grid holds bins, a block usually fits it: then one pass
+    // summarises the block and computes its slots.
+    const kernels::Grid grid = CurrentGrid();
+    const bool speculate = !counts_.empty() && kernels::FloatSlotsExact(grid);
+    const kernels::BlockSummary s =
+        speculate ? kernels::SummarizeWithSlots(block, size, grid, slots)
+                  : kernels::Summarize(block, size);
     nan_ += s.nan;
     pos_inf_ += s.pos_inf;
     neg_inf_ += s.neg_inf;
@@ -130,11 +89,28 @@ void Histogram::Add(const float* data, int64_t n) {
     if (finite == 0) continue;
     count_ += finite;
     zeros_ += s.zeros;
-    if (s.lo < min_ || s.hi > max_) {
-      Cover(std::min(s.lo, min_), std::max(s.hi, max_));
+    const bool grows = s.lo < min_ || s.hi > max_;
+    if (pending > 0 && (grows || pending + size > kFlushEvery)) {
+      FlushLanes(lanes.data());
+      pending = 0;
     }
-    BinBlock(block, size);
+    if (grows) Cover(std::min(s.lo, min_), std::max(s.hi, max_));
+    if (grows || !speculate) ComputeSlots(block, size, slots);
+    if (lanes.empty()) {
+      const int32_t bins = static_cast<int32_t>(counts_.size());
+      for (int32_t i = 0; i < size; ++i) {
+        if (slots[i] < bins) ++counts_[static_cast<size_t>(slots[i])];
+      }
+    } else {
+      kernels::CountSlots(slots, size, lanes.data(), kStride, kLanes);
+      pending += size;
+    }
   }
+  if (pending > 0) FlushLanes(lanes.data());
+}
+
+kernels::Grid Histogram::CurrentGrid() const {
+  return {exponent_, first_bin_, static_cast<int32_t>(counts_.size())};
 }
 
 void Histogram::Cover(float lo, float hi) {
@@ -147,7 +123,6 @@ void Histogram::Cover(float lo, float hi) {
       first_bin_ + static_cast<int64_t>(counts_.size()) - 1;
   if (e == exponent_ && first == first_bin_ && last == old_last) return;
   std::vector<int64_t> grown;
-  grown.reserve(kMaxBins + 1);  // BinBlock's extra slot never reallocates
   grown.assign(static_cast<size_t>(last - first + 1), 0);
   const int shift = e - exponent_;
   for (size_t j = 0; j < counts_.size(); ++j) {
@@ -159,40 +134,24 @@ void Histogram::Cover(float lo, float hi) {
   first_bin_ = first;
 }
 
-void Histogram::BinBlock(const float* data, int64_t n) {
-  // Non-finite values go to one extra slot past the last bin; their t is
-  // replaced before the conversion, which would be undefined for them.
-  const int64_t first = first_bin_;
-  const int64_t slots = static_cast<int64_t>(counts_.size()) + 1;
-  const double scale = std::ldexp(1.0, -exponent_);
-  const double sink = static_cast<double>(first + slots - 1);
-  // Returns the slot of v: bin floor(v * 2^-e) - first, or the extra slot.
-  auto slot = [scale, sink, first](float v) {
-    double t = static_cast<double>(v) * scale;  // exact
-    t = std::fabs(t) <= 0x1p62 ? t : sink;      // in range: |t| <= 2^40 + 1
-    const int64_t k = static_cast<int64_t>(t);  // truncates toward zero
-    return k - (t < static_cast<double>(k)) - first;  // floor
-  };
-  counts_.push_back(0);
-  int64_t* const c = counts_.data();
-  if (n < 2 * slots) {
-    for (int64_t i = 0; i < n; ++i) ++c[slot(data[i])];
+void Histogram::ComputeSlots(const float* data, int32_t n,
+                             int32_t* slots) const {
+  const kernels::Grid grid = CurrentGrid();
+  if (kernels::FloatSlotsExact(grid)) {
+    kernels::SlotsFloat(data, n, grid, slots);
   } else {
-    // Runs of one value (a constant tensor, a ReLU's zeros) make each
-    // increment wait for the previous one's store; alternating between two
-    // count arrays halves that chain (constant data: about 280 -> 350 M
-    // values/s, random data about 5% slower). n <= kBlock fits uint32_t.
-    uint32_t odd[kMaxBins + 1];
-    std::fill_n(odd, slots, 0u);
-    int64_t i = 0;
-    for (; i + 1 < n; i += 2) {
-      ++c[slot(data[i])];
-      ++odd[slot(data[i + 1])];
-    }
-    if (i < n) ++c[slot(data[i])];
-    for (int64_t j = 0; j < slots; ++j) c[j] += odd[j];
+    kernels::SlotsDouble(data, n, grid, slots);
   }
-  counts_.pop_back();
+}
+
+void Histogram::FlushLanes(uint32_t* lanes) {
+  const size_t bins = counts_.size();
+  for (int lane = 0; lane < kLanes; ++lane) {
+    uint32_t* c = lanes + static_cast<size_t>(lane) * kStride;
+    for (size_t j = 0; j < bins; ++j) counts_[j] += c[j];
+    std::fill_n(c, bins, 0u);
+    c[bins] = 0;  // the sink
+  }
 }
 
 void Histogram::Merge(const Histogram& other) {

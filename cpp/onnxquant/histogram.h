@@ -24,6 +24,8 @@
 #include <unordered_map>
 #include <vector>
 
+#include "onnxquant/histogram_kernels.h"
+
 namespace onnxquant {
 
 class Histogram {
@@ -76,9 +78,14 @@ class Histogram {
   // exponent, merging bins if the exponent grows; min_/max_ become lo/hi.
   // REQUIRES: lo <= min_, hi >= max_, both finite floats.
   void Cover(float lo, float hi);
-  // Adds the n values of one block, whose finite ones lie in [min_, max_],
-  // to the bins (not to the other counters).
-  void BinBlock(const float* data, int64_t n);
+  // The current grid, its sink slot just past the bins.
+  histogram_kernels::Grid CurrentGrid() const;
+  // Writes the slots of data[0, n), whose finite values lie in [min_, max_],
+  // on the current grid.
+  void ComputeSlots(const float* data, int32_t n, int32_t* slots) const;
+  // Adds the counts of the current bins held in `lanes` (the layout of
+  // histogram_kernels::CountSlots) to counts_ and zeroes them.
+  void FlushLanes(uint32_t* lanes);
 
   int exponent_ = kMinExponent;
   int64_t first_bin_ = 0;

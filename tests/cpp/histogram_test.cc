@@ -35,6 +35,10 @@ enum class Kind {
   kWithSpecials,  // NaN and +-Inf among Gaussian values
   kGrowing,       // magnitudes growing along the data: many coarsenings
   kExtremes,      // +-FLT_MAX, the smallest denormal, zeros
+  // Bins wider than 1 and values so small (subnormal, both signs) that
+  // scaling them to bin units underflows: negative ones are in bin -1.
+  kUnderflow,
+  kFarFromZero,  // a narrow range around 1e6: bin indices beyond 2^29
 };
 
 std::vector<float> Make(Kind kind, int n, uint64_t seed) {
@@ -87,6 +91,16 @@ std::vector<float> Make(Kind kind, int n, uint64_t seed) {
         v[i] = e[rng() % 6];
         break;
       }
+      case Kind::kUnderflow: {
+        const float tiny[] = {std::numeric_limits<float>::denorm_min(), 1e-40f,
+                              1e-38f, 1e-30f};
+        v[i] = rng() % 3 ? 3000.f * normal(rng)
+                         : (rng() & 1 ? -1.f : 1.f) * tiny[rng() % 4];
+        break;
+      }
+      case Kind::kFarFromZero:
+        v[i] = 1e6f + 0.5f * normal(rng);
+        break;
     }
   }
   return v;
@@ -95,7 +109,8 @@ std::vector<float> Make(Kind kind, int n, uint64_t seed) {
 const Kind kAllKinds[] = {
     Kind::kGaussian,     Kind::kLaplacian, Kind::kRelu,    Kind::kAllEqual,
     Kind::kSingleValue,  Kind::kHuge,      Kind::kTiny,    Kind::kNegativeOnly,
-    Kind::kWithSpecials, Kind::kGrowing,   Kind::kExtremes};
+    Kind::kWithSpecials, Kind::kGrowing,   Kind::kExtremes, Kind::kUnderflow,
+    Kind::kFarFromZero};
 
 // The histogram's definition, computed the slow way: every exponent from
 // kMinExponent up until the data fits, then each value's bin.

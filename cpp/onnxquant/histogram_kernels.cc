@@ -1,0 +1,192 @@
+// Histogram::Add's inner loops, written so that the compiler vectorises the
+// summary and the slot computation; see histogram_kernels.h.
+#include "onnxquant/histogram_kernels.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+
+// One clone per instruction set, picked at load time (GNU ifunc). Elsewhere
+// the baseline build runs.
+#if defined(__x86_64__) && defined(__linux__) && \
+    (defined(__GNUC__) || defined(__clang__))
+#define ONNXQUANT_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ONNXQUANT_CLONES
+#endif
+
+namespace onnxquant {
+namespace histogram_kernels {
+namespace {
+
+uint32_t Bits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+float FromBits(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
+
+// Returns a key that orders finite floats as their values (-0.0 just below
+// +0.0): the bits, with those of negative values' magnitudes flipped.
+int32_t OrderKey(uint32_t bits) {
+  const uint32_t negative = 0u - (bits >> 31);  // all ones when negative
+  return static_cast<int32_t>(bits ^ (negative & 0x7fffffffu));
+}
+
+float FromOrderKey(int32_t key) {
+  const uint32_t k = static_cast<uint32_t>(key);
+  const uint32_t bits = k ^ ((0u - (k >> 31)) & 0x7fffffffu);
+  float v;
+  std::memcpy(&v, &bits, sizeof v);
+  return v;
+}
+
+// A block's summary as it accumulates. Branch-free, and min/max run on
+// integer keys (float min/max reductions do not vectorise without
+// -ffast-math), so that the loops using it vectorise.
+struct Summary {
+  static constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
+  int32_t lo = kNone, hi = -kNone;
+  int32_t nan = 0, pos_inf = 0, neg_inf = 0, zeros = 0;
+
+  void Add(uint32_t bits) {
+    const uint32_t magnitude = bits & 0x7fffffffu;
+    // All ones for NaN and +-Inf: their keys become kNone / -kNone.
+    const int32_t special = -static_cast<int32_t>(magnitude >= 0x7f800000u);
+    const int32_t key = OrderKey(bits) & ~special;
+    lo = std::min(lo, key | (kNone & special));
+    hi = std::max(hi, key | (-kNone & special));
+    nan += magnitude > 0x7f800000u;
+    pos_inf += bits == 0x7f800000u;
+    neg_inf += bits == 0xff800000u;
+    zeros += magnitude == 0;
+  }
+
+  BlockSummary Result() const {
+    BlockSummary s{std::numeric_limits<float>::infinity(),
+                   -std::numeric_limits<float>::infinity(),
+                   nan, pos_inf, neg_inf, zeros};
+    if (lo != kNone) {
+      s.lo = FromOrderKey(lo) + 0.f;  // -0.0 becomes +0.0
+      s.hi = FromOrderKey(hi) + 0.f;
+    }
+    return s;
+  }
+};
+
+// Largest |bin index| SlotsFloat handles: indices and their differences stay
+// exact in int32.
+constexpr int64_t kFloatIndexLimit = int64_t{1} << 29;
+
+}  // namespace
+
+ONNXQUANT_CLONES
+BlockSummary Summarize(const float* data, int64_t n) {
+  Summary sum;
+  for (int64_t i = 0; i < n; ++i) sum.Add(Bits(data[i]));
+  return sum.Result();
+}
+
+bool FloatSlotsExact(const Grid& grid) {
+  // 2^-exponent is a normal float, so v * 2^-exponent is exact unless the
+  // product is subnormal, where only its sign matters (SlotsFloat keeps it).
+  if (grid.exponent < -126 || grid.exponent > 126) return false;
+  const int64_t last = grid.first + grid.sink - 1;
+  return std::llabs(grid.first) <= kFloatIndexLimit &&
+         std::llabs(last) <= kFloatIndexLimit;
+}
+
+namespace {
+
+// The slot of the value with bits `bits` on the grid of scale 2^-exponent
+// whose first bin is `first`: floor(v * scale) - first for finite v, `sink`
+// for NaN and +-Inf. Masks rather than branches, so that loops vectorise.
+// Values outside the grid get a meaningless slot; the conversion stays
+// defined for them.
+inline int32_t FloatSlot(uint32_t bits, float scale, int32_t first,
+                         uint32_t sink) {
+  const uint32_t product = Bits(FromBits(bits) * scale);
+  // All ones for NaN, +-Inf (whose products are NaN and +-Inf) and for
+  // |t| >= 2^30, outside any grid SlotsFloat takes: t becomes 0 and the
+  // slot `sink`. An integer compare: std::min and std::max on floats would
+  // not vectorise.
+  const uint32_t special =
+      0u - static_cast<uint32_t>((product & 0x7fffffffu) >= 0x4e800000u);
+  const float t = FromBits(product & ~special);
+  int32_t k = static_cast<int32_t>(t);  // toward zero
+  k -= t < static_cast<float>(k);       // floor
+  // A negative value whose product underflowed to -0 is in bin -1.
+  k -= (Bits(t) == 0x80000000u) & (bits > 0x80000000u);
+  const uint32_t slot = static_cast<uint32_t>(k - first);
+  return static_cast<int32_t>((slot & ~special) | (sink & special));
+}
+
+}  // namespace
+
+ONNXQUANT_CLONES
+void SlotsFloat(const float* data, int32_t n, const Grid& grid,
+                int32_t* slots) {
+  const float scale = std::ldexp(1.0f, -grid.exponent);
+  const int32_t first = static_cast<int32_t>(grid.first);
+  const uint32_t sink = static_cast<uint32_t>(grid.sink);
+  for (int32_t i = 0; i < n; ++i) {
+    slots[i] = FloatSlot(Bits(data[i]), scale, first, sink);
+  }
+}
+
+ONNXQUANT_CLONES
+BlockSummary SummarizeWithSlots(const float* data, int32_t n,
+                                const Grid& grid, int32_t* slots) {
+  const float scale = std::ldexp(1.0f, -grid.exponent);
+  const int32_t first = static_cast<int32_t>(grid.first);
+  const uint32_t sink = static_cast<uint32_t>(grid.sink);
+  Summary sum;
+  for (int32_t i = 0; i < n; ++i) {
+    const uint32_t bits = Bits(data[i]);
+    sum.Add(bits);
+    slots[i] = FloatSlot(bits, scale, first, sink);
+  }
+  return sum.Result();
+}
+
+ONNXQUANT_CLONES
+void SlotsDouble(const float* data, int32_t n, const Grid& grid,
+                 int32_t* slots) {
+  const double scale = std::ldexp(1.0, -grid.exponent);
+  const int64_t first = grid.first;
+  const double sink = static_cast<double>(first + grid.sink);
+  for (int32_t i = 0; i < n; ++i) {
+    double t = static_cast<double>(data[i]) * scale;  // exact
+    t = std::fabs(t) <= 0x1p62 ? t : sink;  // finite: |t| <= 2^40 + 1
+    const int64_t k = static_cast<int64_t>(t);  // toward zero
+    slots[i] = static_cast<int32_t>(k - (t < static_cast<double>(k)) - first);
+  }
+}
+
+void CountSlots(const int32_t* slots, int32_t n, uint32_t* counts,
+                int32_t stride, int lanes) {
+  int32_t i = 0;
+  if (lanes == 4) {
+    uint32_t* c1 = counts + stride;
+    uint32_t* c2 = c1 + stride;
+    uint32_t* c3 = c2 + stride;
+    for (; i + 3 < n; i += 4) {
+      ++counts[slots[i]];
+      ++c1[slots[i + 1]];
+      ++c2[slots[i + 2]];
+      ++c3[slots[i + 3]];
+    }
+  }
+  for (; i < n; ++i) ++counts[slots[i]];
+}
+
+}  // namespace histogram_kernels
+}  // namespace onnxquant

@@ -1,0 +1,64 @@
+// The inner loops of Histogram::Add: a block's summary (finite min/max and
+// special-value counts), each value's bin slot, and the counting of slots.
+// On x86-64 Linux with GCC or Clang each loop is compiled three times
+// (baseline, x86-64-v3 for AVX2, x86-64-v4 for AVX-512) and the loader picks
+// the one the CPU runs; results are identical whichever runs.
+#ifndef ONNXQUANT_HISTOGRAM_KERNELS_H_
+#define ONNXQUANT_HISTOGRAM_KERNELS_H_
+
+#include <cstdint>
+
+namespace onnxquant {
+namespace histogram_kernels {
+
+// What one pass learns about a block of values.
+struct BlockSummary {
+  float lo;  // finite minimum (never -0.0); +inf when none is finite
+  float hi;  // finite maximum (never -0.0); -inf when none is finite
+  int64_t nan, pos_inf, neg_inf, zeros;
+};
+
+// Summarizes data[0, n). REQUIRES: 0 <= n <= 2^31 - 1.
+BlockSummary Summarize(const float* data, int64_t n);
+
+// The grid a block is binned on: bin k covers [k * 2^exponent,
+// (k + 1) * 2^exponent); slot s counts bin first + s, and slot `sink`
+// counts NaN and +-Inf.
+struct Grid {
+  int exponent;
+  int64_t first;
+  int32_t sink;
+};
+
+// Returns whether SlotsFloat computes exact slots on `grid`: the bins'
+// indices and the scale 2^-exponent are within a float's and an int32's
+// exact range.
+bool FloatSlotsExact(const Grid& grid);
+
+// Writes the slot of each of data[0, n) to slots[0, n): floor(v *
+// 2^-exponent) - first for finite v, `sink` for NaN and +-Inf. REQUIRES:
+// every finite value lies in bins first .. first + sink - 1, and (for
+// SlotsFloat) FloatSlotsExact(grid).
+void SlotsFloat(const float* data, int32_t n, const Grid& grid,
+                int32_t* slots);
+void SlotsDouble(const float* data, int32_t n, const Grid& grid,
+                 int32_t* slots);
+
+// Summarize and SlotsFloat in one pass, for a block expected to fit the
+// grid: the slots are those of SlotsFloat when every finite value lies in
+// the grid's bins (the summary tells), and meaningless otherwise.
+// REQUIRES: FloatSlotsExact(grid).
+BlockSummary SummarizeWithSlots(const float* data, int32_t n,
+                                const Grid& grid, int32_t* slots);
+
+// Adds one to counts[slots[i]] for each i < n, spreading consecutive values
+// over `lanes` count arrays (counts + j * stride, j < lanes, lanes 1 or 4)
+// so that runs of one slot do not wait on each other's increments.
+// REQUIRES: every slot < stride.
+void CountSlots(const int32_t* slots, int32_t n, uint32_t* counts,
+                int32_t stride, int lanes);
+
+}  // namespace histogram_kernels
+}  // namespace onnxquant
+
+#endif  // ONNXQUANT_HISTOGRAM_KERNELS_H_
