@@ -68,8 +68,16 @@ int CanonicalExponent(double lo, double hi, int at_least) {
 double Histogram::bin_width() const { return std::ldexp(1.0, exponent_); }
 
 void Histogram::Add(const float* data, int64_t n) {
-  std::vector<uint32_t> lanes;
-  if (n >= kLaneMinimum) lanes.assign(kLanes * kStride, 0);
+  std::vector<uint32_t> scratch;
+  Add(data, n, scratch);
+}
+
+void Histogram::Add(const float* data, int64_t n,
+                    std::vector<uint32_t>& scratch) {
+  const bool use_lanes = n >= kLaneMinimum;
+  if (use_lanes && scratch.size() != static_cast<size_t>(kLanes) * kStride) {
+    scratch.assign(static_cast<size_t>(kLanes) * kStride, 0);
+  }
   int64_t pending = 0;  // values counted in lanes and not yet in counts_
   int32_t slots[kBlock];
   for (int64_t start = 0; start < n; start += kBlock) {
@@ -91,22 +99,22 @@ void Histogram::Add(const float* data, int64_t n) {
     zeros_ += s.zeros;
     const bool grows = s.lo < min_ || s.hi > max_;
     if (pending > 0 && (grows || pending + size > kFlushEvery)) {
-      FlushLanes(lanes.data());
+      FlushLanes(scratch.data());
       pending = 0;
     }
     if (grows) Cover(std::min(s.lo, min_), std::max(s.hi, max_));
     if (grows || !speculate) ComputeSlots(block, size, slots);
-    if (lanes.empty()) {
+    if (!use_lanes) {
       const int32_t bins = static_cast<int32_t>(counts_.size());
       for (int32_t i = 0; i < size; ++i) {
         if (slots[i] < bins) ++counts_[static_cast<size_t>(slots[i])];
       }
     } else {
-      kernels::CountSlots(slots, size, lanes.data(), kStride, kLanes);
+      kernels::CountSlots(slots, size, scratch.data(), kStride, kLanes);
       pending += size;
     }
   }
-  if (pending > 0) FlushLanes(lanes.data());
+  if (pending > 0) FlushLanes(scratch.data());
 }
 
 kernels::Grid Histogram::CurrentGrid() const {
@@ -123,6 +131,10 @@ void Histogram::Cover(float lo, float hi) {
       first_bin_ + static_cast<int64_t>(counts_.size()) - 1;
   if (e == exponent_ && first == first_bin_ && last == old_last) return;
   std::vector<int64_t> grown;
+  // Full capacity from the start: the buffers of every Cover are the same
+  // size, so the allocator reuses them and memory does not creep up as the
+  // range widens.
+  grown.reserve(kMaxBins);
   grown.assign(static_cast<size_t>(last - first + 1), 0);
   const int shift = e - exponent_;
   for (size_t j = 0; j < counts_.size(); ++j) {

@@ -38,6 +38,10 @@ class Histogram {
   // Adds `n` values (none when n <= 0). REQUIRES: `data` points at `n`
   // floats.
   void Add(const float* data, int64_t n);
+  // The same, counting large inputs in `scratch`, which Add sizes on first
+  // use and leaves zeroed, so that repeated calls (one scratch per thread)
+  // allocate nothing.
+  void Add(const float* data, int64_t n, std::vector<uint32_t>& scratch);
   // Adds every count of `other`; the result equals one histogram fed both
   // inputs, in either order.
   void Merge(const Histogram& other);
@@ -133,6 +137,9 @@ class HistogramSet {
   std::vector<std::string> names_;
   std::unordered_map<std::string, int> index_;
   std::vector<Histogram> histograms_;
+  // Histogram::Add's scratch, one per worker thread, kept between updates
+  // so that memory stays flat however many samples are fed.
+  std::vector<std::vector<uint32_t>> scratch_;
 };
 
 }  // namespace onnxquant

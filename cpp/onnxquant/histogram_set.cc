@@ -238,14 +238,18 @@ void HistogramSet::Update(const std::vector<Chunk>& chunks, int threads) {
     if (by_tensor[c.tensor].empty()) touched.push_back(c.tensor);
     by_tensor[c.tensor].push_back(&c);
   }
+  const int workers =
+      std::max(1, std::min(threads, static_cast<int>(touched.size())));
+  if (scratch_.size() < static_cast<size_t>(workers)) scratch_.resize(workers);
   std::atomic<size_t> next{0};
   std::exception_ptr failure;  // the first worker exception (bad_alloc)
   std::mutex failure_mutex;
-  auto work = [&] {
+  auto work = [&](int worker) {
     try {
+      std::vector<uint32_t>& scratch = scratch_[worker];
       for (size_t i = next++; i < touched.size(); i = next++) {
         for (const Chunk* c : by_tensor[touched[i]]) {
-          histograms_[c->tensor].Add(c->data, c->size);
+          histograms_[c->tensor].Add(c->data, c->size, scratch);
         }
       }
     } catch (...) {
@@ -253,11 +257,9 @@ void HistogramSet::Update(const std::vector<Chunk>& chunks, int threads) {
       if (!failure) failure = std::current_exception();
     }
   };
-  const int workers =
-      std::max(1, std::min(threads, static_cast<int>(touched.size())));
   std::vector<std::thread> pool;
-  for (int t = 1; t < workers; ++t) pool.emplace_back(work);
-  work();
+  for (int t = 1; t < workers; ++t) pool.emplace_back(work, t);
+  work(0);
   for (std::thread& t : pool) t.join();
   if (failure) std::rethrow_exception(failure);
 }
