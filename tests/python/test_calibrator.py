@@ -80,6 +80,29 @@ def test_batching_and_threads_do_not_change_ranges(scale_shift):
     assert all(r == results[0] for r in results[1:])
 
 
+def test_a_generator_may_refill_one_buffer(scale_shift):
+    # Statistics are added on a worker thread while the model runs on the next
+    # sample; a generator that refills the buffer it yielded must still give
+    # the statistics of what it yielded each time.
+    samples = _rows(np.random.default_rng(2), 30, -4.0, 9.0)
+
+    def refilled():
+        buffer = np.empty((1, 8), np.float32)
+        for s in samples:
+            buffer[...] = s
+            yield buffer
+
+    results = []
+    for source in (refilled(), [s.copy() for s in samples]):
+        calibrator = oq.Calibrator(scale_shift, oq.CalibrationMethod.ENTROPY_SYM, batch_size=1)
+        calibrator.collect_data(source)
+        results.append({t: calibrator.histogram(t) for t in calibrator.tensors})
+    for t in results[1]:
+        low, width, counts = results[0][t]
+        assert (low, width) == results[1][t][:2]
+        np.testing.assert_array_equal(counts, results[1][t][2])
+
+
 def test_batches_split_where_shapes_differ(parse_model):
     model = oq.optimize_model(parse_model("""
         <ir_version: 8, opset_import: ["" : 13]>
