@@ -110,7 +110,16 @@ void Histogram::Add(const float* data, int64_t n,
         if (slots[i] < bins) ++counts_[static_cast<size_t>(slots[i])];
       }
     } else {
-      kernels::CountSlots(slots, size, scratch.data(), kStride, kLanes);
+      int32_t counted = size;
+      // Many zeros (a ReLU's): count them once, from the summary.
+      if (s.zeros * 8 >= size) {
+        const int32_t kept = kernels::DropZeroSlots(block, size, slots);
+        if (kept >= 0) {
+          counts_[static_cast<size_t>(-first_bin_)] += s.zeros;
+          counted = kept;
+        }
+      }
+      kernels::CountSlots(slots, counted, scratch.data(), kStride, kLanes);
       pending += size;
     }
   }

@@ -18,6 +18,14 @@
 #define ONNXQUANT_CLONES
 #endif
 
+// DropZeroSlots needs AVX-512's compress instruction, which compilers do not
+// generate from plain loops: written with intrinsics, run where the CPU has
+// it.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define ONNXQUANT_AVX512_COMPRESS 1
+#include <immintrin.h>
+#endif
+
 namespace onnxquant {
 namespace histogram_kernels {
 namespace {
@@ -55,28 +63,35 @@ float FromOrderKey(int32_t key) {
 struct Summary {
   static constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
   int32_t lo = kNone, hi = -kNone;
-  int32_t nan = 0, pos_inf = 0, neg_inf = 0, zeros = 0;
+  int32_t special = 0, zeros = 0;  // special: NaN and +-Inf
 
   void Add(uint32_t bits) {
     const uint32_t magnitude = bits & 0x7fffffffu;
     // All ones for NaN and +-Inf: their keys become kNone / -kNone.
-    const int32_t special = -static_cast<int32_t>(magnitude >= 0x7f800000u);
-    const int32_t key = OrderKey(bits) & ~special;
-    lo = std::min(lo, key | (kNone & special));
-    hi = std::max(hi, key | (-kNone & special));
-    nan += magnitude > 0x7f800000u;
-    pos_inf += bits == 0x7f800000u;
-    neg_inf += bits == 0xff800000u;
+    const int32_t is_special = -static_cast<int32_t>(magnitude >= 0x7f800000u);
+    const int32_t key = OrderKey(bits) & ~is_special;
+    lo = std::min(lo, key | (kNone & is_special));
+    hi = std::max(hi, key | (-kNone & is_special));
+    special -= is_special;
     zeros += magnitude == 0;
   }
 
-  BlockSummary Result() const {
+  // The summary of data[0, n), the values Add saw. NaN and +-Inf are rare:
+  // told apart by a second pass only when there are any.
+  BlockSummary Result(const float* data, int64_t n) const {
     BlockSummary s{std::numeric_limits<float>::infinity(),
-                   -std::numeric_limits<float>::infinity(),
-                   nan, pos_inf, neg_inf, zeros};
+                   -std::numeric_limits<float>::infinity(), 0, 0, 0, zeros};
     if (lo != kNone) {
       s.lo = FromOrderKey(lo) + 0.f;  // -0.0 becomes +0.0
       s.hi = FromOrderKey(hi) + 0.f;
+    }
+    if (special > 0) {
+      for (int64_t i = 0; i < n; ++i) {
+        const uint32_t bits = Bits(data[i]);
+        s.nan += (bits & 0x7fffffffu) > 0x7f800000u;
+        s.pos_inf += bits == 0x7f800000u;
+        s.neg_inf += bits == 0xff800000u;
+      }
     }
     return s;
   }
@@ -92,7 +107,7 @@ ONNXQUANT_CLONES
 BlockSummary Summarize(const float* data, int64_t n) {
   Summary sum;
   for (int64_t i = 0; i < n; ++i) sum.Add(Bits(data[i]));
-  return sum.Result();
+  return sum.Result(data, n);
 }
 
 bool FloatSlotsExact(const Grid& grid) {
@@ -154,7 +169,7 @@ BlockSummary SummarizeWithSlots(const float* data, int32_t n,
     sum.Add(bits);
     slots[i] = FloatSlot(bits, scale, first, sink);
   }
-  return sum.Result();
+  return sum.Result(data, n);
 }
 
 ONNXQUANT_CLONES
@@ -169,6 +184,42 @@ void SlotsDouble(const float* data, int32_t n, const Grid& grid,
     const int64_t k = static_cast<int64_t>(t);  // toward zero
     slots[i] = static_cast<int32_t>(k - (t < static_cast<double>(k)) - first);
   }
+}
+
+#ifdef ONNXQUANT_AVX512_COMPRESS
+namespace {
+
+__attribute__((target("avx512f"))) int32_t DropZeroSlotsAvx512(
+    const float* data, int32_t n, int32_t* slots) {
+  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
+  int32_t kept = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512i bits = _mm512_loadu_si512(data + i);
+    const __mmask16 nonzero = _mm512_test_epi32_mask(bits, magnitude);
+    const __m512i s = _mm512_loadu_si512(slots + i);
+    // In place: kept <= i, so the 16 lanes stored end at or before the
+    // last slot just loaded.
+    _mm512_storeu_si512(slots + kept, _mm512_maskz_compress_epi32(nonzero, s));
+    kept += __builtin_popcount(nonzero);
+  }
+  for (; i < n; ++i) {
+    if ((Bits(data[i]) & 0x7fffffffu) != 0) slots[kept++] = slots[i];
+  }
+  return kept;
+}
+
+}  // namespace
+#endif
+
+int32_t DropZeroSlots(const float* data, int32_t n, int32_t* slots) {
+#ifdef ONNXQUANT_AVX512_COMPRESS
+  static const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
+  if (kHasAvx512) return DropZeroSlotsAvx512(data, n, slots);
+#endif
+  (void)data;
+  (void)n;
+  (void)slots;
+  return -1;
 }
 
 void CountSlots(const int32_t* slots, int32_t n, uint32_t* counts,

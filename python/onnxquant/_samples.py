@@ -157,6 +157,8 @@ def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_s
             f"collect_data takes an iterable of samples, not a {type(samples).__name__}.") from e
     stack = batch_size > 1 and bool(specs) and all(s.dynamic_batch for s in specs)
     pending: list[Sample] = []
+    rows = 0  # along axis 0, in pending
+    first = specs[0].name if specs else ""
     for index, sample in enumerate(iterator, start):
         checked = check_sample(sample, specs, index)
         if not stack:
@@ -164,11 +166,12 @@ def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_s
             continue
         if pending and not _stackable(pending[0], checked):
             yield _concatenate(pending), len(pending)
-            pending = []
+            pending, rows = [], 0
         pending.append(checked)
-        if sum(a.shape[0] for a in (p[specs[0].name] for p in pending)) >= batch_size:
+        rows += checked[first].shape[0]
+        if rows >= batch_size:
             yield _concatenate(pending), len(pending)
-            pending = []
+            pending, rows = [], 0
     if pending:
         yield _concatenate(pending), len(pending)
 
