@@ -234,10 +234,15 @@ void HistogramSet::Update(const std::vector<Chunk>& chunks, int threads) {
   // One worker takes all the chunks of a tensor, in the order given.
   std::vector<std::vector<const Chunk*>> by_tensor(histograms_.size());
   std::vector<int> touched;
+  std::vector<int64_t> values(histograms_.size(), 0);
   for (const Chunk& c : chunks) {
     if (by_tensor[c.tensor].empty()) touched.push_back(c.tensor);
     by_tensor[c.tensor].push_back(&c);
+    values[c.tensor] += c.size;
   }
+  // Largest tensors first, so that the workers finish close together.
+  std::stable_sort(touched.begin(), touched.end(),
+                   [&](int a, int b) { return values[a] > values[b]; });
   const int workers =
       std::max(1, std::min(threads, static_cast<int>(touched.size())));
   if (scratch_.size() < static_cast<size_t>(workers)) scratch_.resize(workers);

@@ -88,7 +88,8 @@ def _as_mapping(sample: object, specs: Sequence[InputSpec], index: int) -> dict[
         f"The model's inputs are {_names(specs)}.")
 
 
-def _check_array(spec: InputSpec, array: object, index: int) -> np.ndarray:
+def _check_array(spec: InputSpec, array: object, index: int,
+                 check_finite: bool = True) -> np.ndarray:
     if not isinstance(array, np.ndarray):
         raise CalibrationDataError(
             f"Sample {index}, input '{spec.name}': expected a numpy array, got "
@@ -105,23 +106,30 @@ def _check_array(spec: InputSpec, array: object, index: int) -> np.ndarray:
                 f"Sample {index}, input '{spec.name}': expected shape {spec.shape_text()}, "
                 f"got {list(array.shape)}. A sample carries the batch dimension the "
                 "model expects (a fixed-batch-1 model takes [1, ...]).")
+    if check_finite:
+        _check_finite(spec, array, index)
+    return array
+
+
+def _check_finite(spec: InputSpec, array: np.ndarray, index: int) -> None:
     if array.dtype.kind in "fc" and not np.isfinite(array).all():
         bad = "NaN" if np.isnan(array).any() else "Inf"
         raise CalibrationDataError(
             f"Sample {index}, input '{spec.name}' contains {bad}; calibration inputs must "
             "be finite. Drop or repair that sample.")
-    return array
 
 
-def check_sample(sample: object, specs: Sequence[InputSpec], index: int) -> Sample:
+def check_sample(sample: object, specs: Sequence[InputSpec], index: int,
+                 check_finite: bool = True) -> Sample:
     """Checks one sample against the model's inputs and returns it as a dict.
 
     Raises CalibrationDataError naming the sample index and input for an unknown
     or missing input (listing the expected names), a dtype or shape that does
-    not fit (giving both), or NaN/Inf in a float input.
+    not fit (giving both), or NaN/Inf in a float input (unless
+    ``check_finite`` is False: the caller checks the batch).
     """
     mapping = _as_mapping(sample, specs, index)
-    return {s.name: _check_array(s, mapping[s.name], index) for s in specs}
+    return {s.name: _check_array(s, mapping[s.name], index, check_finite) for s in specs}
 
 
 def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_size: int,
@@ -159,21 +167,31 @@ def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_s
     pending: list[Sample] = []
     rows = 0  # along axis 0, in pending
     first = specs[0].name if specs else ""
+    # Stacked samples are checked for NaN/Inf as one batch (one pass instead
+    # of one per sample); the sample at fault is then looked for.
+    def batch(samples: list[Sample], first_index: int) -> Sample:
+        feed = _concatenate(samples)
+        for spec in specs:
+            if feed[spec.name].dtype.kind in "fc" and not np.isfinite(feed[spec.name]).all():
+                for i, s in enumerate(samples):
+                    _check_finite(spec, s[spec.name], first_index + i)
+        return feed
+
     for index, sample in enumerate(iterator, start):
-        checked = check_sample(sample, specs, index)
+        checked = check_sample(sample, specs, index, check_finite=not stack)
         if not stack:
             yield checked, 1
             continue
         if pending and not _stackable(pending[0], checked):
-            yield _concatenate(pending), len(pending)
+            yield batch(pending, index - len(pending)), len(pending)
             pending, rows = [], 0
         pending.append(checked)
         rows += checked[first].shape[0]
         if rows >= batch_size:
-            yield _concatenate(pending), len(pending)
+            yield batch(pending, index + 1 - len(pending)), len(pending)
             pending, rows = [], 0
     if pending:
-        yield _concatenate(pending), len(pending)
+        yield batch(pending, index + 1 - len(pending)), len(pending)
 
 
 def _stackable(a: Sample, b: Sample) -> bool:

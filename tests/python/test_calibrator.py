@@ -243,6 +243,18 @@ def test_nonfinite_model_input_names_sample(calibrator, bad, word):
         calibrator.collect_data([good, good, broken])
 
 
+def test_nonfinite_sample_is_named_inside_a_full_batch(scale_shift):
+    # Stacked batches are checked for NaN/Inf as a whole: the sample named must
+    # still be the one at fault, counted across batches and calls.
+    calibrator = oq.Calibrator(scale_shift, ASYM, batch_size=8)
+    samples = [np.full((1, 8), i, np.float32) for i in range(50)]
+    calibrator.collect_data(samples[:5])
+    samples[37] = samples[37].copy()
+    samples[37][0, 6] = np.inf
+    with pytest.raises(oq.CalibrationDataError, match=r"Sample 42, input 'x' contains Inf"):
+        calibrator.collect_data(samples)
+
+
 def test_sample_numbers_continue_across_calls(calibrator):
     calibrator.collect_data([np.zeros((1, 8), np.float32)] * 3)
     with pytest.raises(oq.CalibrationDataError, match="Sample 4"):
