@@ -1,11 +1,10 @@
 """Runs an ONNX Runtime session batch after batch into reused output buffers.
 
-``session.run`` allocates new numpy arrays for the outputs of every call and
-copies ONNX Runtime's results into them. A calibration session returns many
-large outputs (every planned tensor), so that copy and the fresh memory cost
-about as much as binning them. With an I/O binding the outputs are written in
-place into buffers allocated once per input shape, which stay in cache for the
-statistics that read them next.
+``session.run`` allocates fresh memory for the outputs of every call. A
+calibration session returns many large outputs (every planned tensor), and
+touching that fresh memory (page faults, cache misses) costs a good part of
+what binning them does. With an I/O binding the outputs are written in place
+into the same buffers batch after batch, allocated once per input shape.
 """
 
 from __future__ import annotations
@@ -24,10 +23,9 @@ _KEPT_SHAPES = 2
 class BoundRunner:
     """``run(feed)`` returns the outputs ``fetch`` of ``session`` on ``feed``.
 
-    The first call for an input shape runs ``session.run`` and learns the
-    output shapes and dtypes; later calls with that shape write into buffers
-    of those shapes through an I/O binding, so the arrays returned are only
-    valid until the next call. Where the binding is refused (an output whose
+    The first call for an input shape runs ``session.run`` and keeps its output
+    arrays; later calls with that shape write into them through an I/O
+    binding, so the arrays returned are only valid until the next call. Where the binding is refused (an output whose
     shape depends on the input values, an exotic provider), it falls back to
     ``session.run`` for good. :meth:`release` frees the buffers.
     """
@@ -59,7 +57,11 @@ class BoundRunner:
     def _bind(self, key: tuple, outputs: list[np.ndarray]) -> None:
         if not all(isinstance(o, np.ndarray) and o.dtype.kind in "fiub" for o in outputs):
             return
-        buffers = [np.empty(o.shape, o.dtype) for o in outputs]
+        # The arrays session.run just returned (views of memory ONNX Runtime
+        # allocated, kept alive by them) are the caller's for this batch and
+        # become the buffers of the next ones: no second set is allocated.
+        buffers = [o if o.flags.c_contiguous and o.flags.writeable
+                   else np.empty(o.shape, o.dtype) for o in outputs]
         try:
             binding = self._session.io_binding()
             for name, buffer in zip(self._fetch, buffers):
