@@ -123,6 +123,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(default %(default)s)")
     ap.add_argument("--no-ort-preprocess", dest="ort_preprocess", action="store_false",
                     help="skip quant_pre_process before quantize_static")
+    ap.add_argument("--no-tensor-errors", dest="tensor_errors", action="store_false",
+                    help="leave out the per-tensor error figures (SQNR of each quantized "
+                         "tensor, on 256 test images)")
     ap.add_argument("--no-variants", dest="variants", action="store_false",
                     help="leave out ENTROPY with the non-default ignore_zero_spike")
     args = ap.parse_args(argv)

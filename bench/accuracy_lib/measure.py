@@ -14,9 +14,10 @@ import onnxquant as oq
 from onnxquant.evaluate import compare_top1, make_session, predict
 
 from .classifiers import ModelEntry
-from .common import ORT_METHODS, LabelledSet, first_line, is_tie, log, optimize
+from .common import DEFAULT_METHOD, ORT_METHODS, LabelledSet, first_line, is_tie, log, optimize
 from .ort_quant import flatten_gemm_bias, ort_preprocess, ort_quantize, ort_ranges
 from .our_quant import our_ranges
+from .tensor_errors import ModelErrors, tensor_errors
 
 
 @dataclass
@@ -47,6 +48,7 @@ class ModelResult:
     tensors: list[str]                                  # row order of the range table
     seconds: float
     notes: list[str]
+    errors: ModelErrors | None = None                   # per-tensor error figures
 
 
 def _logits(model: onnx.ModelProto, data: LabelledSet | None, emulate: bool,
@@ -70,6 +72,7 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
     runs: list[Run] = []
     range_columns: dict[str, dict[str, tuple[float, float]]] = {}
     tensors: list[str] = []
+    errors: ModelErrors | None = None
 
     def evaluate(run: Run, q: onnx.ModelProto) -> Run:
         emulate = run.kernels == "emulated"
@@ -118,6 +121,11 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
             continue
         for k in kernels:
             runs.append(evaluate(Run("onnxquant", c.label, kernels=k), q))
+        if c.label == DEFAULT_METHOD and args.tensor_errors:
+            try:
+                errors = tensor_errors(model, q, r, test.x, c.label, threads)
+            except Exception as e:  # noqa: BLE001 - a diagnostic; the table goes on
+                notes.append(f"Per-tensor error figures failed: {first_line(e)}")
         log(f"  onnxquant {c.label}: {time.perf_counter() - t:.1f} s")
     for name in [m for m in args.int8 if entry.kernel_checks and
                  (entry.methods is None or m in entry.methods)]:
@@ -189,7 +197,7 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
     for column in range_columns.values():
         tensors += [t for t in column if t not in tensors]
     return ModelResult(entry, fp32_test, fp32_val, runs, range_columns, tensors,
-                       time.perf_counter() - start, notes)
+                       time.perf_counter() - start, notes, errors)
 
 
 @dataclass

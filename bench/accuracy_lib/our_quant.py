@@ -39,12 +39,14 @@ def calibrator_default(name: str) -> object:
 def our_configs(variants: bool) -> list[OurConfig]:
     """The ten methods with the Calibrator's defaults, then (``variants``) ENTROPY with the
     other ``ignore_zero_spike`` (ReLU outputs are mostly exact zeros; that spike decides the
-    KL search), where this onnxquant has the option."""
+    KL search) and the other ``clip_bounded_outputs`` (Sigmoid/Softmax outputs clipped or
+    not), where this onnxquant has the options."""
     configs = [OurConfig(m.name) for m in oq.CalibrationMethod]
-    default = calibrator_default("ignore_zero_spike")
-    if variants and isinstance(default, bool):
-        configs += [OurConfig(m, (("ignore_zero_spike", not default),))
-                    for m in ("ENTROPY_ASYM", "ENTROPY_SYM")]
+    for keyword in ("ignore_zero_spike", "clip_bounded_outputs"):
+        default = calibrator_default(keyword)
+        if variants and isinstance(default, bool):
+            configs += [OurConfig(m, ((keyword, not default),))
+                        for m in ("ENTROPY_ASYM", "ENTROPY_SYM")]
     return configs
 
 

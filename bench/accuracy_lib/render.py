@@ -29,6 +29,7 @@ from .our_quant import calibrator_default, default_percentage, has_method_api
 from .task_faces import FACE_MATCH_IOU, FACE_NMS_IOU, FACE_SCORE_THRESHOLD
 from .task_registry import TASK_GROUPS
 from .tasks import Column, TaskResult
+from .tensor_errors import render_errors
 
 
 def fmt_delta(acc) -> str:
@@ -98,6 +99,7 @@ def render(results: list[ModelResult], args: argparse.Namespace, seconds: float,
     if args.tasks:
         lines += render_tasks(tasks or [], args, skipped_tasks or [])
     if not args.tasks_only:
+        lines += render_errors(results)
         lines += render_ranges(results)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -177,11 +179,11 @@ def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu
     rows = []
     for r in results:
         if r.entry.validation is None:
-            rows.append([r.entry.name, "not reported (no validation set)", "", "", ""])
+            rows.append([r.entry.name, "not reported (no validation set)", "", "", "", ""])
             continue
         ours, theirs = choose_best(r, "onnxquant"), choose_best(r, "onnxruntime")
         if ours is None or theirs is None:
-            rows.append([r.entry.name, "not reported (a tool has no result)", "", "", ""])
+            rows.append([r.entry.name, "not reported (a tool has no result)", "", "", "", ""])
             continue
         y = r.entry.test.y
         a = compare_top1(theirs.run.test_logits, ours.run.test_logits, y)
@@ -192,11 +194,14 @@ def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu
         def name(b: Best) -> str:
             ties = f"; tied on validation: {', '.join(b.tied)}" if b.tied else ""
             return f"{b.run.method} (validation {b.validation_top1:.2f}{ties})"
+        share = compare_top1(r.fp32_test, ours.run.test_logits, y).candidate / fp32_top1(r)
         rows.append([r.entry.name, name(ours), name(theirs),
                      f"{cell(r, ours.run)} vs {cell(r, theirs.run)}",
-                     f"{diff:+.2f} ± {a.paired_se:.2f}: {verdict}"])
+                     f"{diff:+.2f} ± {a.paired_se:.2f}: {verdict}",
+                     f"{share * 100:.2f} % ({'≥' if share >= 0.99 else '<'} 99 %)"])
     lines += table(["model", "onnxquant best", "ORT best", "test top-1: ours vs ORT",
-                    "ours − ORT: verdict"], rows, ["---", "---", "---", "---:", "---:"])
+                    "ours − ORT: verdict", "ours ÷ FP32"], rows,
+                   ["---", "---", "---", "---:", "---:", "---:"])
 
     lines += ["", "## Integer kernels (ONNX Runtime's fused QDQ) beside emulation", "",
               (f"CPU: {cpu} ({' '.join(flags)}). Each cell as above; the agreement column is "

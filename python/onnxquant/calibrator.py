@@ -46,6 +46,11 @@ class CalibrationMethod(enum.IntEnum):
     SQNR_SYM = 9
 
 
+# Ops whose outputs are bounded by construction: clipping methods keep their
+# observed range unless clip_bounded_outputs is set.
+_BOUNDED_OUTPUT_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "Tanh"})
+
+
 def default_threads() -> int:
     """The CPUs this process may run on (its affinity mask where the OS has
     one, else ``os.cpu_count()``)."""
@@ -108,6 +113,14 @@ class Calibrator:
             a ReLU output is dominated by its zero bin and the search picks
             its narrowest candidate, clipping most of the range
             (docs/accuracy.md: ResNet8 60.5 % instead of 75.7 %).
+        clip_bounded_outputs: whether the methods that clip (ENTROPY,
+            PERCENTILE, MSE, SQNR) may also clip the outputs of Sigmoid,
+            HardSigmoid, Softmax and Tanh (default False: those take the
+            MIN_MAX range of the method's symmetry). Such outputs are bounded
+            by construction and their tails carry the signal: clipping the
+            gates of squeeze-and-excitation blocks to their bulk turned an
+            EfficientNet into a constant classifier under ENTROPY
+            (docs/accuracy.md).
         options: the :class:`~onnxquant.QuantOptions` that ``quantize`` will use
             (default: ``QuantOptions()``); they decide which tensors the plan
             calibrates, so pass the same ones to both.
@@ -130,12 +143,14 @@ class Calibrator:
 
     def __init__(self, model: ModelLike, method: CalibrationMethod | str | int, *,
                  percentage: float = 99.99, ignore_zero_spike: bool = True,
+                 clip_bounded_outputs: bool = False,
                  options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
                  providers: Sequence[str] | None = None) -> None:
         self._method = _method(method)
         self._percentage = _percentage(percentage)
         self._ignore_zero_spike = bool(ignore_zero_spike)
+        self._clip_bounded_outputs = bool(clip_bounded_outputs)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}.")
         if threads is None:
@@ -158,6 +173,9 @@ class Calibrator:
         self._fingerprint = hashlib.sha256(data).hexdigest()
         plan = _core.make_plan(data, dtypes, options.to_native())
         self._tensors = tuple(plan["calibrated"])
+        producers = {o: n.op_type for n in work.graph.node for o in n.output}
+        self._bounded = frozenset(t for t in self._tensors
+                                  if producers.get(t) in _BOUNDED_OUTPUT_OPS)
         inputs = {s.name for s in self._specs}
         self._fetch = [t for t in self._tensors if t not in inputs]
         self._from_feed = [t for t in self._tensors if t in inputs]
@@ -260,7 +278,9 @@ class Calibrator:
         method reads the same histograms, so ranges for several methods come
         from one :meth:`collect_data` without running the model again.
         ``percentage`` overrides the calibrator's for PERCENTILE methods.
-        docs/calibration.md defines each method. NaN and Inf in intermediate
+        docs/calibration.md defines each method. Outputs of Sigmoid,
+        HardSigmoid, Softmax and Tanh take the MIN_MAX range of the method's
+        symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and Inf in intermediate
         tensors are left out of the statistics and counted in :attr:`report`;
         a tensor without any finite value gets ``(0.0, 0.0)`` and is listed in
         ``report.degraded``.
@@ -278,6 +298,13 @@ class Calibrator:
         pct = self._percentage if percentage is None else _percentage(percentage)
         ranges = self._stats.compute_ranges(int(chosen), pct, self._ignore_zero_spike,
                                             self._threads)
+        if self._bounded and not self._clip_bounded_outputs and \
+                chosen not in (CalibrationMethod.MIN_MAX_ASYM, CalibrationMethod.MIN_MAX_SYM):
+            full = CalibrationMethod.MIN_MAX_SYM if chosen.name.endswith("_SYM") else \
+                CalibrationMethod.MIN_MAX_ASYM
+            whole = self._stats.compute_ranges(int(full), pct, self._ignore_zero_spike,
+                                               self._threads)
+            ranges.update({t: whole[t] for t in self._bounded})
         return {name: (float(ranges[name][0]), float(ranges[name][1]))
                 for name in self._tensors}
 

@@ -57,7 +57,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         samples = load_samples(args.calibration_data, model, max_samples=args.max_samples)
     with _step("plan", times):
         calibrator = Calibrator(model, args.method, percentage=args.percentage,
-                                ignore_zero_spike=not args.keep_zero_spike, options=options,
+                                ignore_zero_spike=not args.keep_zero_spike,
+                                clip_bounded_outputs=args.clip_bounded_outputs, options=options,
                                 batch_size=args.batch_size, threads=args.threads)
     with _step(f"calibrate ({len(samples)} samples)", times):
         calibrator.collect_data(samples, progress=not args.quiet)
@@ -131,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--keep-zero-spike", action="store_true",
                    help="ENTROPY methods keep exact zeros (the spike of ReLU outputs) in the "
                         "KL divergence; by default they are left out")
+    q.add_argument("--clip-bounded-outputs", action="store_true",
+                   help="let clipping methods clip the outputs of Sigmoid, HardSigmoid, "
+                        "Softmax and Tanh too; by default they keep their observed range")
     q.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
                    help="activation integer type: uint8 fuses into ONNX Runtime's CPU "
                         "integer kernels, int8 suits TFLite-style targets and NPUs "

@@ -166,3 +166,40 @@ def test_entropy_sym_matches_onnxruntime_where_the_definitions_agree(model):
     ours = _calibrate(model, rows).compute_range("ENTROPY_SYM")["x"][1]
     theirs, width = _ort_entropy_threshold(rows.ravel())
     assert abs(ours - theirs) <= width, (ours, theirs, width)
+
+
+SIGMOID_GATE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 64] x) => (float[N, 64] z) <float[1] two = {2.0}, float[1] three = {3.0}> {
+    t = Mul (x, two)
+    y = Sigmoid (t)
+    z = Mul (y, three)
+}
+"""
+
+
+def test_bounded_outputs_keep_their_observed_range(parse_model):
+    # Like a squeeze-and-excitation gate: mostly closed (y near 0) with a rare
+    # tail of open gates. Every clipping method cuts t's tail; the Sigmoid
+    # output y keeps its whole observed range unless clip_bounded_outputs is
+    # set.
+    rng = np.random.default_rng(5)
+    x = (rng.laplace(-2.5, 0.3, (400, 64))).astype(np.float32)
+    tail = rng.random(x.shape) < 0.002
+    x[tail] = rng.uniform(0.0, 3.0, int(tail.sum()))
+    model = oq.optimize_model(parse_model(SIGMOID_GATE))
+    samples = [x[i:i + 1] for i in range(len(x))]
+    kept = oq.Calibrator(model, oq.CalibrationMethod.ENTROPY_SYM)
+    clipped = oq.Calibrator(model, oq.CalibrationMethod.ENTROPY_SYM, clip_bounded_outputs=True)
+    for c in (kept, clipped):
+        c.collect_data(samples)
+    assert "y" in kept.tensors and "t" in kept.tensors
+    for sym in ("ASYM", "SYM"):
+        full = kept.compute_range(f"MIN_MAX_{sym}")
+        for method in ("ENTROPY", "PERCENTILE", "MSE", "SQNR"):
+            name = f"{method}_{sym}"
+            ours = kept.compute_range(name)
+            assert ours["y"] == full["y"], name
+            assert ours["t"][1] < full["t"][1], name  # t itself is clipped
+            assert clipped.compute_range(name)["t"] == ours["t"], name
+    assert clipped.compute_range("ENTROPY_SYM")["y"][1] < kept.compute_range("MIN_MAX_SYM")["y"][1]
