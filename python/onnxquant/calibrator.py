@@ -12,7 +12,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 
 from onnxquant import _core
-from onnxquant._bound_run import BoundRunner
 from onnxquant._model import ModelLike, load_model, model_to_bytes, write_bytes_atomic
 from onnxquant._samples import batch_samples, input_specs
 from onnxquant._shapes import infer_dtypes
@@ -234,29 +233,22 @@ class Calibrator:
 
             total = len(samples) if hasattr(samples, "__len__") else None
             bar = tqdm(total=total, unit="sample", desc="Calibrating")
-        # The model writes into buffers reused batch after batch (freed when
-        # this call returns); each batch's statistics are added before the next
-        # batch runs.
-        runner = BoundRunner(self._session, self._fetch) if self._session is not None else None
         try:
             for feed, count in batch_samples(samples, self._specs, self._batch_size,
                                              self._num_samples):
-                self._update(runner, feed, count)
+                self._update(feed, count)
                 self._num_samples += count
                 if bar is not None:
                     bar.update(count)
         finally:
-            if runner is not None:
-                runner.release()
             if bar is not None:
                 bar.close()
 
-    def _update(self, runner: BoundRunner | None, feed: dict[str, np.ndarray],
-                count: int) -> None:
+    def _update(self, feed: dict[str, np.ndarray], count: int) -> None:
         arrays = {t: feed[t] for t in self._from_feed}
-        if runner is not None:
+        if self._session is not None:
             try:
-                outputs = runner.run(feed)
+                outputs = self._session.run(self._fetch, feed)
             except Exception as e:  # ORT's errors derive from Exception only
                 first = self._num_samples
                 which = f"sample {first}" if count == 1 else \
