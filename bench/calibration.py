@@ -15,8 +15,9 @@ Runtime's MinMax, Entropy and Percentile calibrators:
 - onnxquant's overhead over plain inference of the same augmented model (the
   planned tensors exposed as graph outputs and fetched, same session options,
   same batches, a fresh session each time as the calibrator has):
-  (collection - inference) / inference, best of ``--repeat`` each, the runs
-  interleaved;
+  each collection followed by an inference run, (collection - inference) /
+  inference per pair, the median over ``--repeat`` pairs (best-of-each shown
+  beside it);
 - peak memory: one fresh subprocess per (tool, method, N): the resident set
   is read once the modules are imported and the images loaded (start); the
   calibrator is
@@ -505,13 +506,20 @@ def bench_model(name: str, images: int, threads: int, repeat: int, memory, workd
     for m, s in any_ours["range_s"].items():
         print(f"| {m} | {s * 1e3:.3f} | {s / n_ours * 1e6:.1f} |")
 
-    overhead = (infer["collect_s"] - infer["infer_s"]) / infer["infer_s"]
+    best = (infer["collect_s"] - infer["infer_s"]) / infer["infer_s"]
+    # Each collection is followed by an inference run: the pairs share the
+    # machine's state of the moment, and their median overhead does not hang on
+    # one lucky or unlucky run as best-of does.
+    paired = sorted((c - i) / i for c, i in zip(infer["collect_all"], infer["infer_all"]))
+    overhead = statistics.median(paired)
     print(f"\nOverhead over inference (ENTROPY_SYM statistics): collection "
-          f"{infer['collect_s']:.3f} s "
-          f"(runs: {', '.join(f'{x:.3f}' for x in infer['collect_all'])})"
-          f" vs plain inference of the same augmented model {infer['infer_s']:.3f} s "
-          f"(runs: {', '.join(f'{x:.3f}' for x in infer['infer_all'])}), best of {repeat}: "
-          f"**{overhead * 100:+.1f} %**")
+          f"(runs: {', '.join(f'{x:.3f}' for x in infer['collect_all'])} s)"
+          f" vs plain inference of the same augmented model "
+          f"(runs: {', '.join(f'{x:.3f}' for x in infer['infer_all'])} s), each collection "
+          f"followed by an inference run: median of the {repeat} paired overheads "
+          f"**{overhead * 100:+.1f} %** (pairs: "
+          f"{', '.join(f'{x * 100:+.1f} %' for x in paired)}); best of each "
+          f"{best * 100:+.1f} %")
     summary["overhead"] = overhead
 
     if memory is not None:
@@ -585,7 +593,7 @@ def main() -> None:
                     help="thread budget of both tools (default: the CPUs this process may use)")
     ap.add_argument("--repeat", type=int, default=None,
                     help="repetitions of onnxquant's ENTROPY_SYM collection and of the "
-                         "inference baseline, interleaved (best kept; default 3, quick 1)")
+                         "inference baseline, interleaved in pairs (default 7, quick 1)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -602,7 +610,7 @@ def main() -> None:
     settings = SETTINGS["quick" if args.quick else "full"]
     if args.images is not None and args.images % BATCH:
         raise SystemExit(f"--images must be a multiple of {BATCH}")
-    repeat = args.repeat or (1 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 7)
 
     print("# Calibration: onnxquant vs onnxruntime.quantization\n")
     print("command: " + " ".join(shlex.quote(a) for a in
