@@ -5,7 +5,6 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
-#include <cstring>
 #include <limits>
 
 // One clone per instruction set, picked at load time (GNU ifunc). Elsewhere
@@ -30,18 +29,6 @@ namespace onnxquant {
 namespace histogram_kernels {
 namespace {
 
-uint32_t Bits(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-
-float FromBits(uint32_t b) {
-  float v;
-  std::memcpy(&v, &b, sizeof v);
-  return v;
-}
-
 // Returns a key that orders finite floats as their values (-0.0 just below
 // +0.0): the bits, with those of negative values' magnitudes flipped.
 int32_t OrderKey(uint32_t bits) {
@@ -51,10 +38,7 @@ int32_t OrderKey(uint32_t bits) {
 
 float FromOrderKey(int32_t key) {
   const uint32_t k = static_cast<uint32_t>(key);
-  const uint32_t bits = k ^ ((0u - (k >> 31)) & 0x7fffffffu);
-  float v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
+  return FloatFromBits(k ^ ((0u - (k >> 31)) & 0x7fffffffu));
 }
 
 // A block's summary as it accumulates. Branch-free, and min/max run on
@@ -87,7 +71,7 @@ struct Summary {
     }
     if (special > 0) {
       for (int64_t i = 0; i < n; ++i) {
-        const uint32_t bits = Bits(data[i]);
+        const uint32_t bits = FloatBits(data[i]);
         s.nan += (bits & 0x7fffffffu) > 0x7f800000u;
         s.pos_inf += bits == 0x7f800000u;
         s.neg_inf += bits == 0xff800000u;
@@ -106,7 +90,7 @@ constexpr int64_t kFloatIndexLimit = int64_t{1} << 29;
 ONNXQUANT_CLONES
 BlockSummary Summarize(const float* data, int64_t n) {
   Summary sum;
-  for (int64_t i = 0; i < n; ++i) sum.Add(Bits(data[i]));
+  for (int64_t i = 0; i < n; ++i) sum.Add(FloatBits(data[i]));
   return sum.Result(data, n);
 }
 
@@ -128,18 +112,18 @@ namespace {
 // defined for them.
 inline int32_t FloatSlot(uint32_t bits, float scale, int32_t first,
                          uint32_t sink) {
-  const uint32_t product = Bits(FromBits(bits) * scale);
+  const uint32_t product = FloatBits(FloatFromBits(bits) * scale);
   // All ones for NaN, +-Inf (whose products are NaN and +-Inf) and for
   // |t| >= 2^30, outside any grid SlotsFloat takes: t becomes 0 and the
   // slot `sink`. An integer compare: std::min and std::max on floats would
   // not vectorise.
   const uint32_t special =
       0u - static_cast<uint32_t>((product & 0x7fffffffu) >= 0x4e800000u);
-  const float t = FromBits(product & ~special);
+  const float t = FloatFromBits(product & ~special);
   int32_t k = static_cast<int32_t>(t);  // toward zero
   k -= t < static_cast<float>(k);       // floor
   // A negative value whose product underflowed to -0 is in bin -1.
-  k -= (Bits(t) == 0x80000000u) & (bits > 0x80000000u);
+  k -= (FloatBits(t) == 0x80000000u) & (bits > 0x80000000u);
   const uint32_t slot = static_cast<uint32_t>(k - first);
   return static_cast<int32_t>((slot & ~special) | (sink & special));
 }
@@ -153,7 +137,7 @@ void SlotsFloat(const float* data, int32_t n, const Grid& grid,
   const int32_t first = static_cast<int32_t>(grid.first);
   const uint32_t sink = static_cast<uint32_t>(grid.sink);
   for (int32_t i = 0; i < n; ++i) {
-    slots[i] = FloatSlot(Bits(data[i]), scale, first, sink);
+    slots[i] = FloatSlot(FloatBits(data[i]), scale, first, sink);
   }
 }
 
@@ -165,7 +149,7 @@ BlockSummary SummarizeWithSlots(const float* data, int32_t n,
   const uint32_t sink = static_cast<uint32_t>(grid.sink);
   Summary sum;
   for (int32_t i = 0; i < n; ++i) {
-    const uint32_t bits = Bits(data[i]);
+    const uint32_t bits = FloatBits(data[i]);
     sum.Add(bits);
     slots[i] = FloatSlot(bits, scale, first, sink);
   }
@@ -203,7 +187,7 @@ __attribute__((target("avx512f"))) int32_t DropZeroSlotsAvx512(
     kept += __builtin_popcount(nonzero);
   }
   for (; i < n; ++i) {
-    if ((Bits(data[i]) & 0x7fffffffu) != 0) slots[kept++] = slots[i];
+    if ((FloatBits(data[i]) & 0x7fffffffu) != 0) slots[kept++] = slots[i];
   }
   return kept;
 }

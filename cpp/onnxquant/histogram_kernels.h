@@ -7,9 +7,23 @@
 #define ONNXQUANT_HISTOGRAM_KERNELS_H_
 
 #include <cstdint>
+#include <cstring>
 
 namespace onnxquant {
 namespace histogram_kernels {
+
+// The bits of a float, and back (what std::bit_cast does in C++20).
+inline uint32_t FloatBits(float v) {
+  uint32_t b;
+  std::memcpy(&b, &v, sizeof b);
+  return b;
+}
+
+inline float FloatFromBits(uint32_t b) {
+  float v;
+  std::memcpy(&v, &b, sizeof v);
+  return v;
+}
 
 // What one pass learns about a block of values.
 struct BlockSummary {

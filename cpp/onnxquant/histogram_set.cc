@@ -13,6 +13,9 @@
 namespace onnxquant {
 namespace {
 
+using histogram_kernels::FloatBits;
+using histogram_kernels::FloatFromBits;
+
 // Histogram, little-endian: "OQH1", u32 version, i32 exponent, f32 min,
 // f32 max, u64 count, zeros, nan, pos_inf, neg_inf, i64 first_bin, u32 bin
 // count, then each bin's count as an LEB128 varint.
@@ -27,18 +30,6 @@ void PutFixed(uint64_t v, int bytes, std::string* out) {
   for (int i = 0; i < bytes; ++i) {
     out->push_back(static_cast<char>(v >> (8 * i)));
   }
-}
-
-uint32_t FloatBits(float v) {
-  uint32_t b;
-  std::memcpy(&b, &v, sizeof b);
-  return b;
-}
-
-float FloatFromBits(uint32_t bits) {
-  float v;
-  std::memcpy(&v, &bits, sizeof v);
-  return v;
 }
 
 // Reads little-endian fields; a read past the end returns 0 and sets
