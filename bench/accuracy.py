@@ -136,6 +136,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _run_entry(measure_entry, entry, args: argparse.Namespace, done: list,
+               skipped: list[tuple[str, str]]) -> None:
+    """Measures ``entry`` in a temporary directory: its result goes to ``done``, or
+    (entry name, why) to ``skipped`` when it fails as a whole."""
+    with tempfile.TemporaryDirectory(prefix="oq-accuracy-") as workdir:
+        try:
+            done.append(measure_entry(entry, args, workdir))
+        except EntryFailed as e:
+            log(f"{entry.name}: {e}")
+            skipped.append((entry.name, str(e)))
+            return
+    log(f"{entry.name}: {done[-1].seconds:.1f} s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.getLogger().setLevel(logging.ERROR)  # quantize_static's advice and progress
@@ -160,14 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                 validation=entry.validation.subset(QUICK_VALIDATION) if entry.validation
                 else None)
         log(f"{entry.name}: data loaded in {time.perf_counter() - t:.1f} s")
-        with tempfile.TemporaryDirectory(prefix="oq-accuracy-") as workdir:
-            try:
-                results.append(measure(entry, args, workdir))
-            except EntryFailed as e:
-                log(f"{entry.name}: {e}")
-                skipped.append((entry.name, str(e)))
-                continue
-        log(f"{entry.name}: {results[-1].seconds:.1f} s")
+        _run_entry(measure, entry, args, results, skipped)
     tasks, skipped_tasks = [], []
     for key in args.task_keys if args.tasks else []:
         t = time.perf_counter()
@@ -180,14 +187,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"{key}: data loaded in {time.perf_counter() - t:.1f} s")
         for entry in entries:
             log(entry.name)
-            with tempfile.TemporaryDirectory(prefix="oq-accuracy-") as workdir:
-                try:
-                    tasks.append(measure_task(entry, args, workdir))
-                except EntryFailed as e:
-                    log(f"{entry.name}: {e}")
-                    skipped_tasks.append((entry.name, str(e)))
-                    continue
-            log(f"{entry.name}: {tasks[-1].seconds:.1f} s")
+            _run_entry(measure_task, entry, args, tasks, skipped_tasks)
     report = render(results, args, time.perf_counter() - start, tasks, skipped,
                     skipped_tasks)
     print(report, end="")

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from onnxquant.analysis import tensor_sqnr
+from onnxquant.analysis import _with_outputs, tensor_sqnr
 
 IMAGES = 256  # test images the figures are taken on (the first ones)
 SHOWN = 5     # tensors listed per model: the lowest own SQNR
@@ -62,19 +62,13 @@ def _fake_quant(x: np.ndarray, low: float, high: float) -> np.ndarray:
 
 def _own_sqnr(model: onnx.ModelProto, ranges: dict[str, tuple[float, float]],
               x: np.ndarray, threads: int | None) -> dict[str, float]:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
-    inputs = {i.name for i in m.graph.input}
+    inputs = {i.name for i in model.graph.input}
     names = [t for t in ranges if t not in inputs]
-    for name in names:
-        if name not in present:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if threads:
         options.intra_op_num_threads = threads
-    session = ort.InferenceSession(m.SerializeToString(), options,
+    session = ort.InferenceSession(_with_outputs(model, names), options,
                                    providers=["CPUExecutionProvider"])
     input_name = model.graph.input[0].name
     dims = model.graph.input[0].type.tensor_type.shape.dim

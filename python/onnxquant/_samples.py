@@ -169,11 +169,11 @@ def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_s
     first = specs[0].name if specs else ""
     # Stacked samples are checked for NaN/Inf as one batch (one pass instead
     # of one per sample); the sample at fault is then looked for.
-    def batch(samples: list[Sample], first_index: int) -> Sample:
-        feed = _concatenate(samples)
+    def batch(group: list[Sample], first_index: int) -> Sample:
+        feed = _concatenate(group)
         for spec in specs:
             if feed[spec.name].dtype.kind in "fc" and not np.isfinite(feed[spec.name]).all():
-                for i, s in enumerate(samples):
+                for i, s in enumerate(group):
                     _check_finite(spec, s[spec.name], first_index + i)
         return feed
 

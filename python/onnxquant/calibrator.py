@@ -272,8 +272,9 @@ class Calibrator:
         ``percentage`` overrides the calibrator's for PERCENTILE methods.
         docs/calibration.md defines each method. Outputs of Sigmoid,
         HardSigmoid, Softmax and Tanh take the MIN_MAX range of the method's
-        symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and Inf in intermediate
-        tensors are left out of the statistics and counted in :attr:`report`;
+        symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and
+        Inf in intermediate tensors are left out of the statistics and counted
+        in :attr:`report`;
         a tensor without any finite value gets ``(0.0, 0.0)`` and is listed in
         ``report.degraded``.
 
