@@ -76,6 +76,33 @@ small_cnn (float[N, 3, 8, 8] image) => (float[N, 5] logits)
 """
 
 
+SIGMOID_GATE = """
+<ir_version: 8, opset_import: ["" : 13]>
+g (float[N, 64] x) => (float[N, 64] z) <float[1] two = {2.0}, float[1] three = {3.0}> {
+    t = Mul (x, two)
+    y = Sigmoid (t)
+    z = Mul (y, three)
+}
+"""
+
+
+@pytest.fixture()
+def sigmoid_gate_model() -> onnx.ModelProto:
+    """z = 3 sigmoid(2x) on [N, 64] (Mul, Sigmoid, Mul), opset 13, not yet optimized."""
+    return parse(SIGMOID_GATE)
+
+
+@pytest.fixture()
+def gate_samples() -> np.ndarray:
+    """400 samples [1, 64] as [400, 1, 64], like a squeeze-and-excitation gate's input:
+    mostly near -2.5 (gate closed), a rare tail up to 3 (gate open)."""
+    rng = np.random.default_rng(5)
+    x = rng.laplace(-2.5, 0.3, (400, 64)).astype(np.float32)
+    tail = rng.random(x.shape) < 0.002
+    x[tail] = rng.uniform(0.0, 3.0, int(tail.sum()))
+    return x[:, None, :]
+
+
 @pytest.fixture()
 def scale_shift_model() -> onnx.ModelProto:
     """y = 2x - 1 on [N, 8] (Mul, Add), opset 13, not yet optimized."""

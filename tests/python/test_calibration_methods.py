@@ -168,27 +168,15 @@ def test_entropy_sym_matches_onnxruntime_where_the_definitions_agree(model):
     assert abs(ours - theirs) <= width, (ours, theirs, width)
 
 
-SIGMOID_GATE = """
-<ir_version: 8, opset_import: ["" : 13]>
-g (float[N, 64] x) => (float[N, 64] z) <float[1] two = {2.0}, float[1] three = {3.0}> {
-    t = Mul (x, two)
-    y = Sigmoid (t)
-    z = Mul (y, three)
-}
-"""
 
 
-def test_bounded_outputs_keep_their_observed_range(parse_model):
+def test_bounded_outputs_keep_their_observed_range(sigmoid_gate_model, gate_samples):
     # Like a squeeze-and-excitation gate: mostly closed (y near 0) with a rare
     # tail of open gates. Every clipping method cuts t's tail; the Sigmoid
     # output y keeps its whole observed range unless clip_bounded_outputs is
     # set.
-    rng = np.random.default_rng(5)
-    x = (rng.laplace(-2.5, 0.3, (400, 64))).astype(np.float32)
-    tail = rng.random(x.shape) < 0.002
-    x[tail] = rng.uniform(0.0, 3.0, int(tail.sum()))
-    model = oq.optimize_model(parse_model(SIGMOID_GATE))
-    samples = [x[i:i + 1] for i in range(len(x))]
+    model = oq.optimize_model(sigmoid_gate_model)
+    samples = list(gate_samples)
     kept = oq.Calibrator(model, oq.CalibrationMethod.ENTROPY_SYM)
     clipped = oq.Calibrator(model, oq.CalibrationMethod.ENTROPY_SYM, clip_bounded_outputs=True)
     for c in (kept, clipped):

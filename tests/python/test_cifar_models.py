@@ -29,6 +29,7 @@ MODELS = sorted(glob.glob(os.path.join(_REPO, "models", "cifar", "*.onnx")))
 @pytest.fixture(scope="module")
 def cifar(zoo_dir):
     from models.cifar.data import load_test, preprocess
+
     from onnxquant.data import read_image_set
 
     x_test, y_test = load_test(zoo_dir)

@@ -57,6 +57,24 @@ def test_options_reach_the_quantizer(files, capsys):
     assert all(len(t.dims) == 0 for t in quantized.graph.initializer if t.name in scales)
 
 
+def test_clip_bounded_outputs_reaches_the_calibrator(tmp_path, sigmoid_gate_model,
+                                                     gate_samples, capsys):
+    # ENTROPY clips the rare open gates of the Sigmoid output y only when asked.
+    model = str(tmp_path / "gate.onnx")
+    onnx.save(sigmoid_gate_model, model)
+    data = str(tmp_path / "gate.npz")
+    np.savez(data, x=gate_samples)
+    ranges = {}
+    for flags in ([], ["--clip-bounded-outputs"]):
+        report = str(tmp_path / f"r{len(flags)}.json")
+        assert main(["quantize", model, "-o", str(tmp_path / "q.onnx"), "--calibration-data",
+                     data, "-q", "--method", "ENTROPY_SYM", "--report-json", report,
+                     *flags]) == 0
+        with open(report, encoding="utf-8") as f:
+            ranges[len(flags)] = json.load(f)["ranges"]["y"]
+    assert ranges[1][1] < ranges[0][1]
+
+
 @pytest.mark.parametrize("change, words", [
     ({"data": "absent.npz"}, "absent.npz' does not exist"),
     ({"model": "absent.onnx"}, "absent.onnx' does not exist"),
