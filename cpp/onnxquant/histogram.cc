@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 
 #include "onnxquant/error.h"
 #include "onnxquant/histogram_kernels.h"
@@ -16,14 +17,18 @@ namespace kernels = histogram_kernels;
 // Add() works in blocks this long: each block's range is summarised, the
 // grid covers it, then its values are counted.
 constexpr int64_t kBlock = 4096;
-// An Add() of at least kLaneMinimum values counts into kLanes uint32 arrays
-// of kStride slots (the bins and the sink), added to the bins when the grid
-// changes and at the end, at the latest every kFlushEvery values so that no
-// count overflows.
+// An Add() of at least kLaneMinimum values counts into kLanes arrays of
+// kStride 16-bit slots (the bins and the sink), added to the bins when the
+// grid changes and at the end, and at the latest every kFlushEvery values:
+// a block adds at most kBlock / kLanes to a slot, so 63 blocks stay below
+// 2^16.
 constexpr int kLanes = 4;
 constexpr int32_t kStride = Histogram::kMaxBins + 1;
 constexpr int64_t kLaneMinimum = 8 * kStride;
-constexpr int64_t kFlushEvery = int64_t{1} << 31;
+constexpr int64_t kFlushEvery = 63 * kBlock;
+static_assert(kFlushEvery / kLanes <
+                  std::numeric_limits<histogram_kernels::LaneCount>::max(),
+              "a lane count could overflow between flushes");
 
 // Returns floor(k / 2^shift). REQUIRES: shift >= 0.
 int64_t FloorShift(int64_t k, int shift) {
@@ -68,12 +73,12 @@ int CanonicalExponent(double lo, double hi, int at_least) {
 double Histogram::bin_width() const { return std::ldexp(1.0, exponent_); }
 
 void Histogram::Add(const float* data, int64_t n) {
-  std::vector<uint32_t> scratch;
+  std::vector<kernels::LaneCount> scratch;
   Add(data, n, scratch);
 }
 
 void Histogram::Add(const float* data, int64_t n,
-                    std::vector<uint32_t>& scratch) {
+                    std::vector<kernels::LaneCount>& scratch) {
   const bool use_lanes = n >= kLaneMinimum;
   if (use_lanes && scratch.size() != static_cast<size_t>(kLanes) * kStride) {
     scratch.assign(static_cast<size_t>(kLanes) * kStride, 0);
@@ -84,12 +89,19 @@ void Histogram::Add(const float* data, int64_t n,
     const float* block = data + start;
     const int32_t size = static_cast<int32_t>(std::min(kBlock, n - start));
     // Once the grid holds bins, a block usually fits it: then one pass
-    // summarises the block and computes its slots.
+    // summarises the block and computes its slots and, where the CPU allows,
+    // leaves the zeros out of them (`kept` slots remain; -1 when it did not).
     const kernels::Grid grid = CurrentGrid();
     const bool speculate = !counts_.empty() && kernels::FloatSlotsExact(grid);
-    const kernels::BlockSummary s =
-        speculate ? kernels::SummarizeWithSlots(block, size, grid, slots)
-                  : kernels::Summarize(block, size);
+    kernels::BlockSummary s{};
+    int32_t kept = -1;
+    if (speculate && use_lanes) {
+      kept = kernels::SummarizeNonzeroSlots(block, size, grid, slots, &s);
+    }
+    if (kept < 0) {
+      s = speculate ? kernels::SummarizeWithSlots(block, size, grid, slots)
+                    : kernels::Summarize(block, size);
+    }
     nan_ += s.nan;
     pos_inf_ += s.pos_inf;
     neg_inf_ += s.neg_inf;
@@ -103,21 +115,24 @@ void Histogram::Add(const float* data, int64_t n,
       pending = 0;
     }
     if (grows) Cover(std::min(s.lo, min_), std::max(s.hi, max_));
-    if (grows || !speculate) ComputeSlots(block, size, slots);
+    if (grows || !speculate) {
+      ComputeSlots(block, size, slots);
+      kept = -1;
+    }
     if (!use_lanes) {
       const int32_t bins = static_cast<int32_t>(counts_.size());
       for (int32_t i = 0; i < size; ++i) {
         if (slots[i] < bins) ++counts_[static_cast<size_t>(slots[i])];
       }
     } else {
-      int32_t counted = size;
       // Many zeros (a ReLU's): count them once, from the summary.
-      if (s.zeros * 8 >= size) {
-        const int32_t kept = kernels::DropZeroSlots(block, size, slots);
-        if (kept >= 0) {
-          counts_[static_cast<size_t>(-first_bin_)] += s.zeros;
-          counted = kept;
-        }
+      if (kept < 0 && s.zeros * 8 >= size) {
+        kept = kernels::DropZeroSlots(block, size, slots);
+      }
+      int32_t counted = size;
+      if (kept >= 0) {
+        if (s.zeros > 0) counts_[static_cast<size_t>(-first_bin_)] += s.zeros;
+        counted = kept;
       }
       kernels::CountSlots(slots, counted, scratch.data(), kStride, kLanes);
       pending += size;
@@ -165,10 +180,10 @@ void Histogram::ComputeSlots(const float* data, int32_t n,
   }
 }
 
-void Histogram::FlushLanes(uint32_t* lanes) {
+void Histogram::FlushLanes(kernels::LaneCount* lanes) {
   const size_t bins = counts_.size();
   for (int lane = 0; lane < kLanes; ++lane) {
-    uint32_t* c = lanes + static_cast<size_t>(lane) * kStride;
+    kernels::LaneCount* c = lanes + static_cast<size_t>(lane) * kStride;
     for (size_t j = 0; j < bins; ++j) counts_[j] += c[j];
     std::fill_n(c, bins, 0u);
     c[bins] = 0;  // the sink

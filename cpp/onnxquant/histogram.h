@@ -41,7 +41,8 @@ class Histogram {
   // The same, counting large inputs in `scratch`, which Add sizes on first
   // use and leaves zeroed, so that repeated calls (one scratch per thread)
   // allocate nothing.
-  void Add(const float* data, int64_t n, std::vector<uint32_t>& scratch);
+  void Add(const float* data, int64_t n,
+           std::vector<histogram_kernels::LaneCount>& scratch);
   // Adds every count of `other`; the result equals one histogram fed both
   // inputs, in either order.
   void Merge(const Histogram& other);
@@ -89,7 +90,7 @@ class Histogram {
   void ComputeSlots(const float* data, int32_t n, int32_t* slots) const;
   // Adds the counts of the current bins held in `lanes` (the layout of
   // histogram_kernels::CountSlots) to counts_ and zeroes them.
-  void FlushLanes(uint32_t* lanes);
+  void FlushLanes(histogram_kernels::LaneCount* lanes);
 
   int exponent_ = kMinExponent;
   int64_t first_bin_ = 0;
@@ -139,7 +140,7 @@ class HistogramSet {
   std::vector<Histogram> histograms_;
   // Histogram::Add's scratch, one per worker thread, kept between updates
   // so that memory stays flat however many samples are fed.
-  std::vector<std::vector<uint32_t>> scratch_;
+  std::vector<std::vector<histogram_kernels::LaneCount>> scratch_;
 };
 
 }  // namespace onnxquant

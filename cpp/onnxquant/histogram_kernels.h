@@ -72,11 +72,28 @@ BlockSummary SummarizeWithSlots(const float* data, int32_t n,
 // output is a third to three quarters zeros).
 int32_t DropZeroSlots(const float* data, int32_t n, int32_t* slots);
 
+// Where the CPU has AVX-512 (F and DQ), SummarizeWithSlots and
+// DropZeroSlots in one pass, for a block that holds no NaN or +-Inf: writes
+// to slots[0, kept) the slots of the values that are not +-0, in order, sets
+// *summary, and returns kept. The slots mean what SummarizeWithSlots' do
+// (nothing when a finite value lies outside the grid's bins; the summary
+// tells). Returns -1, leaving `slots` and *summary meaningless, where the
+// CPU lacks AVX-512 or the block holds NaN or +-Inf: the caller then takes
+// the general path. REQUIRES: FloatSlotsExact(grid).
+int32_t SummarizeNonzeroSlots(const float* data, int32_t n, const Grid& grid,
+                              int32_t* slots, BlockSummary* summary);
+
+// A count in CountSlots' arrays: 16 bits, so that four arrays of 4 097
+// slots (32 KiB) stay in the L1 cache; their owner adds them to its counts
+// before any can overflow.
+using LaneCount = uint16_t;
+
 // Adds one to counts[slots[i]] for each i < n, spreading consecutive values
 // over `lanes` count arrays (counts + j * stride, j < lanes, lanes 1 or 4)
-// so that runs of one slot do not wait on each other's increments.
+// so that runs of one slot do not wait on each other's increments. No
+// array gains more than ceil(n / lanes).
 // REQUIRES: every slot < stride.
-void CountSlots(const int32_t* slots, int32_t n, uint32_t* counts,
+void CountSlots(const int32_t* slots, int32_t n, LaneCount* counts,
                 int32_t stride, int lanes);
 
 }  // namespace histogram_kernels

@@ -242,7 +242,7 @@ void HistogramSet::Update(const std::vector<Chunk>& chunks, int threads) {
   std::mutex failure_mutex;
   auto work = [&](int worker) {
     try {
-      std::vector<uint32_t>& scratch = scratch_[worker];
+      std::vector<histogram_kernels::LaneCount>& scratch = scratch_[worker];
       for (size_t i = next++; i < touched.size(); i = next++) {
         for (const Chunk* c : by_tensor[touched[i]]) {
           histograms_[c->tensor].Add(c->data, c->size, scratch);
