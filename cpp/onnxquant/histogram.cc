@@ -125,10 +125,7 @@ void Histogram::Add(const float* data, int64_t n,
         if (slots[i] < bins) ++counts_[static_cast<size_t>(slots[i])];
       }
     } else {
-      // Many zeros (a ReLU's): count them once, from the summary.
-      if (kept < 0 && s.zeros * 8 >= size) {
-        kept = kernels::DropZeroSlots(block, size, slots);
-      }
+      // The zeros left out of the slots are counted once, from the summary.
       int32_t counted = size;
       if (kept >= 0) {
         if (s.zeros > 0) counts_[static_cast<size_t>(-first_bin_)] += s.zeros;

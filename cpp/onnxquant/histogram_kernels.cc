@@ -17,14 +17,6 @@
 #define ONNXQUANT_CLONES
 #endif
 
-// DropZeroSlots needs AVX-512's compress instruction, which compilers do not
-// generate from plain loops: written with intrinsics, run where the CPU has
-// it.
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define ONNXQUANT_AVX512_COMPRESS 1
-#include <immintrin.h>
-#endif
-
 namespace onnxquant {
 namespace histogram_kernels {
 namespace {
@@ -168,119 +160,6 @@ void SlotsDouble(const float* data, int32_t n, const Grid& grid,
     const int64_t k = static_cast<int64_t>(t);  // toward zero
     slots[i] = static_cast<int32_t>(k - (t < static_cast<double>(k)) - first);
   }
-}
-
-#ifdef ONNXQUANT_AVX512_COMPRESS
-namespace {
-
-__attribute__((target("avx512f"))) int32_t DropZeroSlotsAvx512(
-    const float* data, int32_t n, int32_t* slots) {
-  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
-  int32_t kept = 0, i = 0;
-  for (; i + 16 <= n; i += 16) {
-    const __m512i bits = _mm512_loadu_si512(data + i);
-    const __mmask16 nonzero = _mm512_test_epi32_mask(bits, magnitude);
-    const __m512i s = _mm512_loadu_si512(slots + i);
-    // In place: kept <= i, so the 16 lanes stored end at or before the
-    // last slot just loaded.
-    _mm512_storeu_si512(slots + kept, _mm512_maskz_compress_epi32(nonzero, s));
-    kept += __builtin_popcount(nonzero);
-  }
-  for (; i < n; ++i) {
-    if ((FloatBits(data[i]) & 0x7fffffffu) != 0) slots[kept++] = slots[i];
-  }
-  return kept;
-}
-
-// One step of SummarizeNonzeroSlotsAvx512 on the lanes of `in` (the rest
-// are left out).
-struct NonzeroSlotsState {
-  __m512 lo, hi;
-  __mmask16 special;
-  int32_t kept;
-};
-
-__attribute__((target("avx512f,avx512dq"), always_inline)) inline void
-NonzeroSlotsStep(const float* data, __mmask16 in, __m512 scale, __m512i first,
-                 int32_t* slots, NonzeroSlotsState* st) {
-  const __m512i magnitude = _mm512_set1_epi32(0x7fffffff);
-  const __m512i negative_zero = _mm512_set1_epi32(INT32_MIN);
-  const __m512 v = _mm512_maskz_loadu_ps(in, data);
-  // fpclass categories: QNaN 0x01, +Inf 0x08, -Inf 0x10, SNaN 0x80.
-  st->special |= _mm512_mask_fpclass_ps_mask(in, v, 0x99);
-  st->lo = _mm512_mask_min_ps(st->lo, in, st->lo, v);
-  st->hi = _mm512_mask_max_ps(st->hi, in, st->hi, v);
-  const __mmask16 nonzero =
-      _mm512_mask_test_epi32_mask(in, _mm512_castps_si512(v), magnitude);
-  // The product is exact unless subnormal; the conversion rounds down, so it
-  // is the floor.
-  const __m512 t = _mm512_mul_ps(v, scale);
-  __m512i k = _mm512_maskz_cvt_roundps_epi32(
-      0xffff, t, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
-  // A negative value whose product underflowed to -0 is in bin -1.
-  const __mmask16 under = _mm512_mask_cmpeq_epi32_mask(
-      nonzero, _mm512_castps_si512(t), negative_zero);
-  k = _mm512_mask_sub_epi32(k, under, k, _mm512_set1_epi32(1));
-  k = _mm512_sub_epi32(k, first);
-  _mm512_storeu_si512(slots + st->kept, _mm512_maskz_compress_epi32(nonzero, k));
-  st->kept += __builtin_popcount(nonzero);
-}
-
-__attribute__((target("avx512f,avx512dq"))) int32_t SummarizeNonzeroSlotsAvx512(
-    const float* data, int32_t n, const Grid& grid, int32_t* slots,
-    BlockSummary* summary) {
-  const __m512 scale = _mm512_set1_ps(std::ldexp(1.0f, -grid.exponent));
-  const __m512i first = _mm512_set1_epi32(static_cast<int32_t>(grid.first));
-  const float inf = std::numeric_limits<float>::infinity();
-  NonzeroSlotsState st{_mm512_set1_ps(inf), _mm512_set1_ps(-inf), 0, 0};
-  int32_t i = 0;
-  for (; i + 16 <= n; i += 16) {
-    NonzeroSlotsStep(data + i, 0xffff, scale, first, slots, &st);
-  }
-  if (i < n) {
-    const __mmask16 tail = static_cast<__mmask16>((1u << (n - i)) - 1);
-    NonzeroSlotsStep(data + i, tail, scale, first, slots, &st);
-  }
-  if (st.special != 0) return -1;
-  alignas(64) float lo[16], hi[16];
-  _mm512_store_ps(lo, st.lo);
-  _mm512_store_ps(hi, st.hi);
-  // -0.0 becomes +0.0; an empty block keeps +-inf.
-  *summary = BlockSummary{*std::min_element(lo, lo + 16) + 0.f,
-                          *std::max_element(hi, hi + 16) + 0.f, 0, 0, 0,
-                          n - st.kept};
-  return st.kept;
-}
-
-}  // namespace
-#endif
-
-int32_t SummarizeNonzeroSlots(const float* data, int32_t n, const Grid& grid,
-                              int32_t* slots, BlockSummary* summary) {
-#ifdef ONNXQUANT_AVX512_COMPRESS
-  static const bool kHasAvx512 = __builtin_cpu_supports("avx512f") &&
-                                 __builtin_cpu_supports("avx512dq");
-  if (kHasAvx512) {
-    return SummarizeNonzeroSlotsAvx512(data, n, grid, slots, summary);
-  }
-#endif
-  (void)data;
-  (void)n;
-  (void)grid;
-  (void)slots;
-  (void)summary;
-  return -1;
-}
-
-int32_t DropZeroSlots(const float* data, int32_t n, int32_t* slots) {
-#ifdef ONNXQUANT_AVX512_COMPRESS
-  static const bool kHasAvx512 = __builtin_cpu_supports("avx512f");
-  if (kHasAvx512) return DropZeroSlotsAvx512(data, n, slots);
-#endif
-  (void)data;
-  (void)n;
-  (void)slots;
-  return -1;
 }
 
 void CountSlots(const int32_t* slots, int32_t n, LaneCount* counts,

@@ -65,23 +65,31 @@ void SlotsDouble(const float* data, int32_t n, const Grid& grid,
 BlockSummary SummarizeWithSlots(const float* data, int32_t n,
                                 const Grid& grid, int32_t* slots);
 
-// Where the CPU has AVX-512, moves the slots of the values of data[0, n)
-// that are not +-0 to the front of `slots` (in order) and returns how many;
-// elsewhere returns -1 and leaves `slots` alone. The zeros' slot is then
-// counted once from the block's summary instead of once per zero (a ReLU's
-// output is a third to three quarters zeros).
-int32_t DropZeroSlots(const float* data, int32_t n, int32_t* slots);
+// The paths of SummarizeNonzeroSlots, best first: hand-written for AVX-512
+// (F, DQ) and for AVX2; kNone where the CPU or the compiler offers neither.
+enum class NonzeroPath { kAvx512, kAvx2, kNone };
 
-// Where the CPU has AVX-512 (F and DQ), SummarizeWithSlots and
-// DropZeroSlots in one pass, for a block that holds no NaN or +-Inf: writes
-// to slots[0, kept) the slots of the values that are not +-0, in order, sets
-// *summary, and returns kept. The slots mean what SummarizeWithSlots' do
-// (nothing when a finite value lies outside the grid's bins; the summary
-// tells). Returns -1, leaving `slots` and *summary meaningless, where the
-// CPU lacks AVX-512 or the block holds NaN or +-Inf: the caller then takes
-// the general path. REQUIRES: FloatSlotsExact(grid).
+// The best path this CPU runs.
+NonzeroPath BestNonzeroPath();
+
+// SummarizeWithSlots, leaving the zeros out, in one pass, for a block that
+// holds no NaN or +-Inf: writes to slots[0, kept) the slots of the values
+// that are not +-0, in order, sets *summary, and returns kept. The slots mean
+// what SummarizeWithSlots' do (nothing when a finite value lies outside the
+// grid's bins: the summary tells), and the zeros are to be counted from
+// summary->zeros (a ReLU's output is a third to three quarters zeros).
+// Returns -1, leaving `slots` and *summary meaningless, when the block holds
+// NaN or +-Inf, or the best path is kNone: the caller then takes
+// SummarizeWithSlots. `slots` has room for n values.
+// REQUIRES: FloatSlotsExact(grid).
 int32_t SummarizeNonzeroSlots(const float* data, int32_t n, const Grid& grid,
                               int32_t* slots, BlockSummary* summary);
+
+// The same on `path` (tests compare the paths); -1 for kNone. REQUIRES: the
+// CPU runs `path` (it is BestNonzeroPath() or a later one).
+int32_t SummarizeNonzeroSlotsOn(NonzeroPath path, const float* data,
+                                int32_t n, const Grid& grid, int32_t* slots,
+                                BlockSummary* summary);
 
 // A count in CountSlots' arrays: 16 bits, so that four arrays of 4 097
 // slots (32 KiB) stay in the L1 cache; their owner adds them to its counts
