@@ -75,6 +75,7 @@ from accuracy_lib.task_registry import TASKS
 from accuracy_lib.tasks import TASK_METHODS, TASK_ORT_METHODS, measure_task
 
 import onnxquant as oq
+from onnxquant._model import write_bytes_atomic
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -192,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     skipped_tasks)
     print(report, end="")
     if args.output:
-        with open(args.output, "w") as f:
-            f.write(report)
+        # Whole or not at all: an interrupted run leaves the old report.
+        write_bytes_atomic(args.output, report.encode())
         log(f"wrote {args.output}")
     return 0
 

@@ -86,6 +86,8 @@ import sys
 import tempfile
 import time
 
+from _proc import reset_peak, status_kib
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 ZOO = os.environ.get("ONNXQUANT_ZOO", os.path.join(REPO, "..", "shared", "zoo"))
@@ -103,19 +105,6 @@ ORT_OPTIONS = {ort: extra for _, _, ort, extra in PAIRS}
 
 
 # ----------------------------------------------------------------------------- helpers
-
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
-
-
-def _reset_peak() -> None:
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # VmHWM := current resident set
-
 
 def _cpu_flags() -> list[str]:
     wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"]
@@ -349,13 +338,13 @@ def _memory_child(spec: dict) -> dict:
 
         import onnxquant as oq
 
-        start = _status_kib("VmRSS")  # before the calibrator exists
+        start = status_kib("VmRSS")  # before the calibrator exists
         cal = oq.Calibrator(onnx.load(model_path), getattr(oq.CalibrationMethod, method),
                             batch_size=BATCH, threads=threads)
         cal.collect_data(singles(warm_start, WARM_BATCHES * BATCH))
         cal.compute_range()
-        baseline = _status_kib("VmRSS")
-        _reset_peak()
+        baseline = status_kib("VmRSS")
+        reset_peak()
         cal.collect_data(singles(0, n))
         cal.compute_range()
     else:
@@ -363,17 +352,17 @@ def _memory_child(spec: dict) -> dict:
 
         workdir = tempfile.TemporaryDirectory(prefix="oq_bench_mem_")
         input_name = _input_name(model_path)
-        start = _status_kib("VmRSS")
+        start = status_kib("VmRSS")
         cal, _ = _ort_calibrator(model_path, method, threads, workdir.name)
         with _quiet():
             cal.collect_data(_ort_reader(input_name,
                                          batches(warm_start, WARM_BATCHES * BATCH)))
             cal.compute_data()
-            baseline = _status_kib("VmRSS")
-            _reset_peak()
+            baseline = status_kib("VmRSS")
+            reset_peak()
             cal.collect_data(_ort_reader(input_name, batches(0, n)))
             cal.compute_data()
-    peak = _status_kib("VmHWM")
+    peak = status_kib("VmHWM")
     if tool != "onnxquant":
         workdir.cleanup()
     return {"baseline_kib": baseline, "peak_kib": peak, "above_kib": peak - baseline,

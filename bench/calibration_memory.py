@@ -19,16 +19,10 @@ import platform
 import subprocess
 import sys
 
+from _proc import reset_peak, status_kib
+
 ZOO = os.environ.get("ONNXQUANT_ZOO",
                      os.path.join(os.path.dirname(__file__), "..", "..", "shared", "zoo"))
-
-
-def _rss_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"{field} not in /proc/self/status")
 
 
 def _child(model_name: str, n: int) -> None:
@@ -56,12 +50,11 @@ def _child(model_name: str, n: int) -> None:
     model = oq.optimize_model(model)
     cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, threads=2)
     cal.collect_data(samples(20))
-    baseline = _rss_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset VmHWM to the current resident set
+    baseline = status_kib("VmRSS")
+    reset_peak()
     cal.collect_data(samples(n))
     cal.compute_range()
-    peak = _rss_kib("VmHWM")
+    peak = status_kib("VmHWM")
     print(json.dumps({"n": n, "baseline_kib": baseline, "peak_kib": peak,
                       "peak_above_baseline_kib": peak - baseline}))
 

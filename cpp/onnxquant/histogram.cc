@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <string>
 
 #include "onnxquant/error.h"
 #include "onnxquant/histogram_kernels.h"
@@ -143,6 +144,13 @@ kernels::Grid Histogram::CurrentGrid() const {
 }
 
 void Histogram::Cover(float lo, float hi) {
+  // Callers pass summaries of finite values only; NaN here would never fit
+  // any grid.
+  if (!std::isfinite(lo) || !std::isfinite(hi) || lo > hi) {
+    throw InternalError("Histogram::Cover: the range [" + std::to_string(lo) +
+                        ", " + std::to_string(hi) +
+                        "] is not a finite interval.");
+  }
   const int e = CanonicalExponent(lo, hi, exponent_);
   const int64_t first = static_cast<int64_t>(FloorBin(lo, e));
   const int64_t last = static_cast<int64_t>(FloorBin(hi, e));
