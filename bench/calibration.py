@@ -248,12 +248,16 @@ def _time_ours(model_path: str, method: str, samples, threads: int, repeat: int,
     import onnxquant as oq
 
     model = onnx.load(model_path)
+
+    def calibrator():
+        return oq.Calibrator(model, getattr(oq.CalibrationMethod, method), batch_size=BATCH,
+                             threads=threads)
+
     collect, setup, infer, single = [], [], [], []
     cal = None
     for _ in range(repeat):
         t0 = time.perf_counter()
-        cal = oq.Calibrator(model, getattr(oq.CalibrationMethod, method), batch_size=BATCH,
-                            threads=threads)
+        cal = calibrator()
         t1 = time.perf_counter()
         cal.collect_data(samples)
         t2 = time.perf_counter()
@@ -262,8 +266,7 @@ def _time_ours(model_path: str, method: str, samples, threads: int, repeat: int,
         if inference is not None:
             infer.append(inference())
         if singles is not None:
-            other = oq.Calibrator(model, getattr(oq.CalibrationMethod, method),
-                                  batch_size=BATCH, threads=threads)
+            other = calibrator()
             t = time.perf_counter()
             other.collect_data(singles)
             single.append(time.perf_counter() - t)
@@ -399,6 +402,19 @@ def _memory(model_path: str, configs, counts, threads: int) -> dict:
 
 # ----------------------------------------------------------------------------- report
 
+def _paired_overheads(collections: list[float], inferences: list[float]) -> list[float]:
+    """(collection - inference) / inference of each pair, sorted."""
+    return sorted((c - i) / i for c, i in zip(collections, inferences))
+
+
+def _fmt_runs(seconds: list[float]) -> str:
+    return ", ".join(f"{x:.3f}" for x in seconds)
+
+
+def _fmt_percents(fractions: list[float]) -> str:
+    return ", ".join(f"{x * 100:+.1f} %" for x in fractions)
+
+
 def _fmt_s(s: float) -> str:
     return f"{s:.3f}" if s < 10 else f"{s:.1f}"
 
@@ -512,25 +528,22 @@ def bench_model(name: str, images: int, threads: int, repeat: int, memory, workd
     # Each collection is followed by an inference run: the pairs share the
     # machine's state of the moment, and their median overhead does not hang on
     # one lucky or unlucky run as best-of does.
-    paired = sorted((c - i) / i for c, i in zip(infer["collect_all"], infer["infer_all"]))
+    paired = _paired_overheads(infer["collect_all"], infer["infer_all"])
     overhead = statistics.median(paired)
     print(f"\nOverhead over inference (ENTROPY_SYM statistics): collection "
-          f"(runs: {', '.join(f'{x:.3f}' for x in infer['collect_all'])} s)"
+          f"(runs: {_fmt_runs(infer['collect_all'])} s)"
           f" vs plain inference of the same augmented model "
-          f"(runs: {', '.join(f'{x:.3f}' for x in infer['infer_all'])} s), each collection "
+          f"(runs: {_fmt_runs(infer['infer_all'])} s), each collection "
           f"followed by an inference run: median of the {repeat} paired overheads "
-          f"**{overhead * 100:+.1f} %** (pairs: "
-          f"{', '.join(f'{x * 100:+.1f} %' for x in paired)}); best of each "
+          f"**{overhead * 100:+.1f} %** (pairs: {_fmt_percents(paired)}); best of each "
           f"{best * 100:+.1f} %")
     # Each inference run is followed by a collection from single images: the
     # same pairing, stacking included.
-    stacked = sorted((c - i) / i for c, i in zip(infer["singles_all"], infer["infer_all"]))
+    stacked = _paired_overheads(infer["singles_all"], infer["infer_all"])
     print(f"\nFrom single [1,...] images, stacked by onnxquant into batches of {BATCH} "
-          f"(not judged): collection (runs: "
-          f"{', '.join(f'{x:.3f}' for x in infer['singles_all'])} s), median of the "
-          f"{repeat} paired overheads over the same inference runs "
-          f"{statistics.median(stacked) * 100:+.1f} % (pairs: "
-          f"{', '.join(f'{x * 100:+.1f} %' for x in stacked)})")
+          f"(not judged): collection (runs: {_fmt_runs(infer['singles_all'])} s), median of "
+          f"the {repeat} paired overheads over the same inference runs "
+          f"{statistics.median(stacked) * 100:+.1f} % (pairs: {_fmt_percents(stacked)})")
     summary["overhead"] = overhead
 
     if memory is not None:
