@@ -111,8 +111,12 @@ def _check_array(spec: InputSpec, array: object, index: int,
     return array
 
 
+def _has_nonfinite(array: np.ndarray) -> bool:
+    return array.dtype.kind in "fc" and not np.isfinite(array).all()
+
+
 def _check_finite(spec: InputSpec, array: np.ndarray, index: int) -> None:
-    if array.dtype.kind in "fc" and not np.isfinite(array).all():
+    if _has_nonfinite(array):
         bad = "NaN" if np.isnan(array).any() else "Inf"
         raise CalibrationDataError(
             f"Sample {index}, input '{spec.name}' contains {bad}; calibration inputs must "
@@ -172,7 +176,7 @@ def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_s
     def batch(group: list[Sample], first_index: int) -> Sample:
         feed = _concatenate(group)
         for spec in specs:
-            if feed[spec.name].dtype.kind in "fc" and not np.isfinite(feed[spec.name]).all():
+            if _has_nonfinite(feed[spec.name]):
                 for i, s in enumerate(group):
                     _check_finite(spec, s[spec.name], first_index + i)
         return feed
