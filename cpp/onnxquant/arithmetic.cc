@@ -30,6 +30,17 @@ ActivationParams ActivationQuantParams(float rmin, float rmax,
   rmin = std::min(rmin, 0.f);
   rmax = std::max(rmax, 0.f);
   ActivationParams p;
+  if (rmin == -rmax && rmax > 0.f) {
+    // A symmetric range [-a, a]: 127 steps each side of a zero point at the
+    // middle of the type (0 for int8, 128 for uint8), so that values inside
+    // the range take codes within +-127 of it.
+    const float scale = rmax / 127.f;
+    if (scale >= kMinActivationScale) {
+      p.scale = scale;
+      p.zero_point = type == ActivationType::kUint8 ? 128 : 0;
+      return p;
+    }
+  }
   float scale = (rmax - rmin) / static_cast<float>(qmax - qmin);
   if (!(scale >= kMinActivationScale)) {
     scale = kMinActivationScale;

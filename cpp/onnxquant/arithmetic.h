@@ -19,8 +19,12 @@ struct ActivationParams {
 inline constexpr float kMinActivationScale = 1e-8f;
 
 // Scale and zero point for a per-tensor activation range [rmin, rmax].
-// The range is first widened to contain 0; the zero point is rounded half to
-// even and clamped to the type's range. REQUIRES: finite rmin <= rmax
+// The range is first widened to contain 0. A symmetric range [-a, a] (a > 0)
+// gets scale a / 127 and the zero point at the middle of the type (0 for
+// int8, 128 for uint8), so that its values take codes within +-127 of the
+// zero point. Any other range gets scale (rmax - rmin) / 255 and a zero point
+// rounded half to even and clamped to the type's range ([0, a] thus keeps
+// the type's lowest code as its zero point). REQUIRES: finite rmin <= rmax
 // (Error(kRange) otherwise, naming nothing: the caller adds the tensor).
 ActivationParams ActivationQuantParams(float rmin, float rmax,
                                        ActivationType type);

@@ -42,6 +42,46 @@ TEST(ActivationQuantParams, AsymmetricRangeInt8) {
   EXPECT_EQ(p.zero_point, -64);
 }
 
+TEST(ActivationQuantParams, SymmetricRangeIsCenteredBitExactly) {
+  // [-a, a]: scale a / 127 computed in float32, zero point 128 (uint8) or 0
+  // (int8), and +-a quantize to exactly zp -+ 127.
+  for (const float a : {1.f, 3.f, 0.1f, 6.02f, 1e-3f, 1234.5f}) {
+    const ActivationParams u =
+        ActivationQuantParams(-a, a, ActivationType::kUint8);
+    const ActivationParams s =
+        ActivationQuantParams(-a, a, ActivationType::kInt8);
+    EXPECT_EQ(u.scale, a / 127.f) << a;
+    EXPECT_EQ(s.scale, a / 127.f) << a;
+    EXPECT_EQ(u.zero_point, 128) << a;
+    EXPECT_EQ(s.zero_point, 0) << a;
+    EXPECT_FALSE(u.floored);
+    for (const float x : {-a, a}) {
+      const double code = std::nearbyint(static_cast<double>(x) / u.scale);
+      EXPECT_EQ(std::fabs(code), 127.0) << "a = " << a << ", x = " << x;
+    }
+  }
+}
+
+TEST(ActivationQuantParams, NonNegativeRangeKeepsTheLowestCode) {
+  // [0, a] is not symmetric: 255 steps from the type's lowest code.
+  const ActivationParams u =
+      ActivationQuantParams(0.f, 2.f, ActivationType::kUint8);
+  const ActivationParams s =
+      ActivationQuantParams(0.f, 2.f, ActivationType::kInt8);
+  EXPECT_EQ(u.scale, 2.f / 255.f);
+  EXPECT_EQ(u.zero_point, 0);
+  EXPECT_EQ(s.scale, 2.f / 255.f);
+  EXPECT_EQ(s.zero_point, -128);
+}
+
+TEST(ActivationQuantParams, NearlySymmetricRangeIsAsymmetric) {
+  // Only an exactly symmetric pair is centred.
+  const ActivationParams u = ActivationQuantParams(
+      -1.f, std::nextafter(1.f, 2.f), ActivationType::kUint8);
+  EXPECT_EQ(u.scale, (std::nextafter(1.f, 2.f) + 1.f) / 255.f);
+  EXPECT_EQ(u.zero_point, 127);
+}
+
 TEST(ActivationQuantParams, ZeroRangeIsFlooredNotAnError) {
   const ActivationParams u =
       ActivationQuantParams(0.f, 0.f, ActivationType::kUint8);

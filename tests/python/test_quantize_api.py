@@ -143,3 +143,27 @@ def test_options_and_keywords_together_are_refused(calibrated):
     with pytest.raises(oq.InvalidArgumentError, match="per_channel"):
         oq.quantize(model, calibrator.compute_range(), options=oq.QuantOptions(),
                     per_channel=False)
+
+
+@pytest.mark.parametrize("activation_type, zero_point", [("uint8", 128), ("int8", 0)])
+def test_symmetric_range_gets_a_centred_zero_point(calibrated, activation_type, zero_point):
+    # A _SYM range [-a, a]: scale a / 127 (float32), zero point at the middle of
+    # the type, and -a, a quantize to zero point -/+ 127 exactly.
+    model, calibrator = calibrated
+    ranges = calibrator.compute_range(oq.CalibrationMethod.MIN_MAX_SYM)
+    symmetric = {t: r for t, r in ranges.items() if r[0] < 0 and r[0] == -r[1]}
+    assert symmetric, "the fixture should have a tensor with negative values"
+    quantized = oq.quantize(model, ranges, activation_type=activation_type)
+    inits = {i.name: onnx.numpy_helper.to_array(i) for i in quantized.graph.initializer}
+    checked = 0
+    for node in quantized.graph.node:
+        if node.op_type != "QuantizeLinear" or node.input[0] not in symmetric:
+            continue
+        a = np.float32(symmetric[node.input[0]][1])
+        scale, zp = inits[node.input[1]], inits[node.input[2]]
+        assert scale.dtype == np.float32 and scale == a / np.float32(127)
+        assert int(zp) == zero_point
+        codes = np.rint(np.array([-a, a], np.float64) / np.float64(scale)) + int(zp)
+        assert codes.tolist() == [zero_point - 127, zero_point + 127]
+        checked += 1
+    assert checked >= 1
