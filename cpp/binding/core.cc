@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "calibration.h"
+#include "kernel_check.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/model_io.h"
@@ -131,6 +132,15 @@ PYBIND11_MODULE(_core, m) {
       .value("UINT8", oq::ActivationType::kUint8)
       .value("INT8", oq::ActivationType::kInt8);
 
+  py::enum_<oq::WeightEncoding>(m, "WeightEncoding")
+      .value("INT8", oq::WeightEncoding::kInt8)
+      .value("UINT8_OFFSET", oq::WeightEncoding::kUint8Offset);
+
+  py::class_<oq::WeightRemedy>(m, "WeightRemedy")
+      .def(py::init<>())
+      .def_readwrite("encoding", &oq::WeightRemedy::encoding)
+      .def_readwrite("channel_qmax", &oq::WeightRemedy::channel_qmax);
+
   py::class_<oq::QuantOptions>(m, "QuantOptions")
       .def(py::init<>())
       .def_readwrite("activation_type", &oq::QuantOptions::activation_type)
@@ -140,7 +150,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("quantize_activation_matmul",
                      &oq::QuantOptions::quantize_activation_matmul)
       .def_readwrite("reduce_weight_range",
-                     &oq::QuantOptions::reduce_weight_range);
+                     &oq::QuantOptions::reduce_weight_range)
+      .def_readwrite("weight_remedies",
+                     &oq::QuantOptions::weight_remedies);
 
   m.def(
       "make_plan",
@@ -193,4 +205,5 @@ PYBIND11_MODULE(_core, m) {
       "report dict).");
 
   onnxquant::binding::BindCalibration(m);
+  onnxquant::binding::BindKernelCheck(m);
 }

@@ -73,7 +73,8 @@ std::vector<float> MinWeightScalesForBias(const std::vector<float>& bias,
 
 WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int64_t>& dims, int axis,
-                           int qmax, const std::vector<float>& min_scales) {
+                           int qmax, const std::vector<float>& min_scales,
+                           const std::vector<int32_t>& channel_qmax) {
   if (axis >= static_cast<int>(dims.size())) {
     throw InvalidArgument("weight axis " + std::to_string(axis) +
                           " out of range for a tensor of rank " +
@@ -90,6 +91,23 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
   const int64_t outer =
       channels * inner == 0 ? 0 : static_cast<int64_t>(w.size()) /
                                       (channels * inner);
+  if (!channel_qmax.empty()) {
+    if (static_cast<int64_t>(channel_qmax.size()) != channels) {
+      throw InvalidArgument("channel_qmax has " +
+                            std::to_string(channel_qmax.size()) +
+                            " entries for " + std::to_string(channels) +
+                            " channels");
+    }
+    for (int32_t q : channel_qmax) {
+      if (q < 1 || q > 127) {
+        throw InvalidArgument("channel qmax " + std::to_string(q) +
+                              " is outside [1, 127]");
+      }
+    }
+  }
+  auto qmax_of = [&](int64_t c) {
+    return channel_qmax.empty() ? qmax : channel_qmax[c];
+  };
   WeightQuant out;
   out.values.resize(w.size());
   out.scales.assign(channels, 0.f);
@@ -103,7 +121,7 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
     }
   }
   for (int64_t c = 0; c < channels; ++c) {
-    float scale = absmax[c] / static_cast<float>(qmax);
+    float scale = absmax[c] / static_cast<float>(qmax_of(c));
     const float floor_scale =
         c < static_cast<int64_t>(min_scales.size()) ? min_scales[c] : 0.f;
     if (scale < floor_scale) {
@@ -119,8 +137,8 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
       for (int64_t i = 0; i < inner; ++i) {
         const double q = RoundHalfEven(static_cast<double>(w[base + i]) /
                                        static_cast<double>(out.scales[c]));
-        out.values[base + i] =
-            static_cast<int8_t>(std::clamp(q, -1.0 * qmax, 1.0 * qmax));
+        const double limit = qmax_of(c);
+        out.values[base + i] = static_cast<int8_t>(std::clamp(q, -limit, limit));
       }
     }
   }

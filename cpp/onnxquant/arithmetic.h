@@ -39,9 +39,12 @@ struct WeightQuant {
 // range), scale = max|w| / qmax per channel along `axis` (-1: per tensor).
 // `min_scales`, when not empty, gives per channel a floor on the scale (for
 // the int32 bias to fit); zero-scale channels get the floor or 1.
+// `channel_qmax`, when not empty, gives per channel its own qmax in
+// [1, 127] instead of `qmax` (InvalidArgument for a wrong size or value).
 WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int64_t>& dims, int axis,
-                           int qmax, const std::vector<float>& min_scales);
+                           int qmax, const std::vector<float>& min_scales,
+                           const std::vector<int32_t>& channel_qmax = {});
 
 // Per channel, the smallest weight scale for which bias / (input_scale *
 // weight_scale) fits in int32 with a margin.

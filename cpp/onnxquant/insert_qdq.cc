@@ -8,6 +8,7 @@
 #include "onnxquant/arithmetic.h"
 #include "onnxquant/error.h"
 #include "onnxquant/graph_index.h"
+#include "onnxquant/node_weights.h"
 #include "onnxquant/tensor_util.h"
 
 namespace onnxquant {
@@ -152,34 +153,18 @@ void QdqWriter::AbsorbActivations() {
 
 void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
   GraphIndex index(graph_);
-  const int qmax = options_.reduce_weight_range ? 63 : 127;
   for (const auto& q : report_->plan.quantized_nodes) {
     if (q.weight_input < 0) continue;
     pb::NodeProto* node = NodeByName(q.node);
-    const std::string wname = node->input(q.weight_input);
-    const auto* winit = index.Initializer(wname);
-    if (!winit) throw InternalError("weight '" + wname + "' vanished");
-    const std::vector<int64_t> dims = Dims(*winit);
-    const std::vector<float> w = ToFloats(*winit);
-    const size_t channels = q.weight_axis >= 0 ? dims[q.weight_axis] : 1;
-    std::vector<float> bias;
-    float in_scale = 0.f;
-    if (q.bias_input >= 0) {
-      bias = ToFloats(*index.Initializer(node->input(q.bias_input)));
-      in_scale = Params(SourceOf(node->input(0))).scale;
-    }
-    std::vector<float> min_scales;
-    if (!bias.empty()) {
-      auto per = MinWeightScalesForBias(bias, in_scale, bias.size());
-      if (channels == bias.size()) {
-        min_scales = per;
-      } else {
-        float m = 0.f;
-        for (float s : per) m = std::max(m, s);
-        min_scales.assign(channels, m);
-      }
-    }
-    WeightQuant wq = QuantizeWeight(w, dims, q.weight_axis, qmax, min_scales);
+    const WeightEncoding encoding = RemedyOf(options_, q.node).encoding;
+    const float in_scale =
+        q.bias_input >= 0 ? Params(SourceOf(node->input(0))).scale : 0.f;
+    NodeWeights nw = QuantizeNodeWeights(index, *node, q, in_scale, options_);
+    const std::string& wname = nw.weight_name;
+    const std::vector<int64_t>& dims = nw.dims;
+    const std::vector<float>& bias = nw.bias;
+    const WeightQuant& wq = nw.quant;
+    const size_t channels = wq.scales.size();
     if (wq.enlarged) report_->enlarged.push_back(wname);
     const std::vector<int64_t> sdims =
         q.weight_axis >= 0 ? std::vector<int64_t>{int64_t(channels)}
@@ -188,10 +173,20 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
     const std::string ws_name = names_.Make(wname + "_scale");
     const std::string wz_name = names_.Make(wname + "_zero_point");
     const std::string wdq = names_.Make(wname + "_dequantized");
-    *graph_.add_initializer() = Int8Tensor(wq_name, dims, wq.values);
+    if (encoding == WeightEncoding::kUint8Offset) {
+      std::vector<uint8_t> offset(wq.values.size());
+      for (size_t i = 0; i < offset.size(); ++i) {
+        offset[i] = static_cast<uint8_t>(wq.values[i] + 128);
+      }
+      *graph_.add_initializer() = Uint8Tensor(wq_name, dims, offset);
+      *graph_.add_initializer() =
+          Uint8Tensor(wz_name, sdims, std::vector<uint8_t>(channels, 128));
+    } else {
+      *graph_.add_initializer() = Int8Tensor(wq_name, dims, wq.values);
+      *graph_.add_initializer() =
+          Int8Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0));
+    }
     *graph_.add_initializer() = FloatTensor(ws_name, sdims, wq.scales);
-    *graph_.add_initializer() =
-        Int8Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0));
     head->push_back(MakeNode("DequantizeLinear", names_.Make(wdq + "_node"),
                              {wq_name, ws_name, wz_name}, wdq,
                              q.weight_axis));

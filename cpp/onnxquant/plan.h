@@ -16,6 +16,25 @@ namespace onnxquant {
 
 enum class ActivationType { kUint8, kInt8 };
 
+// How a node's quantized weight is stored.
+enum class WeightEncoding {
+  // int8 codes, zero point 0: ONNX Runtime's uint8 x int8 kernels.
+  kInt8,
+  // The kInt8 codes plus 128 as uint8, zero point 128: the same values, run
+  // by ONNX Runtime's uint8 x uint8 kernels, which widen to 16 bits before
+  // multiplying and so never saturate (kernel_check.h).
+  kUint8Offset,
+};
+
+// A change to one node's weight quantization (quantize()'s kernel remedies).
+struct WeightRemedy {
+  WeightEncoding encoding = WeightEncoding::kInt8;
+  // Per output channel (the weight axis; one entry for a per-tensor weight),
+  // the largest code, in [1, 127]; empty: the default (127, or 63 with
+  // reduce_weight_range). The scale is then max|w| / qmax for that channel.
+  std::vector<int32_t> channel_qmax;
+};
+
 struct QuantOptions {
   // uint8 (default) fuses into ONNX Runtime's CPU integer kernels; int8 is
   // for TFLite-style targets and NPUs, with a Q/DQ pair per consumer.
@@ -30,6 +49,9 @@ struct QuantOptions {
   bool quantize_activation_matmul = true;
   // Weights use [-63, 63] instead of [-127, 127] (CPUs without VNNI).
   bool reduce_weight_range = false;
+  // Per node name, a change to its weight quantization (the kernel remedies
+  // quantize() chooses; names of nodes without a weight are ignored).
+  std::unordered_map<std::string, WeightRemedy> weight_remedies;
 };
 
 // Tensor name -> ONNX element type (TensorProto.DataType), as shape

@@ -5,8 +5,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import hashlib
+import io
 import json
 import os
+import zipfile
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -21,7 +23,29 @@ from onnxquant.report import CalibrationReport, NonFiniteCount
 
 __all__ = ["CalibrationMethod", "Calibrator", "default_threads"]
 
-_STATE_FORMAT = "onnxquant.calibrator/1"
+_STATE_FORMAT = "onnxquant.calibrator/2"
+_STATE_FORMATS = ("onnxquant.calibrator/1", _STATE_FORMAT)  # /1: no kernel-check samples
+
+
+def _feeds_to_bytes(feeds: Sequence[dict[str, np.ndarray]]) -> bytes:
+    """The kernel-check samples as one .npz payload (b"" when none)."""
+    if not feeds:
+        return b""
+    buffer = io.BytesIO()
+    arrays = {f"{i}/{name}": a for i, feed in enumerate(feeds) for name, a in feed.items()}
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def _feeds_from_bytes(data: bytes) -> list[dict[str, np.ndarray]]:
+    if not data:
+        return []
+    feeds: dict[int, dict[str, np.ndarray]] = {}
+    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+        for key in npz.files:
+            index, name = key.split("/", 1)
+            feeds.setdefault(int(index), {})[name] = npz[key]
+    return [feeds[i] for i in sorted(feeds)]
 
 
 class CalibrationMethod(enum.IntEnum):
@@ -134,6 +158,12 @@ class Calibrator:
             ``session.run`` calls and never beside them, get all of it too. The
             ranges do not depend on the thread count.
         providers: ONNX Runtime execution providers (default the CPU provider).
+        kernel_check_samples: how many of the first samples fed are kept (a
+            copy, at most this many, whatever the number fed) for
+            :func:`~onnxquant.quantize`'s kernel check, which replays them to
+            find the nodes whose integer kernels would saturate on CPUs
+            without VNNI (default 64; 0 keeps none, and quantize then applies
+            its conservative rule).
 
     Raises:
         ModelError: the model was not normalised by ``optimize_model``.
@@ -145,13 +175,21 @@ class Calibrator:
                  clip_bounded_outputs: bool = False,
                  options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
-                 providers: Sequence[str] | None = None) -> None:
+                 providers: Sequence[str] | None = None,
+                 kernel_check_samples: int = 64) -> None:
         self._method = _method(method)
         self._percentage = _percentage(percentage)
         self._ignore_zero_spike = bool(ignore_zero_spike)
         self._clip_bounded_outputs = bool(clip_bounded_outputs)
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise InvalidArgumentError(f"batch_size must be an int >= 1, got {batch_size!r}.")
+        if isinstance(kernel_check_samples, bool) or \
+                not isinstance(kernel_check_samples, int) or kernel_check_samples < 0:
+            raise InvalidArgumentError(
+                f"kernel_check_samples must be an int >= 0, got {kernel_check_samples!r}.")
+        self._check_limit = kernel_check_samples
+        self._check_feeds: list[dict[str, np.ndarray]] = []
+        self._check_count = 0
         if threads is None:
             threads = default_threads()
         elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
@@ -211,6 +249,23 @@ class Calibrator:
         """Samples fed so far."""
         return self._num_samples
 
+    @property
+    def kernel_check_feeds(self) -> tuple[dict[str, np.ndarray], ...]:
+        """The retained samples (up to ``kernel_check_samples`` of the first
+        fed), as the model inputs ``{input name: array}`` of the runs they
+        were fed in."""
+        return tuple(self._check_feeds)
+
+    def _retain(self, feed: dict[str, np.ndarray], count: int) -> None:
+        room = self._check_limit - self._check_count
+        if room <= 0:
+            return
+        if count > room:  # a stacked batch: keep its first rows
+            feed = {k: v[:room] for k, v in feed.items()}
+            count = room
+        self._check_feeds.append({k: np.array(v, copy=True) for k, v in feed.items()})
+        self._check_count += count
+
     def collect_data(self, samples: Iterable[object], progress: bool = False) -> None:
         """Runs the model on ``samples`` and adds what the planned tensors hold
         to the statistics. May be called again to add more samples.
@@ -237,6 +292,7 @@ class Calibrator:
             for feed, count in batch_samples(samples, self._specs, self._batch_size,
                                              self._num_samples):
                 self._update(feed, count)
+                self._retain(feed, count)
                 self._num_samples += count
                 if bar is not None:
                     bar.update(count)
@@ -316,11 +372,15 @@ class Calibrator:
         """Writes the collected statistics (whole or not at all), so that
         calibration can be resumed or split across processes or machines;
         :meth:`load` reads them back for the same normalised model."""
+        stats = self._stats.serialize()
+        feeds = _feeds_to_bytes(self._check_feeds)
         header = json.dumps({"format": _STATE_FORMAT, "model_sha256": self._fingerprint,
                              "options": dataclasses.asdict(self._options),
                              "tensors": list(self._tensors),
-                             "num_samples": self._num_samples}).encode()
-        payload = len(header).to_bytes(8, "little") + header + self._stats.serialize()
+                             "num_samples": self._num_samples,
+                             "stats_bytes": len(stats),
+                             "kernel_check_samples": self._check_count}).encode()
+        payload = len(header).to_bytes(8, "little") + header + stats + feeds
         write_bytes_atomic(path, payload)
 
     @classmethod
@@ -339,7 +399,7 @@ class Calibrator:
                 data = f.read()
             size = int.from_bytes(data[:8], "little")
             header = json.loads(data[8:8 + size].decode())
-            if header.get("format") != _STATE_FORMAT:
+            if header.get("format") not in _STATE_FORMATS:
                 raise ValueError("unknown format")
         except (OSError, ValueError, UnicodeDecodeError) as e:
             raise CalibrationDataError(
@@ -351,11 +411,18 @@ class Calibrator:
             raise CalibrationDataError(
                 f"'{path}' holds statistics of another model or other options: load it with "
                 "the normalised model and QuantOptions it was saved with.")
+        body = data[8 + size:]
+        stats_size = int(header.get("stats_bytes", len(body)))
         try:
-            calibrator._stats = _core.HistogramSet.deserialize(data[8 + size:])
-        except InvalidArgumentError as e:
+            calibrator._stats = _core.HistogramSet.deserialize(body[:stats_size])
+            feeds = _feeds_from_bytes(body[stats_size:])
+        except (InvalidArgumentError, ValueError, OSError, KeyError,
+                zipfile.BadZipFile) as e:
             raise CalibrationDataError(f"'{path}' is corrupt: {e}") from e
         calibrator._num_samples = int(header["num_samples"])
+        for feed in feeds:
+            count = len(next(iter(feed.values()))) if feed else 0
+            calibrator._retain(feed, count)
         return calibrator
 
     def merge(self, other: Calibrator) -> None:
@@ -373,6 +440,8 @@ class Calibrator:
                 "the same normalised model and QuantOptions.")
         self._stats.merge(other._stats)
         self._num_samples += other._num_samples
+        for feed in other._check_feeds:
+            self._retain(feed, len(next(iter(feed.values()))) if feed else 0)
 
     @property
     def report(self) -> CalibrationReport:

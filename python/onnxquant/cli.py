@@ -49,7 +49,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         activation_type=args.activation_type, per_channel=args.per_channel,
         exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,
         quantize_activation_matmul=not args.float_activation_matmul,
-        reduce_weight_range=args.reduce_weight_range)
+        reduce_weight_range=args.reduce_weight_range, target=args.target,
+        kernel_remedy=args.kernel_remedy)
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
@@ -65,8 +66,7 @@ def run_quantize(args: argparse.Namespace) -> int:
     with _step("compute ranges", times):
         ranges = calibrator.compute_range()
     with _step("quantize", times):
-        quantized, report = quantize(model, ranges, options=options,
-                                     calibration_report=calibrator.report,
+        quantized, report = quantize(model, ranges, options=options, calibrator=calibrator,
                                      return_report=True)
     with _step("save", times):
         save_model_atomic(quantized, args.output)
@@ -149,7 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--float-activation-matmul", action="store_true",
                    help="keep MatMul of two activations (attention) in float")
     q.add_argument("--reduce-weight-range", action="store_true",
-                   help="7-bit weights [-63, 63], for CPUs without VNNI")
+                   help="7-bit weights [-63, 63] in every layer")
+    q.add_argument("--target", choices=("portable", "exact"), default="portable",
+                   help="portable (default): right on every CPU's integer kernels, x86 "
+                        "without VNNI included (nodes whose 16-bit pair sums would saturate "
+                        "there are changed, and listed); exact: full-range weights for "
+                        "kernels that accumulate exactly (VNNI, AMX, ARM64)")
+    q.add_argument("--kernel-remedy", choices=("channel_range", "uint8_weights", "float"),
+                   default="channel_range",
+                   help="what --target portable does to such a node (default "
+                        "channel_range: a smaller weight range in the channels concerned)")
     q.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="use only the first N samples of the file (default: all)")
     q.add_argument("--batch-size", type=int, default=32, metavar="N",

@@ -115,7 +115,7 @@ def run_demo(data: DemoData, method: str = "MIN_MAX_ASYM",
     times["compute_range"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    quantized, report = quantize(model, ranges, return_report=True)
+    quantized, report = quantize(model, ranges, calibrator=calibrator, return_report=True)
     times["quantize"] = time.perf_counter() - t
     if output:
         from onnxquant._model import save_model_atomic

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx.checker
@@ -20,11 +21,17 @@ from onnxquant._model import (
 )
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
-from onnxquant.report import CalibrationReport, QuantizationReport
+from onnxquant.kernel_check import KernelCheckResult, check_kernels
+from onnxquant.report import CalibrationReport, QuantizationReport, kernel_summary
+
+if TYPE_CHECKING:
+    from onnxquant.calibrator import Calibrator
 
 __all__ = ["QuantOptions", "quantize"]
 
 _ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8"}
+_TARGETS = ("portable", "exact")
+_REMEDIES = ("channel_range", "uint8_weights", "float")
 
 
 @dataclass(frozen=True)
@@ -43,9 +50,28 @@ class QuantOptions:
             table).
         quantize_activation_matmul: quantize MatMul of two activations, as in
             attention (default True); False keeps them float.
-        reduce_weight_range: weights in [-63, 63] instead of [-127, 127], for
-            CPUs without VNNI whose uint8 x int8 kernels can saturate (default
-            False).
+        reduce_weight_range: weights in [-63, 63] instead of [-127, 127] in
+            every layer (default False). Such weights cannot saturate any
+            kernel, at the cost of one bit everywhere; ``target="portable"``
+            spends that bit only where the kernels need it.
+        target: the integer kernels the model must be right on (default
+            ``"portable"``). ``"portable"``: every CPU ONNX Runtime runs on,
+            including x86 CPUs without VNNI (AVX2, AVX-512 before VNNI), whose
+            uint8 x int8 kernels add pairs of products in 16 bits with
+            saturation; nodes that would saturate there get ``kernel_remedy``
+            (see :mod:`onnxquant.kernel_check`). ``"exact"``: only kernels
+            that accumulate exactly (x86 AVX-VNNI / AVX512-VNNI / AMX, ARM64,
+            NPUs): full-range int8 weights everywhere; on AVX2 such a model
+            may lose accuracy.
+        kernel_remedy: what ``target="portable"`` does to a node that would
+            saturate (default ``"channel_range"``): ``"channel_range"``
+            lowers the largest weight code of just the output channels
+            concerned, to the largest value whose pair sums fit (no kernel is
+            slower, those channels lose some precision); ``"uint8_weights"``
+            stores the node's weights as uint8 with zero point 128 (the same
+            values, run by ONNX Runtime's exact uint8 x uint8 kernels, which
+            are up to 2x slower on VNNI CPUs); ``"float"`` keeps the node in
+            float.
     """
 
     activation_type: str = "uint8"
@@ -54,11 +80,21 @@ class QuantOptions:
     op_types: tuple[str, ...] | None = None
     quantize_activation_matmul: bool = True
     reduce_weight_range: bool = False
+    target: str = "portable"
+    kernel_remedy: str = "channel_range"
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
             raise InvalidArgumentError(
                 f"activation_type must be 'uint8' or 'int8', got {self.activation_type!r}.")
+        if self.target not in _TARGETS:
+            raise InvalidArgumentError(
+                f"target must be 'portable' (every CPU) or 'exact' (kernels that accumulate "
+                f"exactly: VNNI, AMX, ARM64), got {self.target!r}.")
+        if self.kernel_remedy not in _REMEDIES:
+            raise InvalidArgumentError(
+                f"kernel_remedy must be one of {', '.join(map(repr, _REMEDIES))}, got "
+                f"{self.kernel_remedy!r}.")
         for name in ("per_channel", "quantize_activation_matmul", "reduce_weight_range"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgumentError(
@@ -129,7 +165,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              activation_type: str = "uint8", per_channel: bool = True,
              exclude_nodes: Iterable[str] = (), op_types: Iterable[str] | None = None,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
+             target: str = "portable", kernel_remedy: str = "channel_range",
              options: QuantOptions | None = None,
+             calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
              return_report: bool = False):
     """Returns the QDQ-quantized form of a normalised model.
@@ -141,13 +179,21 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             :meth:`~onnxquant.Calibrator.compute_range` returns it, for every
             tensor the plan calibrates.
         activation_type, per_channel, exclude_nodes, op_types,
-        quantize_activation_matmul, reduce_weight_range: see
-            :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None = all
-            planned ops, True, False).
+        quantize_activation_matmul, reduce_weight_range, target,
+        kernel_remedy: see :class:`QuantOptions` (defaults: ``"uint8"``,
+            True, none, None = all planned ops, True, False, ``"portable"``,
+            ``"channel_range"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
+        calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
+            (default None). With ``target="portable"`` its retained samples
+            are replayed to find the nodes whose pair sums would saturate on
+            CPUs without VNNI, so that only those are changed; without it,
+            every node that could saturate on some input in its quantized
+            range is changed (the conservative rule). Its report goes into
+            the returned report.
         calibration_report: the calibrator's ``report``, to include in the
-            returned report (default None).
+            returned report (default None: the calibrator's, if given).
         return_report: also return a :class:`~onnxquant.report.QuantizationReport`
             (default False).
 
@@ -165,7 +211,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             or op type the model does not contain.
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
-                            quantize_activation_matmul, reduce_weight_range)
+                            quantize_activation_matmul, reduce_weight_range, target,
+                            kernel_remedy)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -177,12 +224,21 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     elif not isinstance(options, QuantOptions):
         raise InvalidArgumentError(
             f"options must be a QuantOptions, got {type(options).__name__}.")
+    if calibrator is not None and not hasattr(calibrator, "kernel_check_feeds"):
+        raise InvalidArgumentError(
+            f"calibrator must be an onnxquant.Calibrator, got {type(calibrator).__name__}.")
     work = load_model(model)
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
     dtypes = infer_dtypes(work)
-    data, native_report = _core.quantize(model_to_bytes(work), dtypes, options.to_native(),
-                                         native_ranges)
+    native = options.to_native()
+    kernels = None
+    if options.target == "portable":
+        feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
+        kernels = check_kernels(work, native_ranges, feeds, native_options=native,
+                                dtypes=dtypes)
+        native = _with_remedies(options, kernels)
+    data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
@@ -196,4 +252,27 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             "a bug in onnxquant, please report it with the model.") from e
     if not return_report:
         return result
-    return result, QuantizationReport.from_native(native_report, calibration_report)
+    if calibration_report is None and calibrator is not None:
+        calibration_report = calibrator.report
+    return result, QuantizationReport.from_native(
+        native_report, calibration_report,
+        kernels=kernel_summary(options, kernels))
+
+
+def _with_remedies(options: QuantOptions, kernels: KernelCheckResult) -> _core.QuantOptions:
+    """The engine's options with ``options.kernel_remedy`` applied to the
+    nodes ``kernels`` found saturating."""
+    native = options.to_native()
+    if options.kernel_remedy == "float":
+        native.exclude_nodes = list(options.exclude_nodes) + sorted(kernels.channel_qmax)
+        return native
+    remedies = {}
+    for node, qmax in kernels.channel_qmax.items():
+        remedy = _core.WeightRemedy()
+        if options.kernel_remedy == "uint8_weights":
+            remedy.encoding = _core.WeightEncoding.UINT8_OFFSET
+        else:
+            remedy.channel_qmax = list(qmax)
+        remedies[node] = remedy
+    native.weight_remedies = remedies
+    return native

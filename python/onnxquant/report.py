@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -11,9 +12,12 @@ __all__ = [
     "AbsorbedActivation",
     "CalibrationReport",
     "FloatNode",
+    "KernelRemedy",
+    "KernelReport",
     "NonFiniteCount",
     "QuantizationReport",
     "QuantizedNode",
+    "kernel_summary",
 ]
 
 
@@ -49,6 +53,23 @@ class NonFiniteCount(NamedTuple):
     nan: int
     pos_inf: int
     neg_inf: int
+
+
+class KernelRemedy(NamedTuple):
+    """A node changed so that ONNX Runtime's uint8 x int8 kernels on x86
+    CPUs without VNNI compute what the model says: the ``remedy``
+    (``channel_range``, ``uint8_weights`` or ``float``), the ``change`` made,
+    and the ``reason`` (what the kernel check found)."""
+
+    node: str
+    op_type: str
+    remedy: str
+    change: str
+    reason: str
+
+
+def _count(n: int) -> str:
+    return f"{n:,}".replace(",", " ")
 
 
 def _table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
@@ -99,6 +120,84 @@ class CalibrationReport:
 
 
 @dataclass(frozen=True)
+class KernelReport:
+    """What ``target`` meant for the integer kernels (docs/user_guide.md).
+
+    ``target``: ``"portable"`` or ``"exact"``; ``samples``: calibration
+    samples replayed by the kernel check (0: none, so nodes were judged by
+    their worst case); ``checked``: nodes with a weight that ONNX Runtime
+    runs on uint8 x int8 kernels; ``remedies``: the nodes changed, with the
+    remedy and the reason; ``checks``: the check of every node with a weight
+    (:class:`onnxquant.kernel_check.KernelCheck`), empty with
+    ``target="exact"``.
+    """
+
+    target: str = "portable"
+    samples: int = 0
+    checked: int = 0
+    remedies: tuple[KernelRemedy, ...] = ()
+    checks: tuple[Any, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict of the report."""
+        return {"target": self.target, "samples": self.samples, "checked": self.checked,
+                "remedies": [r._asdict() for r in self.remedies],
+                "checks": [dataclasses.asdict(c) for c in self.checks]}
+
+    def __str__(self) -> str:
+        if self.target == "exact":
+            return ("Integer kernels: target 'exact': full-range int8 weights; ONNX Runtime's "
+                    "uint8 x int8 kernels on x86 CPUs without VNNI may saturate (not checked).")
+        evidence = (f"{self.samples} calibration samples replayed" if self.samples else
+                    "no samples: worst case over the quantized ranges")
+        lines = [f"Integer kernels: target 'portable': {self.checked} nodes on uint8 x int8 "
+                 f"kernels checked for 16-bit saturation on x86 CPUs without VNNI "
+                 f"({evidence}); {len(self.remedies)} changed"]
+        lines += _table("Kernel remedies", ("node", "op", "remedy", "change", "reason"),
+                        list(self.remedies))
+        return "\n".join(lines)
+
+
+def _remedy_reason(check: Any, samples: int) -> str:
+    if check.observed:
+        share = 100.0 * check.saturated / max(check.pair_sums, 1)
+        return (f"{_count(check.saturated)} of {_count(check.pair_sums)} pair sums "
+                f"({share:.3g} %) saturated on {samples} samples (peak {_count(check.peak)} "
+                f"> 32 767; error {check.error_ratio:.3g} x the output's rounding noise)")
+    return f"could reach {_count(check.bound)} > 32 767 (no sample reached it)"
+
+
+def kernel_summary(options: Any, kernels: Any) -> KernelReport:
+    """The :class:`KernelReport` of a :func:`~onnxquant.quantize` call with
+    these :class:`~onnxquant.QuantOptions` and kernel check result (None when
+    nothing was checked)."""
+    if kernels is None:
+        return KernelReport(target=options.target)
+    remedies = []
+    for check in kernels.nodes:  # in graph order
+        node = check.node
+        if node not in kernels.channel_qmax:
+            continue
+        qmax = kernels.channel_qmax[node]
+        if options.kernel_remedy == "float":
+            change = "kept in float"
+        elif options.kernel_remedy == "uint8_weights":
+            change = "uint8 weights, zero point 128 (uint8 x uint8 kernels)"
+        else:
+            lowered = [q for q in qmax if q < 127]
+            span = (f"{min(lowered)}" if min(lowered) == max(lowered)
+                    else f"{min(lowered)}-{max(lowered)}")
+            change = (f"largest weight code {span} instead of 127 on {len(lowered)} of "
+                      f"{len(qmax)} channels" if len(qmax) > 1 else
+                      f"largest weight code {span} instead of 127")
+        remedies.append(KernelRemedy(node, check.op_type, options.kernel_remedy, change,
+                                     _remedy_reason(check, kernels.samples)))
+    return KernelReport(target=options.target, samples=kernels.samples,
+                        checked=sum(c.kind == "pair_sums" for c in kernels.nodes),
+                        remedies=tuple(remedies), checks=kernels.nodes)
+
+
+@dataclass(frozen=True)
 class QuantizationReport:
     """What :func:`~onnxquant.quantize` did, node by node.
 
@@ -119,6 +218,7 @@ class QuantizationReport:
     enlarged: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     calibration: CalibrationReport | None = field(default=None)
+    kernels: KernelReport | None = field(default=None)
 
     @property
     def nonfinite(self) -> tuple[NonFiniteCount, ...]:
@@ -127,7 +227,8 @@ class QuantizationReport:
 
     @classmethod
     def from_native(cls, report: Mapping[str, Any],
-                    calibration: CalibrationReport | None = None) -> QuantizationReport:
+                    calibration: CalibrationReport | None = None,
+                    kernels: KernelReport | None = None) -> QuantizationReport:
         """Builds the report from the dict ``_core.quantize`` returns."""
         plan = report.get("plan", {})
         return cls(
@@ -141,6 +242,7 @@ class QuantizationReport:
             enlarged=tuple(report.get("enlarged", ())),
             notes=tuple(plan.get("notes", ())),
             calibration=calibration,
+            kernels=kernels,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +256,7 @@ class QuantizationReport:
             "enlarged": list(self.enlarged),
             "notes": list(self.notes),
             "calibration": self.calibration.to_dict() if self.calibration else None,
+            "kernels": self.kernels.to_dict() if self.kernels else None,
         }
 
     def __str__(self) -> str:
@@ -171,6 +274,8 @@ class QuantizationReport:
         if self.enlarged:
             lines.append(f"Weight scales enlarged for the int32 bias: {', '.join(self.enlarged)}")
         lines += [f"Note: {n}" for n in self.notes]
+        if self.kernels is not None:
+            lines.append(str(self.kernels))
         if self.calibration is not None:
             lines.append(str(self.calibration))
         return "\n".join(lines)

@@ -1,0 +1,62 @@
+#include "onnxquant/node_weights.h"
+
+#include <algorithm>
+
+#include "onnxquant/error.h"
+#include "onnxquant/tensor_util.h"
+
+namespace onnxquant {
+
+const WeightRemedy& RemedyOf(const QuantOptions& options,
+                             const std::string& node) {
+  static const WeightRemedy kDefault;  // immutable
+  auto it = options.weight_remedies.find(node);
+  return it == options.weight_remedies.end() ? kDefault : it->second;
+}
+
+NodeWeights QuantizeNodeWeights(const GraphIndex& index,
+                                const pb::NodeProto& node,
+                                const QuantizedNode& q, float input_scale,
+                                const QuantOptions& options) {
+  NodeWeights out;
+  out.weight_name = node.input(q.weight_input);
+  const auto* winit = index.Initializer(out.weight_name);
+  if (!winit) {
+    throw InternalError("weight '" + out.weight_name + "' of node '" +
+                        node.name() + "' vanished");
+  }
+  out.dims = Dims(*winit);
+  const std::vector<float> w = ToFloats(*winit);
+  const size_t channels = q.weight_axis >= 0 ? out.dims[q.weight_axis] : 1;
+  if (q.bias_input >= 0) {
+    const auto* binit = index.Initializer(node.input(q.bias_input));
+    if (!binit) {
+      throw InternalError("bias of node '" + node.name() + "' vanished");
+    }
+    out.bias = ToFloats(*binit);
+  }
+  std::vector<float> min_scales;
+  if (!out.bias.empty()) {
+    auto per = MinWeightScalesForBias(out.bias, input_scale, out.bias.size());
+    if (channels == out.bias.size()) {
+      min_scales = per;
+    } else {
+      float m = 0.f;
+      for (float s : per) m = std::max(m, s);
+      min_scales.assign(channels, m);
+    }
+  }
+  const int qmax = options.reduce_weight_range ? 63 : 127;
+  try {
+    out.quant = QuantizeWeight(w, out.dims, q.weight_axis, qmax, min_scales,
+                               RemedyOf(options, q.node).channel_qmax);
+  } catch (const Error& e) {
+    if (e.kind() != ErrorKind::kInvalidArgument) throw;
+    throw InvalidArgument("the weight remedy of node '" + q.node +
+                          "' does not fit its weight '" + out.weight_name +
+                          "': " + e.what());
+  }
+  return out;
+}
+
+}  // namespace onnxquant

@@ -1,0 +1,40 @@
+// The quantized weight (and float bias) of one planned node, computed the
+// same way for QDQ insertion and for the kernel check (kernel_check.h).
+#ifndef ONNXQUANT_NODE_WEIGHTS_H_
+#define ONNXQUANT_NODE_WEIGHTS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "onnxquant/arithmetic.h"
+#include "onnxquant/graph_index.h"
+#include "onnxquant/plan.h"
+
+namespace onnxquant {
+
+struct NodeWeights {
+  std::string weight_name;
+  std::vector<int64_t> dims;  // the float weight's dims (ONNX layout)
+  WeightQuant quant;          // int8 codes in [-qmax, qmax] and scales
+  std::vector<float> bias;    // empty without a planned bias
+};
+
+// The weight remedy `options` give `node` (the default one unless listed).
+const WeightRemedy& RemedyOf(const QuantOptions& options,
+                             const std::string& node);
+
+// Quantizes the weight of the planned node `q` (q.weight_input >= 0), whose
+// activation input has scale `input_scale` (used only when it has a bias: the
+// int32 bias must fit, which may enlarge a channel's weight scale), with the
+// range `options` give it (reduce_weight_range, and its remedy's per-channel
+// qmax). Throws InternalError when the weight initializer is missing, and
+// InvalidArgument naming the node for a remedy that does not fit it.
+NodeWeights QuantizeNodeWeights(const GraphIndex& index,
+                                const pb::NodeProto& node,
+                                const QuantizedNode& q, float input_scale,
+                                const QuantOptions& options);
+
+}  // namespace onnxquant
+
+#endif  // ONNXQUANT_NODE_WEIGHTS_H_

@@ -1,0 +1,169 @@
+"""Will ONNX Runtime's integer kernels compute what the QDQ model says?
+
+ONNX Runtime runs a QDQ Conv, Gemm or MatMul with int8 weights as an integer
+GEMM. On x86 CPUs with AVX2 or AVX-512 but no VNNI, its uint8 x int8 kernels
+add each pair of products (uint8 activation code x int8 weight code) in
+16 bits with saturation before accumulating in 32 bits: two products of up
+to 255 x 127 can exceed 32 767, and the kernel then computes something else
+than the model. VNNI and AMX kernels, uint8 x uint8 kernels, depthwise
+convolutions and ARM64's kernels accumulate exactly (docs/architecture.md,
+"Integer kernels").
+
+:func:`check_kernels` finds the nodes concerned: it replays samples through
+the float model, quantizes each such node's input with the calibrated range,
+and simulates the pair sums exactly as those kernels pair them. Without
+samples it gives the worst case over any input in the quantized range (the
+conservative rule). :func:`quantize` uses it for ``target="portable"``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxquant import _core
+
+__all__ = ["KernelCheck", "KernelCheckResult", "check_kernels"]
+
+#: The int16 limit of a pair sum.
+PAIR_SUM_LIMIT = 32767
+
+
+@dataclass(frozen=True)
+class KernelCheck:
+    """The kernel check of one quantized node with a weight.
+
+    ``kind``: ``"pair_sums"`` (uint8 x int8 kernel, saturates without VNNI),
+    ``"exact"`` (a kernel that cannot saturate: depthwise Conv, uint8 or
+    7-bit weights) or ``"not_fused"`` (ONNX Runtime runs it in float), with
+    ``detail`` saying why. ``bound``: the largest |pair sum| any input in the
+    quantized range could give. With samples: ``rows`` (activation rows or
+    patches), ``pair_sums`` computed, ``saturated`` ones, ``peak`` (largest
+    |pair sum|), and ``error_ratio``: the squared error saturation adds to the
+    node's outputs over the squared error of rounding them to the output's
+    quantization step (0 when nothing saturates; 1 doubles the output's
+    quantization noise).
+    """
+
+    node: str
+    op_type: str
+    input: str
+    kind: str
+    detail: str = ""
+    bound: int = 0
+    rows: int = 0
+    pair_sums: int = 0
+    saturated: int = 0
+    peak: int = 0
+    error_ratio: float = 0.0
+
+    @property
+    def observed(self) -> bool:
+        """Whether samples reached this node."""
+        return self.rows > 0
+
+    @property
+    def can_saturate(self) -> bool:
+        """Whether some input in the quantized range could saturate it."""
+        return self.kind == "pair_sums" and self.bound > PAIR_SUM_LIMIT
+
+    @classmethod
+    def from_native(cls, d: Mapping[str, Any]) -> KernelCheck:
+        noise = float(d["noise_energy"])
+        error = float(d["error_energy"])
+        ratio = error / noise if noise > 0 else (float("inf") if error > 0 else 0.0)
+        return cls(node=d["node"], op_type=d["op_type"], input=d["input"], kind=d["kind"],
+                   detail=d["detail"], bound=int(d["bound"]), rows=int(d["rows"]),
+                   pair_sums=int(d["pair_sums"]), saturated=int(d["saturated"]),
+                   peak=int(d["peak"]), error_ratio=ratio)
+
+
+@dataclass(frozen=True)
+class KernelCheckResult:
+    """What :func:`check_kernels` found: one :class:`KernelCheck` per node,
+    the samples replayed, and per node that saturates the per-channel weight
+    qmax that would keep its pair sums within int16 (``channel_qmax``)."""
+
+    nodes: tuple[KernelCheck, ...]
+    samples: int
+    channel_qmax: Mapping[str, tuple[int, ...]]
+
+    @property
+    def saturating(self) -> tuple[KernelCheck, ...]:
+        """The nodes that saturated on the samples, or, for nodes the samples
+        did not reach, that could saturate (the conservative rule)."""
+        return tuple(n for n in self.nodes if n.node in self.channel_qmax)
+
+
+def _dtypes(model: onnx.ModelProto, dtypes: Mapping[str, int] | None) -> dict[str, int]:
+    if dtypes is not None:
+        return dict(dtypes)
+    from onnxquant._shapes import infer_dtypes
+
+    return infer_dtypes(model)
+
+
+def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, float]],
+                  feeds: Iterable[Mapping[str, np.ndarray]] = (), *,
+                  native_options: _core.QuantOptions | None = None,
+                  dtypes: Mapping[str, int] | None = None,
+                  providers: Sequence[str] | None = None) -> KernelCheckResult:
+    """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
+    a weight of a normalised ``model``.
+
+    ``ranges`` are the calibrated ranges (as for :func:`quantize`); ``feeds``
+    are model inputs ({input name: array}) to replay, e.g. a calibrator's
+    retained samples; ``native_options`` the engine's options (default
+    ``QuantOptions()``'s). Nodes no feed reaches (or all of them, without
+    feeds) are judged by their worst case.
+
+    Raises:
+        RangeMissingError: a planned tensor without a valid range.
+        CalibrationDataError: ONNX Runtime failing on a feed.
+    """
+    from onnxquant.quantize import QuantOptions
+
+    options = native_options if native_options is not None else QuantOptions().to_native()
+    types = _dtypes(model, dtypes)
+    data = model.SerializeToString()
+    checker = _core.KernelChecker(data, types, options, dict(ranges))
+    names = checker.inputs()
+    count = 0
+    if names:
+        session = None
+        for feed in feeds:
+            if session is None:
+                session = _session(_core.expose_tensors(data, names, types), providers)
+            outputs = _run(session, names, feed)
+            checker.add({n: np.ascontiguousarray(o, dtype=np.float32)
+                         for n, o in zip(names, outputs)})
+            count += len(next(iter(feed.values()))) if feed else 0
+    nodes = tuple(KernelCheck.from_native(d) for d in checker.results())
+    qmax = {k: tuple(int(q) for q in v)
+            for k, v in checker.channel_qmax(bound_unobserved=True).items()}
+    return KernelCheckResult(nodes=nodes, samples=count, channel_qmax=qmax)
+
+
+def _session(model_bytes: bytes, providers: Sequence[str] | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    # BASIC keeps every exposed tensor intact (as for calibration).
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    return ort.InferenceSession(model_bytes, options,
+                                providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def _run(session, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+    from onnxquant.errors import CalibrationDataError
+
+    try:
+        return session.run(names, dict(feed))
+    except Exception as e:  # ORT's errors derive from Exception only
+        raise CalibrationDataError(
+            f"ONNX Runtime failed on a kernel-check sample: {str(e).strip()}") from e
