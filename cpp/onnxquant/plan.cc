@@ -68,6 +68,8 @@ class Planner {
   Decision DecideElementwise(int i, const pb::NodeProto& n) const;
   Decision DecideShared(const pb::NodeProto& n) const;
   void Absorb(std::vector<Decision>* d) const;
+  bool QuantizedAnyway(const pb::NodeProto& n, const Decision& d,
+                       const std::unordered_set<std::string>& needs) const;
   QuantPlan Assemble(const std::vector<Decision>& d) const;
 
   const pb::GraphProto& graph_;
@@ -324,6 +326,21 @@ QuantPlan Planner::Run() {
   return Assemble(d);
 }
 
+// A Sigmoid or Softmax kept float for its sensitivity to 8-bit error gains
+// nothing when its neighbours quantize both its input and its output: ONNX
+// Runtime then runs DQ -> op -> Q as one integer op (QLinearSigmoid,
+// QLinearSoftmax), and the op's output is 8-bit either way. Such a node is
+// reported as quantized, as it runs.
+bool Planner::QuantizedAnyway(
+    const pb::NodeProto& n, const Decision& d,
+    const std::unordered_set<std::string>& needs) const {
+  const std::string& op = n.op_type();
+  if (op != "Sigmoid" && op != "Softmax") return false;
+  if (d.reason != FloatReason(op)) return false;  // excluded, or not float
+  if (n.input_size() < 1 || n.output_size() != 1) return false;
+  return needs.count(n.input(0)) && needs.count(n.output(0));
+}
+
 QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
   QuantPlan plan;
   // The tensor each quantized output ends up in: an absorbed Relu's output
@@ -423,6 +440,13 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
             {n.name(), n.op_type(), "its input and output stay float"});
       }
     } else if (d[i].kind == Decision::kFloat) {
+      if (QuantizedAnyway(n, d[i], needs)) {
+        QuantizedNode q;
+        q.node = n.name();
+        q.op_type = n.op_type();
+        plan.quantized_nodes.push_back(q);
+        continue;
+      }
       plan.float_nodes.push_back({n.name(), n.op_type(), d[i].reason});
       subgraphs = subgraphs || GraphIndex::HasSubgraph(n);
     }

@@ -501,3 +501,48 @@ TEST(Plan, TensorsMissingFromTheDtypeMapAreNotQuantized) {
 
 }  // namespace
 }  // namespace onnxquant
+
+namespace onnxquant {
+namespace {
+
+// --- Float ops between quantized neighbours ----------------------------------
+
+// conv -> Sigmoid -> Mul(conv output, gate): the squeeze-and-excitation gate.
+GraphBuilder GateGraph(bool gate_is_output) {
+  GraphBuilder g;
+  g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});
+  if (gate_is_output) g.Output("s", {1, 2, 4, 4});
+  AddConv(g, "conv", "x", "c");
+  g.Node("Sigmoid", {"c"}, {"s"}, "sigmoid");
+  g.Node("Mul", {"x", gate_is_output ? "c" : "s"}, {"y"}, "mul");
+  return g;
+}
+
+TEST(Plan, SigmoidBetweenQuantizedTensorsIsQuantized) {
+  // Its input (the Conv's output) and its output (the Mul's input) both get
+  // Q/DQ: ONNX Runtime runs it as QLinearSigmoid, and the plan says so.
+  GraphBuilder g = GateGraph(false);
+  const QuantPlan p = Plan(g);
+  EXPECT_NE(Quantized(p, "sigmoid"), nullptr);
+  EXPECT_EQ(Floated(p, "sigmoid"), nullptr);
+}
+
+TEST(Plan, SigmoidWithAFloatOutputStaysFloat) {
+  GraphBuilder g = GateGraph(true);
+  const QuantPlan p = Plan(g);
+  const FloatNode* f = Floated(p, "sigmoid");
+  ASSERT_NE(f, nullptr);
+  EXPECT_TRUE(Contains(f->reason, "sensitive"));
+  for (const auto& q : p.qdq) EXPECT_NE(q.tensor, "s");
+}
+
+TEST(Plan, ExcludedSigmoidIsReportedFloat) {
+  GraphBuilder g = GateGraph(false);
+  QuantOptions options;
+  options.exclude_nodes = {"sigmoid"};
+  const QuantPlan p = Plan(g, options);
+  EXPECT_NE(Floated(p, "sigmoid"), nullptr);
+}
+
+}  // namespace
+}  // namespace onnxquant
