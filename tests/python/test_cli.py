@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.parser
 import pytest
 
 from onnxquant.cli import build_parser, main
@@ -55,6 +56,31 @@ def test_options_reach_the_quantizer(files, capsys):
     quantized = onnx.load(out)
     scales = {n.input[1] for n in quantized.graph.node if n.op_type == "DequantizeLinear"}
     assert all(len(t.dims) == 0 for t in quantized.graph.initializer if t.name in scales)
+
+
+@pytest.mark.parametrize("target, remedy", [("portable", "uint8_weights"), ("exact", None)])
+def test_kernel_target_reaches_the_quantizer(tmp_path, capsys, target, remedy):
+    # A 1x1 Conv whose weights 1, 1 share one pair: saturates on AVX2 at codes 255.
+    model = tmp_path / "m.onnx"
+    onnx.save(onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 2, 2, 2] x) => (float[N, 1, 2, 2] y)
+        <float[1, 2, 1, 1] w = {1.0, 1.0}> { y = Conv(x, w) }
+    """), model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, x=np.linspace(0, 1, 32, dtype=np.float32).reshape(4, 2, 2, 2))
+    args = ["quantize", str(model), "-o", str(tmp_path / "q.onnx"), "--calibration-data",
+            str(data), "-q", "--target", target]
+    if remedy:
+        args += ["--kernel-remedy", remedy]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert f"target '{target}'" in text
+    assert ("Kernel remedies (1)" in text) == (remedy is not None)
+    weight_types = {i.data_type for i in onnx.load(tmp_path / "q.onnx").graph.initializer
+                    if len(i.dims) == 4}
+    expected = onnx.TensorProto.UINT8 if remedy else onnx.TensorProto.INT8
+    assert weight_types == {expected}
 
 
 def test_clip_bounded_outputs_reaches_the_calibrator(tmp_path, sigmoid_gate_model,
