@@ -111,8 +111,9 @@ def optimize_model(model: ModelLike, *,
        bfloat16 models raise UnsupportedModelError.
     2. **Graph passes** of the engine: initializers removed from graph.input,
        Constant nodes lifted to initializers, Identity and unused-mask Dropout
-       removed, BatchNormalization folded into Conv/ConvTranspose/Gemm, and a
-       ReduceMean over the spatial axes {2, 3} of a 4-D float tensor rewritten
+       removed, BatchNormalization folded into Conv/ConvTranspose/Gemm, a
+       Gemm's constant [1, N] bias reshaped to [N] (so that it is quantized
+       and the Gemm fuses), and a ReduceMean over the spatial axes {2, 3} of a 4-D float tensor rewritten
        as GlobalAveragePool (followed by a Squeeze where ``keepdims=0``), which
        ONNX Runtime runs as an integer kernel once quantized. That rewrite
        needs the input's rank: declared in the model, or (step 4) found by ONNX

@@ -363,6 +363,37 @@ def test_constant_feeding_a_graph_output_stays() -> None:
 
 
 # ---------------------------------------------------------------------------
+# flatten_gemm_bias
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_flatten_gemm_bias(shared: bool) -> None:
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="gemm", transB=1)]
+    outputs = [_vi("y", [5, 3])]
+    if shared:
+        nodes.append(helper.make_node("Neg", ["C"], ["z"], name="neg"))
+        outputs.append(_vi("z", [1, 3]))
+    model = _model(nodes, [_vi("x", [5, 4])], outputs,
+                   [_init("B", rng.standard_normal((3, 4))),
+                    _init("C", rng.standard_normal((1, 3)))])
+    after = _check_pass(model, "flatten_gemm_bias")
+    inits = {t.name: list(t.dims) for t in after.graph.initializer}
+    assert inits[after.graph.node[0].input[2]] == [3]
+    assert inits["C"] == ([1, 3] if shared else [3])
+
+
+def test_a_per_element_gemm_bias_stays() -> None:
+    rng = np.random.default_rng(10)
+    model = _model([helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="gemm")],
+                   [_vi("x", [5, 4])], [_vi("y", [5, 3])],
+                   [_init("B", rng.standard_normal((4, 3))),
+                    _init("C", rng.standard_normal((5, 3)))])
+    after = _check_pass(model, "flatten_gemm_bias", expect_changed=False)
+    assert [list(t.dims) for t in after.graph.initializer] == [[4, 3], [5, 3]]
+
+
+# ---------------------------------------------------------------------------
 # reduce_mean_to_global_average_pool
 
 
@@ -471,20 +502,22 @@ def test_all_passes_in_their_default_order() -> None:
             helper.make_node("Identity", ["cd"], ["ci"]),
             _bn("ci", "n"),
             helper.make_node("Identity", ["n"], ["ni"]),
-            helper.make_node("ReduceMean", ["ni"], ["y"], axes=[2, 3]),
+            helper.make_node("ReduceMean", ["ni"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Gemm", ["m", "fc", "fc_b"], ["y"]),
         ],
         [_vi("x", [1, 3, 4, 4]), _vi("bn_var", [4])],
-        [_vi("y", [1, 4, 1, 1])],
-        _bn_params("bn", 4, rng),
+        [_vi("y", [1, 3])],
+        [*_bn_params("bn", 4, rng), _init("fc", rng.standard_normal((4, 3))),
+         _init("fc_b", rng.standard_normal((1, 3)))],
         opset=13,
     )
     model.graph.value_info.append(_vi("n", [1, 4, 4, 4]))  # Identity removal drops "ni"'s
     names = _core.pass_names()
     after, changed = _apply(model, *names)
     assert set(changed) == set(names)
-    assert _op_types(after) == ["Conv", "GlobalAveragePool"]
+    assert _op_types(after) == ["Conv", "GlobalAveragePool", "Squeeze", "Gemm"]
     assert list(after.graph.node[0].input[:1]) == ["x"]
-    assert after.graph.node[1].output[0] == "y"
+    assert after.graph.node[-1].output[0] == "y"
     onnx.checker.check_model(after, full_check=True)
     feeds = _feeds(model)
     for want, got in zip(_run(model, feeds), _run(after, feeds), strict=True):

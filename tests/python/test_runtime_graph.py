@@ -3,6 +3,8 @@ ONNX Runtime runs, on small QDQ models built with onnx.helper."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import onnx
 import pytest
@@ -137,3 +139,17 @@ def test_optimized_graph_rejects_an_unknown_level() -> None:
     with pytest.raises(oq.InvalidArgumentError, match="basic"):
         optimized_graph(model, level="basic")
     assert [n.op_type for n in optimized_graph(model).graph.node] == ["Relu"]
+
+
+def test_the_zoo_mnist_cnn_runs_without_a_float_island(zoo_dir) -> None:
+    """Its Gemm bias is [1, 10] (CNTK): flatten_gemm_bias makes it [10], so the
+    plan quantizes it to int32 and ONNX Runtime fuses the Gemm into QGemm."""
+    import os
+
+    model = oq.optimize_model(os.path.join(zoo_dir, "mnist", "mnist_cnn.onnx"))
+    images = np.load(os.path.join(zoo_dir, "mnist", "mnist_test.npz"))["images"][:20]
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
+    calibrator.collect_data(images[i:i + 1, None].astype(np.float32) for i in range(20))
+    graph = inspect_runtime_graph(oq.quantize(model, calibrator.compute_range()))
+    assert graph.integer_ops.get("com.microsoft:QGemm") == 1, graph
+    assert graph.islands_on_dequantized_data == (), graph
