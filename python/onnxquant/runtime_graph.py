@@ -23,6 +23,7 @@ here: a DequantizeLinear gives float, a QuantizeLinear or an integer kernel an
 integer tensor, Shape/Size/ArgMax an index, Cast its ``to`` type, and any
 other op the class of its data input (input 0, Where's input 1).
 
+Only the main graph is read: nodes inside If/Loop/Scan bodies are not sorted.
 Float nodes that share tensors form islands, each with where its float data
 comes from and where it goes (:class:`FloatIsland`). At ``ORT_ENABLE_ALL`` the
 graph is also rewritten for the CPU's layout: quantized convolutions become
