@@ -113,11 +113,12 @@ def optimize_model(model: ModelLike, *,
        Constant nodes lifted to initializers, Identity and unused-mask Dropout
        removed, BatchNormalization folded into Conv/ConvTranspose/Gemm, a
        Gemm's constant [1, N] bias reshaped to [N] (so that it is quantized
-       and the Gemm fuses), and a ReduceMean over the spatial axes {2, 3} of a 4-D float tensor rewritten
-       as GlobalAveragePool (followed by a Squeeze where ``keepdims=0``), which
-       ONNX Runtime runs as an integer kernel once quantized. That rewrite
-       needs the input's rank: declared in the model, or (step 4) found by ONNX
-       shape inference; a ReduceMean whose input rank stays unknown is kept.
+       and the Gemm fuses), and a ReduceMean over the spatial axes {2, 3} of a
+       4-D float tensor rewritten as GlobalAveragePool (followed by a Squeeze
+       where ``keepdims=0``), which ONNX Runtime runs as an integer kernel once
+       quantized. That rewrite needs the input's rank: declared in the model,
+       or (step 4) found by ONNX shape inference; a ReduceMean whose input rank
+       stays unknown is kept.
     3. **Opset**: kept when it is 13 or more (never downgraded). Below 13,
        shape subgraphs (``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``
        and other computations on constants) are folded into initializers under

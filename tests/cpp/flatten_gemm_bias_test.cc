@@ -17,7 +17,8 @@ GraphBuilder GemmWithBias(std::vector<int64_t> bias_dims) {
   GraphBuilder b(13);
   b.Input("x", {3, 4}).Output("y", {3, 2});
   b.Initializer("B", {4, 2}, {1, 2, 3, 4, 5, 6, 7, 8});
-  b.Initializer("C", bias_dims, std::vector<float>(NumElements(bias_dims), 0.5f));
+  b.Initializer("C", bias_dims,
+                std::vector<float>(NumElements(bias_dims), 0.5f));
   b.Node("Gemm", {"x", "B", "C"}, {"y"}, "gemm");
   return b;
 }
