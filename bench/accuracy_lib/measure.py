@@ -15,7 +15,13 @@ from onnxquant.evaluate import compare_top1, make_session, predict
 
 from .classifiers import ModelEntry
 from .common import DEFAULT_METHOD, ORT_METHODS, LabelledSet, first_line, is_tie, log, optimize
-from .ort_quant import flatten_gemm_bias, ort_preprocess, ort_quantize, ort_ranges
+from .ort_quant import (
+    GEMM_BIAS_NOTE,
+    gemm_bias_workaround,
+    ort_preprocess,
+    ort_quantize,
+    ort_ranges,
+)
 from .our_quant import our_ranges
 from .tensor_errors import ModelErrors, tensor_errors
 
@@ -161,21 +167,12 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
             ort_quantize(workaround or ort_source, output, input_name, entry.calibration,
                          method)
         except ValueError as e:
-            if workaround is not None or "truth value of an array" not in str(e):
+            retry = None if workaround else gemm_bias_workaround(ort_source, e, workdir)
+            if retry is None:
                 runs.append(Run("onnxruntime", method, error=f"{type(e).__name__}: {e}"))
                 continue
-            fixed = onnx.load(ort_source)
-            if not flatten_gemm_bias(fixed):
-                runs.append(Run("onnxruntime", method, error=f"{type(e).__name__}: {e}"))
-                continue
-            workaround = os.path.join(workdir, "ort_gemm_bias_1d.onnx")
-            onnx.save(fixed, workaround)
-            notes.append(
-                "onnxruntime's quantize_static fails on this model (`ValueError: The truth "
-                "value of an array with more than one element is ambiguous`, in "
-                "`_adjust_weight_scale_for_int32_bias`: its Gemm bias has shape [1, N], "
-                "microsoft/onnxruntime#24815). ONNX Runtime was given the same graph with "
-                "that bias reshaped to [N] (identical arithmetic; its other defaults kept).")
+            workaround = retry
+            notes.append(GEMM_BIAS_NOTE)
             try:
                 ort_quantize(workaround, output, input_name, entry.calibration, method)
             except Exception as e2:  # noqa: BLE001 - recorded in the report

@@ -62,6 +62,28 @@ def ort_quantize(source: str, output: str, input_name: str, calibration: np.ndar
                         nodes_to_exclude=nodes_to_exclude)
 
 
+GEMM_BIAS_NOTE = (
+    "onnxruntime's quantize_static fails on this model (`ValueError: The truth "
+    "value of an array with more than one element is ambiguous`, in "
+    "`_adjust_weight_scale_for_int32_bias`: its Gemm bias has shape [1, N], "
+    "microsoft/onnxruntime#24815). ONNX Runtime was given the same graph with "
+    "that bias reshaped to [N] (identical arithmetic; its other defaults kept).")
+
+
+def gemm_bias_workaround(source: str, error: ValueError, workdir: str) -> str | None:
+    """Where ``quantize_static(source)`` raised ``error`` for a [1, N] Gemm bias
+    (microsoft/onnxruntime#24815), the path of a copy of ``source`` with those biases
+    reshaped to [N] (written once into ``workdir``); else None."""
+    if "truth value of an array" not in str(error):
+        return None
+    fixed = onnx.load(source)
+    if not flatten_gemm_bias(fixed):
+        return None
+    path = os.path.join(workdir, "ort_gemm_bias_1d.onnx")
+    onnx.save(fixed, path)
+    return path
+
+
 def ort_ranges(model: onnx.ModelProto) -> dict[str, tuple[float, float]]:
     """The activation ranges an ONNX Runtime QDQ model encodes: for each QuantizeLinear of
     a non-constant tensor, [(0 - zp) * s, (qmax - zp) * s]."""

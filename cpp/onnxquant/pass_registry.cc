@@ -18,6 +18,12 @@ const std::vector<Pass>& RegisteredPasses() {
       {"fold_batch_norm",
        "fold BatchNormalization into a preceding Conv/ConvTranspose/Gemm",
        passes::FoldBatchNorm},
+      {"flatten_gemm_bias", "reshape a Gemm's constant [1, N] bias to [N]",
+       passes::FlattenGemmBias},
+      {"reduce_mean_to_global_average_pool",
+       "rewrite a ReduceMean over the spatial axes of a 4-D tensor as "
+       "GlobalAveragePool",
+       passes::ReduceMeanToGlobalAveragePool},
   };
   return kPasses;
 }

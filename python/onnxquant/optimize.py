@@ -21,20 +21,57 @@ from onnxquant._opset import (
     fold_shape_subgraphs,
     verify_same_outputs,
 )
+from onnxquant._shapes import infer_shapes
 
-__all__ = ["name_nodes", "optimize_model", "run_passes"]
+__all__ = ["annotate_reduce_mean_inputs", "name_nodes", "optimize_model", "run_passes"]
 
 _MIN_IR_VERSION = 7
 
 
 def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.ModelProto:
     """Runs the engine's graph passes (default: all, in their registered order)
-    on a copy of ``model`` and returns it."""
+    on a copy of ``model`` and returns it.
+
+    The passes read shapes only from the model's own ValueInfo entries
+    (``graph.input``, ``graph.value_info``, ``graph.output``):
+    ``reduce_mean_to_global_average_pool`` rewrites only a ReduceMean whose
+    input is declared 4-D there. :func:`optimize_model` declares them from ONNX
+    shape inference first (:func:`annotate_reduce_mean_inputs`)."""
     names = list(_core.pass_names()) if passes is None else list(passes)
     data, _changed = _core.run_passes(model_to_bytes(model), names)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     return result
+
+
+def annotate_reduce_mean_inputs(model: onnx.ModelProto) -> list[str]:
+    """Declares the shape of each main-graph ReduceMean's data input, in place.
+
+    For every ReduceMean input without a shaped ValueInfo entry, the entry that
+    ONNX shape inference (with data propagation, never strict) finds is added to
+    ``graph.value_info``; inputs it cannot shape stay undeclared. Returns the
+    names added, so that the caller can remove them again.
+    """
+    graph = model.graph
+    shaped = {v.name for v in (*graph.input, *graph.value_info, *graph.output)
+              if v.type.tensor_type.HasField("shape")}
+    wanted = {n.input[0] for n in graph.node
+              if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")
+              and n.input and n.input[0] and n.input[0] not in shaped}
+    if not wanted:
+        return []
+    inferred = infer_shapes(model).graph.value_info
+    added = [v for v in inferred
+             if v.name in wanted and v.type.tensor_type.HasField("shape")]
+    graph.value_info.extend(added)
+    return [v.name for v in added]
+
+
+def _remove_value_info(model: onnx.ModelProto, names: list[str]) -> None:
+    gone = set(names)
+    kept = [v for v in model.graph.value_info if v.name not in gone]
+    del model.graph.value_info[:]
+    model.graph.value_info.extend(kept)
 
 
 def name_nodes(model: onnx.ModelProto) -> int:
@@ -74,7 +111,14 @@ def optimize_model(model: ModelLike, *,
        bfloat16 models raise UnsupportedModelError.
     2. **Graph passes** of the engine: initializers removed from graph.input,
        Constant nodes lifted to initializers, Identity and unused-mask Dropout
-       removed, BatchNormalization folded into Conv/ConvTranspose/Gemm.
+       removed, BatchNormalization folded into Conv/ConvTranspose/Gemm, a
+       Gemm's constant [1, N] bias reshaped to [N] (so that it is quantized
+       and the Gemm fuses), and a ReduceMean over the spatial axes {2, 3} of a
+       4-D float tensor rewritten as GlobalAveragePool (followed by a Squeeze
+       where ``keepdims=0``), which ONNX Runtime runs as an integer kernel once
+       quantized. That rewrite needs the input's rank: declared in the model,
+       or (step 4) found by ONNX shape inference; a ReduceMean whose input rank
+       stays unknown is kept.
     3. **Opset**: kept when it is 13 or more (never downgraded). Below 13,
        shape subgraphs (``Shape -> Gather -> Unsqueeze -> Concat -> Reshape``
        and other computations on constants) are folded into initializers under
@@ -85,9 +129,11 @@ def optimize_model(model: ModelLike, *,
        none given) sets them per input name, and an unset dynamic first (batch)
        dim is taken as 1. When shapes were folded under such an assumed shape,
        the returned model's input takes that shape.
-    4. The graph passes again, on the converted model; then every node gets a
-       unique name (unnamed ones ``<op_type>_<index>``), which reports and
-       ``exclude_nodes`` refer to.
+    4. The graph passes again, on the converted model, with the shapes of
+       ReduceMean inputs declared from ONNX shape inference for the duration
+       (the ValueInfo entries added for that are removed afterwards); then
+       every node gets a unique name (unnamed ones ``<op_type>_<index>``),
+       which reports and ``exclude_nodes`` refer to.
     5. A ``metadata_props`` entry ``onnxquant.normalized`` (the onnxquant
        version) stamps the result; :class:`~onnxquant.Calibrator` and
        :func:`~onnxquant.quantize` require it.
@@ -117,7 +163,9 @@ def optimize_model(model: ModelLike, *,
     elif input_shapes:
         assumed_input_shapes(work, input_shapes)  # validates the names and shapes
     work.ir_version = max(work.ir_version, _MIN_IR_VERSION)
+    declared = annotate_reduce_mean_inputs(work)
     work = run_passes(work)
+    _remove_value_info(work, declared)
     name_nodes(work)
     set_metadata(work, NORMALIZED_KEY, __version__)
     return work

@@ -17,6 +17,8 @@ import math
 import os
 
 import numpy as np
+import onnx
+import onnx.numpy_helper
 import pytest
 
 import onnxquant as oq
@@ -43,6 +45,33 @@ def cifar(zoo_dir):
 def test_models_are_committed():
     names = {os.path.basename(p).split(".")[0] for p in MODELS}
     assert names, "no model in models/cifar"
+
+
+def _spatial_means(model) -> int:
+    """ReduceMean nodes over axes {2, 3} (``x.mean((2, 3))``) of a 4-D tensor, either
+    exporter's form (opset 13: attribute; opset 18: an initializer input)."""
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    count = 0
+    for node in model.graph.node:
+        if node.op_type != "ReduceMean":
+            continue
+        axes = next((list(a.ints) for a in node.attribute if a.name == "axes"), None)
+        if axes is None and len(node.input) > 1:
+            axes = inits[node.input[1]].tolist()
+        count += sorted(a % 4 for a in axes or []) == [2, 3]
+    return count
+
+
+@pytest.mark.parametrize("path", MODELS, ids=os.path.basename)
+def test_spatial_means_become_global_average_pools(path):
+    original = onnx.load(path)
+    model = oq.optimize_model(original)
+    pools = sum(n.op_type == "GlobalAveragePool" for n in model.graph.node)
+    assert _spatial_means(model) == 0
+    assert pools == _spatial_means(original) + sum(
+        n.op_type == "GlobalAveragePool" for n in original.graph.node)
+    if "resnet" in path or "mobilenetv2" in path or "efficientnet" in path:
+        assert pools >= 1  # nets.py: x.mean((2, 3)) before the classifier
 
 
 @pytest.mark.parametrize("path", MODELS, ids=os.path.basename)

@@ -363,6 +363,129 @@ def test_constant_feeding_a_graph_output_stays() -> None:
 
 
 # ---------------------------------------------------------------------------
+# flatten_gemm_bias
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_flatten_gemm_bias(shared: bool) -> None:
+    rng = np.random.default_rng(9)
+    nodes = [helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="gemm", transB=1)]
+    outputs = [_vi("y", [5, 3])]
+    if shared:
+        nodes.append(helper.make_node("Neg", ["C"], ["z"], name="neg"))
+        outputs.append(_vi("z", [1, 3]))
+    model = _model(nodes, [_vi("x", [5, 4])], outputs,
+                   [_init("B", rng.standard_normal((3, 4))),
+                    _init("C", rng.standard_normal((1, 3)))])
+    after = _check_pass(model, "flatten_gemm_bias")
+    inits = {t.name: list(t.dims) for t in after.graph.initializer}
+    assert inits[after.graph.node[0].input[2]] == [3]
+    assert inits["C"] == ([1, 3] if shared else [3])
+
+
+def test_a_per_element_gemm_bias_stays() -> None:
+    rng = np.random.default_rng(10)
+    model = _model([helper.make_node("Gemm", ["x", "B", "C"], ["y"], name="gemm")],
+                   [_vi("x", [5, 4])], [_vi("y", [5, 3])],
+                   [_init("B", rng.standard_normal((4, 3))),
+                    _init("C", rng.standard_normal((5, 3)))])
+    after = _check_pass(model, "flatten_gemm_bias", expect_changed=False)
+    assert [list(t.dims) for t in after.graph.initializer] == [[4, 3], [5, 3]]
+
+
+# ---------------------------------------------------------------------------
+# reduce_mean_to_global_average_pool
+
+
+def _spatial_mean(axes, keepdims: int, opset: int, declare_rank: bool = True
+                  ) -> onnx.ModelProto:
+    """x [2, 6, 5, 7] -> Relu -> r -> ReduceMean -> y (a graph output) -> Neg -> z."""
+    inits = []
+    mean_inputs = ["r"]
+    attrs = {"keepdims": keepdims}
+    if opset >= 18:
+        inits.append(numpy_helper.from_array(np.asarray(axes, dtype=np.int64), "axes"))
+        mean_inputs.append("axes")
+        attrs["noop_with_empty_axes"] = 0
+    else:
+        attrs["axes"] = axes
+    reduced = {a % 4 for a in axes}
+    out_shape = [1 if k in reduced else d for k, d in enumerate([2, 6, 5, 7])
+                 if keepdims or k not in reduced]
+    model = _model(
+        [
+            helper.make_node("Relu", ["x"], ["r"], name="relu"),
+            helper.make_node("ReduceMean", mean_inputs, ["y"], name="mean", **attrs),
+            helper.make_node("Neg", ["y"], ["z"], name="neg"),
+        ],
+        [_vi("x", [2, 6, 5, 7])],
+        [_vi("y", out_shape), _vi("z", out_shape)],
+        inits,
+        opset=opset,
+    )
+    if declare_rank:
+        model.graph.value_info.append(_vi("r", ["N", 6, 5, 7]))
+    return model
+
+
+@pytest.mark.parametrize(("axes", "keepdims", "opset"),
+                         [([2, 3], 0, 13), ([-2, -1], 1, 13), ([3, 2], 0, 18),
+                          ([-1, 2], 1, 18)])
+def test_spatial_reduce_mean_becomes_global_average_pool(axes, keepdims, opset) -> None:
+    model = _spatial_mean(axes, keepdims, opset)
+    after = _check_pass(model, "reduce_mean_to_global_average_pool")
+    want = ["Relu", "GlobalAveragePool"] + ([] if keepdims else ["Squeeze"]) + ["Neg"]
+    assert _op_types(after) == want
+    producer = {o: n for n in after.graph.node for o in n.output}
+    assert producer["y"].op_type == ("GlobalAveragePool" if keepdims else "Squeeze")
+    assert "axes" not in {t.name for t in after.graph.initializer}
+
+
+@pytest.mark.parametrize(("axes", "declare_rank"), [([2, 3], False), ([1, 2], True),
+                                                    ([1, 2, 3], True)])
+def test_reduce_mean_stays_without_rank_or_over_other_axes(axes, declare_rank) -> None:
+    model = _spatial_mean(axes, 0, 13, declare_rank=declare_rank)
+    after = _check_pass(model, "reduce_mean_to_global_average_pool", expect_changed=False)
+    assert "ReduceMean" in _op_types(after)
+
+
+def test_reduce_mean_with_noop_and_no_axes_stays() -> None:
+    model = _model(
+        [helper.make_node("ReduceMean", ["x"], ["y"], name="mean", noop_with_empty_axes=1)],
+        [_vi("x", [2, 6, 5, 7])],
+        [_vi("y", [2, 6, 5, 7])],
+        opset=18,
+    )
+    after = _check_pass(model, "reduce_mean_to_global_average_pool", expect_changed=False)
+    assert _op_types(after) == ["ReduceMean"]
+
+
+def test_optimize_model_finds_the_rank_by_shape_inference() -> None:
+    """No value_info in the model (as the TorchScript exporter writes it): the
+    rank comes from ONNX shape inference, whose entries are not left behind."""
+    rng = np.random.default_rng(8)
+    model = _model(
+        [
+            helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+            helper.make_node("ReduceMean", ["c"], ["y"], name="mean", axes=[2, 3],
+                             keepdims=0),
+        ],
+        [_vi("x", ["N", 3, 6, 6])],
+        [_vi("y", ["N", 4])],
+        [_init("w", rng.standard_normal((4, 3, 3, 3)))],
+    )
+    assert not model.graph.value_info
+    after = onnxquant.optimize_model(model)
+    onnx.checker.check_model(after, full_check=True)
+    assert _op_types(after) == ["Conv", "GlobalAveragePool", "Squeeze"]
+    assert [o.name for o in after.graph.output] == ["y"]
+    assert not after.graph.value_info
+    feeds = {"x": rng.standard_normal((3, 3, 6, 6)).astype(np.float32)}
+    np.testing.assert_allclose(_run(after, feeds)[0], _run(model, feeds)[0],
+                               rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------
 # all passes together
 
 
@@ -378,19 +501,23 @@ def test_all_passes_in_their_default_order() -> None:
             helper.make_node("Dropout", ["c"], ["cd"]),
             helper.make_node("Identity", ["cd"], ["ci"]),
             _bn("ci", "n"),
-            helper.make_node("Identity", ["n"], ["y"]),
+            helper.make_node("Identity", ["n"], ["ni"]),
+            helper.make_node("ReduceMean", ["ni"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Gemm", ["m", "fc", "fc_b"], ["y"]),
         ],
         [_vi("x", [1, 3, 4, 4]), _vi("bn_var", [4])],
-        [_vi("y", [1, 4, 4, 4])],
-        _bn_params("bn", 4, rng),
+        [_vi("y", [1, 3])],
+        [*_bn_params("bn", 4, rng), _init("fc", rng.standard_normal((4, 3))),
+         _init("fc_b", rng.standard_normal((1, 3)))],
         opset=13,
     )
+    model.graph.value_info.append(_vi("n", [1, 4, 4, 4]))  # Identity removal drops "ni"'s
     names = _core.pass_names()
     after, changed = _apply(model, *names)
     assert set(changed) == set(names)
-    assert _op_types(after) == ["Conv"]
+    assert _op_types(after) == ["Conv", "GlobalAveragePool", "Squeeze", "Gemm"]
     assert list(after.graph.node[0].input[:1]) == ["x"]
-    assert after.graph.node[0].output[0] == "y"
+    assert after.graph.node[-1].output[0] == "y"
     onnx.checker.check_model(after, full_check=True)
     feeds = _feeds(model)
     for want, got in zip(_run(model, feeds), _run(after, feeds), strict=True):

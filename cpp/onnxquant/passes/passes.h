@@ -19,6 +19,11 @@ bool FoldBatchNorm(pb::ModelProto& model);
 bool RemoveIdentity(pb::ModelProto& model);
 // Removes Dropout nodes whose mask output is unused.
 bool RemoveDropout(pb::ModelProto& model);
+// Reshapes a Gemm's constant [1, N] bias to [N] (a copy where it is shared).
+bool FlattenGemmBias(pb::ModelProto& model);
+// Rewrites a ReduceMean over axes {2, 3} of a known 4-D float tensor as
+// GlobalAveragePool (then Squeeze where keepdims = 0).
+bool ReduceMeanToGlobalAveragePool(pb::ModelProto& model);
 
 }  // namespace onnxquant::passes
 
