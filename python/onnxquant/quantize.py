@@ -254,9 +254,23 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         return result
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
+    runtime, note = _runtime_of(result)
     return result, QuantizationReport.from_native(
         native_report, calibration_report,
-        kernels=kernel_summary(options, kernels))
+        kernels=kernel_summary(options, kernels), runtime=runtime, runtime_note=note)
+
+
+def _runtime_of(model: onnx.ModelProto):
+    """ONNX Runtime's view of the quantized model (what it fuses), or None and
+    why not."""
+    from onnxquant.runtime_graph import inspect_runtime_graph
+
+    try:
+        return inspect_runtime_graph(model, level="extended"), ""
+    except Exception as e:  # ONNX Runtime's errors derive from Exception only
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        return None, (f"could not load the quantized model ({first}), so which nodes it "
+                      "fuses into integer kernels cannot be told")
 
 
 def _with_remedies(options: QuantOptions, kernels: KernelCheckResult) -> _core.QuantOptions:

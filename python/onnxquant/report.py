@@ -22,20 +22,26 @@ __all__ = [
 
 
 class QuantizedNode(NamedTuple):
-    """A node computed in INT8. ``weight_axis`` is the per-channel axis of its
-    weight, -1 for a per-tensor weight or a node without one."""
+    """A node the plan quantizes. ``weight_axis`` is the per-channel axis of
+    its weight, -1 for a per-tensor weight or a node without one.
+    ``runs_as``: what ONNX Runtime's CPU provider runs for it (see
+    :class:`QuantizationReport`), e.g. ``"QLinearConv (integer)"`` or
+    ``"Mul (float)"``; empty when not known."""
 
     node: str
     op_type: str
     weight_axis: int = -1
+    runs_as: str = ""
 
 
 class FloatNode(NamedTuple):
-    """A node left in float, and why."""
+    """A node the plan leaves in float, why, and what ONNX Runtime runs for
+    it (``runs_as``, as for :class:`QuantizedNode`)."""
 
     node: str
     op_type: str
     reason: str
+    runs_as: str = ""
 
 
 class AbsorbedActivation(NamedTuple):
@@ -117,6 +123,26 @@ class CalibrationReport:
             lines.append(f"Tensors without a finite value, range (0, 0): "
                          f"{', '.join(self.degraded)}")
         return "\n".join(lines)
+
+
+def _runtime_summary(report: QuantizationReport) -> list[str]:
+    runtime = report.runtime
+    if runtime is None:
+        return [f"ONNX Runtime: {report.runtime_note}"] if report.runtime_note else []
+    integer = sum(runtime.integer_ops.values())
+    islands = runtime.islands_on_dequantized_data
+    lines = [f"ONNX Runtime (CPU provider, ORT_ENABLE_{runtime.level.upper()}) runs "
+             f"{integer} nodes on 8-bit data and {sum(runtime.float_ops.values())} in float; "
+             f"{len(islands)} float islands on dequantized data"]
+    lines += [f"  {island}" for island in islands]
+    if report.runs_float:
+        lines.append("Planned INT8 but run in float by ONNX Runtime (no integer kernel): "
+                     + ", ".join(f"{n.node} ({n.op_type})" for n in report.runs_float))
+    if report.runs_integer:
+        lines.append("Planned float but fused into integer kernels by ONNX Runtime (its input "
+                     "and output are quantized): "
+                     + ", ".join(f"{n.node} ({n.runs_as})" for n in report.runs_integer))
+    return lines
 
 
 @dataclass(frozen=True)
@@ -207,7 +233,14 @@ class QuantizationReport:
     ``floored``: tensors whose zero range got a floored scale; ``enlarged``:
     weights whose scale was enlarged so the int32 bias fits; ``notes``: other
     remarks of the engine (e.g. subgraphs left in float); ``calibration``: the
-    calibrator's report when it was passed to ``quantize``, else None.
+    calibrator's report when it was passed to ``quantize``, else None;
+    ``kernels``: the kernel check (:class:`KernelReport`).
+
+    ``runtime``: how ONNX Runtime (CPU provider, ``ORT_ENABLE_EXTENDED``,
+    where its QDQ fusions happen) runs the quantized model
+    (:class:`onnxquant.runtime_graph.RuntimeGraph`), from which each node's
+    ``runs_as`` is filled; None, with the reason in ``runtime_note``, when
+    that cannot be told (ONNX Runtime could not load the model).
     """
 
     quantized_nodes: tuple[QuantizedNode, ...] = ()
@@ -219,6 +252,21 @@ class QuantizationReport:
     notes: tuple[str, ...] = ()
     calibration: CalibrationReport | None = field(default=None)
     kernels: KernelReport | None = field(default=None)
+    runtime: Any = field(default=None)
+    runtime_note: str = ""
+
+    @property
+    def runs_float(self) -> tuple[QuantizedNode, ...]:
+        """Nodes the plan quantizes that ONNX Runtime runs in float (it
+        found no integer kernel for them, e.g. the Sigmoid and Mul of a SiLU,
+        a ConvTranspose)."""
+        return tuple(n for n in self.quantized_nodes if n.runs_as.endswith("(float)"))
+
+    @property
+    def runs_integer(self) -> tuple[FloatNode, ...]:
+        """Nodes the plan leaves float that ONNX Runtime runs on integer
+        kernels all the same (an excluded node between quantized tensors)."""
+        return tuple(n for n in self.float_nodes if n.runs_as.endswith("(integer)"))
 
     @property
     def nonfinite(self) -> tuple[NonFiniteCount, ...]:
@@ -228,14 +276,26 @@ class QuantizationReport:
     @classmethod
     def from_native(cls, report: Mapping[str, Any],
                     calibration: CalibrationReport | None = None,
-                    kernels: KernelReport | None = None) -> QuantizationReport:
-        """Builds the report from the dict ``_core.quantize`` returns."""
+                    kernels: KernelReport | None = None, runtime: Any = None,
+                    runtime_note: str = "") -> QuantizationReport:
+        """Builds the report from the dict ``_core.quantize`` returns, and
+        ``runtime`` (a :class:`~onnxquant.runtime_graph.RuntimeGraph` of the
+        quantized model, or None)."""
         plan = report.get("plan", {})
+
+        def runs_as(node: str) -> str:
+            if runtime is None:
+                return ""
+            found = runtime.runs_as(node)
+            return "removed by ONNX Runtime" if found is None else f"{found[0]} ({found[1]})"
+
         return cls(
             quantized_nodes=tuple(QuantizedNode(n["node"], n["op_type"],
-                                                int(n.get("weight_axis", -1)))
+                                                int(n.get("weight_axis", -1)),
+                                                runs_as(n["node"]))
                                   for n in plan.get("quantized_nodes", ())),
-            float_nodes=tuple(FloatNode(*f) for f in plan.get("float_nodes", ())),
+            float_nodes=tuple(FloatNode(*f, runs_as(f[0]))
+                              for f in plan.get("float_nodes", ())),
             absorbed=tuple(AbsorbedActivation(*a) for a in plan.get("absorbed", ())),
             qdq_tensors=tuple(t for t, _source in plan.get("qdq", ())),
             floored=tuple(report.get("floored", ())),
@@ -243,6 +303,8 @@ class QuantizationReport:
             notes=tuple(plan.get("notes", ())),
             calibration=calibration,
             kernels=kernels,
+            runtime=runtime,
+            runtime_note=runtime_note,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -257,23 +319,38 @@ class QuantizationReport:
             "notes": list(self.notes),
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "kernels": self.kernels.to_dict() if self.kernels else None,
+            "runtime": None if self.runtime is None else {
+                "level": self.runtime.level,
+                "integer_ops": dict(self.runtime.integer_ops),
+                "float_ops": dict(self.runtime.float_ops),
+                "float_islands": [str(i) for i in self.runtime.float_islands]},
+            "runtime_note": self.runtime_note,
         }
+
+    def _runtime_lines(self) -> list[str]:
+        return _runtime_summary(self)
 
     def __str__(self) -> str:
         total = len(self.quantized_nodes) + len(self.float_nodes)
         head = (f"Quantization: {len(self.quantized_nodes)} of {total} planned nodes in INT8, "
                 f"{len(self.qdq_tensors)} Q/DQ pairs")
         lines = [head]
-        lines += _table("Quantized nodes", ("node", "op", "weight axis"),
+        known = self.runtime is not None
+        lines += _table("Quantized nodes",
+                        ("node", "op", "weight axis") + (("ONNX Runtime runs",) if known else ()),
                         [(n.node, n.op_type, "-" if n.weight_axis < 0 else n.weight_axis)
-                         for n in self.quantized_nodes])
-        lines += _table("Float nodes", ("node", "op", "reason"), list(self.float_nodes))
+                         + ((n.runs_as,) if known else ()) for n in self.quantized_nodes])
+        lines += _table("Float nodes",
+                        ("node", "op", "reason") + (("ONNX Runtime runs",) if known else ()),
+                        [(n.node, n.op_type, n.reason) + ((n.runs_as,) if known else ())
+                         for n in self.float_nodes])
         lines += _table("Absorbed activations", ("node", "into"), list(self.absorbed))
         if self.floored:
             lines.append(f"Zero ranges, scale floored: {', '.join(self.floored)}")
         if self.enlarged:
             lines.append(f"Weight scales enlarged for the int32 bias: {', '.join(self.enlarged)}")
         lines += [f"Note: {n}" for n in self.notes]
+        lines += self._runtime_lines()
         if self.kernels is not None:
             lines.append(str(self.kernels))
         if self.calibration is not None:

@@ -38,7 +38,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 import onnxruntime as ort
@@ -133,6 +133,17 @@ class RuntimeGraph:
     quantize: int
     dequantize: int
     float_islands: tuple[FloatIsland, ...]
+    #: Per named node of the optimized graph: (op type as above, kind:
+    #: "integer", "float", "quantize", "dequantize" or "other"). ONNX Runtime
+    #: keeps a node's name when it fuses it (a Conv between DQ and Q becomes
+    #: the QLinearConv of the same name).
+    nodes: dict[str, tuple[str, str]] = field(default_factory=dict)
+
+    def runs_as(self, node: str) -> tuple[str, str] | None:
+        """``(op type, kind)`` of the node named ``node`` in the optimized
+        graph, or None when ONNX Runtime removed it (absorbed into another
+        node, or dropped)."""
+        return self.nodes.get(node)
 
     @property
     def islands_on_dequantized_data(self) -> tuple[FloatIsland, ...]:
@@ -270,6 +281,8 @@ def _classify(graph_model: onnx.ModelProto, level: str) -> RuntimeGraph:
         quantize=kinds.count("quantize"),
         dequantize=kinds.count("dequantize"),
         float_islands=_islands(graph, kinds, constants),
+        nodes={n.name: (_op_name(n), kind) for n, kind in zip(graph.node, kinds, strict=True)
+               if n.name},
     )
 
 

@@ -167,3 +167,51 @@ def test_symmetric_range_gets_a_centred_zero_point(calibrated, activation_type, 
         assert codes.tolist() == [zero_point - 127, zero_point + 127]
         checked += 1
     assert checked >= 1
+
+
+def test_report_says_what_onnx_runtime_runs(calibrated):
+    model, calibrator = calibrated
+    _, report = oq.quantize(model, calibrator.compute_range(), calibrator=calibrator,
+                            return_report=True)
+    runs = {n.op_type: n.runs_as for n in report.quantized_nodes}
+    assert runs["Conv"] == "QLinearConv (integer)"
+    assert runs["Gemm"] == "com.microsoft:QGemm (integer)"
+    assert report.runtime is not None and report.runs_float == ()
+    assert "ONNX Runtime runs" in str(report)
+    assert json.loads(json.dumps(report.to_dict()))["runtime"]["level"] == "extended"
+
+
+def test_sigmoid_between_quantized_tensors_runs_as_qlinear_sigmoid(sigmoid_gate_model,
+                                                                   gate_samples):
+    model = oq.optimize_model(sigmoid_gate_model)
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
+    calibrator.collect_data(gate_samples)
+    ranges = calibrator.compute_range()
+    _, report = oq.quantize(model, ranges, return_report=True)
+    (sigmoid,) = [n for n in report.quantized_nodes if n.op_type == "Sigmoid"]
+    assert sigmoid.runs_as == "com.microsoft:QLinearSigmoid (integer)"
+    assert not report.float_nodes
+    # Excluded, it is float in the plan, but its neighbours still quantize both
+    # sides, so ONNX Runtime fuses it anyway: the report says so.
+    _, excluded = oq.quantize(model, ranges, exclude_nodes=[sigmoid.node], return_report=True)
+    (kept,) = excluded.float_nodes
+    assert kept.runs_as.endswith("(integer)") and excluded.runs_integer == (kept,)
+    assert "Planned float but fused" in str(excluded)
+
+
+def test_silu_runs_in_float(parse_model):
+    model = oq.optimize_model(parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 8] x) => (float[N, 8] z) <float[8, 8] w = {%s}> {
+            y = MatMul (x, w)
+            s = Sigmoid (y)
+            m = Mul (y, s)
+            z = MatMul (m, w)
+        }
+    """ % ", ".join("0.1" for _ in range(64))))
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
+    calibrator.collect_data(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 1, 8))
+    _, report = oq.quantize(model, calibrator.compute_range(), return_report=True)
+    assert [n.op_type for n in report.runs_float] == ["Mul"]
+    assert [i.op_types for i in report.runtime.islands_on_dequantized_data] == \
+        [("Sigmoid", "Mul")]
