@@ -21,6 +21,7 @@ from onnxquant.errors import (
     InvalidArgumentError,
     ModelError,
     OnnxQuantError,
+    QemuError,
     RangeMissingError,
     UnsupportedModelError,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidArgumentError",
     "ModelError",
     "OnnxQuantError",
+    "QemuError",
     "QuantOptions",
     "QuantizationReport",
     "RangeMissingError",

@@ -11,6 +11,7 @@ __all__ = [
     "InvalidArgumentError",
     "ModelError",
     "OnnxQuantError",
+    "QemuError",
     "RangeMissingError",
     "UnsupportedModelError",
 ]
@@ -43,6 +44,11 @@ class RangeMissingError(OnnxQuantError, KeyError):
 
 class InvalidArgumentError(OnnxQuantError, ValueError):
     """An option or argument outside its domain."""
+
+
+class QemuError(OnnxQuantError, RuntimeError):
+    """ONNX Runtime could not be run on emulated AVX2 kernels: ``qemu-x86_64``
+    is not installed, the host is not x86-64, or the emulated run failed."""
 
 
 class InternalError(OnnxQuantError, RuntimeError):

@@ -1,23 +1,37 @@
-"""Running a model on labelled data: FP32 against INT8.
+"""Running a model on labelled data: FP32 against INT8, as deployed.
 
 Helpers for the main job, the tests and the benchmarks. They run ONNX Runtime
-on the CPU; an INT8 (QDQ) model runs either with its QuantizeLinear /
-DequantizeLinear pairs emulated in float (``emulate=True``: the result does
-not depend on the CPU's integer instructions) or with ONNX Runtime's fused
-integer kernels (``emulate=False``).
+on the CPU; an INT8 (QDQ) model runs either with ONNX Runtime's default
+session options, which fuse QuantizeLinear / DequantizeLinear pairs into
+integer kernels (``emulate=False``: what users deploy, and what depends on the
+CPU's integer instructions, see :mod:`onnxquant.cpu`), or with the pairs
+emulated in float (``emulate=True``: a diagnostic that hides what the kernels
+do). :func:`evaluate_deployed` gives both at once, the fused figure first,
+on this CPU's kernels or on the AVX2 kernels through QEMU
+(:mod:`onnxquant.qemu`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+import os
 from dataclasses import dataclass
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-__all__ = ["Accuracy", "compare_top1", "make_session", "predict"]
+from onnxquant._ort_run import predict, session_options
+
+__all__ = ["Accuracy", "DIVERGENCE_POINTS", "DeployedAccuracy", "KERNELS", "compare_top1",
+           "deployed_top1", "evaluate_deployed", "kernels_description", "make_session",
+           "predict"]
+
+# Fused and emulated top-1 further apart than this (points) are reported as
+# the integer kernels diverging from the emulation.
+DIVERGENCE_POINTS = 0.5
+# Where evaluate_deployed runs the fused model.
+KERNELS = ("native", "avx2")
 
 
 def make_session(model: onnx.ModelProto | bytes | str, *, emulate: bool = True,
@@ -25,39 +39,14 @@ def make_session(model: onnx.ModelProto | bytes | str, *, emulate: bool = True,
     """An ONNX Runtime CPU session for ``model``.
 
     ``emulate=True`` sets ``session.disable_quant_qdq = 1``, so QDQ pairs run
-    as float arithmetic instead of being fused into integer kernels.
+    as float arithmetic instead of being fused into integer kernels;
+    ``emulate=False`` keeps ONNX Runtime's default session options (the
+    deployed model).
     """
-    so = ort.SessionOptions()
-    if emulate:
-        so.add_session_config_entry("session.disable_quant_qdq", "1")
-    if threads:
-        so.intra_op_num_threads = threads
+    so = session_options(emulate=emulate, threads=threads)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-
-
-def _batches(x: np.ndarray, batch: int) -> Iterator[np.ndarray]:
-    for start in range(0, len(x), batch):
-        yield x[start:start + batch]
-
-
-def predict(session: ort.InferenceSession, inputs: np.ndarray,
-            batch_size: int = 256) -> np.ndarray:
-    """The first output of a one-input model for every row of ``inputs``.
-
-    ``inputs`` has the model input's layout with axis 0 as the batch axis,
-    holding every sample. Rows are fed ``batch_size`` at a time where the
-    model's batch dimension is dynamic, and in the model's fixed batch
-    otherwise (one by one for a fixed-batch-1 model).
-    """
-    meta = session.get_inputs()[0]
-    batch_dim = meta.shape[0] if meta.shape else None
-    fixed = isinstance(batch_dim, int)
-    step = batch_dim if fixed else batch_size
-    outs = [session.run(None, {meta.name: chunk})[0]
-            for chunk in _batches(inputs, step)]
-    return np.concatenate(outs, axis=0)
 
 
 @dataclass(frozen=True)
@@ -89,3 +78,138 @@ def compare_top1(reference_logits: np.ndarray, candidate_logits: np.ndarray,
              candidate_logits.reshape(n, -1).argmax(1))
     return Accuracy(reference=float(a.mean() * 100), candidate=float(b.mean() * 100),
                     agreement=float(agree.mean() * 100), paired_se=se, count=n)
+
+
+@dataclass(frozen=True)
+class DeployedAccuracy:
+    """INT8 top-1 as deployed, beside its emulation and FP32, on the same images.
+
+    ``fused`` (the headline): FP32 as reference, INT8 run with ONNX Runtime's
+    default session options (QDQ fused into integer kernels) as candidate.
+    ``emulated`` (a diagnostic): FP32 against INT8 with QDQ emulated in float.
+    ``fused_vs_emulated``: the emulated INT8 as reference, the fused one as
+    candidate; its ``paired_se`` is the standard error of the per-image
+    difference correct_fused - correct_emulated. ``kernels`` says which
+    integer kernels ran the fused model.
+    """
+
+    fused: Accuracy
+    emulated: Accuracy
+    fused_vs_emulated: Accuracy
+    kernels: str
+
+    @property
+    def fp32(self) -> float:
+        """FP32 top-1, percent."""
+        return self.fused.reference
+
+    @property
+    def gap(self) -> float:
+        """Fused minus emulated INT8 top-1, in points."""
+        return self.fused.candidate - self.emulated.candidate
+
+    @property
+    def gap_se(self) -> float:
+        """Standard error of :attr:`gap` (paired per image), in points."""
+        return self.fused_vs_emulated.paired_se
+
+    @property
+    def kernels_diverge(self) -> bool:
+        """True when fused and emulated top-1 differ by more than
+        :data:`DIVERGENCE_POINTS`: the emulated figure does not describe the
+        deployed model (on a CPU without VNNI, typically saturation)."""
+        return abs(self.gap) > DIVERGENCE_POINTS
+
+    def lines(self) -> list[str]:
+        """A human-readable summary, the deployed figure first."""
+        f, e = self.fused, self.emulated
+        out = [f"FP32 top-1:                             {self.fp32:6.2f} %",
+               f"INT8 top-1, as deployed (fused kernels): {f.candidate:6.2f} %"
+               f"   (drop {f.drop:+.2f} ± {f.paired_se:.2f} points)",
+               f"INT8 top-1, QDQ emulated (diagnostic):  {e.candidate:6.2f} %"
+               f"   (drop {e.drop:+.2f} ± {e.paired_se:.2f} points)",
+               f"fused - emulated: {self.gap:+.2f} ± {self.gap_se:.2f} points; "
+               f"predictions agree on {self.fused_vs_emulated.agreement:.2f} % of "
+               f"{f.count} samples"]
+        if self.kernels_diverge:
+            out.append(f"WARNING: the integer kernels and the emulation differ by more "
+                       f"than {DIVERGENCE_POINTS} point: trust the fused figure, not the "
+                       f"emulated one")
+        out.append(f"integer kernels: {self.kernels}")
+        return out
+
+    def __str__(self) -> str:
+        return "\n".join(self.lines())
+
+
+def deployed_top1(fp32_logits: np.ndarray, emulated_logits: np.ndarray,
+                  fused_logits: np.ndarray, labels: np.ndarray,
+                  kernels: str) -> DeployedAccuracy:
+    """A :class:`DeployedAccuracy` from the three models' outputs on the same
+    samples (axis 0) and their ``labels``; ``kernels`` describes where the
+    fused outputs were computed."""
+    return DeployedAccuracy(fused=compare_top1(fp32_logits, fused_logits, labels),
+                            emulated=compare_top1(fp32_logits, emulated_logits, labels),
+                            fused_vs_emulated=compare_top1(emulated_logits, fused_logits,
+                                                           labels),
+                            kernels=kernels)
+
+
+def kernels_description(kernels: str = "native") -> str:
+    """What runs the fused model for ``evaluate_deployed(kernels=...)``."""
+    if kernels == "native":
+        from onnxquant.cpu import cpu_kernels
+
+        return str(cpu_kernels())
+    if kernels == "avx2":
+        from onnxquant.qemu import QEMU_CPU
+
+        return (f"AVX2 (VPMADDUBSW) under qemu-x86_64 -cpu {QEMU_CPU}, "
+                "pairs of products saturate at 16 bits")
+    from onnxquant.errors import InvalidArgumentError
+
+    raise InvalidArgumentError(
+        f"kernels={kernels!r} is not one of {', '.join(map(repr, KERNELS))}: 'native' runs "
+        "this CPU's integer kernels, 'avx2' ONNX Runtime's AVX2 kernels under QEMU.")
+
+
+def evaluate_deployed(model: onnx.ModelProto | bytes | str | os.PathLike,
+                      quantized: onnx.ModelProto | bytes | str | os.PathLike,
+                      inputs: np.ndarray, labels: np.ndarray, *, kernels: str = "native",
+                      batch_size: int = 256, threads: int | None = None,
+                      timeout: float | None = None) -> DeployedAccuracy:
+    """Top-1 of the FP32 ``model`` and of its INT8 ``quantized`` form on
+    ``inputs`` (a one-input model's layout, axis 0 indexing samples) against
+    ``labels``: INT8 as deployed (ONNX Runtime's default session options,
+    fused integer kernels) and with QDQ emulated in float, with paired
+    standard errors.
+
+    ``kernels="native"``: the fused model runs on this CPU's kernels
+    (:func:`onnxquant.cpu.cpu_kernels` says which). ``kernels="avx2"``: it runs
+    on ONNX Runtime's AVX2 kernels under ``qemu-x86_64 -cpu Haswell``
+    (:func:`onnxquant.qemu.predict_avx2`, about 50 times slower: pass a
+    subset; ``timeout`` applies to that run); FP32 and the emulated INT8 model,
+    float arithmetic, run natively.
+
+    Raises :class:`~onnxquant.errors.InvalidArgumentError` for another
+    ``kernels``, :class:`~onnxquant.errors.QemuError` where QEMU is needed
+    and missing or fails.
+    """
+    description = kernels_description(kernels)
+
+    def load(m):
+        return os.fspath(m) if isinstance(m, os.PathLike) else m
+
+    model, quantized = load(model), load(quantized)
+    if kernels == "avx2":
+        from onnxquant.qemu import predict_avx2
+
+        fused = predict_avx2(quantized, inputs, batch_size=batch_size, threads=threads,
+                             timeout=timeout)
+    else:
+        fused = predict(make_session(quantized, emulate=False, threads=threads), inputs,
+                        batch_size)
+    fp32 = predict(make_session(model, emulate=False, threads=threads), inputs, batch_size)
+    emulated = predict(make_session(quantized, emulate=True, threads=threads), inputs,
+                       batch_size)
+    return deployed_top1(fp32, emulated, fused, labels, description)

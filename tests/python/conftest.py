@@ -1,14 +1,22 @@
-"""Shared fixtures: the real-model zoo, and small models built from ONNX text."""
+"""Shared fixtures: the real-model zoo, small models built from ONNX text, the
+quantization the accuracy tests deploy, and ONNX Runtime's AVX2 kernels under
+QEMU. The pytest header names this CPU's integer kernels."""
 
 from __future__ import annotations
 
 import os
+import platform
+import sys
 
 import numpy as np
 import onnx
 import onnx.parser
 import onnxruntime as ort
 import pytest
+
+import onnxquant as oq
+from onnxquant.cpu import cpu_kernels
+from onnxquant.qemu import qemu_available, qemu_executable
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -25,10 +33,88 @@ def zoo_dir() -> str:
     if not os.path.isdir(path):
         message = (f"the model zoo is not at {path}; set ONNXQUANT_ZOO to its folder "
                    "(see ../shared/zoo/README.md)")
-        if os.environ.get("CI", "").lower() == "true":
+        if _under_ci():
             pytest.fail(message)
         pytest.skip(message)
     return path
+
+
+def _under_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+def pytest_report_header(config) -> list[str]:
+    del config
+    qemu = qemu_executable() or "not installed (apt-get install qemu-user)"
+    return [f"cpu: {cpu_kernels()}", f"qemu-x86_64: {qemu}"]
+
+
+# The quantization the accuracy tests assert on: the model users get by
+# default, which must be right on every integer-kernel path, and the
+# unprotected one (full-range int8 weights: exact only on VNNI, AMX, ARM).
+# Stand-ins until quantize(target=...) lands on main; then the first returns
+# oq.quantize(model, ranges, **options) (target="portable" is the default)
+# and the second oq.quantize(model, ranges, target="exact", **options).
+def _quantize_portable(model: onnx.ModelProto, ranges: dict, **options) -> onnx.ModelProto:
+    return oq.quantize(model, ranges, reduce_weight_range=True, **options)
+
+
+def _quantize_exact(model: onnx.ModelProto, ranges: dict, **options) -> onnx.ModelProto:
+    return oq.quantize(model, ranges, **options)
+
+
+@pytest.fixture(scope="session")
+def quantize_portable():
+    """``quantize_portable(model, ranges, **options)``: the INT8 model users get
+    by default, protected against the 16-bit saturation of AVX2 kernels."""
+    return _quantize_portable
+
+
+@pytest.fixture(scope="session")
+def quantize_exact():
+    """``quantize_exact(model, ranges, **options)``: full-range int8 weights,
+    for kernels that are exact (VNNI, AMX, ARM)."""
+    return _quantize_exact
+
+
+def _deployed_tolerance(se: float) -> float:
+    return max(0.3, 2 * se)
+
+
+@pytest.fixture(scope="session")
+def deployed_tolerance():
+    """``deployed_tolerance(se)``: how far apart fused and emulated INT8 top-1
+    may be (points), given the paired standard error of their difference:
+    max(0.3, 2 se)."""
+    return _deployed_tolerance
+
+
+@pytest.fixture(scope="session")
+def qemu() -> None:
+    """ONNX Runtime's AVX2 kernels can run under qemu-x86_64 here.
+
+    Skipped on hosts that are not x86-64 Linux (QEMU runs this same
+    interpreter); where qemu-x86_64 is missing, skipped with the command
+    that installs it, except under CI=true where that is an error.
+    """
+    if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
+        pytest.skip("AVX2 kernels are emulated only on x86-64 Linux hosts")
+    if not qemu_available():
+        message = "qemu-x86_64 is not installed: apt-get install qemu-user"
+        if _under_ci():
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def avx2_accuracy(qemu) -> None:
+    """Accuracy on the AVX2 kernels is measured under QEMU where this CPU's
+    own kernels are exact (VNNI, AMX); where they saturate, the tests on the
+    native kernels already measured that path."""
+    del qemu
+    if cpu_kernels().saturates:
+        pytest.skip(f"this CPU's own kernels saturate ({cpu_kernels().kernel}): the "
+                    "native tests cover that path")
 
 
 def parse(text: str) -> onnx.ModelProto:

@@ -32,7 +32,8 @@ def _model_with_weights(parse_model) -> onnx.ModelProto:
 
 def test_errors_share_one_base_class():
     for cls in (oq.ModelError, oq.UnsupportedModelError, oq.CalibrationDataError,
-                oq.RangeMissingError, oq.InvalidArgumentError, oq.InternalError):
+                oq.RangeMissingError, oq.InvalidArgumentError, oq.QemuError,
+                oq.InternalError):
         assert issubclass(cls, oq.OnnxQuantError)
     assert str(oq.RangeMissingError("Tensor 'a' has no range.")) == "Tensor 'a' has no range."
 
