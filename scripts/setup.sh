@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for onnxquant: the Debian packages the
 # build and the data need, a virtual environment in .venv, and onnxquant
-# itself built and installed into it (with the test extras).
-# Usage: bash scripts/setup.sh
+# itself built and installed into it (with the test extras). With --test it
+# also installs qemu-user: the tests run ONNX Runtime's AVX2 kernels under
+# qemu-x86_64 (the demo does not need it).
+# Usage: bash scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(g++ protobuf-compiler libprotobuf-dev libgtest-dev dataset-fashion-mnist python3-venv)
+if [ "${1:-}" = "--test" ]; then
+  debs+=(qemu-user)
+elif [ $# -gt 0 ]; then
+  echo "usage: bash scripts/setup.sh [--test]" >&2
+  exit 2
+fi
 missing=()
 for p in "${debs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

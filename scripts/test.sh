@@ -4,7 +4,7 @@
 # Usage: bash scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh --test
 py="$PWD/.venv/bin/python"
 
 echo "== C++ engine: GoogleTest through CTest"
