@@ -22,6 +22,9 @@ import onnx
 import onnxruntime as ort
 
 from onnxquant._ort_run import predict, session_options
+from onnxquant.cpu import cpu_kernels
+from onnxquant.errors import InvalidArgumentError
+from onnxquant.qemu import QEMU_CPU, predict_avx2
 
 __all__ = ["Accuracy", "DIVERGENCE_POINTS", "DeployedAccuracy", "KERNELS", "compare_top1",
            "deployed_top1", "evaluate_deployed", "kernels_description", "make_session",
@@ -34,7 +37,7 @@ DIVERGENCE_POINTS = 0.5
 KERNELS = ("native", "avx2")
 
 
-def make_session(model: onnx.ModelProto | bytes | str, *, emulate: bool = True,
+def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, *, emulate: bool = True,
                  threads: int | None = None) -> ort.InferenceSession:
     """An ONNX Runtime CPU session for ``model``.
 
@@ -46,6 +49,8 @@ def make_session(model: onnx.ModelProto | bytes | str, *, emulate: bool = True,
     so = session_options(emulate=emulate, threads=threads)
     if isinstance(model, onnx.ModelProto):
         model = model.SerializeToString()
+    elif isinstance(model, os.PathLike):
+        model = os.fspath(model)
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 
 
@@ -123,10 +128,10 @@ class DeployedAccuracy:
     def lines(self) -> list[str]:
         """A human-readable summary, the deployed figure first."""
         f, e = self.fused, self.emulated
-        out = [f"FP32 top-1:                             {self.fp32:6.2f} %",
-               f"INT8 top-1, as deployed (fused kernels): {f.candidate:6.2f} %"
+        out = [f"{'FP32 top-1:':41s}{self.fp32:6.2f} %",
+               f"{'INT8 top-1, as deployed (fused kernels):':41s}{f.candidate:6.2f} %"
                f"   (drop {f.drop:+.2f} ± {f.paired_se:.2f} points)",
-               f"INT8 top-1, QDQ emulated (diagnostic):  {e.candidate:6.2f} %"
+               f"{'INT8 top-1, QDQ emulated (diagnostic):':41s}{e.candidate:6.2f} %"
                f"   (drop {e.drop:+.2f} ± {e.paired_se:.2f} points)",
                f"fused - emulated: {self.gap:+.2f} ± {self.gap_se:.2f} points; "
                f"predictions agree on {self.fused_vs_emulated.agreement:.2f} % of "
@@ -158,16 +163,10 @@ def deployed_top1(fp32_logits: np.ndarray, emulated_logits: np.ndarray,
 def kernels_description(kernels: str = "native") -> str:
     """What runs the fused model for ``evaluate_deployed(kernels=...)``."""
     if kernels == "native":
-        from onnxquant.cpu import cpu_kernels
-
         return str(cpu_kernels())
     if kernels == "avx2":
-        from onnxquant.qemu import QEMU_CPU
-
         return (f"AVX2 (VPMADDUBSW) under qemu-x86_64 -cpu {QEMU_CPU}, "
                 "pairs of products saturate at 16 bits")
-    from onnxquant.errors import InvalidArgumentError
-
     raise InvalidArgumentError(
         f"kernels={kernels!r} is not one of {', '.join(map(repr, KERNELS))}: 'native' runs "
         "this CPU's integer kernels, 'avx2' ONNX Runtime's AVX2 kernels under QEMU.")
@@ -196,14 +195,7 @@ def evaluate_deployed(model: onnx.ModelProto | bytes | str | os.PathLike,
     and missing or fails.
     """
     description = kernels_description(kernels)
-
-    def load(m):
-        return os.fspath(m) if isinstance(m, os.PathLike) else m
-
-    model, quantized = load(model), load(quantized)
     if kernels == "avx2":
-        from onnxquant.qemu import predict_avx2
-
         fused = predict_avx2(quantized, inputs, batch_size=batch_size, threads=threads,
                              timeout=timeout)
     else:

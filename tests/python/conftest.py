@@ -16,9 +16,16 @@ import pytest
 
 import onnxquant as oq
 from onnxquant.cpu import cpu_kernels
-from onnxquant.qemu import qemu_available, qemu_executable
+from onnxquant.qemu import qemu_executable
 
 _REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _skip_or_fail(message: str) -> None:
+    """Skips the test, or fails it under CI=true, where everything it needs is installed."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")
@@ -33,14 +40,8 @@ def zoo_dir() -> str:
     if not os.path.isdir(path):
         message = (f"the model zoo is not at {path}; set ONNXQUANT_ZOO to its folder "
                    "(see ../shared/zoo/README.md)")
-        if _under_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+        _skip_or_fail(message)
     return path
-
-
-def _under_ci() -> bool:
-    return os.environ.get("CI", "").lower() == "true"
 
 
 def pytest_report_header(config) -> list[str]:
@@ -99,11 +100,8 @@ def qemu() -> None:
     """
     if not (sys.platform.startswith("linux") and platform.machine() == "x86_64"):
         pytest.skip("AVX2 kernels are emulated only on x86-64 Linux hosts")
-    if not qemu_available():
-        message = "qemu-x86_64 is not installed: apt-get install qemu-user"
-        if _under_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+    if qemu_executable() is None:
+        _skip_or_fail("qemu-x86_64 is not installed: apt-get install qemu-user")
 
 
 @pytest.fixture(scope="session")

@@ -119,8 +119,8 @@ def test_model_loads_runs_and_quantizes(path, cifar, quantized, deployed_toleran
     se = 100 * math.sqrt(p * (1 - p) / len(y))
     assert abs(acc.fp32 - recorded) <= 3 * se, (acc.fp32, recorded)
     allowance = max(1.0, meta.get("int8_drop_allowance", 0.0))
-    assert acc.fused.drop <= allowance + 2 * acc.fused.paired_se, acc
-    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), acc
+    assert acc.fused.drop <= allowance + 2 * acc.fused.paired_se, str(acc)
+    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), str(acc)
 
 
 @pytest.mark.parametrize("path", AVX2_MODELS, ids=os.path.basename)
@@ -130,5 +130,5 @@ def test_model_on_avx2_kernels(path, cifar, quantized, avx2_accuracy, deployed_t
     acc = evaluate_deployed(model, int8, x[:AVX2_IMAGES], y[:AVX2_IMAGES], kernels="avx2",
                             timeout=300)
     allowance = max(1.0, _meta(path).get("int8_drop_allowance", 0.0))
-    assert acc.fused.drop <= allowance + 2 * acc.fused.paired_se, acc
-    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), acc
+    assert acc.fused.drop <= allowance + 2 * acc.fused.paired_se, str(acc)
+    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), str(acc)

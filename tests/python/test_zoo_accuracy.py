@@ -66,10 +66,9 @@ def test_int8_top1_as_deployed_within_bound_of_fp32(case, bound, request, quanti
     quantized = quantize_portable(model, ranges)
     onnx.checker.check_model(quantized, full_check=True)
     acc = evaluate_deployed(model, quantized, x, y)
-    print(acc)
     assert acc.fused.count >= 2000
-    assert acc.fused.drop <= bound + 2 * acc.fused.paired_se, acc
-    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), acc
+    assert acc.fused.drop <= bound + 2 * acc.fused.paired_se, str(acc)
+    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), str(acc)
     assert acc.fp32 > 70  # the FP32 model itself ran as it should
 
 
@@ -79,9 +78,8 @@ def test_int8_top1_on_avx2_kernels(case, bound, request, avx2_accuracy, quantize
     model, ranges, x, y = request.getfixturevalue(case)
     acc = evaluate_deployed(model, quantize_portable(model, ranges), x[:AVX2_IMAGES],
                             y[:AVX2_IMAGES], kernels="avx2", timeout=300)
-    print(acc)
-    assert acc.fused.drop <= bound + 2 * acc.fused.paired_se, acc
-    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), acc
+    assert acc.fused.drop <= bound + 2 * acc.fused.paired_se, str(acc)
+    assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), str(acc)
 
 
 def _saved_graph_ops(model: onnx.ModelProto, tmp_path) -> list[tuple[str, str]]:
