@@ -1,6 +1,6 @@
 """Shared fixtures: the real-model zoo, small models built from ONNX text, the
-quantization the accuracy tests deploy, and ONNX Runtime's AVX2 kernels under
-QEMU. The pytest header names this CPU's integer kernels."""
+tolerance of the accuracy tests, and ONNX Runtime's AVX2 kernels under QEMU.
+The pytest header names this CPU's integer kernels."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ import onnx.parser
 import onnxruntime as ort
 import pytest
 
-import onnxquant as oq
 from onnxquant.cpu import cpu_kernels
 from onnxquant.qemu import qemu_executable
 
@@ -48,34 +47,6 @@ def pytest_report_header(config) -> list[str]:
     del config
     qemu = qemu_executable() or "not installed (apt-get install qemu-user)"
     return [f"cpu: {cpu_kernels()}", f"qemu-x86_64: {qemu}"]
-
-
-# The quantization the accuracy tests assert on: the model users get by
-# default, which must be right on every integer-kernel path, and the
-# unprotected one (full-range int8 weights: exact only on VNNI, AMX, ARM).
-# Stand-ins until quantize(target=...) lands on main; then the first returns
-# oq.quantize(model, ranges, **options) (target="portable" is the default)
-# and the second oq.quantize(model, ranges, target="exact", **options).
-def _quantize_portable(model: onnx.ModelProto, ranges: dict, **options) -> onnx.ModelProto:
-    return oq.quantize(model, ranges, reduce_weight_range=True, **options)
-
-
-def _quantize_exact(model: onnx.ModelProto, ranges: dict, **options) -> onnx.ModelProto:
-    return oq.quantize(model, ranges, **options)
-
-
-@pytest.fixture(scope="session")
-def quantize_portable():
-    """``quantize_portable(model, ranges, **options)``: the INT8 model users get
-    by default, protected against the 16-bit saturation of AVX2 kernels."""
-    return _quantize_portable
-
-
-@pytest.fixture(scope="session")
-def quantize_exact():
-    """``quantize_exact(model, ranges, **options)``: full-range int8 weights,
-    for kernels that are exact (VNNI, AMX, ARM)."""
-    return _quantize_exact
 
 
 def _deployed_tolerance(se: float) -> float:

@@ -57,7 +57,7 @@ def test_models_are_committed():
 
 
 @pytest.fixture(scope="module")
-def quantized(cifar, quantize_portable):
+def quantized(cifar):
     """``quantized(path)``: the normalised model and its INT8 form, calibrated
     once per model for the tests below."""
     calib = cifar[0]
@@ -68,7 +68,7 @@ def quantized(cifar, quantize_portable):
             model = oq.optimize_model(path)
             cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
             cal.collect_data(calib[i:i + 1] for i in range(len(calib)))
-            done[path] = model, quantize_portable(model, cal.compute_range())
+            done[path] = model, oq.quantize(model, cal.compute_range(), calibrator=cal)
         return done[path]
 
     return get

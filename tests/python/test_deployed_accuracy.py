@@ -196,7 +196,7 @@ AVX2_IMAGES = 2000  # about 10 s per model under QEMU
 
 
 @pytest.fixture(scope="module")
-def fashion(quantize_portable, quantize_exact):
+def fashion():
     if not os.path.isdir(FASHION):
         pytest.skip("Debian's dataset-fashion-mnist is not installed")
     from onnxquant.demo import default_demo_data
@@ -207,8 +207,8 @@ def fashion(quantize_portable, quantize_exact):
     cal.collect_data(data.calibration[i:i + 1] for i in range(len(data.calibration)))
     ranges = cal.compute_range()
     return {"model": model, "x": data.test_inputs, "y": data.test_labels,
-            "portable": quantize_portable(model, ranges),
-            "exact": quantize_exact(model, ranges)}
+            "portable": oq.quantize(model, ranges, calibrator=cal),
+            "exact": oq.quantize(model, ranges, target="exact")}
 
 
 def test_fashion_cnn_as_deployed_on_this_cpu(fashion, deployed_tolerance):

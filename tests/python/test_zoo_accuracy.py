@@ -42,7 +42,7 @@ def resnet8(zoo_dir):
     cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
     calib = _cifar_train_sample(zoo_dir, 500)
     cal.collect_data(calib[i:i + 1] for i in range(len(calib)))
-    return model, cal.compute_range(), x, y
+    return model, cal, x, y
 
 
 @pytest.fixture(scope="module")
@@ -53,17 +53,16 @@ def mnist(zoo_dir):
     y = d["labels"].astype(np.int64)
     cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
     cal.collect_data(x[i:i + 1] for i in range(500))
-    return model, cal.compute_range(), x[500:2500], y[500:2500]
+    return model, cal, x[500:2500], y[500:2500]
 
 
 BOUNDS = [("resnet8", 1.0), ("mnist", 0.5)]
 
 
 @pytest.mark.parametrize("case, bound", BOUNDS)
-def test_int8_top1_as_deployed_within_bound_of_fp32(case, bound, request, quantize_portable,
-                                                    deployed_tolerance):
-    model, ranges, x, y = request.getfixturevalue(case)
-    quantized = quantize_portable(model, ranges)
+def test_int8_top1_as_deployed_within_bound_of_fp32(case, bound, request, deployed_tolerance):
+    model, cal, x, y = request.getfixturevalue(case)
+    quantized = oq.quantize(model, cal.compute_range(), calibrator=cal)
     onnx.checker.check_model(quantized, full_check=True)
     acc = evaluate_deployed(model, quantized, x, y)
     assert acc.fused.count >= 2000
@@ -73,11 +72,11 @@ def test_int8_top1_as_deployed_within_bound_of_fp32(case, bound, request, quanti
 
 
 @pytest.mark.parametrize("case, bound", BOUNDS)
-def test_int8_top1_on_avx2_kernels(case, bound, request, avx2_accuracy, quantize_portable,
-                                   deployed_tolerance):
-    model, ranges, x, y = request.getfixturevalue(case)
-    acc = evaluate_deployed(model, quantize_portable(model, ranges), x[:AVX2_IMAGES],
-                            y[:AVX2_IMAGES], kernels="avx2", timeout=300)
+def test_int8_top1_on_avx2_kernels(case, bound, request, avx2_accuracy, deployed_tolerance):
+    model, cal, x, y = request.getfixturevalue(case)
+    quantized = oq.quantize(model, cal.compute_range(), calibrator=cal)
+    acc = evaluate_deployed(model, quantized, x[:AVX2_IMAGES], y[:AVX2_IMAGES], kernels="avx2",
+                            timeout=300)
     assert acc.fused.drop <= bound + 2 * acc.fused.paired_se, str(acc)
     assert abs(acc.gap) <= deployed_tolerance(acc.gap_se), str(acc)
 
@@ -110,8 +109,8 @@ def test_every_conv_runs_as_an_integer_kernel(case, activation_type, request, tm
     converting it to uint8, which needs a Q with a single consumer; a Conv
     whose output branches has one Q per consumer and cannot fuse, so int8
     allows exactly those (none in the MNIST CNN, one in ResNet8)."""
-    model, ranges, _, _ = request.getfixturevalue(case)
-    quantized = oq.quantize(model, ranges, activation_type=activation_type)
+    model, cal, _, _ = request.getfixturevalue(case)
+    quantized = oq.quantize(model, cal.compute_range(), activation_type=activation_type)
     onnx.checker.check_model(quantized, full_check=True)
     ops = _saved_graph_ops(quantized, tmp_path)
     n_conv = sum(n.op_type == "Conv" for n in model.graph.node)
