@@ -111,30 +111,6 @@ ORT_OPTIONS = {ort: extra for _, _, ort, extra in PAIRS}
 
 # ----------------------------------------------------------------------------- helpers
 
-def _cpu_flags() -> list[str]:
-    wanted = ["avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8"]
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    have = set(line.split(":", 1)[1].split())
-                    return [w for w in wanted if w in have]
-    except OSError:
-        pass
-    return []
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def _threads_default() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
@@ -640,6 +616,7 @@ def main() -> None:
     import onnxruntime
 
     import onnxquant
+    from onnxquant.cpu import cpu_kernels
 
     settings = SETTINGS["quick" if args.quick else "full"]
     if args.images is not None and args.images % BATCH:
@@ -651,7 +628,8 @@ def main() -> None:
                                  ["PYTHONPATH=python", os.path.relpath(sys.executable, REPO),
                                   os.path.relpath(os.path.abspath(__file__), REPO)]
                                  + sys.argv[1:]))
-    print(f"CPU: {_cpu_name()}, {os.cpu_count()} CPUs, flags: {' '.join(_cpu_flags()) or 'none'}")
+    cpu = cpu_kernels()
+    print(f"CPU: {cpu.name}, {os.cpu_count()} CPUs, flags: {' '.join(cpu.flags) or 'none'}")
     print(f"versions: onnxquant {onnxquant.__version__}, onnxruntime {onnxruntime.__version__}, "
           f"onnx {onnx.__version__}, numpy {np.__version__}, Python {platform.python_version()}")
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import platform
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -12,6 +11,7 @@ import numpy as np
 import onnx
 
 import onnxquant as oq
+from onnxquant.cpu import cpu_kernels
 
 #: bench/ (this package's parent folder).
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -89,21 +89,11 @@ def is_tie(difference: float, se: float) -> bool:
 
 
 def cpu_description() -> tuple[str, list[str], int]:
-    model, flags = platform.processor() or platform.machine(), []
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name" and model == (platform.processor() or
-                                                             platform.machine()):
-                    model = value.strip()
-                elif key.strip() == "flags" and not flags:
-                    flags = value.split()
-    except OSError:
-        pass
-    wanted = ("avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8")
+    """The CPU's name, its ISA flags that decide ONNX Runtime's integer
+    kernels (onnxquant.cpu), and the CPUs this process may use."""
+    kernels = cpu_kernels()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return model, [f for f in wanted if f in flags], cpus or 0
+    return kernels.name, list(kernels.flags), cpus or 0
 
 
 def git_revision() -> str:
