@@ -151,6 +151,7 @@ PYBIND11_MODULE(_core, m) {
                      &oq::QuantOptions::quantize_activation_matmul)
       .def_readwrite("reduce_weight_range",
                      &oq::QuantOptions::reduce_weight_range)
+      .def_readwrite("quantize_silu", &oq::QuantOptions::quantize_silu)
       .def_readwrite("weight_remedies",
                      &oq::QuantOptions::weight_remedies);
 

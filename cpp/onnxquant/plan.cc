@@ -121,7 +121,7 @@ Decision Planner::Decide(int i) const {
     return Float(std::string("part of a decomposed ") + block->second +
                  " (kept float)");
   }
-  if (patterns_.silu_sigmoid.count(i)) {
+  if (patterns_.silu_sigmoid.count(i) && !options_.quantize_silu) {
     return Float("Sigmoid of a SiLU x*sigmoid(x): no QDQ inside the SiLU");
   }
   const auto& ops = options_.op_types;
@@ -229,7 +229,9 @@ Decision Planner::DecideElementwise(int i, const pb::NodeProto& n) const {
   d.node.op_type = op;
   if (!IsFloat(n.output(0))) return Float(op + " of non-float tensors");
   d.quantize_output = true;
-  if (patterns_.silu_mul.count(i)) return d;  // output only
+  if (patterns_.silu_mul.count(i) && !options_.quantize_silu) {
+    return d;  // output only
+  }
   if (op == "Clip") {
     if (!IsFloatActivation(n.input(0))) return Float("Clip of a constant");
     for (int k = 1; k < n.input_size(); ++k) {

@@ -49,6 +49,10 @@ struct QuantOptions {
   bool quantize_activation_matmul = true;
   // Weights use [-63, 63] instead of [-127, 127] (CPUs without VNNI).
   bool reduce_weight_range = false;
+  // x * sigmoid(x) (SiLU) gets Q/DQ between its Sigmoid and its Mul too, so
+  // that ONNX Runtime runs both as integer ops (QLinearSigmoid, QLinearMul)
+  // instead of in float; off by default (the Mul's output only).
+  bool quantize_silu = false;
   // Per node name, a change to its weight quantization (the kernel remedies
   // quantize() chooses; names of nodes without a weight are ignored).
   std::unordered_map<std::string, WeightRemedy> weight_remedies;

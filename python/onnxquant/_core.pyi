@@ -28,6 +28,7 @@ class QuantOptions:
     op_types: list[str]
     quantize_activation_matmul: bool
     reduce_weight_range: bool
+    quantize_silu: bool
     weight_remedies: dict[str, WeightRemedy]
     def __init__(self) -> None: ...
 

@@ -50,7 +50,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,
         quantize_activation_matmul=not args.float_activation_matmul,
         reduce_weight_range=args.reduce_weight_range, target=args.target,
-        kernel_remedy=args.kernel_remedy)
+        kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu)
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
@@ -150,6 +150,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep MatMul of two activations (attention) in float")
     q.add_argument("--reduce-weight-range", action="store_true",
                    help="7-bit weights [-63, 63] in every layer")
+    q.add_argument("--quantize-silu", action="store_true",
+                   help="Q/DQ inside x*sigmoid(x) too, so that ONNX Runtime runs the SiLU as "
+                        "integer ops (faster; default: the SiLU runs in float)")
     q.add_argument("--target", choices=("portable", "exact"), default="portable",
                    help="portable (default): right on every CPU's integer kernels, x86 "
                         "without VNNI included (nodes whose 16-bit pair sums would saturate "

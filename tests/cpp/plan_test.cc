@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <functional>
 
 #include "graph_builder.h"
@@ -542,6 +543,31 @@ TEST(Plan, ExcludedSigmoidIsReportedFloat) {
   options.exclude_nodes = {"sigmoid"};
   const QuantPlan p = Plan(g, options);
   EXPECT_NE(Floated(p, "sigmoid"), nullptr);
+}
+
+}  // namespace
+}  // namespace onnxquant
+
+namespace onnxquant {
+namespace {
+
+TEST(Plan, SiluIsQuantizedInsideOnlyByOption) {
+  GraphBuilder g;
+  g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});
+  AddConv(g, "conv", "x", "c");
+  g.Node("Sigmoid", {"c"}, {"s"}, "sigmoid");
+  g.Node("Mul", {"c", "s"}, {"m"}, "mul");
+  AddConv(g, "conv2", "m", "y");
+  const QuantPlan plain = Plan(g);
+  ASSERT_NE(Floated(plain, "sigmoid"), nullptr);
+  for (const auto& q : plain.qdq) EXPECT_NE(q.tensor, "s");
+  QuantOptions options;
+  options.quantize_silu = true;
+  const QuantPlan inside = Plan(g, options);
+  EXPECT_NE(Quantized(inside, "sigmoid"), nullptr);
+  EXPECT_NE(Quantized(inside, "mul"), nullptr);
+  const std::vector<std::string> qdq = Qdq(inside);
+  EXPECT_NE(std::find(qdq.begin(), qdq.end(), "s<-s"), qdq.end());
 }
 
 }  // namespace

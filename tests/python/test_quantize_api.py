@@ -215,3 +215,24 @@ def test_silu_runs_in_float(parse_model):
     assert [n.op_type for n in report.runs_float] == ["Mul"]
     assert [i.op_types for i in report.runtime.islands_on_dequantized_data] == \
         [("Sigmoid", "Mul")]
+
+
+def test_quantize_silu_runs_the_silu_on_integer_kernels(parse_model):
+    model = oq.optimize_model(parse_model("""
+        <ir_version: 8, opset_import: ["" : 13]>
+        g (float[N, 8] x) => (float[N, 8] z) <float[8, 8] w = {%s}> {
+            y = MatMul (x, w)
+            s = Sigmoid (y)
+            m = Mul (y, s)
+            z = MatMul (m, w)
+        }
+    """ % ", ".join("0.1" for _ in range(64))))
+    options = oq.QuantOptions(quantize_silu=True)  # the Sigmoid's output is calibrated too
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, options=options)
+    calibrator.collect_data(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 1, 8))
+    _, report = oq.quantize(model, calibrator.compute_range(), options=options,
+                            calibrator=calibrator, return_report=True)
+    runs = {n.op_type: n.runs_as for n in report.quantized_nodes}
+    assert runs["Sigmoid"].endswith("QLinearSigmoid (integer)")
+    assert runs["Mul"].endswith("QLinearMul (integer)")
+    assert report.runtime.islands_on_dequantized_data == ()
