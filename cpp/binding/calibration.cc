@@ -18,8 +18,23 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style>;
 
+}  // namespace
+
+py::array AsFloatArray(const std::string& tensor, const py::handle& obj) {
+  if (!py::isinstance<FloatArray>(obj) ||
+      !(py::cast<py::array>(obj).flags() & py::array::c_style)) {
+    throw oq::InvalidArgument(
+        "Tensor '" + tensor +
+        "' must be a float32 C-contiguous numpy array (use "
+        "numpy.ascontiguousarray(x, dtype=numpy.float32)).");
+  }
+  return py::reinterpret_borrow<py::array>(obj);
+}
+
+namespace {
+
 void Update(oq::HistogramSet& self, const py::dict& arrays, int threads) {
-  std::vector<py::object> keep;  // alive while the GIL is released
+  std::vector<py::array> keep;  // alive while the GIL is released
   std::vector<oq::HistogramSet::Chunk> chunks;
   for (const auto& item : arrays) {
     const std::string name = py::cast<std::string>(item.first);
@@ -29,18 +44,10 @@ void Update(oq::HistogramSet& self, const py::dict& arrays, int threads) {
                                 "' is not among the calibrated tensors of "
                                 "these statistics.");
     }
-    py::object obj = py::reinterpret_borrow<py::object>(item.second);
-    if (!py::isinstance<py::array>(obj) || !py::isinstance<FloatArray>(obj) ||
-        !(py::cast<py::array>(obj).flags() & py::array::c_style)) {
-      throw oq::InvalidArgument(
-          "Tensor '" + name +
-          "' must be a float32 C-contiguous numpy array (use "
-          "numpy.ascontiguousarray(x, dtype=numpy.float32)).");
-    }
-    auto arr = py::cast<py::array>(obj);
+    py::array arr = AsFloatArray(name, item.second);
     chunks.push_back({index, static_cast<const float*>(arr.data()),
                       static_cast<int64_t>(arr.size())});
-    keep.push_back(std::move(obj));
+    keep.push_back(std::move(arr));
   }
   py::gil_scoped_release release;
   self.Update(chunks, threads);

@@ -1,5 +1,7 @@
 #include "kernel_check.h"
 
+#include "calibration.h"
+
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
@@ -17,8 +19,6 @@ namespace oq = onnxquant;
 namespace onnxquant::binding {
 namespace {
 
-using FloatArray = py::array_t<float, py::array::c_style>;
-
 const char* KindName(oq::KernelKind kind) {
   switch (kind) {
     case oq::KernelKind::kPairSums:
@@ -32,24 +32,16 @@ const char* KindName(oq::KernelKind kind) {
 }
 
 void Add(oq::KernelChecker& self, const py::dict& arrays) {
-  std::vector<py::object> keep;  // alive while the GIL is released
+  std::vector<py::array> keep;  // alive while the GIL is released
   std::unordered_map<std::string, oq::ActivationView> views;
   for (const auto& item : arrays) {
     const std::string name = py::cast<std::string>(item.first);
-    py::object obj = py::reinterpret_borrow<py::object>(item.second);
-    if (!py::isinstance<FloatArray>(obj) ||
-        !(py::cast<py::array>(obj).flags() & py::array::c_style)) {
-      throw oq::InvalidArgument(
-          "Tensor '" + name +
-          "' must be a float32 C-contiguous numpy array (use "
-          "numpy.ascontiguousarray(x, dtype=numpy.float32)).");
-    }
-    auto arr = py::cast<py::array>(obj);
+    py::array arr = AsFloatArray(name, item.second);
     oq::ActivationView v;
     v.shape.assign(arr.shape(), arr.shape() + arr.ndim());
     v.data = static_cast<const float*>(arr.data());
     views.emplace(name, std::move(v));
-    keep.push_back(std::move(obj));
+    keep.push_back(std::move(arr));
   }
   py::gil_scoped_release release;
   self.Add(views);

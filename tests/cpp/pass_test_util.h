@@ -10,6 +10,11 @@
 
 namespace onnxquant::testing {
 
+// The input names of `node`, in order.
+inline std::vector<std::string> Inputs(const pb::NodeProto& node) {
+  return std::vector<std::string>(node.input().begin(), node.input().end());
+}
+
 // The op types of the main graph's nodes, in order.
 inline std::vector<std::string> OpTypes(const pb::ModelProto& model) {
   std::vector<std::string> types;

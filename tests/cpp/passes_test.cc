@@ -16,12 +16,9 @@ using testing::FindInitializer;
 using testing::FindNode;
 using testing::FindProducer;
 using testing::GraphBuilder;
+using testing::Inputs;
 using testing::OpTypes;
 using Strings = std::vector<std::string>;
-
-Strings Inputs(const pb::NodeProto& node) {
-  return Strings(node.input().begin(), node.input().end());
-}
 
 Strings GraphInputs(const pb::ModelProto& m) {
   Strings names;

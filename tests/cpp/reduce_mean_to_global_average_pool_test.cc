@@ -13,12 +13,9 @@ namespace {
 using testing::FindInitializer;
 using testing::FindProducer;
 using testing::GraphBuilder;
+using testing::Inputs;
 using testing::OpTypes;
 using Strings = std::vector<std::string>;
-
-Strings Inputs(const pb::NodeProto& node) {
-  return Strings(node.input().begin(), node.input().end());
-}
 
 // A value_info entry for `name`: float with `rank` unknown dims.
 void AddShapedValueInfo(pb::ModelProto* model, const std::string& name,

@@ -199,8 +199,10 @@ def test_sigmoid_between_quantized_tensors_runs_as_qlinear_sigmoid(sigmoid_gate_
     assert "Planned float but fused" in str(excluded)
 
 
-def test_silu_runs_in_float(parse_model):
-    model = oq.optimize_model(parse_model("""
+@pytest.fixture()
+def silu_model(parse_model):
+    """MatMul, then x * sigmoid(x), then MatMul, normalised."""
+    return oq.optimize_model(parse_model("""
         <ir_version: 8, opset_import: ["" : 13]>
         g (float[N, 8] x) => (float[N, 8] z) <float[8, 8] w = {%s}> {
             y = MatMul (x, w)
@@ -209,6 +211,10 @@ def test_silu_runs_in_float(parse_model):
             z = MatMul (m, w)
         }
     """ % ", ".join("0.1" for _ in range(64))))
+
+
+def test_silu_runs_in_float(silu_model):
+    model = silu_model
     calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
     calibrator.collect_data(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 1, 8))
     _, report = oq.quantize(model, calibrator.compute_range(), return_report=True)
@@ -217,16 +223,8 @@ def test_silu_runs_in_float(parse_model):
         [("Sigmoid", "Mul")]
 
 
-def test_quantize_silu_runs_the_silu_on_integer_kernels(parse_model):
-    model = oq.optimize_model(parse_model("""
-        <ir_version: 8, opset_import: ["" : 13]>
-        g (float[N, 8] x) => (float[N, 8] z) <float[8, 8] w = {%s}> {
-            y = MatMul (x, w)
-            s = Sigmoid (y)
-            m = Mul (y, s)
-            z = MatMul (m, w)
-        }
-    """ % ", ".join("0.1" for _ in range(64))))
+def test_quantize_silu_runs_the_silu_on_integer_kernels(silu_model):
+    model = silu_model
     options = oq.QuantOptions(quantize_silu=True)  # the Sigmoid's output is calibrated too
     calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, options=options)
     calibrator.collect_data(np.linspace(-1, 1, 64, dtype=np.float32).reshape(8, 1, 8))
