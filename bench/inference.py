@@ -67,7 +67,6 @@ from accuracy_lib.ort_quant import (
     ort_preprocess,
     ort_quantize,
 )
-from accuracy_lib.our_quant import our_ranges
 
 import onnxquant as oq
 from onnxquant.runtime_graph import RuntimeGraph, inspect_runtime_graph
@@ -184,12 +183,11 @@ def _quantize(w: Workload, samples: int, workdir: str) -> tuple[dict[str, str], 
     onnx.save(model, normalised)
     t = time.perf_counter()
     try:
-        method = oq.CalibrationMethod[DEFAULT_METHOD]
-        ranges = our_ranges(model, calibration, oq.QuantOptions(), [method])[method.name]
-        if isinstance(ranges, Exception):
-            raise ranges
+        calibrator = oq.Calibrator(model, oq.CalibrationMethod[DEFAULT_METHOD])
+        calibrator.collect_data(calibration[i:i + 1] for i in range(len(calibration)))
         paths["ours"] = os.path.join(workdir, "ours.onnx")
-        onnx.save(oq.quantize(model, ranges), paths["ours"])
+        onnx.save(oq.quantize(model, calibrator.compute_range(), calibrator=calibrator),
+                  paths["ours"])
     except Exception as e:  # noqa: BLE001 - reported in the table
         paths.pop("ours", None)
         errors["ours"] = first_line(e)
