@@ -34,9 +34,24 @@ class ModelEntry:
     #: None: all. The others show "—".
     methods: tuple[str, ...] | None = None
     ort_methods: tuple[str, ...] | None = None
-    #: Whether the integer-kernel and int8-activation runs (``--fused``, ``--int8``,
-    #: ``--ort-fused``) are made for this entry.
-    kernel_checks: bool = True
+    #: Which test images run on the AVX2 kernels under QEMU (``avx2_subset``): "first", or
+    #: "drawn" for a test set sorted by class (cifar10_test.npz: its first 2 000 images are
+    #: all airplanes and automobiles).
+    avx2_pick: str = "first"
+
+
+def avx2_subset(entry: ModelEntry, count: int) -> tuple[np.ndarray, str]:
+    """Indices into ``entry.test`` of the images run under QEMU, and their description."""
+    total = len(entry.test.y)
+    if count >= total:
+        return np.arange(total), f"all {total} test images"
+    if entry.avx2_pick == "drawn":
+        return (draw(total, count, seed=0),
+                f"{count} of the {total} test images drawn with numpy.random.default_rng(0), "
+                "in file order (the set is sorted by class: its first "
+                f"{count} cover {len(np.unique(entry.test.y[:count]))} of the "
+                f"{len(np.unique(entry.test.y))} classes)")
+    return np.arange(count), f"the first {count} of the {total} test images"
 
 
 def nchw_set(path: str, index: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -73,6 +88,7 @@ def resnet8_cifar10(zoo: str) -> ModelEntry:
             "split less the calibration images (ResNet8 was trained on them: they choose "
             "the method, their top-1 is not an accuracy estimate)"),
         test=LabelledSet(x, y, f"all {len(y)} images of cifar10_test.npz"),
+        avx2_pick="drawn",
     )
 
 
@@ -86,6 +102,28 @@ def mnist_cnn(zoo: str) -> ModelEntry:
         calibration_description="mnist_test.npz images 0-499",
         test=LabelledSet(x[500:], y[500:], "mnist_test.npz images 500-9999"),
     )
+
+
+def fashion_cnn(zoo: str) -> ModelEntry:
+    """The demo's model and data (``onnxquant.demo.default_demo_data``): Debian's
+    Fashion-MNIST, not the zoo."""
+    del zoo
+    from onnxquant.datasets import FASHION_MNIST_ROOT
+    from onnxquant.demo import default_demo_data, default_model_path
+
+    name = "Fashion-MNIST CNN (demo)"
+    if not os.path.isdir(FASHION_MNIST_ROOT):
+        raise MissingModel(name, f"{FASHION_MNIST_ROOT} does not exist (Debian's "
+                                 "dataset-fashion-mnist is not installed)")
+    data = default_demo_data()
+    return ModelEntry(
+        name=name, path=default_model_path(), calibration=data.calibration,
+        calibration_description=(
+            f"{len(data.calibration)} of the 60000 training images of Debian's "
+            "dataset-fashion-mnist drawn with numpy.random.default_rng(0) (file order), / 255 "
+            "(`onnxquant.demo.default_demo_data`, as `onnxquant demo`)"),
+        test=LabelledSet(data.test_inputs, data.test_labels,
+                         f"all {len(data.test_labels)} test images (t10k)"))
 
 
 class MissingModel(FileNotFoundError):
@@ -163,7 +201,7 @@ def cifar_entry(stem: str, dynamo: bool = False) -> Callable[[str], ModelEntry]:
         calibration, description, val, test = cifar_sets(zoo)
         return ModelEntry(
             name=name, path=path, methods=CIFAR_METHODS, ort_methods=CIFAR_ORT_METHODS,
-            kernel_checks=False,
+            avx2_pick="drawn",
             calibration=calibration, calibration_description=description,
             test=test, validation=val)
     return build
@@ -173,6 +211,7 @@ def cifar_entry(stem: str, dynamo: bool = False) -> Callable[[str], ModelEntry]:
 MODELS: dict[str, Callable[[str], ModelEntry]] = {
     "resnet8": resnet8_cifar10,
     "mnist": mnist_cnn,
+    "fashion": fashion_cnn,
     **{f"cifar-{stem}": cifar_entry(stem) for stem in CIFAR_NETS},
     **{f"cifar-{stem}-dynamo": cifar_entry(stem, dynamo=True) for stem in CIFAR_NETS},
 }

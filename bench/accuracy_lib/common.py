@@ -12,17 +12,21 @@ import onnx
 
 import onnxquant as oq
 from onnxquant.cpu import cpu_kernels
+from onnxquant.qemu import qemu_executable
 
 #: bench/ (this package's parent folder).
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REPO = os.path.dirname(HERE)
 DEFAULT_ZOO = os.environ.get("ONNXQUANT_ZOO", os.path.join(REPO, "..", "shared", "zoo"))
 
-#: The onnxquant method whose integer-kernel figure is reported by default (the library's
-#: default method).
+#: The library's default method: onnxquant's choice where an entry has no validation set,
+#: and the one whose per-tensor errors and ranges are reported.
 DEFAULT_METHOD = "MIN_MAX_ASYM"
 #: ONNX Runtime's calibration methods compared, in table order.
 ORT_METHODS = ("MinMax", "Entropy", "Percentile")
+#: ONNX Runtime's choice where an entry has no validation set: quantize_static's defaults
+#: (MinMax, reduce_range=False).
+ORT_DEFAULT_METHOD = "MinMax"
 #: ONNX Runtime's defaults for the extra options of each method (onnxruntime 1.31
 #: ``calibrate.create_calibrator``), written down for the report; the script passes none.
 ORT_DEFAULTS = {
@@ -32,6 +36,13 @@ ORT_DEFAULTS = {
 }
 QUICK_TEST = 2000
 QUICK_VALIDATION = 1000
+#: Test images run on ONNX Runtime's AVX2 kernels under QEMU (about 50 times slower than
+#: native), and with ``--quick``.
+AVX2_IMAGES = 2000
+QUICK_AVX2_IMAGES = 200
+#: Fused and emulated top-1 agree when |fused - emulated| <= max(AGREEMENT_POINTS,
+#: 2 paired SE) (the tolerance of tests/python's accuracy tests).
+AGREEMENT_POINTS = 0.3
 
 
 @dataclass
@@ -88,12 +99,36 @@ def is_tie(difference: float, se: float) -> bool:
     return difference == 0 or abs(difference) < 2 * se
 
 
+def agreement_met(gap: float, se: float) -> bool:
+    """Whether fused and emulated top-1 ``gap`` points apart agree:
+    |gap| <= max(AGREEMENT_POINTS, 2 se)."""
+    return abs(gap) <= max(AGREEMENT_POINTS, 2 * se)
+
+
+def qemu_version() -> str:
+    """The first line of ``qemu-x86_64 --version``, or why there is none."""
+    path = qemu_executable()
+    if path is None:
+        return "not installed"
+    try:
+        out = subprocess.run([path, "--version"], capture_output=True, text=True,
+                             check=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"{path} (version unknown: {first_line(e)})"
+    return out.strip().splitlines()[0] if out.strip() else path
+
+
+def available_cpus() -> int:
+    """The CPUs this process may use."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return cpus or 1
+
+
 def cpu_description() -> tuple[str, list[str], int]:
     """The CPU's name, its ISA flags that decide ONNX Runtime's integer
     kernels (onnxquant.cpu), and the CPUs this process may use."""
     kernels = cpu_kernels()
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return kernels.name, list(kernels.flags), cpus or 0
+    return kernels.name, list(kernels.flags), available_cpus()
 
 
 def git_revision() -> str:

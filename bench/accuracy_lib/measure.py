@@ -5,43 +5,85 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 
 import onnxquant as oq
-from onnxquant.evaluate import compare_top1, make_session, predict
+from onnxquant.evaluate import DeployedAccuracy, compare_top1, deployed_top1, \
+    kernels_description, make_session, predict
+from onnxquant.qemu import qemu_available
+from onnxquant.report import KernelRemedy
 
-from .classifiers import ModelEntry
-from .common import DEFAULT_METHOD, ORT_METHODS, LabelledSet, first_line, is_tie, log, optimize
+from .avx2 import Avx2Job, run_avx2
+from .classifiers import ModelEntry, avx2_subset
+from .common import (
+    DEFAULT_METHOD,
+    ORT_DEFAULT_METHOD,
+    ORT_METHODS,
+    available_cpus,
+    first_line,
+    is_tie,
+    log,
+    optimize,
+)
 from .ort_quant import (
     GEMM_BIAS_NOTE,
+    OrtConfig,
     gemm_bias_workaround,
+    ort_configs,
     ort_preprocess,
     ort_quantize,
     ort_ranges,
 )
-from .our_quant import our_ranges
+from .our_quant import our_calibration
 from .tensor_errors import ModelErrors, tensor_errors
 
 
 @dataclass
 class Run:
-    """One quantized configuration's predictions (or why there are none)."""
+    """One quantized configuration's outputs on the test (and validation) images, or why
+    there are none. ``fused``: ONNX Runtime's default session options (QDQ fused into this
+    CPU's integer kernels); ``emulated``: ``session.disable_quant_qdq = 1``."""
 
     tool: str                      # "onnxquant" or "onnxruntime"
-    method: str
-    kernels: str = "emulated"      # "emulated" or "integer"
+    method: str                    # the column label
     activations: str = "uint8"
-    test_logits: np.ndarray | None = None
-    validation_logits: np.ndarray | None = None
+    target: str = "portable"       # onnxquant's quantize(target=...)
+    reduce_range: bool = False     # ONNX Runtime's quantize_static(reduce_range=...)
+    candidate: bool = False        # competes for the tool's best method
+    test_fused: np.ndarray | None = None
+    test_emulated: np.ndarray | None = None
+    validation_fused: np.ndarray | None = None
+    model: bytes | None = None     # the INT8 model, kept until the QEMU runs
+    checked: int | None = None     # report.kernels.checked (onnxquant)
+    remedies: tuple[KernelRemedy, ...] | None = None   # report.kernels.remedies
     error: str | None = None
     note: str | None = None
 
     @property
     def label(self) -> str:
         return f"{self.tool} {self.method}"
+
+
+@dataclass
+class Choice:
+    """A tool's method for the summary: the best on validation (fused), or, without a
+    validation set, the tool's default (``validation_top1`` None)."""
+
+    run: Run
+    validation_top1: float | None
+    tied: list[str]          # other candidates within two paired SE of it on validation
+
+
+@dataclass
+class Avx2Run:
+    """A chosen run's fused outputs on ONNX Runtime's AVX2 kernels under QEMU."""
+
+    role: str                # "onnxquant", "onnxruntime", "onnxruntime, reduce_range"
+    run: Run
+    job: Avx2Job
 
 
 @dataclass
@@ -55,13 +97,26 @@ class ModelResult:
     seconds: float
     notes: list[str]
     errors: ModelErrors | None = None                   # per-tensor error figures
+    ours: Choice | None = None
+    theirs: Choice | None = None
+    theirs_reduce_range: Choice | None = None   # ORT's best with reduce_range=True
+    exact: Run | None = None          # ours' chosen method with target="exact", fused
+    avx2: list[Avx2Run] = field(default_factory=list)
+    avx2_index: np.ndarray | None = None
+    avx2_description: str = ""
+    avx2_seconds: float = 0.0         # wall time of this entry's QEMU runs
+    avx2_skipped: str | None = None   # why the AVX2 part did not run
 
+    def deployed(self, run: Run) -> DeployedAccuracy:
+        """``run`` as deployed on this CPU's kernels, beside its emulation (test set)."""
+        return deployed_top1(self.fp32_test, run.test_emulated, run.test_fused,
+                             self.entry.test.y, kernels_description("native"))
 
-def _logits(model: onnx.ModelProto, data: LabelledSet | None, emulate: bool,
-            threads: int | None) -> np.ndarray | None:
-    if data is None:
-        return None
-    return predict(make_session(model, emulate=emulate, threads=threads), data.x)
+    def deployed_avx2(self, a: Avx2Run) -> DeployedAccuracy:
+        """``a`` on the AVX2 kernels beside its emulation, on the AVX2 images."""
+        i = self.avx2_index
+        return deployed_top1(self.fp32_test[i], a.run.test_emulated[i], a.job.outputs,
+                             self.entry.test.y[i], kernels_description("avx2"))
 
 
 def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelResult:
@@ -73,25 +128,33 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
     onnx.save(model, normalised)
     input_name = model.graph.input[0].name
     test, val = entry.test, entry.validation
-    fp32_test = _logits(model, test, True, threads)
-    fp32_val = _logits(model, val, True, threads)
+    fp32 = make_session(model, emulate=False, threads=threads)
+    fp32_test = predict(fp32, test.x)
+    fp32_val = predict(fp32, val.x) if val is not None else None
     runs: list[Run] = []
     range_columns: dict[str, dict[str, tuple[float, float]]] = {}
     tensors: list[str] = []
     errors: ModelErrors | None = None
 
-    def evaluate(run: Run, q: onnx.ModelProto) -> Run:
-        emulate = run.kernels == "emulated"
+    def evaluate(run: Run, q: bytes) -> Run:
+        """Fused on the test set (and, for a candidate, the validation set), emulated on
+        the test set."""
         try:
-            run.test_logits = _logits(q, test, emulate, threads)
-            run.validation_logits = _logits(q, val, emulate, threads)
+            fused = make_session(q, emulate=False, threads=threads)
+            run.test_fused = predict(fused, test.x)
+            if run.candidate and val is not None:
+                run.validation_fused = predict(fused, val.x)
+            run.test_emulated = predict(make_session(q, emulate=True, threads=threads),
+                                        test.x)
         except Exception as e:  # noqa: BLE001 - ONNX Runtime refusing the INT8 model
-            run.test_logits = run.validation_logits = None
+            run.test_fused = run.test_emulated = run.validation_fused = None
             run.error = first_line(e)
+        run.model = q
         return run
 
-    # onnxquant: one collection per set of Calibrator keywords serves every method.
-    ranges: dict[str, dict[str, tuple[float, float]] | Exception] = {}
+    # onnxquant: one collection per set of Calibrator keywords serves every method; the
+    # default quantize (target="portable") replays that Calibrator's first samples.
+    calibrations: dict[str, tuple[oq.Calibrator, dict] | Exception] = {}
     configs = [c for c in args.configs if entry.methods is None or c.label in entry.methods]
     ort_methods = [m for m in ORT_METHODS
                    if entry.ort_methods is None or m in entry.ort_methods]
@@ -99,132 +162,190 @@ def measure(entry: ModelEntry, args: argparse.Namespace, workdir: str) -> ModelR
         t = time.perf_counter()
         group = [c for c in configs if c.calibrator_kwargs == kwargs]
         try:
-            found = our_ranges(model, entry.calibration, oq.QuantOptions(),
-                               [oq.CalibrationMethod[c.method] for c in group], **dict(kwargs))
+            found = our_calibration(model, entry.calibration, oq.QuantOptions(),
+                                    [oq.CalibrationMethod[c.method] for c in group],
+                                    **dict(kwargs))
         except Exception as e:  # noqa: BLE001 - e.g. the Calibrator refusing the model
             log(f"  onnxquant calibration failed: {first_line(e)}")
             found = {c.method: e for c in group}
-        ranges.update({c.label: found[c.method] for c in group})
+        calibrations.update({c.label: found[c.method] for c in group})
         log(f"  onnxquant calibration ({len(entry.calibration)} samples"
             f"{', ' + ', '.join(f'{k}={v}' for k, v in kwargs) if kwargs else ''}): "
             f"{time.perf_counter() - t:.1f} s")
     for c in configs:
-        r = ranges[c.label]
-        if isinstance(r, Exception):
-            runs.append(Run("onnxquant", c.label, error=f"{type(r).__name__}: {r}"))
+        found = calibrations[c.label]
+        run = Run("onnxquant", c.label, candidate=not c.calibrator_kwargs)
+        if isinstance(found, Exception):
+            run.error = f"{type(found).__name__}: {found}"
+            runs.append(run)
             continue
+        cal, r = found
         range_columns[c.label] = r
         if not tensors:
             tensors = list(r)
         t = time.perf_counter()
-        kernels = ["emulated"] + (["integer"] if c.label in args.fused and
-                                  entry.kernel_checks else [])
         try:
-            q = oq.quantize(model, r)
+            q, report = oq.quantize(model, r, calibrator=cal, return_report=True)
         except Exception as e:  # noqa: BLE001 - recorded in the report, the run goes on
-            runs += [Run("onnxquant", c.label, kernels=k, error=first_line(e)) for k in kernels]
+            run.error = first_line(e)
+            runs.append(run)
             log(f"  onnxquant {c.label}: quantize failed: {first_line(e)}")
             continue
-        for k in kernels:
-            runs.append(evaluate(Run("onnxquant", c.label, kernels=k), q))
+        run.checked, run.remedies = report.kernels.checked, report.kernels.remedies
+        runs.append(evaluate(run, q.SerializeToString()))
         if c.label == DEFAULT_METHOD and args.tensor_errors:
             try:
                 errors = tensor_errors(model, q, r, test.x, c.label, threads)
             except Exception as e:  # noqa: BLE001 - a diagnostic; the table goes on
                 notes.append(f"Per-tensor error figures failed: {first_line(e)}")
         log(f"  onnxquant {c.label}: {time.perf_counter() - t:.1f} s")
-    for name in [m for m in args.int8 if entry.kernel_checks and
-                 (entry.methods is None or m in entry.methods)]:
+    for name in [m for m in args.int8 if entry.methods is None or m in entry.methods]:
         # int8 activations: their own plan, so their own collection
-        m = oq.CalibrationMethod[name]
         options = oq.QuantOptions(activation_type="int8")
+        run = Run("onnxquant", name, activations="int8")
         try:
-            r = our_ranges(model, entry.calibration, options, [m])[name]
+            found = our_calibration(model, entry.calibration, options,
+                                    [oq.CalibrationMethod[name]])[name]
+            if isinstance(found, Exception):
+                raise found
+            q = oq.quantize(model, found[1], options=options, calibrator=found[0])
         except Exception as e:  # noqa: BLE001 - recorded in the report
-            r = e
-        for k in ("emulated", "integer"):
-            run = Run("onnxquant", name, kernels=k, activations="int8")
-            if isinstance(r, Exception):
-                run.error = f"{type(r).__name__}: {r}"
-                runs.append(run)
-                continue
-            try:
-                q = oq.quantize(model, r, options=options)
-            except Exception as e:  # noqa: BLE001 - recorded in the report
-                run.error = first_line(e)
-                runs.append(run)
-                continue
-            runs.append(evaluate(run, q))
+            run.error = first_line(e)
+            runs.append(run)
+            continue
+        runs.append(evaluate(run, q.SerializeToString()))
 
-    # ONNX Runtime: pre-processing, then one quantize_static per method.
+    # ONNX Runtime: pre-processing, then quantize_static per method and reduce_range (one
+    # calibration per method: the second call reads the first one's calibration cache).
     ort_source = ort_preprocess(normalised, workdir, args.ort_preprocess, notes)
     workaround = None
-    for method in ort_methods:
+    for config in ort_configs(ort_methods):
         t = time.perf_counter()
-        output = os.path.join(workdir, f"ort_{method}.onnx")
-        note = None
+        output = os.path.join(workdir, f"ort_{config.method}_{int(config.reduce_range)}.onnx")
+        cache = os.path.join(workdir, f"ort_{config.method}_calibration.json")
+        run = Run("onnxruntime", config.label, reduce_range=config.reduce_range,
+                  candidate=True)
+
+        def quantize_static(source: str, config: OrtConfig = config, output: str = output,
+                            cache: str = cache) -> None:
+            ort_quantize(source, output, input_name, entry.calibration, config.method,
+                         reduce_range=config.reduce_range, calibration_cache=cache)
         try:
-            ort_quantize(workaround or ort_source, output, input_name, entry.calibration,
-                         method)
+            quantize_static(workaround or ort_source)
         except ValueError as e:
             retry = None if workaround else gemm_bias_workaround(ort_source, e, workdir)
             if retry is None:
-                runs.append(Run("onnxruntime", method, error=f"{type(e).__name__}: {e}"))
+                run.error = f"{type(e).__name__}: {e}"
+                runs.append(run)
                 continue
             workaround = retry
             notes.append(GEMM_BIAS_NOTE)
             try:
-                ort_quantize(workaround, output, input_name, entry.calibration, method)
+                quantize_static(workaround)
             except Exception as e2:  # noqa: BLE001 - recorded in the report
-                runs.append(Run("onnxruntime", method, error=first_line(e2)))
+                run.error = first_line(e2)
+                runs.append(run)
                 continue
         except Exception as e:  # noqa: BLE001 - recorded in the report, the run goes on
-            runs.append(Run("onnxruntime", method, error=first_line(e)))
-            log(f"  onnxruntime {method}: quantize_static failed: {first_line(e)}")
+            run.error = first_line(e)
+            runs.append(run)
+            log(f"  onnxruntime {config.label}: quantize_static failed: {first_line(e)}")
             continue
         if workaround is not None:
-            note = "Gemm bias reshaped to 1-D (onnxruntime#24815)"
+            run.note = "Gemm bias reshaped to 1-D (onnxruntime#24815)"
         q = onnx.load(output)
-        range_columns[f"ORT {method}"] = ort_ranges(q)
-        kernels = ["emulated"] + (["integer"] if method in args.ort_fused and
-                                  entry.kernel_checks else [])
-        for k in kernels:
-            runs.append(evaluate(Run("onnxruntime", method, kernels=k, note=note), q))
-        log(f"  onnxruntime {method}: {time.perf_counter() - t:.1f} s")
+        if not config.reduce_range:
+            range_columns[f"ORT {config.method}"] = ort_ranges(q)
+        runs.append(evaluate(run, q.SerializeToString()))
+        log(f"  onnxruntime {config.label}: {time.perf_counter() - t:.1f} s")
     for column in range_columns.values():
         tensors += [t for t in column if t not in tensors]
-    return ModelResult(entry, fp32_test, fp32_val, runs, range_columns, tensors,
-                       time.perf_counter() - start, notes, errors)
+
+    result = ModelResult(entry, fp32_test, fp32_val, runs, range_columns, tensors, 0.0,
+                         notes, errors)
+    result.ours = choose(result, "onnxquant", DEFAULT_METHOD)
+    result.theirs = choose(result, "onnxruntime", ORT_DEFAULT_METHOD)
+    if result.ours is not None and args.exact:
+        result.exact = _exact(model, calibrations[result.ours.run.method], result.ours.run,
+                              test.x, threads)
+    _measure_avx2(result, args)
+    for run in runs:
+        run.model = None
+    result.seconds = time.perf_counter() - start
+    return result
 
 
-@dataclass
-class Best:
-    run: Run
-    validation_top1: float
-    tied: list[str]          # other methods within two paired SE of it on validation
+def _exact(model: onnx.ModelProto, found, portable: Run, x: np.ndarray,
+           threads: int | None) -> Run:
+    """The chosen method's ranges quantized with target="exact", fused on the test set."""
+    run = Run("onnxquant", portable.method, target="exact")
+    try:
+        q = oq.quantize(model, found[1], target="exact")
+        run.test_fused = predict(make_session(q, emulate=False, threads=threads), x)
+    except Exception as e:  # noqa: BLE001 - recorded in the report
+        run.error = first_line(e)
+    return run
 
 
-def choose_best(result: ModelResult, tool: str) -> Best | None:
-    """The tool's emulated uint8 method with the highest validation top-1 (the first in table
-    order on an exact tie); None without a validation set."""
-    val = result.entry.validation
-    if val is None:
-        return None
-    runs = [r for r in result.runs if r.tool == tool and r.kernels == "emulated"
-            and r.activations == "uint8" and r.error is None]
+def _measure_avx2(result: ModelResult, args: argparse.Namespace) -> None:
+    """The chosen runs (ours, ONNX Runtime's best and, unless
+    ``--no-avx2-ort-reduce-range``, ONNX Runtime's best with reduce_range=True where that
+    is another run) fused under QEMU on the AVX2 images."""
+    if not args.avx2_images:
+        result.avx2_skipped = "not run (--avx2-images 0)"
+        return
+    if not qemu_available():
+        result.avx2_skipped = ("not run: qemu-x86_64 is not installed (apt-get install "
+                               "qemu-user) or this is not an x86-64 Linux host")
+        return
+    roles = [("onnxquant", result.ours), ("onnxruntime", result.theirs)]
+    if args.avx2_ort_reduce_range:
+        reduced = choose(result, "onnxruntime", ORT_DEFAULT_METHOD, reduce_range=True)
+        result.theirs_reduce_range = reduced
+        if reduced is not None and (result.theirs is None or
+                                    reduced.run is not result.theirs.run):
+            roles.append(("onnxruntime, reduce_range", reduced))
+    index, description = avx2_subset(result.entry, args.avx2_images)
+    result.avx2_index, result.avx2_description = index, description
+    x = result.entry.test.x[index]
+    chosen = [(role, c.run) for role, c in roles if c is not None]
+    result.avx2 = [Avx2Run(role, run, Avx2Job(run.model, x)) for role, run in chosen]
+    workers = args.avx2_workers
+    threads = args.avx2_threads or max(1, available_cpus() // max(1, workers))
+    log(f"  AVX2 under QEMU: {len(result.avx2)} models on {len(index)} images, "
+        f"{workers} at a time, {threads} thread(s) each")
+    result.avx2_seconds = run_avx2([a.job for a in result.avx2], workers, threads,
+                                   args.avx2_timeout)
+    for a in result.avx2:
+        status = a.job.error or f"{a.job.seconds:.1f} s"
+        log(f"  AVX2 {a.role} {a.run.method}: {status}")
+
+
+def choose(result: ModelResult, tool: str, default: str,
+           reduce_range: bool | None = None) -> Choice | None:
+    """The tool's candidate run with the highest fused validation top-1 (the first in
+    table order on an exact tie), or, without a validation set, its ``default`` method.
+    ``reduce_range``: only ONNX Runtime runs with that reduce_range (None: any)."""
+    runs = [r for r in result.runs if r.tool == tool and r.candidate and r.error is None
+            and (reduce_range is None or r.reduce_range == reduce_range)]
     if not runs:
         return None
-    scores = [compare_top1(result.fp32_validation, r.validation_logits, val.y).candidate
+    val = result.entry.validation
+    if val is None:
+        wanted = default + (" (reduce_range=True)" if reduce_range else "")
+        run = next((r for r in runs if r.method == wanted), None)
+        return Choice(run, None, []) if run is not None else None
+    scores = [compare_top1(result.fp32_validation, r.validation_fused, val.y).candidate
               for r in runs]
     best = runs[int(np.argmax(scores))]
     tied = []
     for r in runs:
         if r is best:
             continue
-        a = compare_top1(best.validation_logits, r.validation_logits, val.y)
+        a = compare_top1(best.validation_fused, r.validation_fused, val.y)
         if is_tie(-a.drop, a.paired_se):
             tied.append(r.method)
-    return Best(best, max(scores), tied)
+    return Choice(best, max(scores), tied)
 
 
 def argmax_ties(logits: np.ndarray) -> float:
@@ -252,14 +373,12 @@ def auto_notes(result: ModelResult) -> list[str]:
     tied = []
     for run in result.runs:
         if run.error is None:
-            ties = argmax_ties(run.test_logits)
+            ties = argmax_ties(run.test_fused)
             if ties > ref:
-                extra = [k for k in (run.kernels if run.kernels != "emulated" else "",
-                                     run.activations if run.activations != "uint8" else "") if k]
-                label = run.label + (f" ({', '.join(extra)})" if extra else "")
-                tied.append(f"{label} {ties:.2f}")
+                extra = f" ({run.activations})" if run.activations != "uint8" else ""
+                tied.append(f"{run.label}{extra} {ties:.2f}")
     if tied:
-        notes.append("The largest output is shared by two or more classes (argmax then takes "
-                     "the first) on this share of test images, in %: FP32 "
-                     f"{ref:.2f}; " + "; ".join(tied) + ".")
+        notes.append("The largest output of the fused INT8 model is shared by two or more "
+                     "classes (argmax then takes the first) on this share of test images, "
+                     f"in %: FP32 {ref:.2f}; " + "; ".join(tied) + ".")
     return notes

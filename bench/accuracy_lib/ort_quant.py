@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -44,8 +45,32 @@ def flatten_gemm_bias(model: onnx.ModelProto) -> int:
     return changed
 
 
+@dataclass(frozen=True)
+class OrtConfig:
+    """An ONNX Runtime configuration: a calibration method and ``reduce_range`` (7-bit
+    weights, ONNX Runtime's advice for x86 CPUs without VNNI)."""
+
+    method: str
+    reduce_range: bool = False
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} (reduce_range=True)" if self.reduce_range else self.method
+
+
+def ort_configs(methods: tuple[str, ...] | list[str]) -> list[OrtConfig]:
+    """The grid: each method with reduce_range False, then True."""
+    return [OrtConfig(m, r) for m in methods for r in (False, True)]
+
+
 def ort_quantize(source: str, output: str, input_name: str, calibration: np.ndarray,
-                 method: str, nodes_to_exclude: list[str] | None = None) -> None:
+                 method: str, nodes_to_exclude: list[str] | None = None, *,
+                 reduce_range: bool = False, calibration_cache: str | None = None) -> None:
+    """``quantize_static`` (QDQ, per-channel, QUInt8 activations, QInt8 weights) of
+    ``source`` into ``output``. ``calibration_cache``: ONNX Runtime's
+    ``calibration_cache_path`` (a JSON file: written by the first call with it, then read
+    instead of calibrating again, e.g. for the same method with the other
+    ``reduce_range``)."""
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -59,7 +84,8 @@ def ort_quantize(source: str, output: str, input_name: str, calibration: np.ndar
                         quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=getattr(CalibrationMethod, method),
-                        nodes_to_exclude=nodes_to_exclude)
+                        nodes_to_exclude=nodes_to_exclude, reduce_range=reduce_range,
+                        calibration_cache_path=calibration_cache)
 
 
 GEMM_BIAS_NOTE = (

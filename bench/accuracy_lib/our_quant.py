@@ -50,19 +50,21 @@ def our_configs(variants: bool) -> list[OurConfig]:
     return configs
 
 
-def our_ranges(model: onnx.ModelProto, calibration: np.ndarray, options: oq.QuantOptions,
-               methods: list[oq.CalibrationMethod], **kwargs
-               ) -> dict[str, dict[str, tuple[float, float]] | Exception]:
-    """Method name -> ranges (or the exception that method raised); ``kwargs`` go to the
-    Calibrator."""
-    out: dict[str, dict[str, tuple[float, float]] | Exception] = {}
+def our_calibration(model: onnx.ModelProto, calibration: np.ndarray,
+                    options: oq.QuantOptions, methods: list[oq.CalibrationMethod], **kwargs
+                    ) -> dict[str, tuple[oq.Calibrator, dict[str, tuple[float, float]]] |
+                              Exception]:
+    """Method name -> (the Calibrator, its ranges), or the exception that method raised;
+    ``kwargs`` go to the Calibrator. The Calibrator is what ``quantize(calibrator=...)``
+    takes: with ``target="portable"`` it replays the Calibrator's first samples."""
+    out: dict[str, tuple[oq.Calibrator, dict[str, tuple[float, float]]] | Exception] = {}
     if has_method_api():
         cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, options=options,
                             **kwargs)
         cal.collect_data(_samples(calibration))
         for m in methods:
             try:
-                out[m.name] = cal.compute_range(m)
+                out[m.name] = (cal, cal.compute_range(m))
             except (NotImplementedError, oq.OnnxQuantError) as e:
                 out[m.name] = e
         return out
@@ -73,8 +75,18 @@ def our_ranges(model: onnx.ModelProto, calibration: np.ndarray, options: oq.Quan
             out[m.name] = e
             continue
         cal.collect_data(_samples(calibration))
-        out[m.name] = cal.compute_range()
+        out[m.name] = (cal, cal.compute_range())
     return out
+
+
+def our_ranges(model: onnx.ModelProto, calibration: np.ndarray, options: oq.QuantOptions,
+               methods: list[oq.CalibrationMethod], **kwargs
+               ) -> dict[str, dict[str, tuple[float, float]] | Exception]:
+    """Method name -> ranges (or the exception that method raised); ``kwargs`` go to the
+    Calibrator."""
+    return {k: v if isinstance(v, Exception) else v[1]
+            for k, v in our_calibration(model, calibration, options, methods,
+                                        **kwargs).items()}
 
 
 def default_percentage() -> object:

@@ -13,36 +13,39 @@ import onnx
 import onnxruntime as ort
 
 import onnxquant as oq
-from onnxquant.evaluate import compare_top1
+from onnxquant.cpu import cpu_kernels
+from onnxquant.evaluate import Accuracy, compare_top1, kernels_description
+from onnxquant.qemu import QEMU_CPU
 
 from .common import (
+    AGREEMENT_POINTS,
+    DEFAULT_METHOD,
+    ORT_DEFAULT_METHOD,
     ORT_DEFAULTS,
     ORT_METHODS,
     REPO,
-    cpu_description,
+    agreement_met,
+    available_cpus,
     git_revision,
     is_tie,
+    qemu_version,
     table,
 )
-from .measure import Best, ModelResult, Run, auto_notes, choose_best
+from .measure import Choice, ModelResult, Run, auto_notes
+from .ort_quant import ort_configs
 from .our_quant import calibrator_default, default_percentage, has_method_api
 from .task_faces import FACE_MATCH_IOU, FACE_NMS_IOU, FACE_SCORE_THRESHOLD
 from .task_registry import TASK_GROUPS
 from .tasks import Column, TaskResult
 from .tensor_errors import render_errors
 
+#: models/cifar networks whose kernel remedies are listed layer by layer (appendix).
+REMEDY_APPENDIX = ("resnet", "mobilenetv2")
 
-def fmt_delta(acc) -> str:
-    return f"{0.0 - acc.drop:+.2f} ± {acc.paired_se:.2f}"  # 0.0 - x: never "-0.00" for 0
 
-
-def cell(result: ModelResult, run: Run | None) -> str:
-    if run is None:
-        return "—"
-    if run.error is not None:
-        return "not built" if run.error.startswith("NotImplementedError") else "failed"
-    a = compare_top1(result.fp32_test, run.test_logits, result.entry.test.y)
-    return f"{a.candidate:.2f} ({fmt_delta(a)})"
+def fmt_acc(a: Accuracy) -> str:
+    """Candidate top-1, then (candidate - reference ± paired SE)."""
+    return f"{a.candidate:.2f} ({0.0 - a.drop:+.2f} ± {a.paired_se:.2f})"  # never "-0.00"
 
 
 def fp32_top1(result: ModelResult) -> float:
@@ -50,32 +53,66 @@ def fp32_top1(result: ModelResult) -> float:
     return float((result.fp32_test.reshape(len(y), -1).argmax(1) == y).mean() * 100)
 
 
-def find(result: ModelResult, tool: str, method: str, kernels: str = "emulated",
-         activations: str = "uint8") -> Run | None:
+def find(result: ModelResult, tool: str, method: str, activations: str = "uint8"
+         ) -> Run | None:
     for r in result.runs:
-        if (r.tool, r.method, r.kernels, r.activations) == (tool, method, kernels, activations):
+        if (r.tool, r.method, r.activations) == (tool, method, activations):
             return r
     return None
 
 
-def fmt_range(r: tuple[float, float] | None) -> str:
-    if r is None:
-        return ""
-    return f"{r[0]:.4g} … {r[1]:.4g}"
+def cell(result: ModelResult, run: Run | None, fused: bool = True) -> str:
+    """Test top-1 (INT8 − FP32 ± paired SE) of ``run``, fused or emulated."""
+    if run is None:
+        return "—"
+    if run.error is not None:
+        return "not built" if run.error.startswith("NotImplementedError") else "failed"
+    logits = run.test_fused if fused else run.test_emulated
+    return fmt_acc(compare_top1(result.fp32_test, logits, result.entry.test.y))
 
 
-def render(results: list[ModelResult], args: argparse.Namespace, seconds: float,
+def top1(logits: np.ndarray, y: np.ndarray) -> str:
+    return f"{(logits.reshape(len(y), -1).argmax(1) == y).mean() * 100:.2f}"
+
+
+def versus(y: np.ndarray, theirs: np.ndarray, ours: np.ndarray) -> str:
+    """ours − theirs ± paired SE, and the verdict (a tie under 2 SE)."""
+    a = compare_top1(theirs, ours, y)
+    diff = 0.0 - a.drop
+    verdict = "tie" if is_tie(diff, a.paired_se) else \
+        ("onnxquant better" if diff > 0 else "ONNX Runtime better")
+    return f"{diff:+.2f} ± {a.paired_se:.2f}: {verdict}"
+
+
+def fmt_gap(gap: float, se: float) -> tuple[str, str]:
+    """The fused − emulated cell and the agreement verdict."""
+    return (f"{0.0 + gap:+.2f} ± {se:.2f}",
+            "met" if agreement_met(gap, se) else "**MISSED**")
+
+
+def choice_name(c: Choice | None) -> str:
+    if c is None:
+        return "—"
+    return c.run.method if c.validation_top1 is not None else f"{c.run.method} (default)"
+
+
+def fmt_minutes(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min"
+
+
+def render(results: list[ModelResult], args: argparse.Namespace, times: dict[str, float],
            tasks: list[TaskResult] | None = None,
            skipped: list[tuple[str, str]] | None = None,
            skipped_tasks: list[tuple[str, str]] | None = None) -> str:
     """The report: the classifier sections (unless ``--tasks-only``), the task section
-    (unless ``--no-tasks``), then the classifiers' activation ranges. ``skipped`` and
-    ``skipped_tasks``: (entry name, why) for entries that were not measured."""
-    cpu, flags, cpus = cpu_description()
+    (unless ``--no-tasks``), then the appendices. ``times``: seconds of the classifier
+    part, the task part and the whole run; ``skipped`` and ``skipped_tasks``: (entry name,
+    why) for entries that were not measured."""
     from PIL import __version__ as pillow
 
+    qemu_wall = sum(r.avx2_seconds for r in results)
     lines = [
-        "# INT8 accuracy: onnxquant's calibration methods against ONNX Runtime",
+        "# INT8 accuracy as deployed: onnxquant against ONNX Runtime",
         "",
         "Generated by `bench/accuracy.py`; do not edit by hand. Command:",
         "",
@@ -84,66 +121,202 @@ def render(results: list[ModelResult], args: argparse.Namespace, seconds: float,
         + " ".join(shlex.quote(a) for a in args.argv),
         "```",
         "",
+        (f"- This machine: {cpu_kernels()} (`onnxquant.cpu.cpu_kernels`); "
+         f"{available_cpus()} CPUs available to the process; {platform.system()}."),
+        (f"- AVX2 kernels: {kernels_description('avx2')}; {qemu_version()}."),
         (f"- Versions: onnxquant {oq.__version__} (git {git_revision()}), onnxruntime "
-        f"{ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}, Pillow {pillow}, "
-        f"Python {platform.python_version()}."),
-        (f"- CPU: {cpu}, {cpus} CPUs available to the process, "
-        f"{' '.join(flags) or 'no AVX2/AVX-512/VNNI'} ({platform.machine()}, "
-        f"{platform.system()})."),
-        f"- Run: {datetime.date.today().isoformat()}, {seconds / 60:.1f} min"
-        + (", `--quick`" if args.quick else "") + ".",
+         f"{ort.__version__}, onnx {onnx.__version__}, numpy {np.__version__}, "
+         f"Pillow {pillow}, Python {platform.python_version()}."),
+        (f"- Run: {datetime.date.today().isoformat()}, {fmt_minutes(times['total'])} in all"
+         + ("" if args.tasks_only else
+            f": classifiers {fmt_minutes(times['classifiers'])} (of which QEMU "
+            f"{fmt_minutes(qemu_wall)} wall time)")
+         + (f", tasks {fmt_minutes(times['tasks'])}" if args.tasks else "")
+         + (", `--quick`" if args.quick else "") + "."),
         "",
     ]
     if not args.tasks_only:
-        lines += render_classifiers(results, args, cpu, flags, skipped or [])
+        lines += render_summary(results, args)
+        lines += render_method(results, args)
+        lines += render_classifiers(results, args, skipped or [])
     if args.tasks:
         lines += render_tasks(tasks or [], args, skipped_tasks or [])
     if not args.tasks_only:
+        lines += render_remedies(results)
         lines += render_errors(results)
         lines += render_ranges(results)
     return "\n".join(lines).rstrip() + "\n"
 
 
-def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu: str,
-                       flags: list[str], skipped: list[tuple[str, str]]) -> list[str]:
-    our = [c.label for c in args.configs]
+def render_summary(results: list[ModelResult], args: argparse.Namespace) -> list[str]:
+    """Item by item: this CPU's kernels, the AVX2 kernels, exact against portable."""
+    lines = [
+        "## Summary",
+        "",
+        ("Top-1 % of each classifier. **Fused** is the INT8 model as deployed: ONNX Runtime "
+         "with its default session options, QDQ fused into integer kernels (the headline); "
+         "**emulated** is the same model with QDQ computed in float "
+         "(`session.disable_quant_qdq = 1`), a diagnostic. *Ours*: onnxquant's default "
+         "`quantize(model, ranges, calibrator=calibrator)` (`target=\"portable\"`) with the "
+         "calibration method chosen on the validation set (fused), or "
+         f"{DEFAULT_METHOD} (the library's default, marked \"default\") where the entry has "
+         "no validation set. *ORT*: `quantize_static`'s best of "
+         f"{', '.join(ORT_METHODS)} × reduce_range False/True chosen the same way, or its "
+         f"default ({ORT_DEFAULT_METHOD}, reduce_range=False). Cells: top-1 (INT8 − FP32 ± "
+         "paired standard error, points). Ours − ORT: paired difference of the fused "
+         "models; under two standard errors it is a tie."),
+        "",
+        "### This CPU's kernels",
+        "",
+    ]
+    rows = []
+    for r in results:
+        y, ours, theirs = r.entry.test.y, r.ours, r.theirs
+        ok = ours is not None and theirs is not None
+        rows.append([
+            r.entry.name, str(len(y)), f"{fp32_top1(r):.2f}", choice_name(ours),
+            cell(r, ours.run, fused=False) if ours else "—",
+            f"**{cell(r, ours.run)}**" if ours else "—", choice_name(theirs),
+            cell(r, theirs.run) if theirs else "—",
+            versus(y, theirs.run.test_fused, ours.run.test_fused) if ok else "—"])
+    lines += table(["model", "test images", "FP32", "ours: method", "ours emulated",
+                    "ours fused", "ORT: config", "ORT fused", "ours − ORT (fused)"], rows,
+                   ["---", "---:", "---:", "---", "---:", "---:", "---", "---:", "---:"])
+
+    lines += ["", "### AVX2 kernels under QEMU", ""]
+    if args.avx2_images:
+        lines += [(f"The same two models on ONNX Runtime's AVX2 kernels "
+                   f"(`qemu-x86_64 -cpu {QEMU_CPU}`, no VNNI: pairs of uint8 × int8 products "
+                   "add in 16 bits with saturation), on the test images the AVX2 table below "
+                   "lists; emulated and FP32 on the same images. Agree: |fused − emulated| ≤ "
+                   f"max({AGREEMENT_POINTS}, 2 paired SE)."), ""]
+        rows = []
+        for r in results:
+            if not r.avx2:
+                rows.append([r.entry.name, r.avx2_skipped or "not run"] + [""] * 9)
+                continue
+            by_role = {a.role: a for a in r.avx2}
+            i = r.avx2_index
+            y = r.entry.test.y[i]
+            row = [r.entry.name, str(len(i)), top1(r.fp32_test[i], y)]
+            for role in ("onnxquant", "onnxruntime"):
+                a = by_role.get(role)
+                if a is None or a.job.error:
+                    row += ["failed" if a else "—", "", "", ""] if role == "onnxquant" \
+                        else ["failed" if a else "—", "", ""]
+                    continue
+                d = r.deployed_avx2(a)
+                gap, verdict = fmt_gap(d.gap, d.gap_se)
+                if role == "onnxquant":
+                    row += [f"**{fmt_acc(d.fused)}**", fmt_acc(d.emulated), gap, verdict]
+                else:
+                    row += [fmt_acc(d.fused), gap, verdict]
+            a, b = by_role.get("onnxquant"), by_role.get("onnxruntime")
+            row.append(versus(y, b.job.outputs, a.job.outputs)
+                       if a and b and not a.job.error and not b.job.error else "—")
+            rows.append(row)
+        lines += table(["model", "images", "FP32", "ours fused", "ours emulated",
+                        "ours fused − emulated", "agree", "ORT fused",
+                        "ORT fused − emulated", "agree", "ours − ORT (fused)"], rows,
+                       ["---"] + ["---:"] * 10)
+    else:
+        lines.append("Not run (`--avx2-images 0`).")
+
+    lines += ["", "### `target=\"exact\"` against the portable default, on this CPU's kernels",
+              "",
+              ("Ours' chosen method quantized again with `target=\"exact\"` (full-range int8 "
+               "weights everywhere), fused on this CPU's exact kernels, against the "
+               "portable default of the tables above. Checked: Conv/Gemm/MatMul nodes "
+               "that run on uint8 × int8 kernels; changed: the nodes whose weight range "
+               "the portable default lowered (`report.kernels.remedies`). Exact should score "
+               "at least as well (a tie counts)."), ""]
+    rows = []
+    for r in results:
+        ours, exact = r.ours, r.exact
+        if ours is None or exact is None:
+            rows.append([r.entry.name, "not run"] + [""] * 6)
+            continue
+        run = ours.run
+        if exact.error:
+            rows.append([r.entry.name, run.method, str(run.checked), str(len(run.remedies)),
+                         cell(r, run), "failed", "", ""])
+            continue
+        a = compare_top1(run.test_fused, exact.test_fused, r.entry.test.y)
+        diff = 0.0 - a.drop
+        met = diff >= 0 or is_tie(diff, a.paired_se)
+        rows.append([r.entry.name, run.method, str(run.checked), str(len(run.remedies)),
+                     cell(r, run), cell(r, exact), f"{diff:+.2f} ± {a.paired_se:.2f}",
+                     ("met" if diff >= 0 else "met (tie)") if met else "**MISSED**"])
+    lines += table(["model", "method", "nodes checked", "nodes changed", "portable fused",
+                    "exact fused", "exact − portable", "exact ≥ portable"], rows,
+                   ["---", "---"] + ["---:"] * 6)
+    return lines + [""]
+
+
+def render_method(results: list[ModelResult], args: argparse.Namespace) -> list[str]:
+    our = ("one `Calibrator` collection on the calibration samples serves all ten "
+           "methods (`compute_range(method)`)" if has_method_api() else
+           "one `Calibrator(model, method)` collection per method (this onnxquant's "
+           "`compute_range()` takes no method)")
     lines = [
         "## How it is measured",
         "",
         ("- Both tools start from the same graph: the model normalised by "
-        "`onnxquant.optimize_model` (BatchNormalization folded, opset converted up to 13 where "
-        "lower, e.g. MNIST's opset 8), saved to a temporary file. That graph is also the FP32 "
-        "reference."),
-        ("- onnxquant: one `Calibrator` collection on the calibration samples serves all ten "
-        "methods (`compute_range(method)`)" if has_method_api() else
-         "- onnxquant: one `Calibrator(model, method)` collection per method (this onnxquant's "
-         "`compute_range()` takes no method)") +
-        (", then `quantize(model, ranges)` with the defaults: "
-        "uint8 activations (per tensor), int8 per-channel symmetric weights, int32 bias. "
-        f"Calibrator defaults: PERCENTILE percentage {default_percentage()}, ENTROPY "
-        f"ignore_zero_spike={calibrator_default('ignore_zero_spike')}. A column whose name "
-        "carries a keyword (e.g. `ENTROPY_ASYM (ignore_zero_spike=True)`) used that "
-        "Calibrator keyword instead (its own collection)."),
-        "- ONNX Runtime: `onnxruntime.quantization.shape_inference.quant_pre_process` with its "
-        "defaults" + ("" if args.ort_preprocess else " (skipped: `--no-ort-preprocess`)") +
-        ", then `quantize_static(quant_format=QDQ, per_channel=True, "
-        "activation_type=QUInt8, weight_type=QInt8, calibrate_method=...)` with no "
-        "`extra_options`, so each method runs with ONNX Runtime's defaults: "
-        + "; ".join(f"{k}: {v}" for k, v in ORT_DEFAULTS.items()) + ". The same calibration "
-        "samples are fed one `[1, ...]` sample per `get_next()`, in the same order.",
-        ("- Headline figures run the INT8 models in ONNX Runtime with QDQ emulated in float "
-        "(`session.disable_quant_qdq = 1`): they do not depend on the CPU's integer "
-        "instructions. The integer-kernel table runs the same models with ONNX Runtime's "
-        "default optimisations, which fuse QDQ into integer kernels (results there depend on "
-        "the CPU, see the flags above)."),
-        ("- Each INT8 cell: top-1 % on the test set, then (INT8 − FP32 in points ± the standard "
-        "error of that paired difference, computed per image from correct(INT8) − "
-        "correct(FP32) on the same images)."),
-        ("- Best method: the one with the highest validation top-1 among a tool's emulated "
-        "methods, where the model entry has a validation set (not reported otherwise); "
-        "ours-best and ORT-best are then compared on the test set, and a difference under two "
-        "paired standard errors is reported as a tie (as are methods within two paired "
-        "standard errors of the best on validation)."),
+         "`onnxquant.optimize_model` (BatchNormalization folded, opset converted up to 13 "
+         "where lower, e.g. MNIST's opset 8), saved to a temporary file. That graph is also "
+         "the FP32 reference."),
+        (f"- onnxquant: {our}, then `quantize(model, ranges, calibrator=calibrator)` with the "
+         "defaults: uint8 activations (per tensor), int8 per-channel symmetric weights, "
+         "int32 bias, `target=\"portable\"` (the kernel check replays the Calibrator's first "
+         "64 samples, simulates the 16-bit pair sums of ONNX Runtime's AVX2 kernels and "
+         "lowers the weight range of the output channels that would saturate). Calibrator "
+         f"defaults: PERCENTILE percentage {default_percentage()}, ENTROPY "
+         f"ignore_zero_spike={calibrator_default('ignore_zero_spike')}, "
+         f"clip_bounded_outputs={calibrator_default('clip_bounded_outputs')}. A column whose "
+         "name carries a keyword (e.g. `ENTROPY_ASYM (ignore_zero_spike=False)`) used that "
+         "Calibrator keyword instead (its own collection); such columns are shown but not "
+         "candidates for the best method."),
+        ("- ONNX Runtime: `onnxruntime.quantization.shape_inference.quant_pre_process` with "
+         "its defaults" + ("" if args.ort_preprocess else
+                           " (skipped: `--no-ort-preprocess`)") +
+         ", then `quantize_static(quant_format=QDQ, per_channel=True, "
+         "activation_type=QUInt8, weight_type=QInt8, calibrate_method=..., "
+         "reduce_range=...)` with no `extra_options`, so each method runs with ONNX "
+         "Runtime's defaults: " + "; ".join(f"{k}: {v}" for k, v in ORT_DEFAULTS.items())
+         + ". `reduce_range=True` (7-bit weights, ONNX Runtime's advice for CPUs without "
+         "VNNI) reuses the calibration of the same method with `reduce_range=False` "
+         "through `calibration_cache_path`. The same calibration samples are fed one "
+         "`[1, ...]` sample per `get_next()`, in the same order."),
+        ("- Every INT8 model runs in ONNX Runtime on the CPU (`onnxquant.evaluate`): "
+         "**fused**, with the default session options, which fuse QDQ into integer kernels "
+         "chosen from the CPU's instruction sets (the headline: what users deploy), on the "
+         "test set and, for the candidates of the best method, on the validation set; and "
+         "**emulated**, with `session.disable_quant_qdq = 1` (QDQ in float, independent of "
+         "the CPU's integer instructions: a diagnostic), on the test set."),
+        ("- Each INT8 cell: top-1 % on the test set, then (INT8 − FP32 in points ± the "
+         "standard error of that paired difference, computed per image from correct(INT8) − "
+         "correct(FP32) on the same images)."),
+        ("- Choice: each tool's candidate with the highest fused validation top-1 (the first "
+         "in table order on an exact tie; candidates within two paired standard errors of it "
+         "are listed as tied); without a validation set, the tool's default. Ours and ORT's "
+         "choices are compared on the test set (fused, paired); a difference under two "
+         "paired standard errors is a tie."),
+        ("- `target=\"exact\"`: ours' chosen ranges quantized again with "
+         "`quantize(model, ranges, target=\"exact\")`, fused on the test set."),
+        (f"- AVX2: both choices"
+         + (" (and ONNX Runtime's best with reduce_range=True, where that is another "
+            "configuration)" if args.avx2_ort_reduce_range else "") +
+         f" run by `onnxquant.qemu.predict_avx2` (ONNX Runtime under "
+         f"`qemu-x86_64 -cpu {QEMU_CPU}`, default session options) on "
+         f"{args.avx2_images} test images (the first ones, or a seeded draw where the test "
+         "set is sorted by class), "
+         f"{args.avx2_workers} QEMU process(es) at a time"
+         + (f", {args.avx2_threads} intra-op thread(s) each" if args.avx2_threads else
+            ", the CPUs shared between them") +
+         "; FP32 and the emulated figure are the native runs on the same images (float "
+         "arithmetic), as `onnxquant.evaluate.evaluate_deployed(kernels=\"avx2\")` computes "
+         "them. Fused and emulated agree when |fused − emulated| ≤ "
+         f"max({AGREEMENT_POINTS}, 2 × the paired standard error of that difference)."),
         "",
     ]
     for r in results:
@@ -152,87 +325,86 @@ def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu
                      f"{e.calibration_description}; validation: "
                      f"{e.validation.description if e.validation else 'none'}; test: "
                      f"{e.test.description}"
-                     + (f"; methods run (to keep the run short; the others show —): "
-                        f"onnxquant {', '.join(e.methods or ['all'])}, ONNX Runtime "
+                     + (f"; AVX2: {r.avx2_description}" if r.avx2 else "")
+                     + (f"; methods run (the others show —): onnxquant "
+                        f"{', '.join(e.methods or ['all'])}, ONNX Runtime "
                         f"{', '.join(e.ort_methods or ['all'])}"
                         if e.methods is not None or e.ort_methods is not None else "")
-                     + ("" if e.kernel_checks else "; no integer-kernel or int8 runs")
                      + ".")
-    lines += ["", "## INT8 top-1, QDQ emulated (headline)", ""]
-    header = ["model", "images", "FP32"] + our + [f"ORT {m}" for m in ORT_METHODS]
-    rows = []
-    for r in results:
-        rows.append([r.entry.name, str(len(r.entry.test.y)), f"{fp32_top1(r):.2f}"]
-                    + [cell(r, find(r, "onnxquant", m)) for m in our]
-                    + [cell(r, find(r, "onnxruntime", m)) for m in ORT_METHODS])
-    lines += table(header, rows, ["---"] + ["---:"] * (len(header) - 1))
-    lines += ["", "The same figures by method, one column per model:", ""]
-    header = ["tool", "method"] + [r.entry.name for r in results]
-    rows = [["—", "FP32"] + [f"{fp32_top1(r):.2f}" for r in results]]
-    rows += [["onnxquant", m] + [cell(r, find(r, "onnxquant", m)) for r in results]
-             for m in our]
-    rows += [["onnxruntime", m] + [cell(r, find(r, "onnxruntime", m)) for r in results]
-             for m in ORT_METHODS]
-    lines += table(header, rows, ["---", "---"] + ["---:"] * len(results))
+    return lines + [""]
 
-    lines += ["", "## Best method chosen on validation", ""]
+
+def _method_rows(results: list[ModelResult], args: argparse.Namespace, fused: bool
+                 ) -> list[list[str]]:
+    our = [c.label for c in args.configs]
+    theirs = [c.label for c in ort_configs(ORT_METHODS)]
+    rows = [["—", "FP32"] + [f"{fp32_top1(r):.2f}" for r in results]]
+    rows += [["onnxquant", m] + [cell(r, find(r, "onnxquant", m), fused) for r in results]
+             for m in our]
+    rows += [["onnxruntime", m] + [cell(r, find(r, "onnxruntime", m), fused)
+                                   for r in results] for m in theirs]
+    return rows
+
+
+def render_classifiers(results: list[ModelResult], args: argparse.Namespace,
+                       skipped: list[tuple[str, str]]) -> list[str]:
+    names = [r.entry.name for r in results]
+    align = ["---", "---"] + ["---:"] * len(results)
+    lines = ["## Every configuration, fused on this CPU's kernels (headline)", ""]
+    lines += table(["tool", "method"] + names, _method_rows(results, args, True), align)
+    lines += ["", "## Every configuration, QDQ emulated (diagnostic)", ""]
+    lines += table(["tool", "method"] + names, _method_rows(results, args, False), align)
+
+    lines += ["", "## Kernel remedies of the portable default, per method", "",
+              ("Nodes whose weight range `target=\"portable\"` lowered "
+               "(`len(report.kernels.remedies)`) / nodes on uint8 × int8 kernels checked "
+               "(`report.kernels.checked`)."), ""]
+    rows = []
+    for c in args.configs:
+        row = [c.label]
+        for r in results:
+            run = find(r, "onnxquant", c.label)
+            row.append("—" if run is None or run.remedies is None else
+                       f"{len(run.remedies)} / {run.checked}")
+        rows.append(row)
+    lines += table(["method"] + names, rows, ["---"] + ["---:"] * len(results))
+
+    lines += ["", "## Best configuration chosen on validation (fused)", ""]
     rows = []
     for r in results:
         if r.entry.validation is None:
-            rows.append([r.entry.name, "not reported (no validation set)", "", "", "", ""])
+            rows.append([r.entry.name, "no validation set: "
+                         f"{choice_name(r.ours)} and {choice_name(r.theirs)}", "", "", "", ""])
             continue
-        ours, theirs = choose_best(r, "onnxquant"), choose_best(r, "onnxruntime")
+        ours, theirs = r.ours, r.theirs
         if ours is None or theirs is None:
             rows.append([r.entry.name, "not reported (a tool has no result)", "", "", "", ""])
             continue
         y = r.entry.test.y
-        a = compare_top1(theirs.run.test_logits, ours.run.test_logits, y)
-        diff = 0.0 - a.drop
-        verdict = "tie" if is_tie(diff, a.paired_se) else \
-            ("onnxquant" if diff > 0 else "onnxruntime")
 
-        def name(b: Best) -> str:
-            ties = f"; tied on validation: {', '.join(b.tied)}" if b.tied else ""
-            return f"{b.run.method} (validation {b.validation_top1:.2f}{ties})"
-        share = compare_top1(r.fp32_test, ours.run.test_logits, y).candidate / fp32_top1(r)
+        def name(c: Choice) -> str:
+            ties = f"; tied on validation: {', '.join(c.tied)}" if c.tied else ""
+            return f"{c.run.method} (validation {c.validation_top1:.2f}{ties})"
+        share = compare_top1(r.fp32_test, ours.run.test_fused, y).candidate / fp32_top1(r)
         rows.append([r.entry.name, name(ours), name(theirs),
                      f"{cell(r, ours.run)} vs {cell(r, theirs.run)}",
-                     f"{diff:+.2f} ± {a.paired_se:.2f}: {verdict}",
+                     versus(y, theirs.run.test_fused, ours.run.test_fused),
                      f"{share * 100:.2f} % ({'≥' if share >= 0.99 else '<'} 99 %)"])
-    lines += table(["model", "onnxquant best", "ORT best", "test top-1: ours vs ORT",
-                    "ours − ORT: verdict", "ours ÷ FP32"], rows,
+    lines += table(["model", "onnxquant best", "ORT best", "test top-1 fused: ours vs ORT",
+                    "ours − ORT", "ours ÷ FP32"], rows,
                    ["---", "---", "---", "---:", "---:", "---:"])
 
-    lines += ["", "## Integer kernels (ONNX Runtime's fused QDQ) beside emulation", "",
-              (f"CPU: {cpu} ({' '.join(flags)}). Each cell as above; the agreement column is "
-              "the share of test images where the fused and the emulated model predict the "
-              "same class."), ""]
-    rows = []
-    configs = [("onnxquant", m, "uint8") for m in args.fused] + \
-        [("onnxquant", m, "int8") for m in args.int8] + \
-        [("onnxruntime", m, "uint8") for m in args.ort_fused]
-    for r in results:
-        if not r.entry.kernel_checks:
-            continue
-        for tool, method, act in configs:
-            emulated = find(r, tool, method, "emulated", act)
-            fused = find(r, tool, method, "integer", act)
-            agree = ""
-            if emulated and fused and emulated.error is None and fused.error is None:
-                a = compare_top1(emulated.test_logits, fused.test_logits, r.entry.test.y)
-                agree = f"{a.agreement:.2f}"
-            lines_act = "uint8" if tool == "onnxruntime" else act
-            rows.append([r.entry.name, tool, method, lines_act, cell(r, emulated),
-                         cell(r, fused), agree])
-    lines += table(["model", "tool", "method", "activations", "emulated", "integer kernels",
-                    "agreement %"], rows, ["---", "---", "---", "---", "---:", "---:", "---:"])
+    lines += render_avx2(results, args)
+    lines += render_int8(results, args)
 
     notes = [(r.entry.name, n) for r in results for n in r.notes + auto_notes(r)]
-    errors = [(r.entry.name, run) for r in results for run in r.runs
+    errors = [(r.entry.name, run) for r in results for run in r.runs + ([r.exact] if r.exact
+                                                                        else [])
               if run.error and not run.error.startswith("NotImplementedError")]
+    our = [c.label for c in args.configs]
     missing = sorted({run.method for r in results for run in r.runs
                       if run.error and run.error.startswith("NotImplementedError")},
-                     key=our.index)
+                     key=lambda m: our.index(m) if m in our else len(our))
     if notes or errors or missing or skipped:
         lines += ["", "## Notes", ""]
         lines += [f"- {name}: not measured: {why}." for name, why in skipped]
@@ -240,9 +412,85 @@ def render_classifiers(results: list[ModelResult], args: argparse.Namespace, cpu
             lines.append(f"- Not built in this onnxquant (`compute_range` raised "
                          f"NotImplementedError): {', '.join(missing)}.")
         lines += [f"- {name}: {n}" for name, n in notes]
-        lines += [f"- {name}: {run.label} ({run.kernels}, {run.activations}) failed: "
+        lines += [f"- {name}: {run.label} ({run.target}, {run.activations}) failed: "
                   f"`{run.error.splitlines()[0]}`" for name, run in errors]
     return lines + [""]
+
+
+def render_avx2(results: list[ModelResult], args: argparse.Namespace) -> list[str]:
+    if not args.avx2_images:
+        return []
+    lines = ["", "## AVX2 kernels under QEMU: every run", "",
+             (f"Each chosen model fused on ONNX Runtime's AVX2 kernels (`qemu-x86_64 -cpu "
+              f"{QEMU_CPU}`), beside its emulated run and FP32 on the same images. "
+              "Predictions agree: the share of those images where the fused and the "
+              "emulated model predict the same class. Seconds: the QEMU run's wall time "
+              f"({args.avx2_workers} at a time)."), ""]
+    rows = []
+    for r in results:
+        if not r.avx2:
+            rows.append([r.entry.name, "", "", r.avx2_skipped or "not run"] + [""] * 6)
+            continue
+        i = r.avx2_index
+        for a in r.avx2:
+            if a.job.error:
+                rows.append([r.entry.name, a.role, a.run.method, str(len(i)), "", "",
+                             f"failed: `{a.job.error}`", "", "", f"{a.job.seconds:.0f}"])
+                continue
+            d = r.deployed_avx2(a)
+            gap, verdict = fmt_gap(d.gap, d.gap_se)
+            rows.append([r.entry.name, a.role, a.run.method, str(len(i)),
+                         f"{d.fp32:.2f}", fmt_acc(d.emulated), fmt_acc(d.fused), gap,
+                         verdict, f"{d.fused_vs_emulated.agreement:.2f}",
+                         f"{a.job.seconds:.0f}"])
+    lines += table(["model", "tool", "config", "images", "FP32", "emulated", "fused",
+                    "fused − emulated", "agree", "predictions agree %", "seconds"], rows,
+                   ["---", "---", "---"] + ["---:"] * 8)
+    total = sum(r.avx2_seconds for r in results)
+    cpu = sum(a.job.seconds for r in results for a in r.avx2)
+    count = sum(len(r.avx2) for r in results)
+    lines += ["", (f"QEMU wall time {fmt_minutes(total)} for the {count} runs above (their "
+                   f"own times add up to {fmt_minutes(cpu)})."), ""]
+    reduced = []
+    for r in results:
+        c = r.theirs_reduce_range
+        ours = next((a for a in r.avx2 if a.role == "onnxquant"), None)
+        theirs = next((a for a in r.avx2 if c is not None and a.run is c.run), None)
+        if ours is None or theirs is None or ours.job.error or theirs.job.error:
+            continue
+        y = r.entry.test.y[r.avx2_index]
+        d = r.deployed_avx2(theirs)
+        gap, verdict = fmt_gap(d.gap, d.gap_se)
+        reduced.append([r.entry.name, ours.run.method, choice_name(c), fmt_acc(d.fused), gap,
+                        verdict, versus(y, theirs.job.outputs, ours.job.outputs)])
+    if reduced:
+        lines += [("ONNX Runtime advises `reduce_range=True` (7-bit weights) for CPUs "
+                   "without VNNI: ours against ONNX Runtime's best configuration with it "
+                   "(chosen the same way), fused on the AVX2 kernels:"), ""]
+        lines += table(["model", "ours", "ORT, reduce_range=True", "ORT fused",
+                        "ORT fused − emulated", "agree", "ours − ORT (fused)"], reduced,
+                       ["---", "---", "---", "---:", "---:", "---:", "---:"])
+    return lines
+
+
+def render_int8(results: list[ModelResult], args: argparse.Namespace) -> list[str]:
+    if not args.int8:
+        return []
+    lines = ["", "## int8 activations (`--int8`)", ""]
+    rows = []
+    for r in results:
+        for m in args.int8:
+            run = find(r, "onnxquant", m, "int8")
+            if run is None:
+                continue
+            agree = ""
+            if run.error is None:
+                a = compare_top1(run.test_emulated, run.test_fused, r.entry.test.y)
+                agree = f"{a.agreement:.2f}"
+            rows.append([r.entry.name, m, cell(r, run, fused=False), cell(r, run), agree])
+    lines += table(["model", "method", "emulated", "fused", "predictions agree %"], rows,
+                   ["---", "---", "---:", "---:", "---:"])
+    return lines
 
 
 def fmt_metric(column: Column, value: float | None) -> str:
@@ -262,12 +510,15 @@ def render_tasks(results: list[TaskResult], args: argparse.Namespace,
          "outputs serve as pseudo-labels). As for the classifiers, the graph normalised by "
          "`onnxquant.optimize_model` is the FP32 reference and the input of both tools; "
          f"onnxquant: one `Calibrator` collection, `compute_range(method)` for {ours}, then "
-         "`quantize` with its defaults; ONNX Runtime: `quant_pre_process`"
+         "`quantize(model, ranges, calibrator=calibrator)` with its defaults "
+         "(`target=\"portable\"`); ONNX Runtime: `quant_pre_process`"
          + ("" if args.ort_preprocess else " (skipped: `--no-ort-preprocess`)") +
          ", then `quantize_static` (QDQ, per-channel, QUInt8 activations, QInt8 weights, "
-         f"its default options) with {theirs}; the same calibration samples, one `[1, ...]` "
-         "sample per `get_next()`. INT8 runs with QDQ emulated in float "
-         "(`session.disable_quant_qdq = 1`), every sample fed alone."),
+         f"reduce_range=False, its default options) with {theirs}; the same calibration "
+         "samples, one `[1, ...]` sample per `get_next()`. Every sample is fed alone. Each "
+         "INT8 model has two rows: **fused** (ONNX Runtime's default session options, QDQ "
+         "fused into this CPU's integer kernels: the headline) and emulated "
+         "(`session.disable_quant_qdq = 1`, a diagnostic)."),
         "",
         (f"- Face detectors: a detection is a box whose face score is at least "
          f"{FACE_SCORE_THRESHOLD} after greedy NMS at IoU {FACE_NMS_IOU} (Ultra-Light: "
@@ -298,36 +549,71 @@ def render_tasks(results: list[TaskResult], args: argparse.Namespace,
         lines += ["", f"### {title}", ""]
         rows = []
         for r in group_results:
-            fp32_row = [r.entry.name, "—", "FP32"] + [
+            fp32_row = [r.entry.name, "—", "FP32", ""] + [
                 fmt_metric(c, r.fp32.get(c.key)) if c.fp32 else "" for c in columns]
             rows.append(fp32_row)
             if r.entry.reference:
-                rows.append([r.entry.name, "—", "bicubic (no model)"] + [
+                rows.append([r.entry.name, "—", "bicubic (no model)", ""] + [
                     fmt_metric(c, r.entry.reference.get(c.key)) if c.key in
                     r.entry.reference else "" for c in columns])
             for run in r.runs:
-                cells = (["failed"] + [""] * (len(columns) - 1) if run.error else
-                         [fmt_metric(c, run.metrics.get(c.key)) for c in columns])
-                rows.append([r.entry.name, run.tool, run.method] + cells)
-        lines += table(["model", "tool", "method"] + [c.header for c in columns], rows,
-                       ["---", "---", "---"] + ["---:"] * len(columns))
-    errors = [(r.entry.name, run) for r in results for run in r.runs if run.error]
+                if run.error:
+                    rows.append([r.entry.name, run.tool, run.method, "", "failed"]
+                                + [""] * (len(columns) - 1))
+                    continue
+                for kernels, metrics in (("**fused**", run.metrics),
+                                         ("emulated", run.emulated)):
+                    rows.append([r.entry.name, run.tool, run.method, kernels]
+                                + ([fmt_metric(c, metrics.get(c.key)) for c in columns]
+                                   if metrics is not None else
+                                   ["failed"] + [""] * (len(columns) - 1)))
+        lines += table(["model", "tool", "method", "INT8 run"] + [c.header for c in columns],
+                       rows, ["---", "---", "---", "---"] + ["---:"] * len(columns))
+    errors = [(r.entry.name, run, e) for r in results for run in r.runs
+              for e in (run.error, run.fused_error, run.emulated_error) if e]
     notes = [(r.entry.name, n) for r in results for n in r.notes if n not in r.entry.notes]
     if skipped or errors or notes:
         lines += ["", "### Notes on these models", ""]
         lines += [f"- {name}: not measured: `{why}`." for name, why in skipped]
         lines += [f"- {name}: {n}" for name, n in notes]
-        lines += [f"- {name}: {run.tool} {run.method} failed: `{run.error}`"
-                  for name, run in errors]
+        lines += [f"- {name}: {run.tool} {run.method} failed: `{error}`"
+                  for name, run, error in errors]
     return lines + [""]
+
+
+def render_remedies(results: list[ModelResult]) -> list[str]:
+    """Appendix: the kernel remedies of ours' chosen run, layer by layer, for the
+    REMEDY_APPENDIX networks."""
+    shown = [r for r in results if r.ours is not None and r.ours.run.remedies is not None
+             and os.path.basename(r.entry.path) in {f"{s}.onnx" for s in REMEDY_APPENDIX}]
+    if not shown:
+        return []
+    lines = ["", "## Appendix: kernel remedies layer by layer", "",
+             ("`report.kernels.remedies` of ours' chosen model (the portable default): each "
+              "node whose weight range was lowered so that ONNX Runtime's AVX2 kernels do not "
+              "saturate, what changed, and what the kernel check saw on the replayed "
+              "calibration samples."), ""]
+    for r in shown:
+        run = r.ours.run
+        lines += [f"### {r.entry.name}, {run.method}: {len(run.remedies)} of {run.checked} "
+                  "nodes changed", ""]
+        if run.remedies:
+            lines += table(["node", "op", "change", "reason"],
+                           [[f"`{m.node}`", m.op_type, m.change, m.reason]
+                            for m in run.remedies], ["---", "---", "---", "---"])
+        else:
+            lines.append("None.")
+        lines.append("")
+    return lines
 
 
 def render_ranges(results: list[ModelResult]) -> list[str]:
     lines = ["", "## Activation ranges per tensor", "",
-              ("min … max of each calibrated tensor: onnxquant's from `compute_range`, ONNX "
+             ("min … max of each calibrated tensor: onnxquant's from `compute_range`, ONNX "
               "Runtime's read back from the scale and zero point of its QuantizeLinear nodes "
-              "(so rounded to its grid). A blank cell: the tool does not quantize that tensor."),
-              ""]
+              "(so rounded to its grid; reduce_range changes only weights). A blank cell: the "
+              "tool does not quantize that tensor."),
+             ""]
     for r in results:
         columns = list(r.ranges)
         lines += [f"<details><summary>{r.entry.name}: {len(r.tensors)} tensors</summary>", ""]
@@ -336,3 +622,9 @@ def render_ranges(results: list[ModelResult]) -> list[str]:
                         for t in r.tensors])
         lines += ["", "</details>", ""]
     return lines
+
+
+def fmt_range(r: tuple[float, float] | None) -> str:
+    if r is None:
+        return ""
+    return f"{r[0]:.4g} … {r[1]:.4g}"

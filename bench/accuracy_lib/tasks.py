@@ -16,7 +16,7 @@ from onnxquant.evaluate import make_session
 
 from .common import first_line, log, optimize
 from .ort_quant import ort_preprocess, ort_quantize
-from .our_quant import our_ranges
+from .our_quant import our_calibration
 
 #: onnxquant methods of the task section by default (one collection serves them all).
 TASK_METHODS = ("MIN_MAX_ASYM", "PERCENTILE_ASYM", "MSE_ASYM", "SQNR_ASYM", "ENTROPY_ASYM")
@@ -61,10 +61,19 @@ class TaskEntry:
 
 @dataclass
 class TaskRun:
+    """An INT8 model's metrics: ``metrics`` with ONNX Runtime's default session options
+    (QDQ fused into this CPU's integer kernels, the headline), ``emulated`` with QDQ
+    emulated in float (``session.disable_quant_qdq = 1``, a diagnostic); ``error`` (the
+    model was not built), ``fused_error`` and ``emulated_error`` (ONNX Runtime failed to
+    run it that way) say why a figure is missing."""
+
     tool: str
     method: str
     metrics: dict[str, float] | None = None
+    emulated: dict[str, float] | None = None
     error: str | None = None
+    fused_error: str | None = None
+    emulated_error: str | None = None
 
 
 @dataclass
@@ -83,11 +92,12 @@ def pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / denominator) if denominator > 0 else float("nan")
 
 
-def run_outputs(model: onnx.ModelProto, x: np.ndarray, threads: int | None
-                ) -> dict[str, np.ndarray]:
-    """Every output of a one-input model, QDQ emulated, for each ``x[i:i+1]``: name ->
-    outputs stacked along axis 0."""
-    session = make_session(model, emulate=True, threads=threads)
+def run_outputs(model: onnx.ModelProto, x: np.ndarray, threads: int | None,
+                emulate: bool = False) -> dict[str, np.ndarray]:
+    """Every output of a one-input model for each ``x[i:i+1]``: name -> outputs stacked
+    along axis 0. ``emulate``: as ``onnxquant.evaluate.make_session`` (default False: the
+    default session options, QDQ fused into integer kernels)."""
+    session = make_session(model, emulate=emulate, threads=threads)
     name = session.get_inputs()[0].name
     names = [o.name for o in session.get_outputs()]
     outs = [session.run(None, {name: x[i:i + 1]}) for i in range(len(x))]
@@ -101,33 +111,37 @@ def measure_task(entry: TaskEntry, args: argparse.Namespace, workdir: str) -> Ta
     normalised = os.path.join(workdir, "normalised.onnx")
     onnx.save(model, normalised)
     input_name = model.graph.input[0].name
-    fp32_out = run_outputs(model, entry.evaluation, args.threads)
+    fp32_out = run_outputs(model, entry.evaluation, args.threads)  # float: no QDQ
     runs: list[TaskRun] = []
 
     def evaluate(run: TaskRun, q: onnx.ModelProto) -> None:
         try:
-            out = run_outputs(q, entry.evaluation, args.threads)
+            run.metrics = entry.score(fp32_out, run_outputs(q, entry.evaluation,
+                                                            args.threads))
         except Exception as e:  # noqa: BLE001 - recorded in the report
-            run.error = f"running the INT8 model: {first_line(e)}"
-        else:
-            run.metrics = entry.score(fp32_out, out)
+            run.fused_error = f"running the INT8 model fused: {first_line(e)}"
+        try:
+            run.emulated = entry.score(fp32_out, run_outputs(q, entry.evaluation,
+                                                             args.threads, emulate=True))
+        except Exception as e:  # noqa: BLE001 - recorded in the report
+            run.emulated_error = f"running the INT8 model emulated: {first_line(e)}"
         runs.append(run)
 
     t = time.perf_counter()
     methods = [oq.CalibrationMethod[m] for m in args.task_methods]
     try:
-        ranges = our_ranges(model, entry.calibration, oq.QuantOptions(), methods)
+        found = our_calibration(model, entry.calibration, oq.QuantOptions(), methods)
     except Exception as e:  # noqa: BLE001 - e.g. the Calibrator refusing the model
-        ranges = {m.name: e for m in methods}
+        found = {m.name: e for m in methods}
     log(f"  onnxquant calibration ({len(entry.calibration)} samples): "
         f"{time.perf_counter() - t:.1f} s")
     for m in args.task_methods:
-        r = ranges[m]
-        if isinstance(r, Exception):
-            runs.append(TaskRun("onnxquant", m, error=first_line(r)))
+        if isinstance(found[m], Exception):
+            runs.append(TaskRun("onnxquant", m, error=first_line(found[m])))
             continue
+        cal, r = found[m]
         try:
-            q = oq.quantize(model, r)
+            q = oq.quantize(model, r, calibrator=cal)
         except Exception as e:  # noqa: BLE001 - recorded in the report
             runs.append(TaskRun("onnxquant", m, error=first_line(e)))
             continue
@@ -138,11 +152,11 @@ def measure_task(entry: TaskEntry, args: argparse.Namespace, workdir: str) -> Ta
         options = oq.QuantOptions(exclude_nodes=tuple(excluded))
         run = TaskRun("onnxquant", f"{method}, {label}")
         try:
-            r = our_ranges(model, entry.calibration, options,
-                           [oq.CalibrationMethod[method]])[method]
-            if isinstance(r, Exception):
-                raise r
-            q = oq.quantize(model, r, options=options)
+            variant = our_calibration(model, entry.calibration, options,
+                                      [oq.CalibrationMethod[method]])[method]
+            if isinstance(variant, Exception):
+                raise variant
+            q = oq.quantize(model, variant[1], options=options, calibrator=variant[0])
         except Exception as e:  # noqa: BLE001 - recorded in the report
             run.error = first_line(e)
             runs.append(run)
@@ -172,7 +186,9 @@ def measure_task(entry: TaskEntry, args: argparse.Namespace, workdir: str) -> Ta
                          f"{len(ort_graph.graph.node)} nodes of its (pre-processed) graph "
                          "kept in float (`nodes_to_exclude`).")
     for run in runs:
-        log(f"  {run.tool} {run.method}: " + (run.error or ", ".join(
-            f"{k} {v:.4g}" for k, v in run.metrics.items())))
+        for kind, metrics, error in (("fused", run.metrics, run.fused_error),
+                                     ("emulated", run.emulated, run.emulated_error)):
+            log(f"  {run.tool} {run.method} {kind}: " + (run.error or error or ", ".join(
+                f"{k} {v:.4g}" for k, v in metrics.items())))
     return TaskResult(entry, entry.score(fp32_out, fp32_out), runs,
                       time.perf_counter() - start, notes)
