@@ -158,10 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "without VNNI included (nodes whose 16-bit pair sums would saturate "
                         "there are changed, and listed); exact: full-range weights for "
                         "kernels that accumulate exactly (VNNI, AMX, ARM64)")
-    q.add_argument("--kernel-remedy", choices=("channel_range", "uint8_weights", "float"),
-                   default="channel_range",
-                   help="what --target portable does to such a node (default "
-                        "channel_range: a smaller weight range in the channels concerned)")
+    q.add_argument("--kernel-remedy", choices=("auto", "channel_range", "uint8_weights", "float"),
+                   default="auto",
+                   help="what --target portable does to such a node: channel_range (a smaller "
+                        "weight range in the channels concerned), uint8_weights (exact, slower "
+                        "kernels), float; default auto: uint8_weights within 3 %% of the "
+                        "multiply-adds where a smaller range would cost most, else channel_range")
     q.add_argument("--max-samples", type=int, default=None, metavar="N",
                    help="use only the first N samples of the file (default: all)")
     q.add_argument("--batch-size", type=int, default=32, metavar="N",

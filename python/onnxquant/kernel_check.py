@@ -27,10 +27,14 @@ import onnx
 
 from onnxquant import _core
 
-__all__ = ["KernelCheck", "KernelCheckResult", "check_kernels"]
+__all__ = ["KernelCheck", "KernelCheckResult", "check_kernels", "choose_remedies"]
 
 #: The int16 limit of a pair sum.
 PAIR_SUM_LIMIT = 32767
+
+#: The share of the checked nodes' multiply-adds that kernel_remedy="auto" may move to
+#: ONNX Runtime's exact uint8 x uint8 kernels (up to 2x slower on VNNI CPUs).
+EXACT_KERNEL_BUDGET = 0.03
 
 
 @dataclass(frozen=True)
@@ -167,3 +171,41 @@ def _run(session, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.n
     except Exception as e:  # ORT's errors derive from Exception only
         raise CalibrationDataError(
             f"ONNX Runtime failed on a kernel-check sample: {str(e).strip()}") from e
+
+
+def _precision_cost(qmax: tuple[int, ...]) -> float:
+    """How much lowering the weight codes to ``qmax`` raises the weights' rounding
+    noise, on average over the channels: mean of (127 / q)^2 - 1."""
+    return sum((127.0 / q) ** 2 - 1.0 for q in qmax) / max(len(qmax), 1)
+
+
+def choose_remedies(result: KernelCheckResult, remedy: str,
+                    budget: float = EXACT_KERNEL_BUDGET) -> dict[str, str]:
+    """Per saturating node of ``result``, the remedy ``quantize`` applies:
+    ``remedy`` itself, or for ``"auto"``: ``"uint8_weights"`` (exact kernels,
+    no precision lost) on the nodes where a smaller weight range would cost
+    most precision for the time the exact kernels cost, as long as those
+    nodes hold at most ``budget`` of the checked nodes' multiply-adds, and
+    ``"channel_range"`` on the others. Typically the first Conv over image
+    pixels, whose pair sums reach twice the int16 range in most channels but
+    whose multiply-adds are a few percent of the model's, runs exactly. Without
+    samples (nothing observed) ``"auto"`` means ``"channel_range"``."""
+    if remedy != "auto":
+        return {node: remedy for node in result.channel_qmax}
+    chosen = {node: "channel_range" for node in result.channel_qmax}
+    # Multiply-adds per node: two per pair sum.
+    total = sum(2 * n.pair_sums for n in result.nodes if n.kind == "pair_sums")
+    if total <= 0:
+        return chosen
+    candidates = []
+    for n in result.nodes:
+        if n.node in chosen and n.observed:
+            share = 2 * n.pair_sums / total
+            cost = _precision_cost(result.channel_qmax[n.node])
+            candidates.append((cost / max(share, 1e-12), share, n.node))
+    spent = 0.0
+    for _ratio, share, node in sorted(candidates, reverse=True):
+        if spent + share <= budget:
+            chosen[node] = "uint8_weights"
+            spent += share
+    return chosen

@@ -21,7 +21,7 @@ from onnxquant._model import (
 )
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
-from onnxquant.kernel_check import KernelCheckResult, check_kernels
+from onnxquant.kernel_check import KernelCheckResult, check_kernels, choose_remedies
 from onnxquant.report import CalibrationReport, QuantizationReport, kernel_summary
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ __all__ = ["QuantOptions", "quantize"]
 
 _ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8"}
 _TARGETS = ("portable", "exact")
-_REMEDIES = ("channel_range", "uint8_weights", "float")
+_REMEDIES = ("auto", "channel_range", "uint8_weights", "float")
 
 
 @dataclass(frozen=True)
@@ -64,14 +64,19 @@ class QuantOptions:
             NPUs): full-range int8 weights everywhere; on AVX2 such a model
             may lose accuracy.
         kernel_remedy: what ``target="portable"`` does to a node that would
-            saturate (default ``"channel_range"``): ``"channel_range"``
-            lowers the largest weight code of just the output channels
-            concerned, to the largest value whose pair sums fit (no kernel is
-            slower, those channels lose some precision); ``"uint8_weights"``
-            stores the node's weights as uint8 with zero point 128 (the same
-            values, run by ONNX Runtime's exact uint8 x uint8 kernels, which
-            are up to 2x slower on VNNI CPUs); ``"float"`` keeps the node in
-            float.
+            saturate (default ``"auto"``): ``"channel_range"`` lowers the
+            largest weight code of just the output channels concerned, to the
+            largest value whose pair sums fit (no kernel is slower, those
+            channels lose some precision); ``"uint8_weights"`` stores the
+            node's weights as uint8 with zero point 128 (the same values, run
+            by ONNX Runtime's exact uint8 x uint8 kernels, which are up to 2x
+            slower on VNNI CPUs); ``"float"`` keeps the node in float;
+            ``"auto"`` gives ``"uint8_weights"`` to the nodes where a smaller
+            range would cost most precision for their share of the model's
+            multiply-adds, within 3 % of them
+            (:func:`onnxquant.kernel_check.choose_remedies`; typically the
+            first Conv over image pixels), and ``"channel_range"`` to the
+            others.
         quantize_silu: also put a Q/DQ pair between the Sigmoid and the Mul
             of x * sigmoid(x) (SiLU/Swish), so that ONNX Runtime runs both as
             integer ops (default False: only the Mul's output is quantized,
@@ -88,7 +93,7 @@ class QuantOptions:
     quantize_activation_matmul: bool = True
     reduce_weight_range: bool = False
     target: str = "portable"
-    kernel_remedy: str = "channel_range"
+    kernel_remedy: str = "auto"
     quantize_silu: bool = False
 
     def __post_init__(self) -> None:
@@ -175,7 +180,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              activation_type: str = "uint8", per_channel: bool = True,
              exclude_nodes: Iterable[str] = (), op_types: Iterable[str] | None = None,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
-             target: str = "portable", kernel_remedy: str = "channel_range",
+             target: str = "portable", kernel_remedy: str = "auto",
              quantize_silu: bool = False, options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
@@ -192,7 +197,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu: see :class:`QuantOptions` (defaults:
             ``"uint8"``, True, none, None = all planned ops, True, False,
-            ``"portable"``, ``"channel_range"``, False).
+            ``"portable"``, ``"auto"``, False).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -242,12 +247,13 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     native_ranges = _native_ranges(ranges)
     dtypes = infer_dtypes(work)
     native = options.to_native()
-    kernels = None
+    kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
                                 dtypes=dtypes)
-        native = _with_remedies(options, kernels)
+        remedies = choose_remedies(kernels, options.kernel_remedy)
+        native = _with_remedies(options, kernels, remedies)
     data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)
     result = onnx.ModelProto()
     result.ParseFromString(data)
@@ -267,7 +273,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     runtime, note = _runtime_of(result)
     return result, QuantizationReport.from_native(
         native_report, calibration_report,
-        kernels=kernel_summary(options, kernels), runtime=runtime, runtime_note=note)
+        kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
+        runtime_note=note)
 
 
 def _runtime_of(model: onnx.ModelProto):
@@ -283,20 +290,22 @@ def _runtime_of(model: onnx.ModelProto):
                       "fuses into integer kernels cannot be told")
 
 
-def _with_remedies(options: QuantOptions, kernels: KernelCheckResult) -> _core.QuantOptions:
-    """The engine's options with ``options.kernel_remedy`` applied to the
+def _with_remedies(options: QuantOptions, kernels: KernelCheckResult,
+                   remedies: Mapping[str, str]) -> _core.QuantOptions:
+    """The engine's options with ``remedies`` (node -> remedy) applied to the
     nodes ``kernels`` found saturating."""
     native = options.to_native()
-    if options.kernel_remedy == "float":
-        native.exclude_nodes = list(options.exclude_nodes) + sorted(kernels.channel_qmax)
-        return native
-    remedies = {}
-    for node, qmax in kernels.channel_qmax.items():
-        remedy = _core.WeightRemedy()
-        if options.kernel_remedy == "uint8_weights":
-            remedy.encoding = _core.WeightEncoding.UINT8_OFFSET
+    native.exclude_nodes = list(options.exclude_nodes) + sorted(
+        node for node, remedy in remedies.items() if remedy == "float")
+    weights = {}
+    for node, remedy in remedies.items():
+        if remedy == "float":
+            continue
+        change = _core.WeightRemedy()
+        if remedy == "uint8_weights":
+            change.encoding = _core.WeightEncoding.UINT8_OFFSET
         else:
-            remedy.channel_qmax = list(qmax)
-        remedies[node] = remedy
-    native.weight_remedies = remedies
+            change.channel_qmax = list(kernels.channel_qmax[node])
+        weights[node] = change
+    native.weight_remedies = weights
     return native

@@ -193,21 +193,23 @@ def _remedy_reason(check: Any, samples: int) -> str:
     return f"could reach {_count(check.bound)} > 32 767 (no sample reached it)"
 
 
-def kernel_summary(options: Any, kernels: Any) -> KernelReport:
+def kernel_summary(options: Any, kernels: Any,
+                   remedies: Mapping[str, str] | None = None) -> KernelReport:
     """The :class:`KernelReport` of a :func:`~onnxquant.quantize` call with
-    these :class:`~onnxquant.QuantOptions` and kernel check result (None when
-    nothing was checked)."""
+    these :class:`~onnxquant.QuantOptions`, kernel check result (None when
+    nothing was checked) and remedy per node (default: the option's)."""
     if kernels is None:
         return KernelReport(target=options.target)
-    remedies = []
+    changes = []
     for check in kernels.nodes:  # in graph order
         node = check.node
         if node not in kernels.channel_qmax:
             continue
         qmax = kernels.channel_qmax[node]
-        if options.kernel_remedy == "float":
+        remedy = (remedies or {}).get(node, options.kernel_remedy)
+        if remedy == "float":
             change = "kept in float"
-        elif options.kernel_remedy == "uint8_weights":
+        elif remedy == "uint8_weights":
             change = "uint8 weights, zero point 128 (uint8 x uint8 kernels)"
         else:
             lowered = [q for q in qmax if q < 127]
@@ -216,11 +218,11 @@ def kernel_summary(options: Any, kernels: Any) -> KernelReport:
             change = (f"largest weight code {span} instead of 127 on {len(lowered)} of "
                       f"{len(qmax)} channels" if len(qmax) > 1 else
                       f"largest weight code {span} instead of 127")
-        remedies.append(KernelRemedy(node, check.op_type, options.kernel_remedy, change,
-                                     _remedy_reason(check, kernels.samples)))
+        changes.append(KernelRemedy(node, check.op_type, remedy, change,
+                                    _remedy_reason(check, kernels.samples)))
     return KernelReport(target=options.target, samples=kernels.samples,
                         checked=sum(c.kind == "pair_sums" for c in kernels.nodes),
-                        remedies=tuple(remedies), checks=kernels.nodes)
+                        remedies=tuple(changes), checks=kernels.nodes)
 
 
 @dataclass(frozen=True)

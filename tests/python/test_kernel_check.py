@@ -243,3 +243,35 @@ def test_bad_kernel_options_are_typed_errors(bad):
     _, ranges = _calibrated(model)
     with pytest.raises(oq.InvalidArgumentError):
         oq.quantize(model, ranges, **bad)
+
+
+def _check(node: str, pair_sums: int) -> "KernelCheck":
+    from onnxquant.kernel_check import KernelCheck
+
+    return KernelCheck(node=node, op_type="Conv", input="x", kind="pair_sums", bound=64770,
+                       rows=10, pair_sums=pair_sums, saturated=1, peak=64770)
+
+
+def test_auto_remedy_runs_the_deepest_cheapest_cuts_exactly():
+    from onnxquant.kernel_check import KernelCheckResult, choose_remedies
+
+    # "first": 2 % of the multiply-adds, every channel cut to 64; "deep": 60 %, also cut
+    # to 64; "shallow": 38 %, one channel at 120.
+    result = KernelCheckResult(
+        nodes=(_check("first", 2), _check("deep", 60), _check("shallow", 38)),
+        samples=8, channel_qmax={"first": (64, 64), "deep": (64, 64), "shallow": (120, 127)})
+    assert choose_remedies(result, "auto") == {
+        "first": "uint8_weights", "deep": "channel_range", "shallow": "channel_range"}
+    # A budget that holds "shallow" too still prefers the deeper cut per multiply-add.
+    assert choose_remedies(result, "auto", budget=0.40)["shallow"] == "uint8_weights"
+    assert choose_remedies(result, "auto", budget=0.0) == {
+        n: "channel_range" for n in ("first", "deep", "shallow")}
+    assert set(choose_remedies(result, "float").values()) == {"float"}
+
+
+def test_auto_remedy_without_samples_lowers_ranges():
+    from onnxquant.kernel_check import KernelCheck, KernelCheckResult, choose_remedies
+
+    unseen = KernelCheck(node="c", op_type="Conv", input="x", kind="pair_sums", bound=64770)
+    result = KernelCheckResult(nodes=(unseen,), samples=0, channel_qmax={"c": (64,)})
+    assert choose_remedies(result, "auto") == {"c": "channel_range"}
