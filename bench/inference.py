@@ -174,7 +174,8 @@ def _fixed_batch(path: str) -> bool:
     return bool(dims) and dims[0].HasField("dim_value") and dims[0].dim_value == 1
 
 
-def _quantize(w: Workload, samples: int, workdir: str) -> tuple[dict[str, str], dict[str, str]]:
+def _quantize(w: Workload, samples: int, workdir: str, options: oq.QuantOptions
+              ) -> tuple[dict[str, str], dict[str, str]]:
     """The FP32, ours and ORT's model files (variant -> path), and errors (variant -> text)."""
     paths, errors = {"FP32": w.path}, {}
     calibration = w.calibration[:samples]
@@ -183,11 +184,12 @@ def _quantize(w: Workload, samples: int, workdir: str) -> tuple[dict[str, str], 
     onnx.save(model, normalised)
     t = time.perf_counter()
     try:
-        calibrator = oq.Calibrator(model, oq.CalibrationMethod[DEFAULT_METHOD])
+        calibrator = oq.Calibrator(model, oq.CalibrationMethod[DEFAULT_METHOD],
+                                   options=options)
         calibrator.collect_data(calibration[i:i + 1] for i in range(len(calibration)))
         paths["ours"] = os.path.join(workdir, "ours.onnx")
-        onnx.save(oq.quantize(model, calibrator.compute_range(), calibrator=calibrator),
-                  paths["ours"])
+        onnx.save(oq.quantize(model, calibrator.compute_range(), options=options,
+                              calibrator=calibrator), paths["ours"])
     except Exception as e:  # noqa: BLE001 - reported in the table
         paths.pop("ours", None)
         errors["ours"] = first_line(e)
@@ -265,7 +267,8 @@ def measure(key: str, zoo: str, args: argparse.Namespace) -> Result:
     result = Result(key, w, False)
     log(f"{w.name}: {os.path.relpath(w.path, REPO)}")
     with tempfile.TemporaryDirectory(prefix="onnxquant_inference_") as workdir:
-        paths, result.errors = _quantize(w, args.calibration, workdir)
+        options = oq.QuantOptions(quantize_silu=args.quantize_silu)
+        paths, result.errors = _quantize(w, args.calibration, workdir, options)
         result.fixed_batch = any(_fixed_batch(p) for p in paths.values())
         for v in ("ours", "ORT"):
             if v not in paths:
@@ -460,6 +463,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                    "with --quick)")
     p.add_argument("--block-ms", type=float, default=10.0,
                    help="a timed block repeats the run until it lasts about this long")
+    p.add_argument("--quantize-silu", action="store_true",
+                   help="quantize our INT8 models with QuantOptions(quantize_silu=True)")
     p.add_argument("--zoo", default=DEFAULT_ZOO)
     p.add_argument("--output", help="also write the report to this file")
     args = p.parse_args(argv)

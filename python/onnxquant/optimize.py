@@ -110,7 +110,9 @@ def optimize_model(model: ModelLike, *,
        model, and the quantized model made from it, take and return float32.
        bfloat16 models raise UnsupportedModelError.
     2. **Graph passes** of the engine: initializers removed from graph.input,
-       Constant nodes lifted to initializers, Identity and unused-mask Dropout
+       Constant nodes lifted to initializers, a Transpose of a constant folded
+       into the transposed constant (so MatMul(x, Transpose(W)) has a constant
+       weight), Identity and unused-mask Dropout
        removed, BatchNormalization folded into Conv/ConvTranspose/Gemm, a
        Gemm's constant [1, N] bias reshaped to [N] (so that it is quantized
        and the Gemm fuses), and a ReduceMean over the spatial axes {2, 3} of a

@@ -394,6 +394,27 @@ def test_a_per_element_gemm_bias_stays() -> None:
 
 
 # ---------------------------------------------------------------------------
+# fold_constant_transpose
+
+
+def test_fold_constant_transpose_gives_the_matmul_a_constant_weight() -> None:
+    # A Linear layer on a 3-D input as PyTorch exports it without constant folding.
+    rng = np.random.default_rng(11)
+    model = _model([helper.make_node("Transpose", ["W"], ["Wt"], name="t", perm=[1, 0]),
+                    helper.make_node("MatMul", ["x", "Wt"], ["y"], name="mm")],
+                   [_vi("x", [2, 5, 4])], [_vi("y", [2, 5, 3])],
+                   [_init("W", rng.standard_normal((3, 4)))])
+    after = _check_pass(model, "fold_constant_transpose")
+    assert [n.op_type for n in after.graph.node] == ["MatMul"]
+    assert {t.name: list(t.dims) for t in after.graph.initializer} == {"Wt": [4, 3]}
+    normalised = onnxquant.optimize_model(model)
+    plan = {q.node: q.weight_axis for q in onnxquant.quantize(
+        normalised, {"x": (-3.0, 3.0), "y": (-9.0, 9.0)}, target="exact",
+        return_report=True)[1].quantized_nodes}
+    assert plan == {"mm": 1}  # per output channel, as a weight
+
+
+# ---------------------------------------------------------------------------
 # reduce_mean_to_global_average_pool
 
 
@@ -503,11 +524,12 @@ def test_all_passes_in_their_default_order() -> None:
             _bn("ci", "n"),
             helper.make_node("Identity", ["n"], ["ni"]),
             helper.make_node("ReduceMean", ["ni"], ["m"], axes=[2, 3], keepdims=0),
+            helper.make_node("Transpose", ["fc_t"], ["fc"]),
             helper.make_node("Gemm", ["m", "fc", "fc_b"], ["y"]),
         ],
         [_vi("x", [1, 3, 4, 4]), _vi("bn_var", [4])],
         [_vi("y", [1, 3])],
-        [*_bn_params("bn", 4, rng), _init("fc", rng.standard_normal((4, 3))),
+        [*_bn_params("bn", 4, rng), _init("fc_t", rng.standard_normal((3, 4))),
          _init("fc_b", rng.standard_normal((1, 3)))],
         opset=13,
     )

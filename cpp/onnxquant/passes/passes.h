@@ -21,6 +21,9 @@ bool RemoveIdentity(pb::ModelProto& model);
 bool RemoveDropout(pb::ModelProto& model);
 // Reshapes a Gemm's constant [1, N] bias to [N] (a copy where it is shared).
 bool FlattenGemmBias(pb::ModelProto& model);
+// Replaces a Transpose of a float32 initializer by an initializer holding
+// the transposed values (MatMul(x, Transpose(W)) gets a constant weight).
+bool FoldConstantTranspose(pb::ModelProto& model);
 // Rewrites a ReduceMean over axes {2, 3} of a known 4-D float tensor as
 // GlobalAveragePool (then Squeeze where keepdims = 0).
 bool ReduceMeanToGlobalAveragePool(pb::ModelProto& model);
