@@ -36,6 +36,11 @@ PAIR_SUM_LIMIT = 32767
 #: ONNX Runtime's exact uint8 x uint8 kernels (up to 2x slower on VNNI CPUs).
 EXACT_KERNEL_BUDGET = 0.03
 
+#: The precision cost (:func:`_precision_cost`) from which kernel_remedy="auto" considers
+#: the exact kernels for a node: a smaller weight range that at least doubles the weights'
+#: rounding noise, on average over the output channels.
+EXACT_KERNEL_MIN_COST = 1.0
+
 
 @dataclass(frozen=True)
 class KernelCheck:
@@ -180,12 +185,14 @@ def _precision_cost(qmax: tuple[int, ...]) -> float:
 
 
 def choose_remedies(result: KernelCheckResult, remedy: str,
-                    budget: float = EXACT_KERNEL_BUDGET) -> dict[str, str]:
+                    budget: float = EXACT_KERNEL_BUDGET,
+                    min_cost: float = EXACT_KERNEL_MIN_COST) -> dict[str, str]:
     """Per saturating node of ``result``, the remedy ``quantize`` applies:
     ``remedy`` itself, or for ``"auto"``: ``"uint8_weights"`` (exact kernels,
     no precision lost) on the nodes where a smaller weight range would cost
-    most precision for the time the exact kernels cost, as long as those
-    nodes hold at most ``budget`` of the checked nodes' multiply-adds, and
+    most precision for the time the exact kernels cost, among those where it
+    would at least double the weights' rounding noise (``min_cost``), as long
+    as they hold at most ``budget`` of the checked nodes' multiply-adds, and
     ``"channel_range"`` on the others. Typically the first Conv over image
     pixels, whose pair sums reach twice the int16 range in most channels but
     whose multiply-adds are a few percent of the model's, runs exactly. Without
@@ -202,7 +209,8 @@ def choose_remedies(result: KernelCheckResult, remedy: str,
         if n.node in chosen and n.observed:
             share = 2 * n.pair_sums / total
             cost = _precision_cost(result.channel_qmax[n.node])
-            candidates.append((cost / max(share, 1e-12), share, n.node))
+            if cost >= min_cost:
+                candidates.append((cost / max(share, 1e-12), share, n.node))
     spent = 0.0
     for _ratio, share, node in sorted(candidates, reverse=True):
         if spent + share <= budget:

@@ -72,8 +72,9 @@ class QuantOptions:
             by ONNX Runtime's exact uint8 x uint8 kernels, which are up to 2x
             slower on VNNI CPUs); ``"float"`` keeps the node in float;
             ``"auto"`` gives ``"uint8_weights"`` to the nodes where a smaller
-            range would cost most precision for their share of the model's
-            multiply-adds, within 3 % of them
+            range would at least double the weights' rounding noise and cost
+            most precision for their share of the model's multiply-adds,
+            within 3 % of them
             (:func:`onnxquant.kernel_check.choose_remedies`; typically the
             first Conv over image pixels), and ``"channel_range"`` to the
             others.

@@ -262,8 +262,11 @@ def test_auto_remedy_runs_the_deepest_cheapest_cuts_exactly():
         samples=8, channel_qmax={"first": (64, 64), "deep": (64, 64), "shallow": (120, 127)})
     assert choose_remedies(result, "auto") == {
         "first": "uint8_weights", "deep": "channel_range", "shallow": "channel_range"}
-    # A budget that holds "shallow" too still prefers the deeper cut per multiply-add.
-    assert choose_remedies(result, "auto", budget=0.40)["shallow"] == "uint8_weights"
+    # A budget that holds "shallow" too: its cut (one channel at 120 of two) costs less than
+    # the minimum, so it keeps channel_range; without a minimum it runs exactly too.
+    assert choose_remedies(result, "auto", budget=0.40)["shallow"] == "channel_range"
+    assert choose_remedies(result, "auto", budget=0.40, min_cost=0.0)["shallow"] == \
+        "uint8_weights"
     assert choose_remedies(result, "auto", budget=0.0) == {
         n: "channel_range" for n in ("first", "deep", "shallow")}
     assert set(choose_remedies(result, "float").values()) == {"float"}
