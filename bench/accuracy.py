@@ -7,7 +7,7 @@ For each classifier entry the script
 2. onnxquant: one ``Calibrator`` collection on the calibration samples serves all ten
    ``CalibrationMethod`` values (``compute_range(method)``); each range set goes through the
    default ``quantize(model, ranges, calibrator=calibrator)`` (``target="portable"``: the
-   kernel check replays the Calibrator's first 64 samples), whose report gives the kernel
+   kernel check replays the Calibrator's first 128 samples), whose report gives the kernel
    remedies;
 3. ONNX Runtime: ``quant_pre_process`` and then ``quantize_static`` (QDQ, per-channel,
    QUInt8 activations, QInt8 weights) with MinMax, Entropy and Percentile, each with

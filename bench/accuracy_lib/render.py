@@ -268,7 +268,7 @@ def render_method(results: list[ModelResult], args: argparse.Namespace) -> list[
         (f"- onnxquant: {our}, then `quantize(model, ranges, calibrator=calibrator)` with the "
          "defaults: uint8 activations (per tensor), int8 per-channel symmetric weights, "
          "int32 bias, `target=\"portable\"` (the kernel check replays the Calibrator's first "
-         "64 samples, simulates the 16-bit pair sums of ONNX Runtime's AVX2 kernels and "
+         "128 samples, simulates the 16-bit pair sums of ONNX Runtime's AVX2 kernels and "
          "lowers the weight range of the output channels that would saturate). Calibrator "
          f"defaults: PERCENTILE percentage {default_percentage()}, ENTROPY "
          f"ignore_zero_spike={calibrator_default('ignore_zero_spike')}, "

@@ -95,7 +95,7 @@ void BindKernelCheck(py::module_& m) {
       .def("results", &Results,
            "Per node: kind, bound, and what add() observed.")
       .def("channel_qmax", &oq::KernelChecker::ChannelQmax,
-           py::arg("bound_unobserved"),
+           py::arg("bound_unobserved"), py::arg("headroom") = 0.0,
            "Per node that needs it, the per-channel weight qmax that keeps "
            "its pair sums within int16.");
 }

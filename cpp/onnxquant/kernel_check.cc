@@ -231,10 +231,11 @@ std::vector<int32_t> PairSumBounds(const PairedFilters& f, int32_t max_code) {
   return bounds;
 }
 
-int32_t FittingQmax(int32_t peak) {
-  if (peak <= kPairSumMax) return 127;
-  const int64_t q = 127LL * (kPairSumMax - 2 * 255) / peak;
-  return static_cast<int32_t>(std::clamp<int64_t>(q, 1, 127));
+int32_t FittingQmax(int32_t peak, double headroom) {
+  const double grown = static_cast<double>(peak) * (1.0 + std::max(headroom, 0.0));
+  if (grown <= kPairSumMax) return 127;
+  const double q = std::floor(127.0 * (kPairSumMax - 2 * 255) / grown);
+  return static_cast<int32_t>(std::clamp(q, 1.0, 127.0));
 }
 
 void Accumulate(const PairSumStats& s, PairSumStats* total) {

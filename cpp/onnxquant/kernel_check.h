@@ -102,10 +102,11 @@ std::vector<int32_t> PairSumBounds(const PairedFilters& f, int32_t max_code);
 
 // The largest weight code (<= 127) for a filter whose pair sums reached
 // `peak` with codes up to 127, such that requantizing the filter's weight
-// to that code keeps every one of those pair sums within int16. (Codes
-// scaled by q / 127 move each pair sum by at most q / 127 of itself plus
-// 2 x 255 for rounding.) 127 when `peak` fits already.
-int32_t FittingQmax(int32_t peak);
+// to that code keeps every one of those pair sums, grown by the fraction
+// `headroom` (>= 0), within int16. (Codes scaled by q / 127 move each pair
+// sum by at most q / 127 of itself plus 2 x 255 for rounding.) 127 when the
+// grown peak fits already.
+int32_t FittingQmax(int32_t peak, double headroom = 0.0);
 
 }  // namespace onnxquant
 

@@ -281,7 +281,7 @@ void KernelChecker::AddGemm(const Node& n, const ActivationView& a,
 }
 
 std::unordered_map<std::string, std::vector<int32_t>>
-KernelChecker::ChannelQmax(bool bound_unobserved) const {
+KernelChecker::ChannelQmax(bool bound_unobserved, double headroom) const {
   std::unordered_map<std::string, std::vector<int32_t>> out;
   for (const auto& r : results_) {
     if (r.kind != KernelKind::kPairSums) continue;
@@ -292,7 +292,7 @@ KernelChecker::ChannelQmax(bool bound_unobserved) const {
     std::vector<int32_t> qmax(peaks.size(), 127);
     bool changed = false;
     for (size_t f = 0; f < peaks.size(); ++f) {
-      qmax[f] = FittingQmax(peaks[f]);
+      qmax[f] = FittingQmax(peaks[f], observed ? headroom : 0.0);
       changed = changed || qmax[f] < 127;
     }
     if (!changed) continue;

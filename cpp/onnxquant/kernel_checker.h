@@ -76,8 +76,10 @@ class KernelChecker {
   // (`bounds`) when `bound_unobserved` is set. Nodes that fit are left out.
   // Peaks are those of the checked options' codes: call on a checker built
   // without remedies.
+  // `headroom` grows observed peaks (not bounds) by that fraction first,
+  // for inputs beyond the samples seen.
   std::unordered_map<std::string, std::vector<int32_t>> ChannelQmax(
-      bool bound_unobserved) const;
+      bool bound_unobserved, double headroom = 0.0) const;
 
  private:
   struct Node {

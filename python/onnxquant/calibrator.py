@@ -162,7 +162,7 @@ class Calibrator:
             copy, at most this many, whatever the number fed) for
             :func:`~onnxquant.quantize`'s kernel check, which replays them to
             find the nodes whose integer kernels would saturate on CPUs
-            without VNNI (default 64; 0 keeps none, and quantize then applies
+            without VNNI (default 128; 0 keeps none, and quantize then applies
             its conservative rule).
 
     Raises:
@@ -176,7 +176,7 @@ class Calibrator:
                  options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
                  providers: Sequence[str] | None = None,
-                 kernel_check_samples: int = 64) -> None:
+                 kernel_check_samples: int = 128) -> None:
         self._method = _method(method)
         self._percentage = _percentage(percentage)
         self._ignore_zero_spike = bool(ignore_zero_spike)

@@ -21,7 +21,12 @@ from onnxquant._model import (
 )
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
-from onnxquant.kernel_check import KernelCheckResult, check_kernels, choose_remedies
+from onnxquant.kernel_check import (
+    KERNEL_CHECK_HEADROOM,
+    KernelCheckResult,
+    check_kernels,
+    choose_remedies,
+)
 from onnxquant.report import CalibrationReport, QuantizationReport, kernel_summary
 
 if TYPE_CHECKING:
@@ -252,7 +257,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
-                                dtypes=dtypes)
+                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
     data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)

@@ -1,7 +1,7 @@
 """The CIFAR-10 models trained by models/cifar (committed .onnx, both
 exporters) still load, run and quantize, and INT8 stays near FP32.
 
-On 400 test images (a fixed random subset): FP32 top-1 must agree with the
+On 2 000 test images (a fixed random subset): FP32 top-1 must agree with the
 figure recorded in the model's JSON within three standard errors, and INT8
 (MIN_MAX_ASYM, 300 calibration images) as deployed, with ONNX Runtime's
 default session options (fused integer kernels), must lose at most the
@@ -43,7 +43,7 @@ def cifar(zoo_dir):
     from onnxquant.data import read_image_set
 
     x_test, y_test = load_test(zoo_dir)
-    pick = np.random.default_rng(1).choice(len(x_test), 400, replace=False)
+    pick = np.random.default_rng(1).choice(len(x_test), 2000, replace=False)
     calib_idx = np.random.default_rng(0).choice(50000, 300, replace=False)
     calib, _ = read_image_set(os.path.join(zoo_dir, "cifar10", "cifar10_train_jpeg.npz"),
                               calib_idx)
