@@ -114,7 +114,7 @@ def _check_structure(model: onnx.ModelProto, what: str) -> None:
     # Order-independent: some exporters write nodes out of topological order.
     known = {i.name for i in model.graph.input}
     known.update(t.name for t in model.graph.initializer)
-    known.update(t.name for t in model.graph.sparse_initializer)
+    known.update(t.values.name for t in model.graph.sparse_initializer)
     for node in model.graph.node:
         known.update(node.output)
     for index, node in enumerate(model.graph.node):

@@ -17,7 +17,12 @@ from onnxquant import _core
 from onnxquant._model import ModelLike, load_model, model_to_bytes, write_bytes_atomic
 from onnxquant._samples import batch_samples, input_specs
 from onnxquant._shapes import infer_dtypes
-from onnxquant.errors import CalibrationDataError, InternalError, InvalidArgumentError
+from onnxquant.errors import (
+    CalibrationDataError,
+    InternalError,
+    InvalidArgumentError,
+    UnsupportedModelError,
+)
 from onnxquant.quantize import QuantOptions, require_normalized
 from onnxquant.report import CalibrationReport, NonFiniteCount
 
@@ -167,6 +172,8 @@ class Calibrator:
 
     Raises:
         ModelError: the model was not normalised by ``optimize_model``.
+        UnsupportedModelError: the model is already quantized (names the first
+            quantized node), or ONNX Runtime cannot load it.
         InvalidArgumentError: an argument outside its domain.
     """
 
@@ -219,7 +226,15 @@ class Calibrator:
         self._session = None
         if self._fetch:
             augmented = _core.expose_tensors(data, self._fetch, dtypes)
-            self._session = _session(augmented, threads, providers)
+            try:
+                self._session = _session(augmented, threads, providers)
+            except Exception as e:  # ORT's errors derive from Exception only
+                first = str(e).strip().splitlines()[0] if str(e).strip() else \
+                    type(e).__name__
+                raise UnsupportedModelError(
+                    f"ONNX Runtime cannot load the model to calibrate it ({first}). Pass "
+                    "the model optimize_model returned, and check that ONNX Runtime runs "
+                    "the original model.") from e
             produced = {o.name for o in self._session.get_outputs()}
             lost = [t for t in self._fetch if t not in produced]
             if lost:

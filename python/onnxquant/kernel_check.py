@@ -156,7 +156,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
         session = None
         for feed in feeds:
             if session is None:
-                session = _session(_core.expose_tensors(data, names, types), providers)
+                session = _checked_session(_core.expose_tensors(data, names, types),
+                                           providers)
             outputs = _run(session, names, feed)
             checker.add({n: np.ascontiguousarray(o, dtype=np.float32)
                          for n, o in zip(names, outputs)})
@@ -177,6 +178,18 @@ def _session(model_bytes: bytes, providers: Sequence[str] | None):
     options.log_severity_level = 3
     return ort.InferenceSession(model_bytes, options,
                                 providers=list(providers or ["CPUExecutionProvider"]))
+
+
+def _checked_session(model_bytes: bytes, providers: Sequence[str] | None):
+    from onnxquant.errors import UnsupportedModelError
+
+    try:
+        return _session(model_bytes, providers)
+    except Exception as e:  # ORT's errors derive from Exception only
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot load the model to replay the kernel-check samples "
+            f"({first}); pass target='exact' to skip the check.") from e
 
 
 def _run(session, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:

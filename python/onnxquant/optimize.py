@@ -5,6 +5,12 @@ from __future__ import annotations
 import onnx
 
 from onnxquant import _core
+from onnxquant._input_checks import (
+    check_with_onnx_checker,
+    densify_sparse_initializers,
+    fit_ir_version,
+    refuse_quantized,
+)
 from onnxquant._model import (
     NORMALIZED_KEY,
     ModelLike,
@@ -103,6 +109,14 @@ def optimize_model(model: ModelLike, *,
     ``model`` is an ``onnx.ModelProto``, bytes or a path; it is never modified.
     Steps:
 
+    0. **Checks** (:mod:`onnxquant._input_checks`): an already quantized
+       model (QDQ, ``QLinear*`` ops, dynamically quantized ops such as
+       ``ConvInteger``, ``MatMulInteger``, ``DynamicQuantizeLinear``,
+       ``MatMulNBits``) is refused naming its first such node; sparse
+       initializers become dense ones (the same values); a model that
+       ``onnx.checker`` rejects is refused; an IR version newer than the
+       installed ONNX Runtime loads is lowered to one it loads when nothing in
+       the model needs the newer one (opsets, element types, functions).
     1. **float16**: a float16 model is converted to float32 (initializers,
        Constant tensors, Cast targets, and the element types of graph inputs,
        outputs and value_info). QuantizeLinear accepts float16 only from opset
@@ -141,15 +155,23 @@ def optimize_model(model: ModelLike, *,
        :func:`~onnxquant.quantize` require it.
 
     Raises:
-        ModelError: the model cannot be read or is malformed.
-        UnsupportedModelError: bfloat16; an opset conversion that fails (the
-            message names the node that blocks it) or that changes the outputs.
+        ModelError: the model cannot be read or is malformed, or fails
+            ``onnx.checker`` as given (the message says so).
+        UnsupportedModelError: the model is already quantized (names the first
+            quantized node); an IR version ONNX Runtime cannot load that cannot
+            be lowered without loss; bfloat16; an opset conversion that fails
+            (the message names the node that blocks it) or that changes the
+            outputs.
         InvalidArgumentError: ``input_shapes`` names an unknown input or a shape
             that does not fit the model.
     """
     from onnxquant import __version__
 
     work = load_model(model)
+    refuse_quantized(work, "optimize_model")
+    densify_sparse_initializers(work)
+    fit_ir_version(work, "The model")
+    check_with_onnx_checker(work, "The model")
     convert_float16(work)
     reference = work
     work = run_passes(work)

@@ -10,6 +10,7 @@ import onnx
 import onnx.checker
 
 from onnxquant import _core
+from onnxquant._input_checks import refuse_quantized
 from onnxquant._model import (
     NORMALIZED_KEY,
     QUANTIZED_KEY,
@@ -150,11 +151,10 @@ def _names(option: str, values: Iterable[str]) -> tuple[str, ...]:
 
 
 def require_normalized(model: onnx.ModelProto, what: str) -> None:
-    """Raises ModelError unless ``model`` carries optimize_model's stamp and
-    not quantize's."""
-    if get_metadata(model, QUANTIZED_KEY) is not None:
-        raise ModelError(
-            f"{what} takes a float model, and this one is already quantized by onnxquant.")
+    """Raises UnsupportedModelError when ``model`` is already quantized (it has
+    a quantized node, named in the message, or quantize's stamp), ModelError
+    unless it carries optimize_model's stamp."""
+    refuse_quantized(model, what, stamped=get_metadata(model, QUANTIZED_KEY) is not None)
     if get_metadata(model, NORMALIZED_KEY) is None:
         raise ModelError(
             f"{what} takes a model normalised by onnxquant.optimize_model; run "
@@ -224,8 +224,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         ``onnxquant.quantized``.
 
     Raises:
-        ModelError: the model was not normalised by optimize_model, or is
-            already quantized.
+        ModelError: the model was not normalised by optimize_model.
+        UnsupportedModelError: the model is already quantized (the message
+            names its first quantized node).
         RangeMissingError: a planned tensor has no range, or a non-finite or
             inverted one (the message names the tensor).
         InvalidArgumentError: an option outside its domain, or an excluded node

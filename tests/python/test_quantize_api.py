@@ -91,7 +91,7 @@ def test_already_quantized_model_is_refused(calibrated):
     model, calibrator = calibrated
     ranges = calibrator.compute_range()
     quantized = oq.quantize(model, ranges)
-    with pytest.raises(oq.ModelError, match="already quantized"):
+    with pytest.raises(oq.UnsupportedModelError, match="already quantized"):
         oq.quantize(quantized, ranges)
 
 
