@@ -77,6 +77,7 @@ class CalibrationMethod(enum.IntEnum):
 # Ops whose outputs are bounded by construction: clipping methods keep their
 # observed range unless clip_bounded_outputs is set.
 _BOUNDED_OUTPUT_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "Tanh"})
+_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 def default_threads() -> int:
@@ -85,6 +86,24 @@ def default_threads() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+_COLLECT = ("plan", "all")
+
+
+def _float_tensors(model, dtypes: dict[str, int], planned: Sequence[str]) -> tuple[str, ...]:
+    """The planned tensors, then every other float32 graph input and node output
+    of the main graph, in graph order: all a plan for any options can need."""
+    names = dict.fromkeys(planned)
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers and dtypes.get(value.name) == _FLOAT:
+            names.setdefault(value.name)
+    for node in model.graph.node:
+        for output in node.output:
+            if output and dtypes.get(output) == _FLOAT:
+                names.setdefault(output)
+    return tuple(names)
 
 
 def _method(method: object) -> CalibrationMethod:
@@ -169,6 +188,13 @@ class Calibrator:
             find the nodes whose integer kernels would saturate on CPUs
             without VNNI (default 128; 0 keeps none, and quantize then applies
             its conservative rule).
+        collect: which tensors are observed. ``"plan"`` (default): those the
+            plan for ``options`` calibrates; ``quantize`` then needs options
+            that plan no other tensor (the same options, typically), and
+            refuses others naming the option that differs. ``"all"``: every
+            float tensor of the main graph, so that ``quantize`` takes any
+            options after one calibration, at a cost in time and memory
+            (docs/user_guide.md, "Options": measured on the zoo's ResNet8).
 
     Raises:
         ModelError: the model was not normalised by ``optimize_model``.
@@ -183,7 +209,7 @@ class Calibrator:
                  options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
                  providers: Sequence[str] | None = None,
-                 kernel_check_samples: int = 128) -> None:
+                 kernel_check_samples: int = 128, collect: str = "plan") -> None:
         self._method = _method(method)
         self._percentage = _percentage(percentage)
         self._ignore_zero_spike = bool(ignore_zero_spike)
@@ -201,6 +227,10 @@ class Calibrator:
             threads = default_threads()
         elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidArgumentError(f"threads must be an int >= 1, got {threads!r}.")
+        if collect not in _COLLECT:
+            raise InvalidArgumentError(
+                f"collect must be 'plan' (the tensors the options plan) or 'all' (every "
+                f"float tensor, so that quantize takes any options), got {collect!r}.")
         if options is None:
             options = QuantOptions()
         elif not isinstance(options, QuantOptions):
@@ -216,7 +246,10 @@ class Calibrator:
         data = model_to_bytes(work)
         self._fingerprint = hashlib.sha256(data).hexdigest()
         plan = _core.make_plan(data, dtypes, options.to_native())
+        self._collect = collect
         self._tensors = tuple(plan["calibrated"])
+        if collect == "all":
+            self._tensors = _float_tensors(work, dtypes, self._tensors)
         producers = {o: n.op_type for n in work.graph.node for o in n.output}
         self._bounded = frozenset(t for t in self._tensors
                                   if producers.get(t) in _BOUNDED_OUTPUT_OPS)
@@ -255,8 +288,15 @@ class Calibrator:
         return self._options
 
     @property
+    def collect(self) -> str:
+        """``"plan"`` (the tensors the options plan) or ``"all"`` (every float
+        tensor of the main graph)."""
+        return self._collect
+
+    @property
     def tensors(self) -> tuple[str, ...]:
-        """The tensors calibrated (the plan's), in graph order."""
+        """The tensors calibrated (the plan's, or with ``collect="all"`` every
+        float tensor of the main graph), in graph order."""
         return self._tensors
 
     @property

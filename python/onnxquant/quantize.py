@@ -21,7 +21,12 @@ from onnxquant._model import (
     set_metadata,
 )
 from onnxquant._shapes import infer_dtypes
-from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
+from onnxquant.errors import (
+    InternalError,
+    InvalidArgumentError,
+    ModelError,
+    RangeMissingError,
+)
 from onnxquant.kernel_check import (
     KERNEL_CHECK_HEADROOM,
     KernelCheckResult,
@@ -230,7 +235,10 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         RangeMissingError: a planned tensor has no range, or a non-finite or
             inverted one (the message names the tensor).
         InvalidArgumentError: an option outside its domain, or an excluded node
-            or op type the model does not contain.
+            or op type the model does not contain; or options that plan a
+            tensor the ``calibrator`` did not observe because its options
+            differ (the message names those options: pass the same to both,
+            or build the Calibrator with ``collect="all"``).
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
@@ -254,6 +262,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     native_ranges = _native_ranges(ranges)
     dtypes = infer_dtypes(work)
     native = options.to_native()
+    data = model_to_bytes(work)
+    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator)
     kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
@@ -261,7 +271,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
                                 dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
-    data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)
+        if "float" in remedies.values():
+            _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
+    data, native_report = _core.quantize(data, dtypes, native, native_ranges)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
@@ -282,6 +294,65 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
+
+
+# The options that change which tensors the plan calibrates.
+_PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
+                 "quantize_activation_matmul", "quantize_silu")
+
+
+def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
+                            ranges: Mapping[str, tuple[float, float]],
+                            calibrator: Calibrator | None) -> None:
+    """Raises when the plan for ``options`` calibrates a tensor ``ranges``
+    lacks: InvalidArgumentError naming the options that differ from the
+    calibrator's, when they do; RangeMissingError naming the tensor otherwise."""
+    missing = _missing_ranges(data, dtypes, options.to_native(), ranges)
+    if not missing:
+        return
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    if calibrator is not None:
+        theirs = calibrator.options
+        differ = [f for f in _PLAN_OPTIONS if getattr(theirs, f) != getattr(options, f)]
+        if differ:
+            pairs = "; ".join(f"{f}={getattr(options, f)!r} here, {getattr(theirs, f)!r} in "
+                              "the Calibrator" for f in differ)
+            raise InvalidArgumentError(
+                f"quantize's options differ from the Calibrator's in {', '.join(differ)} "
+                f"({pairs}), and with them the plan needs tensor '{missing[0]}'{more}, "
+                "which the Calibrator did not observe. Pass the same options to both "
+                "(Calibrator(..., options=opts) and quantize(..., options=opts)), or "
+                "build the Calibrator with collect='all' so that any options work after "
+                "it.")
+    raise RangeMissingError(
+        f"No range for planned tensor '{missing[0]}'{more}. Pass every range "
+        "Calibrator.compute_range() returns, from a Calibrator built with the same "
+        "options as quantize (or with collect='all'), and pass that Calibrator as "
+        "calibrator= so that quantize can tell which options differ.")
+
+
+def _missing_ranges(data: bytes, dtypes: Mapping[str, int], native: _core.QuantOptions,
+                    ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    """The tensors the plan for ``native`` calibrates that ``ranges`` lacks."""
+    planned = _core.make_plan(data, dict(dtypes), native)["calibrated"]
+    return [t for t in planned if t not in ranges]
+
+
+def _require_float_remedy_ranges(data: bytes, dtypes: Mapping[str, int],
+                                 native: _core.QuantOptions,
+                                 ranges: Mapping[str, tuple[float, float]],
+                                 remedies: Mapping[str, str]) -> None:
+    """Raises InvalidArgumentError when keeping the ``"float"`` remedy's nodes
+    float plans a tensor without a range (the output of a node whose Relu the
+    plan had absorbed, for one)."""
+    missing = _missing_ranges(data, dtypes, native, ranges)
+    if missing:
+        nodes = sorted(n for n, r in remedies.items() if r == "float")
+        raise InvalidArgumentError(
+            f"kernel_remedy='float' keeps {', '.join(map(repr, nodes))} float, and then "
+            f"the plan needs a range for tensor '{missing[0]}', which the ranges lack "
+            "(it was not calibrated under the plan without that remedy). Build the "
+            "Calibrator with collect='all', or choose another kernel_remedy.")
 
 
 def _runtime_of(model: onnx.ModelProto):
