@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import warnings
+
 import onnx
 
 from onnxquant import _core
@@ -27,11 +30,26 @@ from onnxquant._opset import (
     fold_shape_subgraphs,
     verify_same_outputs,
 )
-from onnxquant._shapes import infer_shapes
+from onnxquant._shapes import graph_inputs, infer_shapes, tensor_shape
+from onnxquant.errors import UnsupportedModelError
 
-__all__ = ["annotate_reduce_mean_inputs", "name_nodes", "optimize_model", "run_passes"]
+__all__ = [
+    "FIXED_INPUTS_KEY",
+    "FixedShapeWarning",
+    "annotate_reduce_mean_inputs",
+    "name_nodes",
+    "optimize_model",
+    "run_passes",
+]
 
 _MIN_IR_VERSION = 7
+#: metadata_props key listing the inputs whose dynamic dims optimize_model
+#: fixed (JSON: {input: {"declared": dims, "fixed": dims}}).
+FIXED_INPUTS_KEY = "onnxquant.fixed_inputs"
+
+
+class FixedShapeWarning(UserWarning):
+    """optimize_model fixed a dynamic input dim (the batch) to a static size."""
 
 
 def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.ModelProto:
@@ -102,6 +120,60 @@ def name_nodes(model: onnx.ModelProto) -> int:
     return renamed
 
 
+def _convert(work: onnx.ModelProto, reference: onnx.ModelProto, opset: int,
+             input_shapes: dict[str, tuple[int, ...]] | None) -> onnx.ModelProto:
+    """Folds shape subgraphs and converts ``work`` to TARGET_OPSET, keeping the
+    dynamic batch dims that ``input_shapes`` does not set where the converted
+    model then computes what ``reference`` does at two batch sizes; else with
+    those dims fixed, a warning and a FIXED_INPUTS_KEY stamp."""
+    what = f"conversion from opset {opset} to {TARGET_OPSET}"
+    shapes, assumed = assumed_input_shapes(work, input_shapes)
+    dynamic = [name for name in assumed if name not in (input_shapes or {})]
+    declared = {v.name: tensor_shape(v) for v in graph_inputs(work)}
+    if dynamic:
+        attempt = onnx.ModelProto()
+        attempt.CopyFrom(work)
+        try:
+            fold_shape_subgraphs(attempt, shapes, assumed, keep_dynamic=dynamic)
+            attempt = convert_opset(attempt, TARGET_OPSET)
+            verify_same_outputs(reference, attempt, shapes, what)
+            batch3 = {n: ((3, *s[1:]) if n in dynamic else s) for n, s in shapes.items()}
+            verify_same_outputs(reference, attempt, batch3, what)
+            return attempt
+        except UnsupportedModelError:
+            pass  # fixed below, with a warning
+    fold_shape_subgraphs(work, shapes, assumed)
+    work = convert_opset(work, TARGET_OPSET)
+    verify_same_outputs(reference, work, shapes, what)
+    now = {v.name: tensor_shape(v) for v in graph_inputs(work)}
+    fixed = {name: (declared[name], now[name]) for name in dynamic
+             if name in now and now[name] != declared.get(name)}
+    if fixed:
+        _note_fixed_inputs(work, fixed, opset)
+    return work
+
+
+def _note_fixed_inputs(model: onnx.ModelProto, fixed: dict[str, tuple], opset: int) -> None:
+    entries = {name: {"declared": [d if d is not None else "?" for d in was],
+                      "fixed": list(now)} for name, (was, now) in fixed.items()}
+    set_metadata(model, FIXED_INPUTS_KEY, json.dumps(entries, sort_keys=True))
+    warnings.warn(fixed_inputs_message(entries, opset), FixedShapeWarning, stacklevel=4)
+
+
+def fixed_inputs_message(entries: dict[str, dict], opset: int | None = None) -> str:
+    """The sentence that says which inputs optimize_model fixed, and the remedy."""
+    which = "; ".join(f"input '{name}' to {e['fixed']} (declared {e['declared']})"
+                      for name, e in sorted(entries.items()))
+    example = ", ".join(f"'{name}': ({', '.join(['B'] + [str(d) for d in e['fixed'][1:]])})"
+                        for name, e in sorted(entries.items()))
+    source = f"opset {opset}" if opset else "an opset below 13"
+    return (f"optimize_model fixed {which}: converting the model from {source} to "
+            f"{TARGET_OPSET} needed its shape subgraphs folded under a static shape, and "
+            "the converted model takes only that shape. Pass input_shapes={"
+            f"{example}}} to optimize_model for batch size B, or re-export the model at "
+            f"opset {TARGET_OPSET} or later to keep the batch dynamic.")
+
+
 def optimize_model(model: ModelLike, *,
                    input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
     """Returns the normalised form of ``model`` that the rest of onnxquant takes.
@@ -143,8 +215,16 @@ def optimize_model(model: ModelLike, *,
        random input that the converted model computes what the original did.
        The static shapes are the model's own; ``input_shapes`` (default None:
        none given) sets them per input name, and an unset dynamic first (batch)
-       dim is taken as 1. When shapes were folded under such an assumed shape,
-       the returned model's input takes that shape.
+       dim is taken as 1. A dynamic batch dim that ``input_shapes`` does not
+       set stays dynamic: only values that are the same at batch 1 and batch
+       2 are folded, and the converted model is checked at batch 1 and 3.
+       Where that fails (the converter needs a shape that depends on the
+       batch, or the model does not compute the same at another batch), the
+       shapes are folded under the assumed batch 1, the input takes that
+       shape, a :class:`FixedShapeWarning` says so naming ``input_shapes=``
+       as the remedy, and a ``metadata_props`` entry ``onnxquant.fixed_inputs``
+       records it for :func:`~onnxquant.quantize`'s report. Inputs set by
+       ``input_shapes`` take the shape given when shapes were folded.
     4. The graph passes again, on the converted model, with the shapes of
        ReduceMean inputs declared from ONNX shape inference for the duration
        (the ValueInfo entries added for that are removed afterwards); then
@@ -179,11 +259,7 @@ def optimize_model(model: ModelLike, *,
     if not opset:
         work.opset_import.add(domain="", version=TARGET_OPSET)
     elif opset < TARGET_OPSET:
-        shapes, assumed = assumed_input_shapes(work, input_shapes)
-        fold_shape_subgraphs(work, shapes, assumed)
-        work = convert_opset(work, TARGET_OPSET)
-        verify_same_outputs(reference, work, shapes,
-                            f"conversion from opset {opset} to {TARGET_OPSET}")
+        work = _convert(work, reference, opset, input_shapes)
     elif input_shapes:
         assumed_input_shapes(work, input_shapes)  # validates the names and shapes
     work.ir_version = max(work.ir_version, _MIN_IR_VERSION)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import onnx
@@ -290,10 +291,28 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
     runtime, note = _runtime_of(result)
-    return result, QuantizationReport.from_native(
+    report = QuantizationReport.from_native(
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
+    fixed = _fixed_inputs_note(work)
+    if fixed:
+        report = replace(report, notes=(*report.notes, fixed))
+    return result, report
+
+
+def _fixed_inputs_note(model: onnx.ModelProto) -> str:
+    """The note on inputs whose dynamic dims optimize_model fixed, or ""."""
+    from onnxquant.optimize import FIXED_INPUTS_KEY, fixed_inputs_message
+
+    text = get_metadata(model, FIXED_INPUTS_KEY)
+    if not text:
+        return ""
+    try:
+        return fixed_inputs_message(json.loads(text))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return f"optimize_model fixed dynamic input dims: {text}"
+
 
 
 # The options that change which tensors the plan calibrates.
