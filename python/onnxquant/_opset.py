@@ -23,7 +23,7 @@ import onnx.version_converter
 from onnx import TensorProto
 
 from onnxquant._shapes import graph_inputs, infer_shapes, tensor_shape
-from onnxquant.errors import InvalidArgumentError, UnsupportedModelError
+from onnxquant.errors import InvalidArgumentError, ModelError, UnsupportedModelError
 
 __all__ = [
     "TARGET_OPSET",
@@ -77,8 +77,13 @@ def _all_graphs(graph: onnx.GraphProto):
 # --------------------------------------------------------------------------
 
 def _tensor_to_float32(tensor: onnx.TensorProto) -> None:
-    array = onnx.numpy_helper.to_array(tensor).astype(np.float32)
     name = tensor.name
+    try:
+        array = onnx.numpy_helper.to_array(tensor).astype(np.float32)
+    except (ValueError, TypeError) as e:
+        raise ModelError(
+            f"float16 tensor '{name}' holds data that does not fit its dims "
+            f"{list(tensor.dims)} ({e}); re-export the model.") from e
     tensor.CopyFrom(onnx.numpy_helper.from_array(array, name))
 
 
@@ -510,7 +515,13 @@ def _random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
             shape = tuple(d if isinstance(d, int) else 1 for d in dims)
             guessed.append(value.name)
         elem = value.type.tensor_type.elem_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UnsupportedModelError(
+                f"Input '{value.name}' has element type {elem}, which onnxquant cannot "
+                "feed to check the opset conversion; declare a standard tensor type for "
+                "it.") from e
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         else:

@@ -11,7 +11,7 @@ import onnx
 import onnx.checker
 
 from onnxquant import _core
-from onnxquant._input_checks import refuse_quantized
+from onnxquant._input_checks import check_with_onnx_checker, refuse_quantized
 from onnxquant._model import (
     NORMALIZED_KEY,
     QUANTIZED_KEY,
@@ -283,6 +283,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     try:
         onnx.checker.check_model(result)
     except onnx.checker.ValidationError as e:
+        # The input's own fault (a model edited after optimize_model) is the
+        # user's to fix, not a bug of onnxquant.
+        check_with_onnx_checker(work, "The model given to quantize")
         raise InternalError(
             f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
             "a bug in onnxquant, please report it with the model.") from e

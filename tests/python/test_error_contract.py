@@ -129,3 +129,40 @@ def test_onnx_runtime_refusing_the_model_at_calibration_is_typed():
                        match=r"ONNX Runtime cannot load the model to calibrate it \(.*"
                              "Mystery"):
         oq.Calibrator(model, "MIN_MAX_ASYM")
+
+
+def test_model_edited_after_optimize_into_an_invalid_one_is_a_model_error():
+    # quantize used to blame itself (InternalError) when its output failed the
+    # checker because its input did.
+    model = oq.optimize_model(_matmul_model(ir_version=8))
+    calibrator = oq.Calibrator(model, "MIN_MAX_ASYM")
+    calibrator.collect_data(_samples())
+    model.graph.initializer.append(onnx.numpy_helper.from_array(
+        np.zeros(2, np.float32), "unused"))
+    model.graph.initializer[-1].dims[0] = -1
+    with pytest.raises(oq.ModelError) as info:
+        oq.quantize(model, calibrator.compute_range())
+    message = str(info.value)
+    assert message.startswith("The model given to quantize fails ONNX's checker")
+    assert "Negative dimension value" in message
+    assert not isinstance(info.value, oq.InternalError)
+
+
+def test_float16_tensor_whose_data_does_not_fit_its_dims_is_named():
+    model = _matmul_model(ir_version=8)
+    half = onnx.numpy_helper.from_array(np.ones(8, np.float16), "half")
+    half.dims[0] = 4  # 8 values for 4 elements
+    model.graph.initializer.append(half)
+    with pytest.raises(oq.ModelError, match=r"float16 tensor 'half' holds data that does "
+                                            r"not fit its dims \[4\]"):
+        oq.optimize_model(model)
+
+
+def test_input_of_undefined_type_is_named_at_conversion(parse_model):
+    model = parse_model("""
+        <ir_version: 6, opset_import: ["" : 11]>
+        g (float[1, 4] x) => (float[1, 4] y) { y = Relu(x) }
+    """)
+    model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
+    with pytest.raises(oq.UnsupportedModelError, match=r"Input 'x' has element type 0"):
+        oq.optimize_model(model)
