@@ -52,6 +52,17 @@ void TranslateErrors(std::exception_ptr p) {
   } catch (const std::bad_alloc&) {
     PyErr_SetString(PyExc_MemoryError,
                     "onnxquant ran out of memory in the native engine.");
+  } catch (const std::exception& e) {
+    // Anything else (a protobuf CHECK on an index the engine did not
+    // validate, for one) is a broken invariant of onnxquant, never a foreign
+    // exception type.
+    py::object cls =
+        py::module_::import("onnxquant.errors").attr("InternalError");
+    PyErr_SetString(cls.ptr(),
+                    (std::string("The native engine failed (") + e.what() +
+                     "); this is a bug in onnxquant, please report it with "
+                     "the model.")
+                        .c_str());
   }
 }
 

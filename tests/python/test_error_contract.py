@@ -166,3 +166,25 @@ def test_input_of_undefined_type_is_named_at_conversion(parse_model):
     model.graph.input[0].type.tensor_type.elem_type = onnx.TensorProto.UNDEFINED
     with pytest.raises(oq.UnsupportedModelError, match=r"Input 'x' has element type 0"):
         oq.optimize_model(model)
+
+
+@pytest.mark.parametrize("after_optimize", [False, True])
+def test_mutated_models_raise_only_onnxquant_errors(after_optimize):
+    # In a process of its own: a native crash must not take pytest down.
+    import json
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "pipeline_fuzz.py")
+    args = [sys.executable, script, "--cases", "60", "--seed", "1"]
+    if after_optimize:
+        args.append("--after-optimize")
+    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert result["escapes"] == []
+    # The mutants reach every stage, so the contract is checked along the pipeline.
+    assert sum(result["stages"].values()) == 60
+    assert result["stages"].get("done", 0) > 0 and len(result["stages"]) >= 3
