@@ -188,3 +188,18 @@ def test_mutated_models_raise_only_onnxquant_errors(after_optimize):
     # The mutants reach every stage, so the contract is checked along the pipeline.
     assert sum(result["stages"].values()) == 60
     assert result["stages"].get("done", 0) > 0 and len(result["stages"]) >= 3
+
+
+def test_cli_quantizes_an_ir_version_ort_does_not_load(tmp_path, capsys):
+    from onnxquant.cli import main
+
+    path = tmp_path / "ir.onnx"
+    onnx.save(_matmul_model(ir_version=onnx.IR_VERSION), path)
+    data = tmp_path / "cal.npz"
+    np.savez(data, x=np.stack(_samples())[:, 0])
+    out = tmp_path / "ir.int8.onnx"
+    assert main(["quantize", str(path), "-o", str(out), "--calibration-data", str(data),
+                 "-q"]) == 0
+    quantized = onnx.load(out)
+    assert quantized.ir_version <= _ort_max_ir()
+    ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])

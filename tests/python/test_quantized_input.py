@@ -159,3 +159,19 @@ def calibrated_scale_shift(scale_shift_model):
     calibrator = oq.Calibrator(model, "MIN_MAX_ASYM")
     calibrator.collect_data([np.linspace(-1, 1, 8, dtype=np.float32)[None]])
     return model, calibrator.compute_range()
+
+
+def test_cli_refuses_a_quantized_model_in_one_line(tmp_path, capsys):
+    from onnxquant.cli import main
+
+    path = tmp_path / "qdq.onnx"
+    onnx.save(_qdq_conv_model(11), path)
+    data = tmp_path / "cal.npz"
+    np.savez(data, x=np.zeros((4, 1, 3, 8, 8), np.float32)[:, 0])
+    code = main(["quantize", str(path), "-o", str(tmp_path / "out.onnx"),
+                 "--calibration-data", str(data), "-q"])
+    assert code == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("onnxquant: error: ")
+    assert "already quantized: node 'input_quant' (QuantizeLinear)" in errors[0]
+    assert not (tmp_path / "out.onnx").exists()
