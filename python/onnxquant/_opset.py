@@ -156,7 +156,15 @@ def assumed_input_shapes(model: onnx.ModelProto,
     for value in graph_inputs(model):
         dims = tensor_shape(value)
         if value.name in given:
-            shape = tuple(int(d) for d in given[value.name])
+            try:
+                shape = tuple(int(d) for d in given[value.name])
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(
+                    f"input_shapes['{value.name}'] must be a sequence of ints, got "
+                    f"{given[value.name]!r}.") from e
+            if any(d < 1 for d in shape):
+                raise InvalidArgumentError(
+                    f"input_shapes['{value.name}'] = {list(shape)} has a dim below 1.")
             if dims is not None and (len(dims) != len(shape) or any(
                     isinstance(d, int) and d != s for d, s in zip(dims, shape))):
                 raise InvalidArgumentError(

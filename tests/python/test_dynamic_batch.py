@@ -117,3 +117,12 @@ def test_batch_independent_shape_values_are_still_folded(parse_model, run_model)
     x = np.random.default_rng(2).random((5, 4, 3), dtype=np.float32)
     np.testing.assert_allclose(run_model(optimized, {"x": x})[0],
                                run_model(model, {"x": x})[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape,match", [
+    ("abc", r"input_shapes\['x'\] must be a sequence of ints, got 'abc'"),
+    ((0, 3, 4, 4), r"input_shapes\['x'\] = \[0, 3, 4, 4\] has a dim below 1"),
+])
+def test_malformed_input_shapes_are_invalid_arguments(parse_model, shape, match):
+    with pytest.raises(oq.InvalidArgumentError, match=match):
+        oq.optimize_model(parse_model(FLATTEN_BY_SHAPE), input_shapes={"x": shape})
