@@ -317,7 +317,6 @@ def _fixed_inputs_note(model: onnx.ModelProto) -> str:
         return f"optimize_model fixed dynamic input dims: {text}"
 
 
-
 # The options that change which tensors the plan calibrates.
 _PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
                  "quantize_activation_matmul", "quantize_silu")
