@@ -34,8 +34,9 @@ import onnx.helper
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
-import onnxquant as oq  # noqa: E402
-from conftest import SCALE_SHIFT, SIGMOID_GATE, SMALL_CNN, parse  # noqa: E402
+from conftest import SCALE_SHIFT, SIGMOID_GATE, SMALL_CNN, parse
+
+import onnxquant as oq
 
 _OPS = ("Relu", "Conv", "Gemm", "MatMul", "Add", "Mul", "Softmax", "Reshape", "Concat",
         "Flatten", "GlobalAveragePool", "Sigmoid", "Identity", "Transpose", "Clip",

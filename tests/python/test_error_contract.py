@@ -180,7 +180,7 @@ def test_mutated_models_raise_only_onnxquant_errors(after_optimize):
     args = [sys.executable, script, "--cases", "60", "--seed", "1"]
     if after_optimize:
         args.append("--after-optimize")
-    proc = subprocess.run(args, capture_output=True, text=True, timeout=600,
+    proc = subprocess.run(args, check=False, capture_output=True, text=True, timeout=600,
                           env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     assert proc.returncode == 0, proc.stderr[-2000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
