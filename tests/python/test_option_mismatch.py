@@ -145,3 +145,27 @@ def test_collect_must_be_plan_or_all(cnn):
     model, _ = cnn
     with pytest.raises(oq.InvalidArgumentError, match="collect must be 'plan'.*'all'"):
         oq.Calibrator(model, "MIN_MAX_ASYM", collect="everything")
+
+
+def test_vit_activation_matmul_kept_float_after_a_default_calibration():
+    # The case reported: models/cifar's ViT, quantize_activation_matmul=False
+    # after a default calibration raised RangeMissingError ("pass every range").
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "models", "cifar", "vit.onnx")
+    model = oq.optimize_model(path)
+    rng = np.random.default_rng(0)
+    feeds = [rng.random((1, 3, 32, 32), dtype=np.float32) for _ in range(2)]
+    calibrator = oq.Calibrator(model, "MIN_MAX_ASYM")
+    calibrator.collect_data(feeds)
+    with pytest.raises(oq.InvalidArgumentError,
+                       match=r"differ from the Calibrator's in quantize_activation_matmul "
+                             r"\(quantize_activation_matmul=False here, True in the "
+                             r"Calibrator\), and with them the plan needs tensor '.*attn"):
+        oq.quantize(model, calibrator.compute_range(), calibrator=calibrator,
+                    quantize_activation_matmul=False)
+    everything = oq.Calibrator(model, "MIN_MAX_ASYM", collect="all")
+    everything.collect_data(feeds)
+    quantized = oq.quantize(model, everything.compute_range(), calibrator=everything,
+                            quantize_activation_matmul=False)
+    assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) > 10
