@@ -25,7 +25,7 @@ from onnxquant.errors import (
     RangeMissingError,
     UnsupportedModelError,
 )
-from onnxquant.optimize import optimize_model
+from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.report import CalibrationReport, QuantizationReport
 
@@ -34,6 +34,7 @@ __all__ = [
     "CalibrationMethod",
     "CalibrationReport",
     "Calibrator",
+    "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
     "ModelError",

@@ -12,7 +12,7 @@ import pytest
 
 import onnxquant as oq
 from onnxquant._model import get_metadata
-from onnxquant.optimize import FIXED_INPUTS_KEY, FixedShapeWarning
+from onnxquant.optimize import FIXED_INPUTS_KEY
 
 _W = ", ".join(f"{(i % 7 - 3) / 7:.4f}" for i in range(48 * 10))
 
@@ -71,7 +71,7 @@ def test_dynamic_batch_survives_conversion_and_quantization(parse_model, run_mod
 
 def test_batch_that_cannot_stay_dynamic_is_fixed_with_a_warning(parse_model):
     model = parse_model(HARD_CODED_BATCH)
-    with pytest.warns(FixedShapeWarning) as record:
+    with pytest.warns(oq.FixedShapeWarning) as record:
         optimized = oq.optimize_model(model)
     message = str(record[0].message)
     assert "optimize_model fixed input 'x' to [1, 4, 3] (declared ['N', 4, 3])" in message
