@@ -175,3 +175,29 @@ def test_cli_refuses_a_quantized_model_in_one_line(tmp_path, capsys):
     assert len(errors) == 1 and errors[0].startswith("onnxquant: error: ")
     assert "already quantized: node 'input_quant' (QuantizeLinear)" in errors[0]
     assert not (tmp_path / "out.onnx").exists()
+
+
+@pytest.mark.parametrize("quant_format,first_ops", [
+    ("QDQ", ("QuantizeLinear", "DequantizeLinear")),
+    ("QOperator", ("QuantizeLinear", "QLinearConv")),
+])
+def test_onnxruntime_static_quantization_is_refused(tmp_path, small_cnn_model, image_batches,
+                                                   quant_format, first_ops):
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, quantize_static
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._feeds = iter({"image": b} for b in image_batches[:8])
+
+        def get_next(self):
+            return next(self._feeds, None)
+
+    src, dst = tmp_path / "float.onnx", tmp_path / "static.onnx"
+    onnx.save(small_cnn_model, src)
+    quantize_static(str(src), str(dst), Reader(), quant_format=getattr(QuantFormat, quant_format))
+    model = onnx.load(dst)
+    first = next(n for n in model.graph.node if is_quantized_op(n.op_type))
+    assert first.op_type in first_ops
+    with pytest.raises(oq.UnsupportedModelError,
+                       match=rf"already quantized: node '{first.name}' \({first.op_type}\)"):
+        oq.optimize_model(model)
