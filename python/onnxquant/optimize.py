@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import onnx
@@ -248,10 +249,12 @@ def optimize_model(model: ModelLike, *,
     from onnxquant import __version__
 
     work = load_model(model)
+    what = f"Model file '{os.fspath(model)}'" if isinstance(model, (str, os.PathLike)) \
+        else "The model"
     refuse_quantized(work, "optimize_model")
     densify_sparse_initializers(work)
-    fit_ir_version(work, "The model")
-    check_with_onnx_checker(work, "The model")
+    fit_ir_version(work, what)
+    check_with_onnx_checker(work, what)
     convert_float16(work)
     reference = work
     work = run_passes(work)

@@ -203,3 +203,13 @@ def test_cli_quantizes_an_ir_version_ort_does_not_load(tmp_path, capsys):
     quantized = onnx.load(out)
     assert quantized.ir_version <= _ort_max_ir()
     ort.InferenceSession(quantized.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_checker_refusal_names_the_file(tmp_path):
+    model = _matmul_model(ir_version=8)
+    model.graph.node[0].attribute.append(onnx.helper.make_attribute("bogus", 3))
+    path = tmp_path / "bad.onnx"
+    onnx.save(model, path)
+    with pytest.raises(oq.ModelError,
+                       match=r"Model file '.*bad\.onnx' fails ONNX's checker before"):
+        oq.optimize_model(path)
