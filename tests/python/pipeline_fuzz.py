@@ -1,6 +1,7 @@
 """Mutated models through optimize_model -> Calibrator -> quantize: every
 failure must be an onnxquant error (the error contract of the public API).
 
+Seeds: three small opset-13 models and an opset-11 one with a dynamic batch.
 Run as a script, in a process of its own so that a crash of the native engine
 cannot take the caller down; it prints one JSON object: the number of cases,
 how many ended at each stage, the typed errors by class, and each escape (an
@@ -37,6 +38,20 @@ sys.path.insert(0, HERE)
 from conftest import SCALE_SHIFT, SIGMOID_GATE, SMALL_CNN, parse
 
 import onnxquant as oq
+
+# Opset 11 with a dynamic batch read back by Shape: the conversion path.
+_OPSET11 = """
+<ir_version: 6, opset_import: ["" : 11]>
+g (float[N, 3, 4, 4] x) => (float[N, 4] y)
+<float[48, 4] w = {%s}, int64[1] zero = {0}, int64[1] minus_one = {-1}> {
+    s = Shape(x)
+    n = Gather<axis = 0>(s, zero)
+    target = Concat<axis = 0>(n, minus_one)
+    f = Reshape(x, target)
+    h = MatMul(f, w)
+    y = Softmax<axis = 1>(h)
+}
+""" % ", ".join(f"{(i % 7 - 3) / 7:.3f}" for i in range(48 * 4))
 
 _OPS = ("Relu", "Conv", "Gemm", "MatMul", "Add", "Mul", "Softmax", "Reshape", "Concat",
         "Flatten", "GlobalAveragePool", "Sigmoid", "Identity", "Transpose", "Clip",
@@ -140,7 +155,7 @@ def _run(model: onnx.ModelProto, after_optimize: bool, rng: random.Random) -> st
 
 def fuzz(cases: int, seed: int, after_optimize: bool) -> dict:
     rng = random.Random(seed)
-    seeds = [parse(SMALL_CNN), parse(SCALE_SHIFT), parse(SIGMOID_GATE)]
+    seeds = [parse(SMALL_CNN), parse(SCALE_SHIFT), parse(SIGMOID_GATE), parse(_OPSET11)]
     stages: collections.Counter = collections.Counter()
     typed: collections.Counter = collections.Counter()
     escapes = []
