@@ -40,18 +40,19 @@ from conftest import SCALE_SHIFT, SIGMOID_GATE, SMALL_CNN, parse
 import onnxquant as oq
 
 # Opset 11 with a dynamic batch read back by Shape: the conversion path.
-_OPSET11 = """
+_W = ", ".join(f"{(i % 7 - 3) / 7:.3f}" for i in range(48 * 4))
+_OPSET11 = f"""
 <ir_version: 6, opset_import: ["" : 11]>
 g (float[N, 3, 4, 4] x) => (float[N, 4] y)
-<float[48, 4] w = {%s}, int64[1] zero = {0}, int64[1] minus_one = {-1}> {
+<float[48, 4] w = {{{_W}}}, int64[1] zero = {{0}}, int64[1] minus_one = {{-1}}> {{
     s = Shape(x)
     n = Gather<axis = 0>(s, zero)
     target = Concat<axis = 0>(n, minus_one)
     f = Reshape(x, target)
     h = MatMul(f, w)
     y = Softmax<axis = 1>(h)
-}
-""" % ", ".join(f"{(i % 7 - 3) / 7:.3f}" for i in range(48 * 4))
+}}
+"""
 
 _OPS = ("Relu", "Conv", "Gemm", "MatMul", "Add", "Mul", "Softmax", "Reshape", "Concat",
         "Flatten", "GlobalAveragePool", "Sigmoid", "Identity", "Transpose", "Clip",
