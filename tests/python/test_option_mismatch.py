@@ -169,3 +169,13 @@ def test_vit_activation_matmul_kept_float_after_a_default_calibration():
     quantized = oq.quantize(model, everything.compute_range(), calibrator=everything,
                             quantize_activation_matmul=False)
     assert sum(n.op_type == "QuantizeLinear" for n in quantized.graph.node) > 10
+
+
+def test_collect_all_state_round_trips_and_is_refused_for_plan(tmp_path, small_cnn_model):
+    model, calibrator = _calibrated(small_cnn_model, (1, 3, 8, 8), collect="all")
+    path = tmp_path / "state.oqcal"
+    calibrator.save(path)
+    loaded = oq.Calibrator.load(path, model, "MIN_MAX_ASYM", collect="all")
+    assert loaded.compute_range() == calibrator.compute_range()
+    with pytest.raises(oq.CalibrationDataError, match="another model or other options"):
+        oq.Calibrator.load(path, model, "MIN_MAX_ASYM")
