@@ -8,7 +8,7 @@ from onnxquant import _core
 from onnxquant._model import (
     NORMALIZED_KEY,
     ModelLike,
-    load_model,
+    load_skeleton,
     model_to_bytes,
     set_metadata,
 )
@@ -21,6 +21,7 @@ from onnxquant._opset import (
     fold_shape_subgraphs,
     verify_same_outputs,
 )
+from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, materialize, split_model
 from onnxquant._shapes import infer_shapes
 
 __all__ = ["annotate_reduce_mean_inputs", "name_nodes", "optimize_model", "run_passes"]
@@ -37,8 +38,19 @@ def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.
     ``reduce_mean_to_global_average_pool`` rewrites only a ReduceMean whose
     input is declared 4-D there. :func:`optimize_model` declares them from ONNX
     shape inference first (:func:`annotate_reduce_mean_inputs`)."""
+    with Workspace() as workspace:
+        skeleton = split_model(model, workspace, fingerprint=False).model
+        return materialize(_run_passes(skeleton, workspace, passes))
+
+
+def _run_passes(skeleton: onnx.ModelProto, workspace: Workspace,
+                passes: list[str] | None = None) -> onnx.ModelProto:
+    """run_passes on a skeleton (``onnxquant._payloads``): the large tensors
+    the passes create go to a file of ``workspace``, the result is a
+    skeleton too."""
     names = list(_core.pass_names()) if passes is None else list(passes)
-    data, _changed = _core.run_passes(model_to_bytes(model), names)
+    data, _changed = _core.run_passes(model_to_bytes(skeleton), names,
+                                      workspace.new_file("passes"), PAYLOAD_THRESHOLD)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     return result
@@ -147,16 +159,30 @@ def optimize_model(model: ModelLike, *,
         InvalidArgumentError: ``input_shapes`` names an unknown input or a shape
             that does not fit the model.
     """
+    with Workspace() as workspace:
+        return _optimize(model, input_shapes, workspace)
+
+
+def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
+              workspace: Workspace) -> onnx.ModelProto:
     from onnxquant import __version__
 
-    work = load_model(model)
+    # The weights stay in files (the model's own, or the workspace's) until
+    # the end: the engine reads the few it rewrites.
+    work = load_skeleton(model, workspace, fingerprint=False).model
+    half = {t.name for t in work.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    if half:
+        materialize(work, only=half)
     convert_float16(work)
     reference = work
-    work = run_passes(work)
+    work = _run_passes(work, workspace)
     opset = default_opset(work)
     if not opset:
         work.opset_import.add(domain="", version=TARGET_OPSET)
     elif opset < TARGET_OPSET:
+        # The version converter and ONNX Runtime's check take whole models.
+        materialize(reference)
+        materialize(work)
         shapes, assumed = assumed_input_shapes(work, input_shapes)
         fold_shape_subgraphs(work, shapes, assumed)
         work = convert_opset(work, TARGET_OPSET)
@@ -166,8 +192,8 @@ def optimize_model(model: ModelLike, *,
         assumed_input_shapes(work, input_shapes)  # validates the names and shapes
     work.ir_version = max(work.ir_version, _MIN_IR_VERSION)
     declared = annotate_reduce_mean_inputs(work)
-    work = run_passes(work)
+    work = _run_passes(work, workspace)
     _remove_value_info(work, declared)
     name_nodes(work)
     set_metadata(work, NORMALIZED_KEY, __version__)
-    return work
+    return materialize(work)

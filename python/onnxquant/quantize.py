@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
@@ -15,10 +16,11 @@ from onnxquant._model import (
     QUANTIZED_KEY,
     ModelLike,
     get_metadata,
-    load_model,
+    load_skeleton,
     model_to_bytes,
     set_metadata,
 )
+from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, materialize
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
 from onnxquant.kernel_check import (
@@ -248,39 +250,74 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     if calibrator is not None and not hasattr(calibrator, "kernel_check_feeds"):
         raise InvalidArgumentError(
             f"calibrator must be an onnxquant.Calibrator, got {type(calibrator).__name__}.")
-    work = load_model(model)
+    with Workspace() as workspace:
+        return _quantize(model, ranges, options, calibrator, calibration_report,
+                         return_report, workspace)
+
+
+def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_report,
+              return_report: bool, workspace: Workspace):
+    # The weights stay in files (the model's own, or the workspace's): the
+    # engine reads one node's weight at a time and writes the quantized
+    # weights beside the graph; the result is read back at the end.
+    skeleton = load_skeleton(model, workspace, fingerprint=False)
+    work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
-    dtypes = infer_dtypes(work)
+    dtypes = infer_dtypes(work, workspace=workspace)
     native = options.to_native()
     kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
-                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM)
+                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
+                                workspace=workspace, spill=skeleton.large)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
-    data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)
+    data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges,
+                                         workspace.new_file("quantized"), PAYLOAD_THRESHOLD)
+    del work, skeleton
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
 
     set_metadata(result, QUANTIZED_KEY, __version__)
     try:
-        onnx.checker.check_model(result)
+        onnx.checker.check_model(_checkable(result, workspace))
     except onnx.checker.ValidationError as e:
         raise InternalError(
             f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
             "a bug in onnxquant, please report it with the model.") from e
+    runtime, note = _runtime_of(result) if return_report else (None, "")
+    materialize(result)
     if not return_report:
         return result
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
-    runtime, note = _runtime_of(result)
     return result, QuantizationReport.from_native(
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
+
+
+def _checkable(skeleton: onnx.ModelProto, workspace: Workspace) -> str:
+    """The skeleton as a file that ONNX's checker takes: it refuses absolute
+    external locations and links, and looks for data files beside the model,
+    so the model is written into ``workspace`` with the payloads found
+    elsewhere (float weights left as they were) copied there."""
+    from onnxquant._payloads import _gather
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(skeleton)
+    _gather(probe, workspace)
+    for tensor in probe.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = os.path.basename(entry.value)
+    path = os.path.join(workspace.path, "checked.onnx")
+    with open(path, "wb") as f:
+        f.write(model_to_bytes(probe))
+    return path
 
 
 def _runtime_of(model: onnx.ModelProto):
