@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 
+from onnxquant._signals import Terminated, orderly_termination
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
 __all__ = ["build_parser", "main", "run_demo", "run_quantize"]
@@ -209,44 +210,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class Terminated(BaseException):
-    """SIGTERM (or SIGHUP) received: unwinds the stack like KeyboardInterrupt,
-    so that temporary files are removed on the way out."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _terminate(signum: int, _frame) -> None:
-    raise Terminated(signum)
-
-
-@contextlib.contextmanager
-def _orderly_termination() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise :class:`Terminated` for the duration, so
-    that every ``finally`` (temporary files, partial outputs) runs; the
-    previous handlers come back after. Only in the main thread."""
-    import threading
-
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.signal(s, _terminate) for s in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Runs the command line; returns the exit code (0, 2 on an error, 128 +
     the signal's number after SIGTERM, SIGHUP or SIGINT, with every temporary
     file removed)."""
     args = build_parser().parse_args(argv)
     try:
-        with _orderly_termination():
+        with orderly_termination():
             return args.handler(args)
     except Terminated as e:
         print(f"onnxquant: stopped by signal {e.signum}; no partial file left",

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from onnxquant._model import ModelLike, load_model, write_file_atomic
+from onnxquant._model import ModelLike, load_model, model_files, write_file_atomic
 from onnxquant._samples import InputSpec, input_specs
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
@@ -241,8 +241,16 @@ def convert_zoo(source: str | os.PathLike, model: ModelLike, output: str | os.Pa
     Raises:
         CalibrationDataError: an unreadable source, or images whose size or
             channels do not fit the model.
-        InvalidArgumentError: a model that does not take one image batch.
+        InvalidArgumentError: a model that does not take one image batch, or an
+            output path that is the image set or the model.
     """
+    protected = [os.path.realpath(source)]
+    if isinstance(model, (str, os.PathLike)):
+        protected += model_files(model)
+    if os.path.realpath(output) in protected:
+        raise InvalidArgumentError(
+            f"Refusing to write '{os.fspath(output)}': it is an input (the image set or the "
+            "model), which onnxquant never overwrites. Choose another output path.")
     specs = input_specs(load_model(model, load_external_data=False))
     if len(specs) != 1:
         raise InvalidArgumentError(
@@ -313,12 +321,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bgr", action="store_true",
                         help="reverse the channel order (RGB to BGR), e.g. for YuNet")
     args = parser.parse_args(argv)
+    from onnxquant._signals import Terminated, orderly_termination
+
     try:
-        n = convert_zoo(args.source, args.model, args.output, count=args.count, seed=args.seed,
-                        scale=args.scale, offset=args.offset, bgr=args.bgr)
+        with orderly_termination():
+            n = convert_zoo(args.source, args.model, args.output, count=args.count,
+                            seed=args.seed, scale=args.scale, offset=args.offset, bgr=args.bgr)
     except OnnxQuantError as e:
         print(f"onnxquant.data: error: {e}", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"onnxquant.data: stopped by signal {e.signum}; no partial file left",
+              file=sys.stderr)
+        return 128 + e.signum
     print(f"wrote {n} samples to {args.output}")
     return 0
 

@@ -131,10 +131,20 @@ def test_large_model_session_is_open_only_while_it_runs(monkeypatch):
     assert not os.path.exists(folder)
 
 
-def test_save_writes_external_data_first_then_the_model(tmp_path):
+def test_save_writes_external_data_first_then_the_model(tmp_path, monkeypatch):
     model = _mlp(2)
     out = tmp_path / "q.onnx"
+    renames = []
+    replace = os.replace
+
+    def record(src, dst):
+        assert os.path.basename(src).startswith(".onnxquant-")  # a temporary file
+        renames.append(os.path.basename(dst))
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", record)
     save_model(model, out, external_data=True)
+    assert renames == ["q.onnx.data", "q.onnx"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["q.onnx", "q.onnx.data"]
     back = onnx.load(str(out))
     assert [t.data_location for t in onnx.load(str(out), load_external_data=False)
