@@ -234,6 +234,15 @@ class Calibrator:
             without VNNI (default 128; 0 keeps none, and quantize then applies
             its conservative rule).
 
+    The model's weights reach the engine and ONNX Runtime as files
+    (``onnxquant._payloads``), never inside its bytes, so models past 2 GB
+    work. For a model whose initializers hold 1 GiB or more, the ONNX Runtime
+    session is opened for each :meth:`collect_data` call that runs samples
+    (and once in :meth:`compute_range` for samples waiting for a full batch)
+    and closed after, with weight pre-packing off, and the weights wait in a
+    temporary file meanwhile (removed with the calibrator): at most the
+    caller's model and one copy of the weights are in memory at a time.
+
     Raises:
         ModelError: the model was not normalised by ``optimize_model``.
         InvalidArgumentError: an argument outside its domain.
@@ -301,9 +310,9 @@ class Calibrator:
         inputs = {s.name for s in self._specs}
         self._fetch = [t for t in self._tensors if t not in inputs]
         self._from_feed = [t for t in self._tensors if t in inputs]
-        # A large model's session is open only while it runs (collect_data,
-        # the kernel check), so that it and quantize never hold the weights
-        # at once; the augmented model stays in the workspace meanwhile.
+        # A large model's session is open only while it runs samples, so that
+        # it and quantize never hold the weights at once; the augmented model
+        # and its payload file stay in the workspace meanwhile.
         self._keep_session = not skeleton.large
         self._augmented = None
         if self._fetch:
@@ -393,13 +402,18 @@ class Calibrator:
         arrays in input order, a dict by input name, or a numpy array for a
         one-input model, with the batch dimension the model expects. They are
         read one at a time; memory does not grow with their number.
+        Where samples are stacked into batches (``batch_size``), those that
+        do not fill one wait for the next call (or for the methods that read
+        the statistics, which run them first): the batches, and so the
+        ranges, do not depend on how the samples are split into calls.
         ``progress`` (default False) shows a tqdm progress bar.
 
         Raises:
             CalibrationDataError: a sample with an unknown or missing input
-                name, a dtype or shape that does not fit, or NaN/Inf in an
-                input (naming the sample and input); or ONNX Runtime failing on
-                a sample.
+                name, a dtype or shape that does not fit, no values (an empty
+                array), or NaN/Inf in an input (naming the sample and input);
+                or ONNX Runtime failing on a sample (here, or where waiting
+                samples are run).
         """
         bar = None
         if progress:

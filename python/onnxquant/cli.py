@@ -36,7 +36,7 @@ def _step(name: str, times: dict[str, float]) -> Iterator[None]:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """The ``quantize`` subcommand."""
-    from onnxquant._model import model_files, save_model, write_bytes_atomic
+    from onnxquant._model import data_file_name, model_files, save_model, write_bytes_atomic
     from onnxquant.calibrator import Calibrator
     from onnxquant.data import load_samples
     from onnxquant.optimize import optimize_model
@@ -52,6 +52,13 @@ def run_quantize(args: argparse.Namespace) -> int:
             raise InvalidArgumentError(
                 f"{label} '{target}' is an input (the model, one of its data files or the "
                 "calibration data), which onnxquant never overwrites; choose another path.")
+    outputs = {os.path.realpath(args.output),
+               os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                                             data_file_name(args.output)))}
+    if args.report_json and os.path.realpath(args.report_json) in outputs:
+        raise InvalidArgumentError(
+            f"--report-json '{args.report_json}' is where the model (or its data) goes; "
+            "choose another path.")
     options = QuantOptions(
         activation_type=args.activation_type, per_channel=args.per_channel,
         exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,

@@ -141,9 +141,9 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     before ``channel_qmax`` is fitted to them; ``native_options`` the
     engine's options (default
     ``QuantOptions()``'s). Nodes no feed reaches (or all of them, without
-    feeds) are judged by their worst case. ``model`` may be a skeleton (``onnxquant._payloads``), whose
-    payloads lie in files; ``workspace`` is then where a session may gather
-    them. ``spill`` (default False; needs ``workspace``): for large models,
+    feeds) are judged by their worst case. ``model`` may be a skeleton
+    (``onnxquant._payloads``), whose payloads lie in files; ``workspace`` is
+    then where a session may gather them. ``spill`` (default False; needs ``workspace``): for large models,
     the engine's quantized weights and the model's session are never held
     at once: the replayed activations go to files of ``workspace`` while the
     session (which maps the weights from their files rather than copying

@@ -182,9 +182,13 @@ def test_output_equal_to_an_input_is_refused(files, capsys):
         err = capsys.readouterr().err
         assert re.search(r"onnxquant: error: (-o|--report-json) '.*' is an input \(the "
                          r"model, one of its data files or the calibration data\)", err), err
+    q = str(folder / "q.onnx")
+    assert main(["quantize", model, "--calibration-data", data, "-q", "-o", q,
+                 "--report-json", q]) == 2
+    assert "--report-json '" in capsys.readouterr().err
     with open(model, "rb") as f:
         assert f.read() == before
-    assert sorted(os.listdir(folder)) == ["cal.npz", "cnn.onnx"]
+    assert sorted(os.listdir(folder)) == ["cal.npz", "cnn.onnx"]  # nothing written
 
 
 def _matmul_model(width: int, layers: int, seed: int = 0) -> onnx.ModelProto:
