@@ -10,13 +10,16 @@ process never holds them), then runs, in a fresh subprocess:
 3. ``quantize(model, ranges, calibrator=...)`` and ``save_model(...,
    external_data=True)``.
 
+With ``--from-path``, the normalised model is saved with external data
+(``save_model``) and dropped after step 1, and steps 2 and 3 take its path.
+
 For each step it prints the peak resident set (``VmHWM``, reset before the
 step) above the resident set after a warm-up (the same steps on a one-layer
 model, so that what the first use of onnxquant and ONNX Runtime allocates
 once is in the baseline), i.e. including the model the caller holds, and its
 ratio to the model's size (the target is at most 2).
 
-    .venv/bin/python bench/large_model.py [--gib 3] [--width 4096] [--dir DIR]
+    .venv/bin/python bench/large_model.py [--gib 3] [--width 4096] [--from-path] [--dir DIR]
 """
 
 from __future__ import annotations
@@ -93,7 +96,7 @@ def warm_up(rng) -> None:
     oq.quantize(model, calibrator.compute_range(), calibrator=calibrator)
 
 
-def child(path: str, out: str, width: int, samples: int) -> None:
+def child(path: str, out: str, width: int, samples: int, from_path: bool) -> None:
     import numpy as np
     import onnx  # noqa: F401 - imported before the baseline
     import onnxruntime  # noqa: F401
@@ -116,6 +119,11 @@ def child(path: str, out: str, width: int, samples: int) -> None:
         return value
 
     model = step("optimize_model", lambda: oq.optimize_model(path))
+    if from_path:
+        normalised = os.path.join(os.path.dirname(out), "large.normalised.onnx")
+        step("save_model (normalised, external data)",
+             lambda: oq.save_model(model, normalised, external_data=True))
+        model = normalised  # the caller holds a path, not the weights
 
     def calibrate():
         calibrator = oq.Calibrator(model, "MIN_MAX_ASYM")
@@ -140,10 +148,13 @@ def main() -> None:
     parser.add_argument("--dir", default=None,
                         help="where the model and the output are written (default: a "
                              "temporary directory, removed at the end)")
+    parser.add_argument("--from-path", action="store_true",
+                        help="save the normalised model with external data, drop it, and "
+                             "give its path to Calibrator and quantize")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child[0], args.child[1], args.width, args.samples)
+        child(args.child[0], args.child[1], args.width, args.samples, args.from_path)
         return
     folder = args.dir or tempfile.mkdtemp(prefix="onnxquant-bench-")
     try:
@@ -154,7 +165,8 @@ def main() -> None:
               f"(written in {time.perf_counter() - start:.0f} s)", flush=True)
         out = os.path.join(folder, "large.int8.onnx")
         done = subprocess.run([sys.executable, __file__, "--width", str(args.width),
-                               "--samples", str(args.samples), "--child", path, out],
+                               "--samples", str(args.samples), "--child", path, out]
+                              + (["--from-path"] if args.from_path else []),
                               capture_output=True, text=True, check=False)
         if done.returncode != 0:
             sys.exit(f"the run failed:\n{done.stderr}")

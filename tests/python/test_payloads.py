@@ -239,3 +239,23 @@ def test_peak_memory_per_step_stays_within_twice_the_model(tmp_path):
     for step, grown in steps.items():
         assert grown <= 2 * size + (32 << 20), f"{step}: {grown / size:.2f} x the model"
     assert out.exists()
+
+
+def test_normalised_model_saved_with_external_data_works_from_its_path(tmp_path):
+    """The lean pattern for large models: save the normalised model with
+    external data, drop it, and give its path to Calibrator and quantize."""
+    samples = _samples(10)
+    normalised = oq.optimize_model(_mlp(3))
+    calibrator = oq.Calibrator(normalised, "MIN_MAX_ASYM")
+    calibrator.collect_data(samples)
+    ranges = calibrator.compute_range()
+    reference = oq.quantize(normalised, ranges, calibrator=calibrator)
+    path = tmp_path / "normalised.onnx"
+    save_model(normalised, path, external_data=True)
+    from_path = oq.Calibrator(str(path), "MIN_MAX_ASYM")
+    from_path.collect_data(samples)
+    assert from_path.compute_range() == ranges
+    assert from_path._fingerprint == calibrator._fingerprint
+    quantized = oq.quantize(str(path), ranges, calibrator=from_path)
+    assert quantized.SerializeToString() == reference.SerializeToString()
+    assert sorted(os.listdir(tmp_path)) == ["normalised.onnx", "normalised.onnx.data"]
