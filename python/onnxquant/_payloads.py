@@ -29,6 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.helper
 import onnx.numpy_helper
 from onnx import TensorProto
 
@@ -164,7 +165,14 @@ def _resolve(tensor: TensorProto, base_dir: str | None, what: str) -> str:
     """The absolute path of an external tensor's data file, checked."""
     location = external_location(tensor) or ""
     if os.path.isabs(location):
+        # Only onnxquant's own skeletons hold absolute locations, into a
+        # workspace; a model's own data files are named relative to it.
         path = location
+        if not _in_a_workspace(path):
+            raise ModelError(
+                f"{what}: initializer '{tensor.name}' names external data by the absolute "
+                f"path '{location}'; ONNX external data is named relative to the model "
+                "file. Keep the data files next to the model.")
     elif base_dir is None:
         raise ModelError(
             f"{what}: initializer '{tensor.name}' is stored as external data "
@@ -184,6 +192,12 @@ def _resolve(tensor: TensorProto, base_dir: str | None, what: str) -> str:
             "does not exist; keep the data files next to the model, under the names "
             "the model gives.")
     return path
+
+
+def _in_a_workspace(path: str) -> bool:
+    folder = os.path.dirname(os.path.realpath(path))
+    return (os.path.dirname(folder) == os.path.realpath(tempfile.gettempdir())
+            and os.path.basename(folder).startswith("onnxquant-"))
 
 
 def _payload(tensor: TensorProto) -> bytes:

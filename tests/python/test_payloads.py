@@ -259,3 +259,16 @@ def test_normalised_model_saved_with_external_data_works_from_its_path(tmp_path)
     quantized = oq.quantize(str(path), ranges, calibrator=from_path)
     assert quantized.SerializeToString() == reference.SerializeToString()
     assert sorted(os.listdir(tmp_path)) == ["normalised.onnx", "normalised.onnx.data"]
+
+
+def test_absolute_external_locations_are_refused(tmp_path):
+    model = _mlp(1)
+    secret = tmp_path / "elsewhere.bin"
+    secret.write_bytes(model.graph.initializer[0].raw_data)
+    tensor = model.graph.initializer[0]
+    tensor.ClearField("raw_data")
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+    tensor.external_data.add(key="location", value=str(secret))
+    with pytest.raises(oq.ModelError, match=r"initializer 'w0' names external data by the "
+                                            r"absolute path '.*elsewhere\.bin'"):
+        oq.optimize_model(model)
