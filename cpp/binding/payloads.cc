@@ -42,7 +42,9 @@ void ExternalizePayloads(pb::ModelProto* model, const std::string& path,
   }
   if (out.is_open()) {
     out.flush();
-    if (!out) throw ModelError("Cannot write tensor payloads to '" + path + "'.");
+    if (!out) {
+      throw ModelError("Cannot write tensor payloads to '" + path + "'.");
+    }
   }
 }
 
