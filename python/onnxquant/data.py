@@ -109,8 +109,8 @@ def load_samples(npz_path: str | os.PathLike, model: ModelLike, *,
     Raises:
         CalibrationDataError: the file is missing or unreadable, lacks an input's
             key, has a key that is neither an input nor ``labels``, arrays of
-            different lengths, or an array whose dtype or shape does not fit
-            its input (naming the file and key).
+            different lengths, an array whose dtype or shape does not fit
+            its input, or an empty array (naming the file and key).
     """
     path = os.fspath(npz_path)
     specs = input_specs(load_model(model, load_external_data=False))
@@ -134,6 +134,12 @@ def load_samples(npz_path: str | os.PathLike, model: ModelLike, *,
                 f"Calibration data file '{path}': key '{key}' holds {length} samples but "
                 f"'{names[0]}' holds {count}; every array indexes the same samples on axis 0.")
     slices = {s.name: _check_key(path, s, arrays[s.name]) for s in specs}
+    for spec in specs:
+        if arrays[spec.name].size == 0:
+            raise CalibrationDataError(
+                f"Calibration data file '{path}', key '{spec.name}' holds no values (shape "
+                f"{list(arrays[spec.name].shape)}): calibration needs samples with values; "
+                "check how the file was written.")
     if max_samples is not None:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 0:
             raise InvalidArgumentError(f"max_samples must be an int >= 0, got {max_samples!r}.")

@@ -123,6 +123,13 @@ def test_wrong_shape(tmp_path, fixed_batch):
         load_samples(path, fixed_batch)
 
 
+def test_empty_sample_file_is_refused_naming_the_key(tmp_path, fixed_batch):
+    path = _write(tmp_path / "d.npz", image=np.ones((0, 1, 4, 4), np.float32))
+    with pytest.raises(oq.CalibrationDataError,
+                       match=r"'.*d\.npz', key 'image' holds no values \(shape \[0, 1, 4, 4\]\)"):
+        load_samples(path, fixed_batch)
+
+
 # ---------------------------------------------------------------------------
 # convert_zoo
 # ---------------------------------------------------------------------------
