@@ -421,14 +421,15 @@ class Calibrator:
 
             total = len(samples) if hasattr(samples, "__len__") else None
             bar = tqdm(total=total, unit="sample", desc="Calibrating")
+        first = self._batcher.accepted
         try:
             with self._running() as session:
                 for feed, count in self._batcher.add(samples):
                     self._feed(session, feed, count)
-                    if bar is not None:
-                        bar.update(count)
-                if bar is not None:
-                    bar.update(self._batcher.pending)
+                    if bar is not None:  # this call's samples run so far
+                        bar.update(self._batcher.accepted - first - bar.n)
+                if bar is not None:  # and those that wait for a full batch
+                    bar.update(self._batcher.accepted - first - bar.n)
         finally:
             if bar is not None:
                 bar.close()

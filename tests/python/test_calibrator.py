@@ -187,6 +187,10 @@ def test_progress_bar(scale_shift, capsys):
     calibrator = oq.Calibrator(scale_shift, ASYM)
     calibrator.collect_data(_rows(np.random.default_rng(3), 5), progress=True)
     assert "5/5" in capsys.readouterr().err
+    # Samples left waiting for a batch by the first call are not counted again.
+    calibrator.collect_data(_rows(np.random.default_rng(4), 30), progress=True)
+    err = capsys.readouterr().err
+    assert "30/30" in err and "35/30" not in err
 
 
 def test_default_thread_budget_is_positive():
