@@ -267,9 +267,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     """Writes ``model`` to ``path`` whole or not at all.
 
     ``external_data``: store initializers of at least 1 KiB in
-    ``<file name>.data`` beside ``path`` (True), inline (False), or (None,
-    the default) only when the model would exceed protobuf's 2 GB limit
-    otherwise. The data file is written first and the model last, each
+    ``<file name>.data`` beside ``path`` (True; no data file when there is
+    none), inline (False), or (None, the default) only when the model would
+    exceed protobuf's 2 GB limit otherwise. The data file is written first and the model last, each
     through a temporary file in the same directory and a rename, so that a
     reader never sees a model whose data is missing or partial.
 
@@ -287,6 +287,10 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
     path = os.fspath(path)
     if external_data is None:
         external_data = sum(payload_bytes(t) for t in model.graph.initializer) > _INLINE_LIMIT
+    elif external_data and not any(
+            external_location(t) is not None or payload_bytes(t) >= PAYLOAD_THRESHOLD
+            for t in model.graph.initializer):
+        external_data = False  # nothing to put there: no empty data file
     data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_file_name(path))
     if source is not None:
         protected = model_files(source)

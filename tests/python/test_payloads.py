@@ -272,3 +272,10 @@ def test_absolute_external_locations_are_refused(tmp_path):
     with pytest.raises(oq.ModelError, match=r"initializer 'w0' names external data by the "
                                             r"absolute path '.*elsewhere\.bin'"):
         oq.optimize_model(model)
+
+
+def test_save_with_external_data_writes_no_empty_data_file(tmp_path):
+    small = _mlp(1, width=8)  # weights of 256 bytes: below the threshold
+    save_model(small, tmp_path / "s.onnx", external_data=True)
+    assert os.listdir(tmp_path) == ["s.onnx"]
+    assert onnx.load(str(tmp_path / "s.onnx")) == small
