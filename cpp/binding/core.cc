@@ -13,6 +13,7 @@
 
 #include "calibration.h"
 #include "kernel_check.h"
+#include "payloads.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/model_io.h"
@@ -76,6 +77,17 @@ py::bytes Serialize(const oq::pb::ModelProto& m) {
   return py::bytes(s);
 }
 
+// Serializes `m`, first moving payloads of at least `threshold` bytes to the
+// file `payload_path` when it is not empty.
+py::bytes SerializeBeside(oq::pb::ModelProto* m,
+                          const std::string& payload_path, int64_t threshold) {
+  if (!payload_path.empty()) {
+    py::gil_scoped_release release;
+    onnxquant::binding::ExternalizePayloads(m, payload_path, threshold);
+  }
+  return Serialize(*m);
+}
+
 py::dict PlanToDict(const oq::QuantPlan& plan) {
   py::dict d;
   d["calibrated"] = plan.calibrated;
@@ -126,18 +138,23 @@ PYBIND11_MODULE(_core, m) {
 
   m.def(
       "run_passes",
-      [](const py::bytes& model, const std::vector<std::string>& names) {
+      [](const py::bytes& model, const std::vector<std::string>& names,
+         const std::string& payload_path, int64_t payload_threshold) {
         auto proto = Parse(model);
         std::vector<std::string> changed;
         {
           py::gil_scoped_release release;
           changed = oq::RunPasses(proto, names);
         }
-        return py::make_tuple(Serialize(proto), changed);
+        return py::make_tuple(
+            SerializeBeside(&proto, payload_path, payload_threshold), changed);
       },
-      py::arg("model"), py::arg("passes"),
+      py::arg("model"), py::arg("passes"), py::arg("payload_path") = "",
+      py::arg("payload_threshold") = 1024,
       "Runs the named passes, each to a fixed point. Returns (model bytes, "
-      "names of the passes that changed it).");
+      "names of the passes that changed it). With payload_path (absolute), "
+      "initializers of at least payload_threshold bytes are appended to that "
+      "file and referenced as external data in the returned bytes.");
 
   py::enum_<oq::ActivationType>(m, "ActivationType")
       .value("UINT8", oq::ActivationType::kUint8)
@@ -198,7 +215,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "quantize",
       [](const py::bytes& model, const oq::DtypeMap& dtypes,
-         const oq::QuantOptions& options, const oq::RangeMap& ranges) {
+         const oq::QuantOptions& options, const oq::RangeMap& ranges,
+         const std::string& payload_path, int64_t payload_threshold) {
         auto proto = Parse(model);
         oq::QuantizeReport report;
         {
@@ -209,12 +227,14 @@ PYBIND11_MODULE(_core, m) {
         r["plan"] = PlanToDict(report.plan);
         r["floored"] = report.floored;
         r["enlarged"] = report.enlarged;
-        return py::make_tuple(Serialize(proto), r);
+        return py::make_tuple(
+            SerializeBeside(&proto, payload_path, payload_threshold), r);
       },
       py::arg("model"), py::arg("dtypes"), py::arg("options"),
-      py::arg("ranges"),
+      py::arg("ranges"), py::arg("payload_path") = "",
+      py::arg("payload_threshold") = 1024,
       "Applies the plan with the given ranges. Returns (QDQ model bytes, "
-      "report dict).");
+      "report dict); payload_path as for run_passes.");
 
   onnxquant::binding::BindCalibration(m);
   onnxquant::binding::BindKernelCheck(m);

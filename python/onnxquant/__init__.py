@@ -25,6 +25,7 @@ from onnxquant.errors import (
     RangeMissingError,
     UnsupportedModelError,
 )
+from onnxquant._model import save_model
 from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.report import CalibrationReport, QuantizationReport
@@ -47,6 +48,7 @@ __all__ = [
     "load_samples",
     "optimize_model",
     "quantize",
+    "save_model",
 ]
 
 

@@ -18,7 +18,7 @@ from onnxquant._input_checks import (
 from onnxquant._model import (
     NORMALIZED_KEY,
     ModelLike,
-    load_model,
+    load_skeleton,
     model_to_bytes,
     set_metadata,
 )
@@ -30,6 +30,13 @@ from onnxquant._opset import (
     default_opset,
     fold_shape_subgraphs,
     verify_same_outputs,
+)
+from onnxquant._payloads import (
+    PAYLOAD_THRESHOLD,
+    Workspace,
+    checkable_file,
+    materialize,
+    split_model,
 )
 from onnxquant._shapes import graph_inputs, infer_shapes, tensor_shape
 from onnxquant.errors import UnsupportedModelError
@@ -62,8 +69,19 @@ def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.
     ``reduce_mean_to_global_average_pool`` rewrites only a ReduceMean whose
     input is declared 4-D there. :func:`optimize_model` declares them from ONNX
     shape inference first (:func:`annotate_reduce_mean_inputs`)."""
+    with Workspace() as workspace:
+        skeleton = split_model(model, workspace, fingerprint=False).model
+        return materialize(_run_passes(skeleton, workspace, passes))
+
+
+def _run_passes(skeleton: onnx.ModelProto, workspace: Workspace,
+                passes: list[str] | None = None) -> onnx.ModelProto:
+    """run_passes on a skeleton (``onnxquant._payloads``): the large tensors
+    the passes create go to a file of ``workspace``, the result is a
+    skeleton too."""
     names = list(_core.pass_names()) if passes is None else list(passes)
-    data, _changed = _core.run_passes(model_to_bytes(model), names)
+    data, _changed = _core.run_passes(model_to_bytes(skeleton), names,
+                                      workspace.new_file("passes"), PAYLOAD_THRESHOLD)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     return result
@@ -158,7 +176,7 @@ def _note_fixed_inputs(model: onnx.ModelProto, fixed: dict[str, tuple], opset: i
     entries = {name: {"declared": [d if d is not None else "?" for d in was],
                       "fixed": list(now)} for name, (was, now) in fixed.items()}
     set_metadata(model, FIXED_INPUTS_KEY, json.dumps(entries, sort_keys=True))
-    warnings.warn(fixed_inputs_message(entries, opset), FixedShapeWarning, stacklevel=4)
+    warnings.warn(fixed_inputs_message(entries, opset), FixedShapeWarning, stacklevel=5)
 
 
 def fixed_inputs_message(entries: dict[str, dict], opset: int | None = None) -> str:
@@ -246,29 +264,46 @@ def optimize_model(model: ModelLike, *,
         InvalidArgumentError: ``input_shapes`` names an unknown input or a shape
             that does not fit the model.
     """
+    with Workspace() as workspace:
+        return _optimize(model, input_shapes, workspace)
+
+
+def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
+              workspace: Workspace) -> onnx.ModelProto:
     from onnxquant import __version__
 
-    work = load_model(model)
-    what = f"Model file '{os.fspath(model)}'" if isinstance(model, (str, os.PathLike)) \
-        else "The model"
+    # The weights stay in files (the model's own, or the workspace's) until
+    # the end: the engine reads the few it rewrites.
+    work = load_skeleton(model, workspace, fingerprint=False).model
+    is_path = isinstance(model, (str, os.PathLike))
+    what = f"Model file '{os.fspath(model)}'" if is_path else "The model"
     refuse_quantized(work, "optimize_model")
+    # The checker sees the model as given: the file itself (its external
+    # data beside it), or the skeleton written where its payloads lie.
+    check_with_onnx_checker(os.fspath(model) if is_path else checkable_file(work, workspace),
+                            what)
     densify_sparse_initializers(work)
     fit_ir_version(work, what)
-    check_with_onnx_checker(work, what)
+    half = {t.name for t in work.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    if half:
+        materialize(work, only=half)
     convert_float16(work)
     reference = work
-    work = run_passes(work)
+    work = _run_passes(work, workspace)
     opset = default_opset(work)
     if not opset:
         work.opset_import.add(domain="", version=TARGET_OPSET)
     elif opset < TARGET_OPSET:
+        # The version converter and ONNX Runtime's check take whole models.
+        materialize(reference)
+        materialize(work)
         work = _convert(work, reference, opset, input_shapes)
     elif input_shapes:
         assumed_input_shapes(work, input_shapes)  # validates the names and shapes
     work.ir_version = max(work.ir_version, _MIN_IR_VERSION)
     declared = annotate_reduce_mean_inputs(work)
-    work = run_passes(work)
+    work = _run_passes(work, workspace)
     _remove_value_info(work, declared)
     name_nodes(work)
     set_metadata(work, NORMALIZED_KEY, __version__)
-    return work
+    return materialize(work)

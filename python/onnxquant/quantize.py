@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
@@ -17,10 +18,11 @@ from onnxquant._model import (
     QUANTIZED_KEY,
     ModelLike,
     get_metadata,
-    load_model,
+    load_skeleton,
     model_to_bytes,
     set_metadata,
 )
+from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, checkable_file, materialize
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import (
     InternalError,
@@ -258,10 +260,21 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     if calibrator is not None and not hasattr(calibrator, "kernel_check_feeds"):
         raise InvalidArgumentError(
             f"calibrator must be an onnxquant.Calibrator, got {type(calibrator).__name__}.")
-    work = load_model(model)
+    with Workspace() as workspace:
+        return _quantize(model, ranges, options, calibrator, calibration_report,
+                         return_report, workspace)
+
+
+def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_report,
+              return_report: bool, workspace: Workspace):
+    # The weights stay in files (the model's own, or the workspace's): the
+    # engine reads one node's weight at a time and writes the quantized
+    # weights beside the graph; the result is read back at the end.
+    skeleton = load_skeleton(model, workspace, fingerprint=False)
+    work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
-    dtypes = infer_dtypes(work)
+    dtypes = infer_dtypes(work, workspace=workspace)
     native = options.to_native()
     data = model_to_bytes(work)
     _require_planned_ranges(data, dtypes, options, native_ranges, calibrator)
@@ -269,26 +282,31 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
-                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM)
+                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
+                                workspace=workspace, spill=skeleton.large)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
-    data, native_report = _core.quantize(data, dtypes, native, native_ranges)
+    data, native_report = _core.quantize(data, dtypes, native, native_ranges,
+                                         workspace.new_file("quantized"), PAYLOAD_THRESHOLD)
+    fixed = _fixed_inputs_note(work)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
 
     set_metadata(result, QUANTIZED_KEY, __version__)
     try:
-        onnx.checker.check_model(result)
+        onnx.checker.check_model(checkable_file(result, workspace))
     except onnx.checker.ValidationError as e:
         # The input's own fault (a model edited after optimize_model) is the
         # user's to fix, not a bug of onnxquant.
-        check_with_onnx_checker(work, "The model given to quantize")
+        check_with_onnx_checker(checkable_file(work, workspace), "The model given to quantize")
         raise InternalError(
             f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
             "a bug in onnxquant, please report it with the model.") from e
+    runtime, note = _runtime_of(result) if return_report else (None, "")
+    materialize(result)
     if not return_report:
         return result
     if calibration_report is None and calibrator is not None:
@@ -298,7 +316,6 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
-    fixed = _fixed_inputs_note(work)
     if fixed:
         report = replace(report, notes=(*report.notes, fixed))
     return result, report

@@ -77,7 +77,7 @@ std::vector<int64_t> ConstantAxes(const GraphIndex& index,
   const pb::TensorProto* axes = index.Initializer(node.input(1));
   if (axes == nullptr || index.IsGraphInput(node.input(1)) ||
       axes->data_type() != pb::TensorProto::INT64 ||
-      axes->data_location() == pb::TensorProto::EXTERNAL) {
+      !PayloadReadable(*axes)) {
     return {};
   }
   return ToInt64s(*axes);
