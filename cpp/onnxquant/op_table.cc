@@ -139,7 +139,8 @@ std::vector<OpSpec> MakeTable() {
   t.push_back(Shared(
       "Pad", {R::kData, R::kIndex, R::kParameter, R::kIndex},
       "float between DQ and Q: no ORT rule drops the Q/DQ around a Pad "
-      "(sharing the parameters keeps the requantization exact)"));
+      "(sharing the parameters keeps the requantization exact; "
+      "optimize_model folds a Pad that only a Conv reads into the Conv)"));
   t.back().check = PadIsConstantZero;
   // Float unless the neighbours quantize around them.
   t.push_back(FusedOnly("Sigmoid", {R::kData}, "QLinearSigmoid", kSensitive));
@@ -163,7 +164,10 @@ std::vector<OpSpec> MakeTable() {
   t.push_back(Float("Log", kSensitive));
   t.push_back(Float("Div", kNoKernel));
   t.push_back(Float("Sub", kNoKernel));
-  t.push_back(Float("PRelu", kNoKernel));
+  t.push_back(Float("PRelu",
+                    "ONNX Runtime has no integer kernel for it; "
+                    "optimize_model makes a PRelu with one constant slope a "
+                    "LeakyRelu"));
   t.push_back(Float("HardSigmoid", kNoKernel));
   t.push_back(Float("HardSwish", kNoKernel));
   t.push_back(Float("SpaceToDepth", kNoKernel));

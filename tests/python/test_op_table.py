@@ -307,3 +307,30 @@ def test_a_contrib_op_of_the_table_is_float_with_its_reason() -> None:
     e = TABLE[("com.microsoft", "EmbedLayerNormalization")]
     assert e["kind"] == "float"
     assert re.search("QDQ", e["reason"])
+
+
+@pytest.mark.parametrize("op", ["Pad", "PRelu"])
+def test_passes_turn_float_ops_into_integer_ones(op: str) -> None:
+    """optimize_model folds a zero Pad that a Conv reads into the Conv
+    (fold_pad_into_conv), and rewrites a PRelu with one slope as LeakyRelu
+    (prelu_to_leaky_relu): both then run as integer kernels."""
+    if op == "Pad":
+        nodes = [helper.make_node("Pad", ["a", "pads"], ["p"], name="pad"),
+                 _node("Conv", ["p", "cw"])]
+        inits = [_i("pads", [0, 0, 1, 1, 0, 0, 1, 1]), _w("cw", [4, 4, 3, 3])]
+    else:
+        nodes = [_node("PRelu", ["a", "slope"])]
+        inits = [_f("slope", [0.2])]
+    CASES["_" + op] = (nodes, inits, ["y"])
+    try:
+        model, quantized, report, samples = _quantized("_" + op)
+    finally:
+        del CASES["_" + op]
+    assert op not in {n.op_type for n in model.graph.node}
+    graph = inspect_runtime_graph(quantized, level="extended")
+    assert graph.runs_as("target")[1] == "integer", str(graph)
+    assert graph.islands_on_dequantized_data == (), str(graph)
+    for x in samples[:4]:
+        (want, _), (got, _) = _outputs(model, x), _outputs(quantized, x)
+        cosine = want.ravel() @ got.ravel() / (np.linalg.norm(want) * np.linalg.norm(got))
+        assert cosine > 0.99
