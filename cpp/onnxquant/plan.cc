@@ -301,6 +301,10 @@ Decision Planner::DecideQuantized(int i, const OpSpec& spec,
 
 Decision Planner::DecideShared(const pb::NodeProto& n) const {
   const std::string& op = n.op_type();
+  if (FloatConstant(n.input(0)) != nullptr) {
+    return Float(op + " of a constant (an embedding table, say): no "
+                 "activation parameters to share");
+  }
   if (!IsFloatActivation(n.input(0)) || !IsFloat(n.output(0))) {
     return Float(op + " of non-float data");
   }

@@ -208,6 +208,22 @@ TEST(OpTablePlan, ExpandTileAndDepthToSpaceShareTheirInputsParameters) {
   }
 }
 
+// Gather(table, ids) of a constant table has no activation to share
+// parameters with: float, and said so.
+TEST(OpTablePlan, AGatherOfAConstantTableStaysFloat) {
+  GraphBuilder g;
+  g.Input("ids", {1, 3}, pb::TensorProto::INT64).Output("y", {1, 3, 2});
+  g.Initializer("table", {5, 2}, std::vector<float>(10, 0.5f));
+  g.Node("Gather", {"table", "ids"}, {"e"}, "gather");
+  g.Initializer("W", {2, 2}, {1.f, 0.f, 0.f, 1.f});
+  g.Node("MatMul", {"e", "W"}, {"y"}, "mm");
+  const QuantPlan p = MakePlan(g.model(), g.Dtypes(), {});
+  EXPECT_NE(FloatReason(p, "gather").find("of a constant"), std::string::npos)
+      << FloatReason(p, "gather");
+  EXPECT_TRUE(IsQuantized(p, "mm"));
+  EXPECT_EQ(Qdq(p), (std::vector<std::string>{"e<-e", "y<-y"}));
+}
+
 TEST(OpTablePlan, AParameterInputThatIsAnActivationKeepsTheNodeFloat) {
   GraphBuilder g;
   g.Input("x", {1, 2, 4, 4}).Input("hi", {1}).Output("y", {1, 2, 4, 4});
