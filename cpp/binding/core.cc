@@ -17,6 +17,7 @@
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/model_io.h"
+#include "onnxquant/op_table.h"
 #include "onnxquant/pass_registry.h"
 #include "onnxquant/plan.h"
 
@@ -135,6 +136,29 @@ PYBIND11_MODULE(_core, m) {
     for (const auto& p : oq::RegisteredPasses()) names.emplace_back(p.name);
     return names;
   }, "Names of the registered graph passes, in their default order.");
+
+  m.def("op_table", [] {
+    py::list table;
+    for (const oq::OpSpec& s : oq::OpTable()) {
+      py::dict e;
+      e["op_type"] = s.op_type;
+      e["domain"] = s.domain;
+      e["kind"] = oq::OpKindName(s.kind);
+      py::list inputs;
+      for (oq::InputRole r : s.inputs) inputs.append(oq::InputRoleName(r));
+      e["inputs"] = inputs;
+      e["variadic"] = s.variadic;
+      e["inputs_share_output"] = s.inputs_share_output;
+      e["absorbable"] = s.absorb != oq::Absorb::kNever;
+      e["has_condition"] = s.check != nullptr;
+      e["ort_runs"] = s.ort_runs;
+      e["reason"] = s.reason;
+      table.append(e);
+    }
+    return table;
+  }, "The plan's op table: one dict per entry (op_type, domain, kind, "
+     "inputs, variadic, inputs_share_output, absorbable, has_condition, "
+     "ort_runs, reason), in the table's order.");
 
   m.def(
       "run_passes",

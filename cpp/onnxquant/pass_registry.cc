@@ -27,6 +27,12 @@ const std::vector<Pass>& RegisteredPasses() {
        "rewrite a ReduceMean over the spatial axes of a 4-D tensor as "
        "GlobalAveragePool",
        passes::ReduceMeanToGlobalAveragePool},
+      {"prelu_to_leaky_relu",
+       "rewrite a PRelu with one constant slope as LeakyRelu",
+       passes::PreluToLeakyRelu},
+      {"fold_pad_into_conv",
+       "fold a Pad of zeros that only a Conv reads into the Conv's pads",
+       passes::FoldPadIntoConv},
   };
   return kPasses;
 }
