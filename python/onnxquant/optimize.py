@@ -278,12 +278,12 @@ def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
     is_path = isinstance(model, (str, os.PathLike))
     what = f"Model file '{os.fspath(model)}'" if is_path else "The model"
     refuse_quantized(work, "optimize_model")
+    densify_sparse_initializers(work)
+    fit_ir_version(work, what)
     # The checker sees the model as given: the file itself (its external
     # data beside it), or the skeleton written where its payloads lie.
     check_with_onnx_checker(os.fspath(model) if is_path else checkable_file(work, workspace),
                             what)
-    densify_sparse_initializers(work)
-    fit_ir_version(work, what)
     half = {t.name for t in work.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
     if half:
         materialize(work, only=half)
