@@ -592,6 +592,7 @@ class Calibrator:
                              "inputs": [_spec_json(s) for s in self._specs],
                              "options": dataclasses.asdict(self._options),
                              "tensors": list(self._tensors),
+                             "collect": self._collect,
                              "num_samples": self._num_samples,
                              "stats_bytes": stats_size,
                              "body_sha256": hashlib.sha256(body).hexdigest(),
@@ -669,6 +670,12 @@ class Calibrator:
                 f"Calibrator state '{path}' was saved for another model (its fingerprint, "
                 "over the graph and every weight, differs): load it with the normalised "
                 "model it was saved with.")
+        saved = header.get("collect", "plan")
+        if saved != self._collect:
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' was saved by a Calibrator with collect={saved!r}, "
+                f"and this one has collect={self._collect!r}: load it with "
+                f"collect={saved!r}.")
         if header["tensors"] != list(self._tensors):
             raise CalibrationDataError(
                 f"Calibrator state '{path}' calibrates other tensors than this calibrator "
