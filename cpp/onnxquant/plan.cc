@@ -37,7 +37,8 @@ class Planner {
   Planner(const pb::ModelProto& model, const DtypeMap& dtypes,
           const QuantOptions& options)
       : graph_(model.graph()), index_(graph_), dtypes_(dtypes),
-        options_(options) {}
+        options_(options),
+        excluded_(options.exclude_nodes.begin(), options.exclude_nodes.end()) {}
 
   QuantPlan Run();
 
@@ -76,6 +77,7 @@ class Planner {
   GraphIndex index_;
   const DtypeMap& dtypes_;
   const QuantOptions& options_;
+  const std::unordered_set<std::string> excluded_;  // options_.exclude_nodes
   PatternMatches patterns_;
 };
 
@@ -106,8 +108,7 @@ Decision Float(std::string reason) {
 
 Decision Planner::Decide(int i) const {
   const auto& n = graph_.node(i);
-  const auto& excl = options_.exclude_nodes;
-  if (std::find(excl.begin(), excl.end(), n.name()) != excl.end()) {
+  if (excluded_.count(n.name())) {
     return Float("excluded by the user");
   }
   if (!n.domain().empty() && n.domain() != "ai.onnx") {
