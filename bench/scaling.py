@@ -32,8 +32,10 @@ for hours.
     PYTHONPATH=python .venv/bin/python bench/scaling.py
     PYTHONPATH=python .venv/bin/python bench/scaling.py --families chain --sizes 1000 4000
 
-Run it on one core (``taskset -c 0``) for the figures in docs/benchmarks.md: ONNX Runtime gets
-one thread either way (``threads=1``). The report goes to stdout as Markdown.
+Times are CPU seconds of the process (``time.process_time``), so that other work on a shared
+machine does not count; run it on one core (``taskset -c 0``), so that they are also the
+wall-clock time on an idle core. The calibrator's ONNX Runtime session gets one thread
+(``threads=1``). The report goes to stdout as Markdown.
 """
 
 from __future__ import annotations
@@ -198,11 +200,11 @@ class Clock:
             if self._depth:  # nested inside another timed call: counted there
                 return fn(*args, **kwargs)
             self._depth += 1
-            start = time.perf_counter()
+            start = time.process_time()
             try:
                 return fn(*args, **kwargs)
             finally:
-                self.spent[label] += time.perf_counter() - start
+                self.spent[label] += time.process_time() - start
                 self._depth -= 1
         return timed
 
@@ -240,9 +242,9 @@ EXTERNAL = ("shape inference", "checker", "ORT session", "ORT run")
 def timed(fn: Callable):
     clock = Clock()
     with instrumented(clock):
-        start = time.perf_counter()
+        start = time.process_time()
         result = fn()
-        total = time.perf_counter() - start
+        total = time.process_time() - start
     return result, total, dict(clock.spent)
 
 
@@ -320,6 +322,23 @@ def print_exponents(rows: list[dict]) -> None:
               f"| {fit(lambda r: own(r, 'optimize') + own(r, 'setup') + own(r, 'quantize'))} |")
 
 
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def ort_version() -> str:
+    import onnxruntime
+
+    return onnxruntime.__version__
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
@@ -329,16 +348,18 @@ def main() -> None:
     args = parser.parse_args()
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     print(f"command: {' '.join([os.path.basename(sys.executable)] + sys.argv)}")
-    print(f"CPU: {platform.processor() or platform.machine()}, {cpus} CPU(s) usable; "
-          f"onnxquant {oq.__version__}, onnx {onnx.__version__}")
+    print(f"CPU: {cpu_name()}, {cpus} CPU(s) usable; onnxquant {oq.__version__}, "
+          f"onnx {onnx.__version__}, onnxruntime {ort_version()}; "
+          f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print("times: CPU seconds of the process")
     print()
     rows = []
     for family in args.families:
         for n in sorted(args.sizes):
-            start = time.perf_counter()
+            start = time.process_time()
             row = run_one(family, n)
             rows.append(row)
-            spent = time.perf_counter() - start
+            spent = time.process_time() - start
             print(f"{family} {row['nodes']} nodes: optimize {row['optimize']:.2f} s, "
                   f"set-up {row['setup']:.2f} s, quantize {row['quantize']:.2f} s "
                   f"({spent:.1f} s with building)", file=sys.stderr, flush=True)
