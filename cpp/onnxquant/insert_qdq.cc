@@ -350,6 +350,10 @@ void QdqWriter::DropUnusedInitializers() {
 }
 
 void QdqWriter::Run() {
+  source_.reserve(report_->plan.qdq.size());
+  params_.reserve(report_->plan.calibrated.size());
+  param_tensors_.reserve(report_->plan.calibrated.size());
+  after_.reserve(report_->plan.qdq.size());
   for (const auto& e : report_->plan.qdq) source_[e.tensor] = e.source;
   index_ = std::make_unique<GraphIndex>(&graph_);
   for (const auto& src : report_->plan.calibrated) Params(src);

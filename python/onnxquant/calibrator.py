@@ -208,6 +208,7 @@ class Calibrator:
         dtypes = infer_dtypes(work, providers=providers)
         data = model_to_bytes(work)
         self._fingerprint = hashlib.sha256(data).hexdigest()
+        self._dtypes = dtypes
         plan = _core.make_plan(data, dtypes, options.to_native())
         self._tensors = tuple(plan["calibrated"])
         producers = {o: n.op_type for n in work.graph.node for o in n.output}
@@ -228,6 +229,14 @@ class Calibrator:
                     "bug in onnxquant, please report it with the model.")
         self._stats = _core.HistogramSet(list(self._tensors))
         self._num_samples = 0
+
+    def _dtypes_of(self, model_bytes: bytes) -> dict[str, int] | None:
+        """The tensor types found for the model, when ``model_bytes`` is the
+        serialized model this calibrator was made for (else None): quantize
+        then need not run type inference again."""
+        if hashlib.sha256(model_bytes).hexdigest() != self._fingerprint:
+            return None
+        return dict(self._dtypes)
 
     @property
     def method(self) -> CalibrationMethod:

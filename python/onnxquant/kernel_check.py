@@ -128,7 +128,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                   headroom: float = 0.0,
                   native_options: _core.QuantOptions | None = None,
                   dtypes: Mapping[str, int] | None = None,
-                  providers: Sequence[str] | None = None) -> KernelCheckResult:
+                  providers: Sequence[str] | None = None,
+                  model_bytes: bytes | None = None) -> KernelCheckResult:
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
@@ -137,8 +138,9 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     retained samples; ``headroom`` grows the observed peaks by that fraction
     before ``channel_qmax`` is fitted to them; ``native_options`` the
     engine's options (default
-    ``QuantOptions()``'s). Nodes no feed reaches (or all of them, without
-    feeds) are judged by their worst case.
+    ``QuantOptions()``'s); ``model_bytes`` the serialized ``model``, where the
+    caller has it (default None: serialized here). Nodes no feed reaches (or
+    all of them, without feeds) are judged by their worst case.
 
     Raises:
         RangeMissingError: a planned tensor without a valid range.
@@ -148,7 +150,7 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
 
     options = native_options if native_options is not None else QuantOptions().to_native()
     types = _dtypes(model, dtypes)
-    data = model.SerializeToString()
+    data = model_bytes if model_bytes is not None else model.SerializeToString()
     checker = _core.KernelChecker(data, types, options, dict(ranges))
     names = checker.inputs()
     count = 0

@@ -251,16 +251,22 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     work = load_model(model)
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
-    dtypes = infer_dtypes(work)
+    data = model_to_bytes(work)
+    # The calibrator inferred the types of this very model: reuse them.
+    known = getattr(calibrator, "_dtypes_of", None)
+    dtypes = known(data) if known is not None else None
+    if dtypes is None:
+        dtypes = infer_dtypes(work)
     native = options.to_native()
     kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
-                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM)
+                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
+                                model_bytes=data)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
-    data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)
+    data, native_report = _core.quantize(data, dtypes, native, native_ranges)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
