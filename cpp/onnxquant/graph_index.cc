@@ -209,12 +209,18 @@ NameAllocator::NameAllocator(const pb::GraphProto& graph) {
 }
 
 std::string NameAllocator::Make(const std::string& base) {
-  std::string name = base;
-  for (int k = 1; used_.count(name) > 0; ++k) {
-    name = base + "_" + std::to_string(k);
+  if (used_.insert(base).second) return base;
+  // Names are never released, so every suffix below the one last handed
+  // out for `base` is still taken: start there (the same name as counting
+  // from 1, without rescanning when many names share a base).
+  int& next = next_suffix_[base];
+  for (int k = std::max(next, 1);; ++k) {
+    std::string name = base + "_" + std::to_string(k);
+    if (used_.insert(name).second) {
+      next = k + 1;
+      return name;
+    }
   }
-  used_.insert(name);
-  return name;
 }
 
 }  // namespace onnxquant

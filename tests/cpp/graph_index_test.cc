@@ -291,6 +291,20 @@ TEST(NameAllocator, AvoidsNamesInsideSubgraphs) {
   EXPECT_EQ(names.Make("id_t_out"), "id_t_out_1");
 }
 
+TEST(NameAllocator, RepeatedBasesCountOnSkippingTakenNames) {
+  GraphBuilder g;
+  g.Input("w_1", {1}).Output("w_3", {1});
+  g.Node("Neg", {"w_1"}, {"w_3"}, "neg");
+  const pb::ModelProto m = g.Build();
+  NameAllocator names(m.graph());
+  std::vector<std::string> got;
+  for (int k = 0; k < 5; ++k) got.push_back(names.Make("w"));
+  EXPECT_EQ(got, (std::vector<std::string>{"w", "w_2", "w_4", "w_5", "w_6"}));
+  EXPECT_EQ(names.Make("w_2"), "w_2_1");
+  EXPECT_EQ(names.Make("w_7"), "w_7");
+  EXPECT_EQ(names.Make("w"), "w_8");
+}
+
 TEST(NameAllocator, ManyNamesAreDistinct) {
   const pb::ModelProto m = Diamond();
   NameAllocator names(m.graph());
