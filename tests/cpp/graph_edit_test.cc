@@ -128,7 +128,8 @@ TEST(GraphEdit, BypassTakesEveryOtherLinkOfAChain) {
   b.Input("x", {1}).Output("y", {1});
   b.Node("Relu", {"x"}, {"t0"});
   for (int k = 0; k < 8; ++k) {
-    b.Node("Identity", {"t" + std::to_string(k)}, {"t" + std::to_string(k + 1)});
+    b.Node("Identity", {"t" + std::to_string(k)},
+           {"t" + std::to_string(k + 1)});
   }
   b.Node("Neg", {"t8"}, {"y"});
   pb::GraphProto* g = b.model().mutable_graph();
