@@ -48,7 +48,8 @@ class Planner : public ConstantLookup {
   Planner(const pb::ModelProto& model, const DtypeMap& dtypes,
           const QuantOptions& options)
       : graph_(model.graph()), index_(graph_), dtypes_(dtypes),
-        options_(options) {}
+        options_(options),
+        excluded_(options.exclude_nodes.begin(), options.exclude_nodes.end()) {}
 
   QuantPlan Run();
 
@@ -92,6 +93,7 @@ class Planner : public ConstantLookup {
   GraphIndex index_;
   const DtypeMap& dtypes_;
   const QuantOptions& options_;
+  const std::unordered_set<std::string> excluded_;  // options_.exclude_nodes
   PatternMatches patterns_;
 };
 
@@ -117,8 +119,7 @@ void Planner::CheckOptions() const {
 
 Decision Planner::Decide(int i) const {
   const auto& n = graph_.node(i);
-  const auto& excl = options_.exclude_nodes;
-  if (std::find(excl.begin(), excl.end(), n.name()) != excl.end()) {
+  if (excluded_.count(n.name())) {
     return Float("excluded by the user");
   }
   const OpSpec* spec = FindOpSpec(n.domain(), n.op_type());

@@ -329,11 +329,11 @@ def split_model(model: onnx.ModelProto, workspace: Workspace, *,
         if out is not None:
             out.close()
     if fingerprint:
-        digest.update(_canonical(skeleton))
+        digest.update(canonical_bytes(skeleton))
     return Skeleton(skeleton, digest.hexdigest(), payload)
 
 
-def _canonical(skeleton: onnx.ModelProto) -> bytes:
+def canonical_bytes(skeleton: onnx.ModelProto) -> bytes:
     """The skeleton's bytes with every external location, offset and length
     left out (they depend on where the payloads lie, not on the model)."""
     probe = onnx.ModelProto()

@@ -17,7 +17,7 @@ import onnx
 
 from onnxquant import _core
 from onnxquant._model import ModelLike, load_skeleton, write_bytes_atomic
-from onnxquant._payloads import Workspace, ort_session
+from onnxquant._payloads import Workspace, canonical_bytes, ort_session
 from onnxquant._samples import SampleBatcher, check_sample, input_specs
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import (
@@ -343,6 +343,8 @@ class Calibrator:
         dtypes = infer_dtypes(work, providers=self._providers, workspace=self._workspace)
         data = skeleton.to_bytes()
         self._fingerprint = skeleton.fingerprint
+        self._dtypes = dtypes
+        self._graph_sha = hashlib.sha256(canonical_bytes(work)).hexdigest()
         plan = _core.make_plan(data, dtypes, self._options.to_native())
         self._tensors = tuple(plan["calibrated"])
         if self._collect == "all":
@@ -407,6 +409,15 @@ class Calibrator:
             yield session
         finally:
             opened.clear()
+
+    def _dtypes_of(self, model: onnx.ModelProto) -> dict[str, int] | None:
+        """The tensor types found for the model, when ``model`` (a skeleton)
+        has the graph this calibrator was made for (else None): quantize then
+        need not run type inference again. Types depend on the graph, not on
+        where the weights' payloads lie, which the comparison leaves out."""
+        if hashlib.sha256(canonical_bytes(model)).hexdigest() != self._graph_sha:
+            return None
+        return dict(self._dtypes)
 
     @property
     def method(self) -> CalibrationMethod:

@@ -132,7 +132,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                   native_options: _core.QuantOptions | None = None,
                   dtypes: Mapping[str, int] | None = None,
                   providers: Sequence[str] | None = None,
-                  workspace=None, spill: bool = False) -> KernelCheckResult:
+                  workspace=None, spill: bool = False,
+                  model_bytes: bytes | None = None) -> KernelCheckResult:
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
@@ -141,14 +142,16 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     retained samples; ``headroom`` grows the observed peaks by that fraction
     before ``channel_qmax`` is fitted to them; ``native_options`` the
     engine's options (default
-    ``QuantOptions()``'s). Nodes no feed reaches (or all of them, without
-    feeds) are judged by their worst case. ``model`` may be a skeleton
-    (``onnxquant._payloads``), whose payloads lie in files; ``workspace`` is
-    then where a session may gather them. ``spill`` (default False; needs ``workspace``): for large models,
-    the engine's quantized weights and the model's session are never held
-    at once: the replayed activations go to files of ``workspace`` while the
-    session (which maps the weights from their files rather than copying
-    them) runs, and the checker reads them back after it is closed.
+    ``QuantOptions()``'s); ``model_bytes`` the serialized ``model``, where the
+    caller has it (default None: serialized here). Nodes no feed reaches (or
+    all of them, without feeds) are judged by their worst case. ``model`` may
+    be a skeleton (``onnxquant._payloads``), whose payloads lie in files;
+    ``workspace`` is then where a session may gather them. ``spill`` (default
+    False; needs ``workspace``): for large models, the engine's quantized
+    weights and the model's session are never held at once: the replayed
+    activations go to files of ``workspace`` while the session (which maps the
+    weights from their files rather than copying them) runs, and the checker
+    reads them back after it is closed.
 
     Raises:
         RangeMissingError: a planned tensor without a valid range.
@@ -160,7 +163,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     from onnxquant._model import model_to_bytes
 
     types = _dtypes(model, dtypes)
-    data = model_to_bytes(model)
+    data = model_bytes if model_bytes is not None else model_to_bytes(model)
+
     def make_checker():
         return _core.KernelChecker(data, types, options, dict(ranges))
 

@@ -274,7 +274,11 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
-    dtypes = infer_dtypes(work, workspace=workspace)
+    # The calibrator inferred the types of this very model: reuse them.
+    known = getattr(calibrator, "_dtypes_of", None)
+    dtypes = known(work) if known is not None else None
+    if dtypes is None:
+        dtypes = infer_dtypes(work, workspace=workspace)
     native = options.to_native()
     data = model_to_bytes(work)
     _require_planned_ranges(data, dtypes, options, native_ranges, calibrator)
@@ -283,7 +287,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
                                 dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
-                                workspace=workspace, spill=skeleton.large)
+                                workspace=workspace, spill=skeleton.large, model_bytes=data)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
         if "float" in remedies.values():
