@@ -13,9 +13,11 @@
 
 #include "calibration.h"
 #include "kernel_check.h"
+#include "payloads.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/model_io.h"
+#include "onnxquant/op_table.h"
 #include "onnxquant/pass_registry.h"
 #include "onnxquant/plan.h"
 
@@ -52,6 +54,17 @@ void TranslateErrors(std::exception_ptr p) {
   } catch (const std::bad_alloc&) {
     PyErr_SetString(PyExc_MemoryError,
                     "onnxquant ran out of memory in the native engine.");
+  } catch (const std::exception& e) {
+    // Anything else (a protobuf CHECK on an index the engine did not
+    // validate, for one) is a broken invariant of onnxquant, never a foreign
+    // exception type.
+    py::object cls =
+        py::module_::import("onnxquant.errors").attr("InternalError");
+    PyErr_SetString(cls.ptr(),
+                    (std::string("The native engine failed (") + e.what() +
+                     "); this is a bug in onnxquant, please report it with "
+                     "the model.")
+                        .c_str());
   }
 }
 
@@ -63,6 +76,17 @@ oq::pb::ModelProto Parse(const py::bytes& b) {
 py::bytes Serialize(const oq::pb::ModelProto& m) {
   std::string s = oq::SerializeModel(m);
   return py::bytes(s);
+}
+
+// Serializes `m`, first moving payloads of at least `threshold` bytes to the
+// file `payload_path` when it is not empty.
+py::bytes SerializeBeside(oq::pb::ModelProto* m,
+                          const std::string& payload_path, int64_t threshold) {
+  if (!payload_path.empty()) {
+    py::gil_scoped_release release;
+    onnxquant::binding::ExternalizePayloads(m, payload_path, threshold);
+  }
+  return Serialize(*m);
 }
 
 py::dict PlanToDict(const oq::QuantPlan& plan) {
@@ -113,20 +137,48 @@ PYBIND11_MODULE(_core, m) {
     return names;
   }, "Names of the registered graph passes, in their default order.");
 
+  m.def("op_table", [] {
+    py::list table;
+    for (const oq::OpSpec& s : oq::OpTable()) {
+      py::dict e;
+      e["op_type"] = s.op_type;
+      e["domain"] = s.domain;
+      e["kind"] = oq::OpKindName(s.kind);
+      py::list inputs;
+      for (oq::InputRole r : s.inputs) inputs.append(oq::InputRoleName(r));
+      e["inputs"] = inputs;
+      e["variadic"] = s.variadic;
+      e["inputs_share_output"] = s.inputs_share_output;
+      e["absorbable"] = s.absorb != oq::Absorb::kNever;
+      e["has_condition"] = s.check != nullptr;
+      e["ort_runs"] = s.ort_runs;
+      e["reason"] = s.reason;
+      table.append(e);
+    }
+    return table;
+  }, "The plan's op table: one dict per entry (op_type, domain, kind, "
+     "inputs, variadic, inputs_share_output, absorbable, has_condition, "
+     "ort_runs, reason), in the table's order.");
+
   m.def(
       "run_passes",
-      [](const py::bytes& model, const std::vector<std::string>& names) {
+      [](const py::bytes& model, const std::vector<std::string>& names,
+         const std::string& payload_path, int64_t payload_threshold) {
         auto proto = Parse(model);
         std::vector<std::string> changed;
         {
           py::gil_scoped_release release;
           changed = oq::RunPasses(proto, names);
         }
-        return py::make_tuple(Serialize(proto), changed);
+        return py::make_tuple(
+            SerializeBeside(&proto, payload_path, payload_threshold), changed);
       },
-      py::arg("model"), py::arg("passes"),
+      py::arg("model"), py::arg("passes"), py::arg("payload_path") = "",
+      py::arg("payload_threshold") = 1024,
       "Runs the named passes, each to a fixed point. Returns (model bytes, "
-      "names of the passes that changed it).");
+      "names of the passes that changed it). With payload_path (absolute), "
+      "initializers of at least payload_threshold bytes are appended to that "
+      "file and referenced as external data in the returned bytes.");
 
   py::enum_<oq::ActivationType>(m, "ActivationType")
       .value("UINT8", oq::ActivationType::kUint8)
@@ -187,7 +239,8 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "quantize",
       [](const py::bytes& model, const oq::DtypeMap& dtypes,
-         const oq::QuantOptions& options, const oq::RangeMap& ranges) {
+         const oq::QuantOptions& options, const oq::RangeMap& ranges,
+         const std::string& payload_path, int64_t payload_threshold) {
         auto proto = Parse(model);
         oq::QuantizeReport report;
         {
@@ -198,12 +251,14 @@ PYBIND11_MODULE(_core, m) {
         r["plan"] = PlanToDict(report.plan);
         r["floored"] = report.floored;
         r["enlarged"] = report.enlarged;
-        return py::make_tuple(Serialize(proto), r);
+        return py::make_tuple(
+            SerializeBeside(&proto, payload_path, payload_threshold), r);
       },
       py::arg("model"), py::arg("dtypes"), py::arg("options"),
-      py::arg("ranges"),
+      py::arg("ranges"), py::arg("payload_path") = "",
+      py::arg("payload_threshold") = 1024,
       "Applies the plan with the given ranges. Returns (QDQ model bytes, "
-      "report dict).");
+      "report dict); payload_path as for run_passes.");
 
   onnxquant::binding::BindCalibration(m);
   onnxquant::binding::BindKernelCheck(m);

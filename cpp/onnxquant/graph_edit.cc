@@ -145,24 +145,37 @@ void AllowInitializersOutsideInputs(pb::ModelProto* model) {
 }
 
 bool BypassNodes(const std::vector<int>& nodes, pb::GraphProto* graph) {
+  if (nodes.empty()) return false;
   std::vector<Bypass> plans;
   std::unordered_set<std::string> gone;  // tensors that disappear
   {
     GraphIndex index(*graph);
-    std::unordered_set<std::string> touched;
+    // Names that the plans taken so far rename or remove (`writes`), and
+    // names they make other nodes read (`reads`). A plan that writes a name
+    // another plan reads or writes, or reads a name another writes, waits
+    // for the next call (a chain of pass-through nodes goes in several
+    // calls, about half of what is left in each). Plans that only share
+    // their input (many Identity nodes reading one initializer) go together.
+    std::unordered_set<std::string> reads, writes;
     for (int i : nodes) {
       Bypass plan;
       if (!PlanBypass(index, i, &plan)) continue;
       const pb::NodeProto& node = graph->node(i);
-      std::vector<std::string> names = {plan.in};
+      std::vector<std::string> plan_writes;
       for (const auto& o : node.output()) {
-        if (!o.empty()) names.push_back(o);
+        if (!o.empty()) plan_writes.push_back(o);
       }
-      bool clash = false;
-      for (const auto& n : names) clash = clash || touched.count(n) > 0;
+      if (plan.producer >= 0) plan_writes.push_back(plan.in);
+      bool clash = plan.producer < 0 && writes.count(plan.in) > 0;
+      for (const auto& n : plan_writes) {
+        clash = clash || writes.count(n) > 0 || reads.count(n) > 0;
+      }
       if (clash) continue;  // the next call takes it
-      touched.insert(names.begin(), names.end());
-      gone.insert(names.begin() + 2, names.end());  // outputs past the first
+      writes.insert(plan_writes.begin(), plan_writes.end());
+      if (plan.producer < 0) reads.insert(plan.in);
+      for (int k = 1; k < node.output_size(); ++k) {
+        if (!node.output(k).empty()) gone.insert(node.output(k));
+      }
       gone.insert(plan.producer < 0 ? plan.out : plan.in);
       plans.push_back(std::move(plan));
     }

@@ -79,9 +79,11 @@ void AllowInitializersOutsideInputs(pb::ModelProto* model);
 //    other readers of `in` follow). This needs `in` to come from a node, not
 //    be a graph output itself, and not be read by a subgraph; otherwise the
 //    node stays.
-// A node whose `out` is read by a subgraph stays. A node that shares a tensor
-// with another node removed in the same call also stays until the next call,
-// so callers repeat until it returns false. Value_info entries of tensors
+// A node whose `out` is read by a subgraph stays. A node whose removal
+// renames a tensor that another node removed in the same call reads or
+// renames (a chain of pass-through nodes, or a shared input renamed for a
+// graph output) stays until the next call, so callers repeat until it
+// returns false; nodes that only share their input go in one call. Value_info entries of tensors
 // that disappear are dropped, and so are initializers that only removed
 // nodes read through their other inputs (e.g. a Dropout's ratio).
 // Returns true if it removed at least one node.

@@ -1,5 +1,9 @@
 #include "onnxquant/graph_index.h"
 
+#include <algorithm>
+
+#include "onnxquant/error.h"
+
 namespace onnxquant {
 namespace {
 
@@ -30,7 +34,22 @@ void CollectOuterReads(const pb::GraphProto& body,
 
 }  // namespace
 
-GraphIndex::GraphIndex(const pb::GraphProto& graph) : graph_(graph) {
+GraphIndex::GraphIndex(const pb::GraphProto& graph) : graph_(&graph) {
+  Build();
+}
+
+GraphIndex::GraphIndex(pb::GraphProto* graph)
+    : graph_(graph), mutable_graph_(graph) {
+  Build();
+}
+
+void GraphIndex::Build() {
+  const pb::GraphProto& graph = *graph_;
+  const size_t n = static_cast<size_t>(graph.node_size());
+  node_named_.reserve(n);
+  producer_.reserve(n);
+  consumers_.reserve(n + graph.input_size() + graph.initializer_size());
+  initializers_.reserve(graph.initializer_size());
   for (const auto& init : graph.initializer()) {
     initializers_[init.name()] = &init;
   }
@@ -38,26 +57,33 @@ GraphIndex::GraphIndex(const pb::GraphProto& graph) : graph_(graph) {
   for (const auto& out : graph.output()) outputs_.insert(out.name());
   for (int i = 0; i < graph.node_size(); ++i) {
     const auto& node = graph.node(i);
+    node_named_.emplace(node.name(), i);  // the first keeps the name
     for (const auto& out : node.output()) {
       if (!out.empty()) producer_[out] = i;
     }
-    std::unordered_set<std::string> seen;
+    // A node's reads are added together, so a repeat is the last entry.
     auto add = [&](const std::string& name) {
-      if (!name.empty() && seen.insert(name).second) {
-        consumers_[name].push_back(i);
-      }
+      if (name.empty()) return;
+      std::vector<int>& list = consumers_[name];
+      if (list.empty() || list.back() != i) list.push_back(i);
     };
     for (const auto& in : node.input()) add(in);
+    if (!HasSubgraph(node)) continue;
+    std::unordered_set<std::string>& reads = body_reads_[i];
     for (const auto& attr : node.attribute()) {
-      std::unordered_set<std::string> reads;
       if (attr.has_g()) CollectOuterReads(attr.g(), &reads);
       for (const auto& g : attr.graphs()) CollectOuterReads(g, &reads);
-      for (const auto& name : reads) {
-        read_by_subgraph_.insert(name);
-        add(name);
-      }
+    }
+    for (const auto& name : reads) {
+      read_by_subgraph_.insert(name);
+      add(name);
     }
   }
+}
+
+int GraphIndex::NodeNamed(const std::string& name) const {
+  auto it = node_named_.find(name);
+  return it == node_named_.end() ? -1 : it->second;
 }
 
 int GraphIndex::Producer(const std::string& tensor) const {
@@ -84,6 +110,68 @@ bool GraphIndex::IsGraphOutput(const std::string& tensor) const {
 }
 bool GraphIndex::ReadBySubgraph(const std::string& tensor) const {
   return read_by_subgraph_.count(tensor) > 0;
+}
+
+pb::GraphProto* GraphIndex::Mutable(const char* edit) {
+  if (mutable_graph_ == nullptr) {
+    throw InternalError(std::string("GraphIndex::") + edit +
+                        " on a snapshot index: a bug in onnxquant.");
+  }
+  return mutable_graph_;
+}
+
+bool GraphIndex::Reads(int node, const std::string& tensor) const {
+  for (const auto& in : graph_->node(node).input()) {
+    if (in == tensor) return true;
+  }
+  auto body = body_reads_.find(node);
+  return body != body_reads_.end() && body->second.count(tensor) > 0;
+}
+
+void GraphIndex::SetInput(int node, int slot, const std::string& tensor) {
+  pb::NodeProto* n = Mutable("SetInput")->mutable_node(node);
+  const std::string old = n->input(slot);
+  if (old == tensor) return;
+  n->set_input(slot, tensor);
+  if (!old.empty() && !Reads(node, old)) {
+    std::vector<int>& list = consumers_[old];
+    list.erase(std::lower_bound(list.begin(), list.end(), node));
+    if (list.empty()) consumers_.erase(old);
+  }
+  if (!tensor.empty()) {
+    std::vector<int>& list = consumers_[tensor];
+    auto at = std::lower_bound(list.begin(), list.end(), node);
+    if (at == list.end() || *at != node) list.insert(at, node);
+  }
+}
+
+void GraphIndex::ReplaceInput(int node, const std::string& from,
+                              const std::string& to) {
+  const pb::NodeProto& n = graph_->node(node);
+  for (int k = 0; k < n.input_size(); ++k) {
+    if (n.input(k) == from) SetInput(node, k, to);
+  }
+}
+
+void GraphIndex::SetOutput(int node, int slot, const std::string& tensor) {
+  pb::NodeProto* n = Mutable("SetOutput")->mutable_node(node);
+  const std::string old = n->output(slot);
+  if (old == tensor) return;
+  n->set_output(slot, tensor);
+  auto it = producer_.find(old);
+  if (it != producer_.end() && it->second == node) {
+    bool still = false;  // another output slot of the node writes it too
+    for (const auto& o : n->output()) still = still || o == old;
+    if (!still) producer_.erase(it);
+  }
+  if (!tensor.empty()) producer_[tensor] = node;
+}
+
+const pb::TensorProto* GraphIndex::AddInitializer(pb::TensorProto tensor) {
+  pb::TensorProto* added = Mutable("AddInitializer")->add_initializer();
+  *added = std::move(tensor);
+  initializers_[added->name()] = added;
+  return added;
 }
 
 bool GraphIndex::HasSubgraph(const pb::NodeProto& node) {
@@ -121,12 +209,18 @@ NameAllocator::NameAllocator(const pb::GraphProto& graph) {
 }
 
 std::string NameAllocator::Make(const std::string& base) {
-  std::string name = base;
-  for (int k = 1; used_.count(name) > 0; ++k) {
-    name = base + "_" + std::to_string(k);
+  if (used_.insert(base).second) return base;
+  // Names are never released, so every suffix below the one last handed
+  // out for `base` is still taken: start there (the same name as counting
+  // from 1, without rescanning when many names share a base).
+  int& next = next_suffix_[base];
+  for (int k = std::max(next, 1);; ++k) {
+    std::string name = base + "_" + std::to_string(k);
+    if (used_.insert(name).second) {
+      next = k + 1;
+      return name;
+    }
   }
-  used_.insert(name);
-  return name;
 }
 
 }  // namespace onnxquant

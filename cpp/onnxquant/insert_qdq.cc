@@ -2,11 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <unordered_map>
 #include <unordered_set>
 
 #include "onnxquant/arithmetic.h"
 #include "onnxquant/error.h"
+#include "onnxquant/graph_edit.h"
 #include "onnxquant/graph_index.h"
 #include "onnxquant/node_weights.h"
 #include "onnxquant/tensor_util.h"
@@ -60,7 +62,8 @@ class QdqWriter {
                std::vector<pb::NodeProto>* out);
   void QuantizeActivations(std::vector<pb::NodeProto>* head);
   void DropUnusedInitializers();
-  pb::NodeProto* NodeByName(const std::string& name);
+  // Index of the first node named `name`; Error(kInternal) when none is.
+  int NodeByName(const std::string& name) const;
   const std::string& SourceOf(const std::string& tensor) const;
 
   pb::GraphProto& graph_;
@@ -68,6 +71,10 @@ class QdqWriter {
   const QuantOptions& options_;
   const RangeMap& ranges_;
   QuantizeReport* report_;
+  // The editing index of graph_: made once absorbed activations are gone
+  // (no node is added or removed after that until Run() rebuilds the node
+  // list), and kept current by every edit.
+  std::unique_ptr<GraphIndex> index_;
   std::unordered_map<std::string, std::string> source_;
   std::unordered_set<std::string> replaced_;  // initializers quantized
   std::unordered_map<std::string, ActivationParams> params_;
@@ -110,13 +117,13 @@ std::pair<std::string, std::string> QdqWriter::NewParamTensors(
   const ActivationParams& p = Params(source);
   const std::string scale = names_.Make(source + "_scale");
   const std::string zp = names_.Make(source + "_zero_point");
-  *graph_.add_initializer() = FloatTensor(scale, {}, {p.scale});
+  index_->AddInitializer(FloatTensor(scale, {}, {p.scale}));
   if (options_.activation_type == ActivationType::kUint8) {
-    *graph_.add_initializer() =
-        Uint8Tensor(zp, {}, {static_cast<uint8_t>(p.zero_point)});
+    index_->AddInitializer(
+        Uint8Tensor(zp, {}, {static_cast<uint8_t>(p.zero_point)}));
   } else {
-    *graph_.add_initializer() =
-        Int8Tensor(zp, {}, {static_cast<int8_t>(p.zero_point)});
+    index_->AddInitializer(
+        Int8Tensor(zp, {}, {static_cast<int8_t>(p.zero_point)}));
   }
   return {scale, zp};
 }
@@ -129,10 +136,9 @@ const std::string& QdqWriter::SourceOf(const std::string& tensor) const {
   return it->second;
 }
 
-pb::NodeProto* QdqWriter::NodeByName(const std::string& name) {
-  for (auto& n : *graph_.mutable_node()) {
-    if (n.name() == name) return &n;
-  }
+int QdqWriter::NodeByName(const std::string& name) const {
+  const int i = index_->NodeNamed(name);
+  if (i >= 0) return i;
   throw InternalError("the plan names node '" + name +
                       "', which the graph does not hold");
 }
@@ -140,26 +146,27 @@ pb::NodeProto* QdqWriter::NodeByName(const std::string& name) {
 void QdqWriter::AbsorbActivations() {
   std::unordered_set<std::string> removed;
   for (const auto& a : report_->plan.absorbed) {
-    pb::NodeProto* act = NodeByName(a.node);
-    pb::NodeProto* producer = NodeByName(a.producer);
-    producer->set_output(0, act->output(0));
+    const pb::NodeProto& act = graph_.node(NodeByName(a.node));
+    graph_.mutable_node(NodeByName(a.producer))->set_output(0, act.output(0));
     removed.insert(a.node);
   }
-  auto* nodes = graph_.mutable_node();
-  for (int i = nodes->size() - 1; i >= 0; --i) {
-    if (removed.count(nodes->Get(i).name())) nodes->DeleteSubrange(i, 1);
-  }
+  if (removed.empty()) return;
+  index_.reset();  // node indices shift
+  EraseIf(graph_.mutable_node(), [&](const pb::NodeProto& n) {
+    return removed.count(n.name()) > 0;
+  });
+  index_ = std::make_unique<GraphIndex>(&graph_);
 }
 
 void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
-  GraphIndex index(graph_);
   for (const auto& q : report_->plan.quantized_nodes) {
     if (q.weight_input < 0) continue;
-    pb::NodeProto* node = NodeByName(q.node);
+    const int at = NodeByName(q.node);
+    const pb::NodeProto& node = graph_.node(at);
     const WeightEncoding encoding = RemedyOf(options_, q.node).encoding;
     const float in_scale =
-        q.bias_input >= 0 ? Params(SourceOf(node->input(0))).scale : 0.f;
-    NodeWeights nw = QuantizeNodeWeights(index, *node, q, in_scale, options_);
+        q.bias_input >= 0 ? Params(SourceOf(node.input(0))).scale : 0.f;
+    NodeWeights nw = QuantizeNodeWeights(*index_, node, q, in_scale, options_);
     const std::string& wname = nw.weight_name;
     const std::vector<int64_t>& dims = nw.dims;
     const std::vector<float>& bias = nw.bias;
@@ -178,25 +185,25 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
       for (size_t i = 0; i < offset.size(); ++i) {
         offset[i] = static_cast<uint8_t>(wq.values[i] + 128);
       }
-      *graph_.add_initializer() = Uint8Tensor(wq_name, dims, offset);
-      *graph_.add_initializer() =
-          Uint8Tensor(wz_name, sdims, std::vector<uint8_t>(channels, 128));
+      index_->AddInitializer(Uint8Tensor(wq_name, dims, offset));
+      index_->AddInitializer(
+          Uint8Tensor(wz_name, sdims, std::vector<uint8_t>(channels, 128)));
     } else {
-      *graph_.add_initializer() = Int8Tensor(wq_name, dims, wq.values);
-      *graph_.add_initializer() =
-          Int8Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0));
+      index_->AddInitializer(Int8Tensor(wq_name, dims, wq.values));
+      index_->AddInitializer(
+          Int8Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0)));
     }
-    *graph_.add_initializer() = FloatTensor(ws_name, sdims, wq.scales);
+    index_->AddInitializer(FloatTensor(ws_name, sdims, wq.scales));
     head->push_back(MakeNode("DequantizeLinear", names_.Make(wdq + "_node"),
                              {wq_name, ws_name, wz_name}, wdq,
                              q.weight_axis));
-    node->set_input(q.weight_input, wdq);
+    index_->SetInput(at, q.weight_input, wdq);
     replaced_.insert(wname);
     if (bias.empty()) continue;
     std::vector<float> bias_scales;
     std::vector<int32_t> bq = QuantizeBias(bias, in_scale, wq.scales,
                                            &bias_scales);
-    const std::string bname = node->input(q.bias_input);
+    const std::string bname = node.input(q.bias_input);
     const bool per_channel = wq.scales.size() > 1;
     const std::vector<int64_t> bsd =
         per_channel ? std::vector<int64_t>{int64_t(bias.size())}
@@ -206,23 +213,27 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
     const std::string bs_name = names_.Make(bname + "_scale");
     const std::string bz_name = names_.Make(bname + "_zero_point");
     const std::string bdq = names_.Make(bname + "_dequantized");
-    *graph_.add_initializer() =
-        Int32Tensor(bq_name, {int64_t(bias.size())}, bq);
-    *graph_.add_initializer() = FloatTensor(bs_name, bsd, bias_scales);
-    *graph_.add_initializer() = Int32Tensor(
-        bz_name, bsd, std::vector<int32_t>(per_channel ? bias.size() : 1, 0));
+    index_->AddInitializer(Int32Tensor(bq_name, {int64_t(bias.size())}, bq));
+    index_->AddInitializer(FloatTensor(bs_name, bsd, bias_scales));
+    index_->AddInitializer(Int32Tensor(
+        bz_name, bsd, std::vector<int32_t>(per_channel ? bias.size() : 1, 0)));
     head->push_back(MakeNode("DequantizeLinear", names_.Make(bdq + "_node"),
                              {bq_name, bs_name, bz_name}, bdq,
                              per_channel ? 0 : -1));
-    node->set_input(q.bias_input, bdq);
+    index_->SetInput(at, q.bias_input, bdq);
     replaced_.insert(bname);
   }
 }
 
 void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
-  GraphIndex index(graph_);
+  if (report_->plan.constants.empty()) return;
+  // The quantized nodes, by index (the first node of each planned name).
+  std::unordered_set<int> quantized;
+  for (const auto& q : report_->plan.quantized_nodes) {
+    quantized.insert(NodeByName(q.node));
+  }
   for (const auto& c : report_->plan.constants) {
-    const auto* init = index.Initializer(c.tensor);
+    const auto* init = index_->Initializer(c.tensor);
     const ActivationParams p =
         ActivationQuantParams(c.min, c.max, options_.activation_type);
     const std::vector<float> v = ToFloats(*init);
@@ -240,25 +251,25 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
     const std::string zn = names_.Make(c.tensor + "_zero_point");
     const std::string dq = names_.Make(c.tensor + "_dequantized");
     if (options_.activation_type == ActivationType::kUint8) {
-      *graph_.add_initializer() = Uint8Tensor(
-          qn, Dims(*init), std::vector<uint8_t>(q.begin(), q.end()));
-      *graph_.add_initializer() =
-          Uint8Tensor(zn, {}, {static_cast<uint8_t>(p.zero_point)});
+      index_->AddInitializer(Uint8Tensor(
+          qn, Dims(*init), std::vector<uint8_t>(q.begin(), q.end())));
+      index_->AddInitializer(
+          Uint8Tensor(zn, {}, {static_cast<uint8_t>(p.zero_point)}));
     } else {
-      *graph_.add_initializer() = Int8Tensor(
-          qn, Dims(*init), std::vector<int8_t>(q.begin(), q.end()));
-      *graph_.add_initializer() =
-          Int8Tensor(zn, {}, {static_cast<int8_t>(p.zero_point)});
+      index_->AddInitializer(Int8Tensor(
+          qn, Dims(*init), std::vector<int8_t>(q.begin(), q.end())));
+      index_->AddInitializer(
+          Int8Tensor(zn, {}, {static_cast<int8_t>(p.zero_point)}));
     }
-    *graph_.add_initializer() = FloatTensor(sn, {}, {p.scale});
+    index_->AddInitializer(FloatTensor(sn, {}, {p.scale}));
     head->push_back(
         MakeNode("DequantizeLinear", names_.Make(dq + "_node"), {qn, sn, zn},
                  dq));
-    for (const auto& qnode : report_->plan.quantized_nodes) {
-      pb::NodeProto* n = NodeByName(qnode.node);
-      for (int k = 0; k < n->input_size(); ++k) {
-        if (n->input(k) == c.tensor) n->set_input(k, dq);
-      }
+    // The quantized nodes among its readers read the dequantized copy
+    // (copied: the edits change the list).
+    const std::vector<int> readers = index_->Consumers(c.tensor);
+    for (int i : readers) {
+      if (quantized.count(i)) index_->ReplaceInput(i, c.tensor, dq);
     }
     replaced_.insert(c.tensor);
   }
@@ -277,36 +288,29 @@ void QdqWriter::AddPair(const std::string& input, const std::string& output,
 }
 
 void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
-  GraphIndex index(graph_);  // node indices stay valid: no node is added
   const bool per_consumer = options_.activation_type == ActivationType::kInt8;
-  auto rewire = [&](int node, const std::string& from, const std::string& to) {
-    auto* n = graph_.mutable_node(node);
-    for (int k = 0; k < n->input_size(); ++k) {
-      if (n->input(k) == from) n->set_input(k, to);
-    }
-  };
   for (const auto& entry : report_->plan.qdq) {
     const std::string& t = entry.tensor;
     const std::string& src = entry.source;
-    std::vector<int> consumers;
-    for (int c : index.Consumers(t)) {
+    std::vector<int> consumers;  // direct readers (not only through a body)
+    for (int c : index_->Consumers(t)) {
       const auto& in = graph_.node(c).input();
       if (std::find(in.begin(), in.end(), t) != in.end()) {
         consumers.push_back(c);
       }
     }
-    const int producer = index.Producer(t);
+    const int producer = index_->Producer(t);
     if (producer < 0) {  // a graph input: consumers read a new name
       if (!per_consumer) {
         const std::string dq = names_.Make(t + "_dequantized");
         AddPair(t, dq, src, false, head);
-        for (int c : consumers) rewire(c, t, dq);
+        for (int c : consumers) index_->ReplaceInput(c, t, dq);
       } else {
         for (size_t k = 0; k < consumers.size(); ++k) {
           const int c = consumers[k];
           const std::string dq = names_.Make(t + "_dequantized");
           AddPair(t, dq, src, k > 0, head);
-          rewire(c, t, dq);
+          index_->ReplaceInput(c, t, dq);
         }
       }
       continue;
@@ -314,56 +318,70 @@ void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
     // A node output: the producer writes a new name and the DQ takes over
     // the tensor's own, so graph outputs and subgraph reads keep working.
     const std::string fp = names_.Make(t + "_float");
-    auto* p = graph_.mutable_node(producer);
-    for (int k = 0; k < p->output_size(); ++k) {
-      if (p->output(k) == t) p->set_output(k, fp);
+    const pb::NodeProto& p = graph_.node(producer);
+    for (int k = 0; k < p.output_size(); ++k) {
+      if (p.output(k) == t) index_->SetOutput(producer, k, fp);
     }
     auto& out = after_[fp];
     AddPair(fp, t, src, false, &out);
     if (!per_consumer) continue;
-    const size_t first_own = index.IsGraphOutput(t) ? 0 : 1;
+    const size_t first_own = index_->IsGraphOutput(t) ? 0 : 1;
     for (size_t k = first_own; k < consumers.size(); ++k) {
       const std::string dq = names_.Make(t + "_dequantized");
       AddPair(fp, dq, src, true, &out);
-      rewire(consumers[k], t, dq);
+      index_->ReplaceInput(consumers[k], t, dq);
     }
   }
 }
 
+// The Q/DQ nodes waiting in `head` and `after_` read no replaced
+// initializer, so the index (which does not hold them) tells the readers.
 void QdqWriter::DropUnusedInitializers() {
-  GraphIndex index(graph_);
-  auto* inits = graph_.mutable_initializer();
-  for (int i = inits->size() - 1; i >= 0; --i) {
-    const std::string& name = inits->Get(i).name();
-    if (replaced_.count(name) && index.Consumers(name).empty() &&
-        !index.IsGraphOutput(name)) {
-      inits->DeleteSubrange(i, 1);
+  std::unordered_set<std::string> unused;
+  for (const auto& name : replaced_) {
+    if (index_->Consumers(name).empty() && !index_->IsGraphOutput(name)) {
+      unused.insert(name);
     }
   }
+  if (unused.empty()) return;
+  EraseIf(graph_.mutable_initializer(), [&](const pb::TensorProto& t) {
+    return unused.count(t.name()) > 0;
+  });
 }
 
 void QdqWriter::Run() {
+  source_.reserve(report_->plan.qdq.size());
+  params_.reserve(report_->plan.calibrated.size());
+  param_tensors_.reserve(report_->plan.calibrated.size());
+  after_.reserve(report_->plan.qdq.size());
   for (const auto& e : report_->plan.qdq) source_[e.tensor] = e.source;
+  index_ = std::make_unique<GraphIndex>(&graph_);
   for (const auto& src : report_->plan.calibrated) Params(src);
   AbsorbActivations();
   std::vector<pb::NodeProto> head;
   QuantizeWeights(&head);
   QuantizeConstants(&head);
   QuantizeActivations(&head);
+  DropUnusedInitializers();
+  index_.reset();  // the node list is rebuilt below
   // Rebuild the node list in topological order: parameter DQs and graph
   // input pairs first, then each node followed by the pairs of its outputs.
   std::vector<pb::NodeProto> nodes = std::move(head);
+  nodes.reserve(nodes.size() + 3 * graph_.node_size());
   for (auto& n : *graph_.mutable_node()) {
-    nodes.push_back(n);
+    std::vector<std::vector<pb::NodeProto>*> pairs;
     for (const auto& o : n.output()) {
       auto it = after_.find(o);
-      if (it == after_.end()) continue;
-      for (auto& q : it->second) nodes.push_back(std::move(q));
+      if (it != after_.end()) pairs.push_back(&it->second);
+    }
+    nodes.push_back(std::move(n));
+    for (auto* list : pairs) {
+      for (auto& q : *list) nodes.push_back(std::move(q));
     }
   }
   graph_.clear_node();
+  graph_.mutable_node()->Reserve(static_cast<int>(nodes.size()));
   for (auto& n : nodes) *graph_.add_node() = std::move(n);
-  DropUnusedInitializers();
 }
 
 }  // namespace

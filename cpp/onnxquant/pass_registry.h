@@ -2,7 +2,11 @@
 //
 // A pass is one rewrite in one file under passes/. It applies its rewrite
 // wherever it matches in the main graph and says whether anything changed;
-// RunPasses repeats each pass until it changes nothing. Passes leave subgraph
+// RunPasses repeats each pass until it changes nothing, and skips a pass
+// whose anchor op types are all absent from the main graph (such a pass
+// could not match anything; each pass builds its own GraphIndex for the
+// rounds it runs, so a graph pays for an index only where a pass has
+// candidates). Passes leave subgraph
 // bodies (If, Loop, Scan) untouched, and never rename a tensor that a body
 // reads from the outer scope.
 #ifndef ONNXQUANT_PASS_REGISTRY_H_
@@ -22,6 +26,9 @@ struct Pass {
   // Applies the rewrite once over the main graph; returns true on a change.
   // Throws Error on a model it cannot rewrite safely.
   bool (*apply)(pb::ModelProto& model);
+  // Op types a match starts from: the pass changes nothing in a graph that
+  // has none of them. Empty: always run.
+  std::vector<std::string_view> anchors = {};
 };
 
 // Every registered pass, in the order optimize_model runs them.

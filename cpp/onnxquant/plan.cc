@@ -15,16 +15,12 @@
 namespace onnxquant {
 namespace {
 
-std::string StringAttr(const pb::NodeProto& n, const std::string& name,
-                       const std::string& def) {
-  const pb::AttributeProto* a = FindAttribute(n, name);
-  return a ? a->s() : def;
-}
-
 // What the planner decided for one node.
 struct Decision {
   enum Kind { kFloat, kQuantized, kShared, kAbsorbed } kind = kFloat;
+  const OpSpec* spec = nullptr;  // the node's entry in the op table, if any
   std::string reason;            // kFloat
+  bool fused_only = false;       // kFloat by an OpKind::kFusedOnly entry
   QuantizedNode node;            // kQuantized
   std::vector<int> act_inputs;   // inputs quantized per tensor
   bool quantize_output = false;  // kQuantized
@@ -32,14 +28,36 @@ struct Decision {
   int producer = -1;             // kAbsorbed: the node absorbing it
 };
 
-class Planner {
+Decision Float(std::string reason) {
+  Decision d;
+  d.reason = std::move(reason);
+  return d;
+}
+
+bool Quantizes(OpKind kind) {
+  return kind == OpKind::kWeighted || kind == OpKind::kQuantized ||
+         kind == OpKind::kShared;
+}
+
+std::string KeptFloat(const OpSpec& spec) {
+  return std::string(spec.op_type) + " is kept float (" + spec.reason + ")";
+}
+
+class Planner : public ConstantLookup {
  public:
   Planner(const pb::ModelProto& model, const DtypeMap& dtypes,
           const QuantOptions& options)
       : graph_(model.graph()), index_(graph_), dtypes_(dtypes),
-        options_(options) {}
+        options_(options),
+        excluded_(options.exclude_nodes.begin(), options.exclude_nodes.end()) {}
 
   QuantPlan Run();
+
+  const pb::TensorProto* FloatConstant(const std::string& t) const override {
+    const auto* init = index_.Initializer(t);
+    return init && init->data_type() == pb::TensorProto::FLOAT ? init
+                                                               : nullptr;
+  }
 
  private:
   bool IsFloat(const std::string& t) const {
@@ -50,11 +68,6 @@ class Planner {
   bool IsFloatActivation(const std::string& t) const {
     return IsFloat(t) && index_.Initializer(t) == nullptr;
   }
-  const pb::TensorProto* FloatConstant(const std::string& t) const {
-    const auto* init = index_.Initializer(t);
-    return init && init->data_type() == pb::TensorProto::FLOAT ? init
-                                                               : nullptr;
-  }
   bool ScalarConstantIs(const std::string& t, float value) const {
     const auto* init = FloatConstant(t);
     if (!init) return false;
@@ -64,9 +77,13 @@ class Planner {
 
   void CheckOptions() const;
   Decision Decide(int i) const;
-  Decision DecideWeighted(const pb::NodeProto& n) const;
-  Decision DecideElementwise(int i, const pb::NodeProto& n) const;
+  Decision DecideBySpec(int i, const OpSpec& spec) const;
+  Decision DecideWeighted(const OpSpec& spec, const pb::NodeProto& n) const;
+  Decision DecideQuantized(int i, const OpSpec& spec,
+                           const pb::NodeProto& n) const;
   Decision DecideShared(const pb::NodeProto& n) const;
+  int WeightAxisOf(const OpSpec& spec, const pb::NodeProto& n,
+                   const pb::TensorProto& weight) const;
   void Absorb(std::vector<Decision>* d) const;
   bool QuantizedAnyway(const pb::NodeProto& n, const Decision& d,
                        const std::unordered_set<std::string>& needs) const;
@@ -76,6 +93,7 @@ class Planner {
   GraphIndex index_;
   const DtypeMap& dtypes_;
   const QuantOptions& options_;
+  const std::unordered_set<std::string> excluded_;  // options_.exclude_nodes
   PatternMatches patterns_;
 };
 
@@ -90,7 +108,8 @@ void Planner::CheckOptions() const {
     }
   }
   for (const auto& op : options_.op_types) {
-    if (!IsKnownOpType(op) || RoleOf(op) == OpRole::kFloat) {
+    const OpSpec* spec = FindOpSpec("", op);
+    if (spec == nullptr || !Quantizes(spec->kind)) {
       throw InvalidArgument("op_types names '" + op +
                             "', which onnxquant does not quantize; see the "
                             "op table in docs/architecture.md.");
@@ -98,19 +117,13 @@ void Planner::CheckOptions() const {
   }
 }
 
-Decision Float(std::string reason) {
-  Decision d;
-  d.reason = std::move(reason);
-  return d;
-}
-
 Decision Planner::Decide(int i) const {
   const auto& n = graph_.node(i);
-  const auto& excl = options_.exclude_nodes;
-  if (std::find(excl.begin(), excl.end(), n.name()) != excl.end()) {
+  if (excluded_.count(n.name())) {
     return Float("excluded by the user");
   }
-  if (!n.domain().empty() && n.domain() != "ai.onnx") {
+  const OpSpec* spec = FindOpSpec(n.domain(), n.op_type());
+  if (spec == nullptr && !n.domain().empty() && n.domain() != "ai.onnx") {
     return Float("custom domain '" + n.domain() + "'");
   }
   if (GraphIndex::HasSubgraph(n)) {
@@ -124,41 +137,68 @@ Decision Planner::Decide(int i) const {
   if (patterns_.silu_sigmoid.count(i) && !options_.quantize_silu) {
     return Float("Sigmoid of a SiLU x*sigmoid(x): no QDQ inside the SiLU");
   }
+  if (spec == nullptr) return Float(UnknownOpReason(n.op_type()));
   const auto& ops = options_.op_types;
   if (!ops.empty() &&
       std::find(ops.begin(), ops.end(), n.op_type()) == ops.end() &&
-      RoleOf(n.op_type()) != OpRole::kFloat) {
+      Quantizes(spec->kind)) {
     return Float("op type " + n.op_type() + " not among op_types");
   }
-  switch (RoleOf(n.op_type())) {
-    case OpRole::kWeighted:
-      return DecideWeighted(n);
-    case OpRole::kElementwise:
-      return DecideElementwise(i, n);
-    case OpRole::kConcat: {
-      Decision d;
-      d.kind = Decision::kQuantized;
-      for (int k = 0; k < n.input_size(); ++k) {
-        if (IsFloatActivation(n.input(k))) {
-          d.act_inputs.push_back(k);
-        } else if (FloatConstant(n.input(k))) {
-          d.const_inputs.push_back(k);
-        } else {
-          return Float("Concat of non-float tensors");
-        }
-      }
-      d.quantize_output = true;
-      return d;
-    }
-    case OpRole::kShared:
-      return DecideShared(n);
-    case OpRole::kFloat:
-      return Float(FloatReason(n.op_type()));
-  }
-  return Float(FloatReason(n.op_type()));
+  Decision d = DecideBySpec(i, *spec);
+  d.spec = spec;
+  return d;
 }
 
-Decision Planner::DecideWeighted(const pb::NodeProto& n) const {
+Decision Planner::DecideBySpec(int i, const OpSpec& spec) const {
+  const auto& n = graph_.node(i);
+  if (spec.kind == OpKind::kFloat) return Float(KeptFloat(spec));
+  if (spec.kind == OpKind::kFusedOnly) {
+    Decision d = Float(KeptFloat(spec));
+    d.fused_only = true;
+    return d;
+  }
+  if (spec.check != nullptr) {
+    std::string why = spec.check(n, *this);
+    if (!why.empty()) return Float(std::move(why));
+  }
+  for (int k = 0; k < n.input_size(); ++k) {
+    if (RoleOfInput(spec, k) == InputRole::kParameter &&
+        !n.input(k).empty() && !FloatConstant(n.input(k))) {
+      return Float(n.op_type() + " input '" + n.input(k) +
+                   "' is not a float constant");
+    }
+  }
+  switch (spec.kind) {
+    case OpKind::kWeighted:
+      return DecideWeighted(spec, n);
+    case OpKind::kQuantized:
+      return DecideQuantized(i, spec, n);
+    default:
+      return DecideShared(n);
+  }
+}
+
+int Planner::WeightAxisOf(const OpSpec& spec, const pb::NodeProto& n,
+                          const pb::TensorProto& weight) const {
+  if (!options_.per_channel) return -1;
+  switch (spec.weight_axis) {
+    case WeightAxis::kZero:
+      return 0;
+    case WeightAxis::kOneUngrouped:
+      // With groups, output channels are spread over axis 0 and axis 1.
+      return IntAttribute(n, "group", 1) == 1 ? 1 : -1;
+    case WeightAxis::kGemm:
+      return IntAttribute(n, "transB", 0) ? 0 : 1;
+    case WeightAxis::kLast:
+      return weight.dims_size() >= 2 ? weight.dims_size() - 1 : -1;
+    case WeightAxis::kNone:
+      return -1;
+  }
+  return -1;
+}
+
+Decision Planner::DecideWeighted(const OpSpec& spec,
+                                 const pb::NodeProto& n) const {
   const std::string& op = n.op_type();
   Decision d;
   d.kind = Decision::kQuantized;
@@ -166,62 +206,68 @@ Decision Planner::DecideWeighted(const pb::NodeProto& n) const {
   QuantizedNode& q = d.node;
   q.node = n.name();
   q.op_type = op;
-  if (op == "MatMul") {
+  if (RoleOfInput(spec, 0) == InputRole::kDataOrWeight) {
+    // Either operand may be the weight; only a constant second operand has
+    // output channels (its last axis).
     const bool a_const = FloatConstant(n.input(0)) != nullptr;
-    const bool b_const = FloatConstant(n.input(1)) != nullptr;
+    const bool b_const =
+        n.input_size() > 1 && FloatConstant(n.input(1)) != nullptr;
     if (b_const && IsFloatActivation(n.input(0))) {
       q.weight_input = 1;
-      const int rank = FloatConstant(n.input(1))->dims_size();
-      q.weight_axis = options_.per_channel && rank >= 2 ? rank - 1 : -1;
+      q.weight_axis = WeightAxisOf(spec, n, *FloatConstant(n.input(1)));
       d.act_inputs = {0};
-    } else if (a_const && IsFloatActivation(n.input(1))) {
+    } else if (a_const && n.input_size() > 1 &&
+               IsFloatActivation(n.input(1))) {
       q.weight_input = 0;
       d.act_inputs = {1};
-    } else if (IsFloatActivation(n.input(0)) &&
+    } else if (n.input_size() > 1 && IsFloatActivation(n.input(0)) &&
                IsFloatActivation(n.input(1))) {
       if (!options_.quantize_activation_matmul) {
-        return Float("MatMul of two activations kept float by option");
+        return Float(op + " of two activations kept float by option");
       }
       d.act_inputs = {0, 1};
     } else {
-      return Float("MatMul of non-float tensors");
+      return Float(op + " of non-float tensors");
     }
     return d;
   }
-  if (n.input_size() < 2 || !FloatConstant(n.input(1))) {
-    return Float(op + " weight '" + (n.input_size() > 1 ? n.input(1) : "") +
+  int data = -1, weight = -1, bias = -1;
+  for (int k = 0; k < static_cast<int>(spec.inputs.size()); ++k) {
+    const InputRole role = spec.inputs[k];
+    if (role == InputRole::kData) data = k;
+    if (role == InputRole::kWeight) weight = k;
+    if (role == InputRole::kBias) bias = k;
+  }
+  const auto* w =
+      weight < n.input_size() ? FloatConstant(n.input(weight)) : nullptr;
+  if (w == nullptr) {
+    return Float(op + " weight '" +
+                 (weight < n.input_size() ? n.input(weight) : "") +
                  "' is not a float32 constant");
   }
-  if (!IsFloatActivation(n.input(0))) {
+  if (!IsFloatActivation(n.input(data))) {
     return Float(op + " input is not a float32 activation");
   }
-  d.act_inputs = {0};
-  q.weight_input = 1;
-  const auto* w = FloatConstant(n.input(1));
-  if (op == "Conv") {
-    q.weight_axis = options_.per_channel ? 0 : -1;
-  } else if (op == "ConvTranspose") {
-    // With groups, output channels are spread over axis 0 and axis 1.
-    q.weight_axis =
-        options_.per_channel && IntAttribute(n, "group", 1) == 1 ? 1 : -1;
-  } else {  // Gemm
-    if (w->dims_size() != 2) return Float("Gemm weight is not 2-D");
-    q.weight_axis =
-        options_.per_channel ? (IntAttribute(n, "transB", 0) ? 0 : 1) : -1;
+  d.act_inputs = {data};
+  q.weight_input = weight;
+  if (spec.weight_axis == WeightAxis::kGemm && w->dims_size() != 2) {
+    return Float(op + " weight is not 2-D");
   }
-  if (n.input_size() > 2 && !n.input(2).empty()) {
-    const auto* b = FloatConstant(n.input(2));
+  q.weight_axis = WeightAxisOf(spec, n, *w);
+  if (bias >= 0 && bias < n.input_size() && !n.input(bias).empty()) {
+    const auto* b = FloatConstant(n.input(bias));
     bool bias_ok = b && b->dims_size() == 1;
-    if (op == "Gemm") {
+    if (spec.bias_needs_unit_alpha_beta) {
       bias_ok = bias_ok && FloatAttribute(n, "alpha", 1.f) == 1.f &&
                 FloatAttribute(n, "beta", 1.f) == 1.f;
     }
-    if (bias_ok) q.bias_input = 2;
+    if (bias_ok) q.bias_input = bias;
   }
   return d;
 }
 
-Decision Planner::DecideElementwise(int i, const pb::NodeProto& n) const {
+Decision Planner::DecideQuantized(int i, const OpSpec& spec,
+                                  const pb::NodeProto& n) const {
   const std::string& op = n.op_type();
   Decision d;
   d.kind = Decision::kQuantized;
@@ -232,24 +278,22 @@ Decision Planner::DecideElementwise(int i, const pb::NodeProto& n) const {
   if (patterns_.silu_mul.count(i) && !options_.quantize_silu) {
     return d;  // output only
   }
-  if (op == "Clip") {
-    if (!IsFloatActivation(n.input(0))) return Float("Clip of a constant");
-    for (int k = 1; k < n.input_size(); ++k) {
-      if (!n.input(k).empty() && !FloatConstant(n.input(k))) {
-        return Float("Clip bounds are not constants");
-      }
+  const int count =
+      spec.variadic ? n.input_size()
+                    : std::min<int>(n.input_size(), spec.inputs.size());
+  for (int k = 0; k < count; ++k) {
+    const std::string& in = n.input(k);
+    const InputRole role = RoleOfInput(spec, k);
+    if (in.empty() ||
+        (role != InputRole::kData && role != InputRole::kDataOrConstant)) {
+      continue;
     }
-    d.act_inputs = {0};
-    return d;
-  }
-  const int num_inputs = (op == "Add" || op == "Mul") ? 2 : 1;
-  for (int k = 0; k < num_inputs && k < n.input_size(); ++k) {
-    if (IsFloatActivation(n.input(k))) {
+    if (IsFloatActivation(in)) {
       d.act_inputs.push_back(k);
-    } else if (FloatConstant(n.input(k))) {
-      d.const_inputs.push_back(k);
-    } else {
+    } else if (FloatConstant(in) == nullptr) {
       return Float(op + " of non-float tensors");
+    } else if (role == InputRole::kDataOrConstant) {
+      d.const_inputs.push_back(k);
     }
   }
   if (d.act_inputs.empty()) return Float(op + " of constants only");
@@ -258,21 +302,12 @@ Decision Planner::DecideElementwise(int i, const pb::NodeProto& n) const {
 
 Decision Planner::DecideShared(const pb::NodeProto& n) const {
   const std::string& op = n.op_type();
+  if (FloatConstant(n.input(0)) != nullptr) {
+    return Float(op + " of a constant (an embedding table, say): no "
+                 "activation parameters to share");
+  }
   if (!IsFloatActivation(n.input(0)) || !IsFloat(n.output(0))) {
     return Float(op + " of non-float data");
-  }
-  if (op == "Resize" && StringAttr(n, "mode", "nearest") != "nearest") {
-    return Float("Resize mode '" + StringAttr(n, "mode", "") +
-                 "' is not nearest");
-  }
-  if (op == "Pad") {
-    if (StringAttr(n, "mode", "constant") != "constant") {
-      return Float("Pad mode is not constant");
-    }
-    if (n.input_size() > 2 && !n.input(2).empty() &&
-        !ScalarConstantIs(n.input(2), 0.f)) {
-      return Float("Pad value is not the constant 0");
-    }
   }
   Decision d;
   d.kind = Decision::kShared;
@@ -283,21 +318,26 @@ Decision Planner::DecideShared(const pb::NodeProto& n) const {
 
 // Relu, or Clip(0, max), right after a quantized node whose output has no
 // other consumer and is not a graph output, is absorbed into that output.
+// Not into a node that is itself absorbable, nor into one whose inputs share
+// its output's parameters (Concat: they would be clipped too).
 void Planner::Absorb(std::vector<Decision>* d) const {
   for (int i = 0; i < graph_.node_size(); ++i) {
     const auto& n = graph_.node(i);
     Decision& di = (*d)[i];
-    if (di.kind != Decision::kQuantized) continue;
-    if (n.op_type() != "Relu" && n.op_type() != "Clip") continue;
-    if (n.op_type() == "Clip" &&
+    if (di.kind != Decision::kQuantized || di.spec == nullptr) continue;
+    if (di.spec->absorb == Absorb::kNever) continue;
+    if (di.spec->absorb == Absorb::kIfLowerBoundZero &&
         (n.input_size() < 2 || !ScalarConstantIs(n.input(1), 0.f))) {
       continue;
     }
     const std::string& in = n.input(0);
     const int p = index_.Producer(in);
     if (p < 0 || (*d)[p].kind != Decision::kQuantized) continue;
-    const std::string& pop = graph_.node(p).op_type();
-    if (pop == "Relu" || pop == "Clip" || pop == "Concat") continue;
+    const OpSpec* pspec = (*d)[p].spec;
+    if (pspec == nullptr || pspec->absorb != Absorb::kNever ||
+        pspec->inputs_share_output) {
+      continue;
+    }
     if (graph_.node(p).output_size() != 1) continue;
     if (index_.Consumers(in).size() != 1 || index_.IsGraphOutput(in) ||
         index_.ReadBySubgraph(in) || index_.IsGraphOutput(n.output(0))) {
@@ -328,19 +368,28 @@ QuantPlan Planner::Run() {
   return Assemble(d);
 }
 
-// A Sigmoid or Softmax kept float for its sensitivity to 8-bit error gains
-// nothing when its neighbours quantize both its input and its output: ONNX
-// Runtime then runs DQ -> op -> Q as one integer op (QLinearSigmoid,
-// QLinearSoftmax), and the op's output is 8-bit either way. Such a node is
-// reported as quantized, as it runs.
+// A node of a kFusedOnly op (Sigmoid, Softmax, Where, ArgMax) kept float
+// gains nothing from being float when its neighbours quantize all its data
+// inputs and float outputs anyway: ONNX Runtime then runs DQ -> op -> Q as
+// one integer op (QLinearSigmoid, QLinearSoftmax, QLinearWhere, ArgMax on
+// 8-bit data), and its output is 8-bit either way. Such a node is reported as
+// quantized, as it runs.
 bool Planner::QuantizedAnyway(
     const pb::NodeProto& n, const Decision& d,
     const std::unordered_set<std::string>& needs) const {
-  const std::string& op = n.op_type();
-  if (op != "Sigmoid" && op != "Softmax") return false;
-  if (d.reason != FloatReason(op)) return false;  // excluded, or not float
-  if (n.input_size() < 1 || n.output_size() != 1) return false;
-  return needs.count(n.input(0)) && needs.count(n.output(0));
+  if (!d.fused_only || d.spec == nullptr) return false;
+  bool any = false;
+  for (int k = 0; k < n.input_size(); ++k) {
+    if (RoleOfInput(*d.spec, k) != InputRole::kData || n.input(k).empty()) {
+      continue;
+    }
+    if (!needs.count(n.input(k))) return false;
+    any = true;
+  }
+  for (const auto& o : n.output()) {
+    if (IsFloat(o) && !needs.count(o)) return false;
+  }
+  return any;
 }
 
 QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
@@ -368,21 +417,35 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
       needs.insert(it == out_name.end() ? n.output(0) : it->second);
     }
   }
-  // Shared-parameter ops, in topological order.
+  // Shared-parameter ops, in topological order: where a neighbour needs the
+  // input or any output, all of them share the input's parameters (ORT drops
+  // the Q/DQ around a Split only when every output has them).
   for (int i = 0; i < graph_.node_size(); ++i) {
     if (d[i].kind != Decision::kShared) continue;
     const auto& n = graph_.node(i);
-    const std::string &x = n.input(0), &y = n.output(0);
-    if (!needs.count(x) && !needs.count(y)) continue;
+    const std::string& x = n.input(0);
+    std::vector<std::string> ys;  // every float output (Split has several)
+    for (const auto& o : n.output()) {
+      if (IsFloat(o)) ys.push_back(o);
+    }
+    bool needed = needs.count(x) > 0;
+    for (const auto& y : ys) needed = needed || needs.count(y) > 0;
+    if (!needed) continue;
     needs.insert(x);
-    needs.insert(y);
-    source[y] = source.count(x) ? source[x] : x;
+    const std::string src = source.count(x) ? source[x] : x;
+    for (const auto& y : ys) {
+      needs.insert(y);
+      source[y] = src;
+    }
   }
   // Concat: inputs that only feed the Concat take its output's parameters.
   // Reverse order, so that a Concat feeding a Concat resolves first.
   for (int i = graph_.node_size() - 1; i >= 0; --i) {
     const auto& n = graph_.node(i);
-    if (d[i].kind != Decision::kQuantized || n.op_type() != "Concat") continue;
+    if (d[i].kind != Decision::kQuantized || d[i].spec == nullptr ||
+        !d[i].spec->inputs_share_output) {
+      continue;
+    }
     const std::string& out = n.output(0);
     const std::string src = source.count(out) ? source[out] : out;
     for (int k : d[i].act_inputs) {

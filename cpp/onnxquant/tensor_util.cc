@@ -1,6 +1,8 @@
 #include "onnxquant/tensor_util.h"
 
+#include <algorithm>
 #include <cstring>
+#include <fstream>
 
 #include "onnxquant/error.h"
 
@@ -34,8 +36,73 @@ float HalfToFloat(uint16_t h) {
   return f;
 }
 
+bool IsExternal(const pb::TensorProto& t) {
+  return t.data_location() == pb::TensorProto::EXTERNAL;
+}
+
+// The external_data entry `key` of `t`, or "" when absent.
+std::string ExternalEntry(const pb::TensorProto& t, const std::string& key) {
+  for (const auto& e : t.external_data()) {
+    if (e.key() == key) return e.value();
+  }
+  return "";
+}
+
+int64_t ParseOffset(const pb::TensorProto& t, const std::string& key) {
+  const std::string text = ExternalEntry(t, key);
+  if (text.empty()) return -1;
+  try {
+    size_t used = 0;
+    const long long v = std::stoll(text, &used);
+    if (used == text.size() && v >= 0) return v;
+  } catch (const std::exception&) {
+  }
+  throw ModelError("Initializer '" + t.name() + "' has external data " + key +
+                   " '" + text + "', which is not a byte count.");
+}
+
+// Reads `bytes` bytes of an external payload into `out`. Only absolute
+// locations are read: onnxquant's Python layer resolves a model's own
+// external data to absolute paths before the engine sees it.
+void ReadExternal(const pb::TensorProto& t, int64_t bytes, void* out) {
+  const std::string location = ExternalEntry(t, "location");
+  if (location.empty() || location[0] != '/') {
+    throw UnsupportedModelError(
+        "Initializer '" + t.name() +
+        "' is stored as external data that was not loaded. Pass the model's "
+        "path (or onnx.load(path)) so that its data files are read.");
+  }
+  const int64_t offset = std::max<int64_t>(ParseOffset(t, "offset"), 0);
+  const int64_t length = ParseOffset(t, "length");
+  if (length >= 0 && length != bytes) {
+    throw ModelError("Initializer '" + t.name() + "' has " +
+                     std::to_string(length) +
+                     " bytes of external data where its shape needs " +
+                     std::to_string(bytes) + ": the model is corrupt.");
+  }
+  std::ifstream in(location, std::ios::binary);
+  if (in) in.seekg(offset);
+  if (in && bytes > 0) in.read(static_cast<char*>(out), bytes);
+  if (!in) {
+    throw ModelError("Cannot read " + std::to_string(bytes) +
+                     " bytes at offset " + std::to_string(offset) + " of '" +
+                     location + "', the external data of initializer '" +
+                     t.name() + "': the file is missing or truncated.");
+  }
+}
+
+// Whether the payload is in raw_data or an external file.
+bool HasRaw(const pb::TensorProto& t) {
+  return t.has_raw_data() || IsExternal(t);
+}
+
 template <typename T>
 std::vector<T> FromRaw(const pb::TensorProto& t, int64_t n) {
+  if (IsExternal(t)) {
+    std::vector<T> out(static_cast<size_t>(n));
+    ReadExternal(t, n * int64_t{sizeof(T)}, out.data());
+    return out;
+  }
   if (static_cast<int64_t>(t.raw_data().size()) != n * int64_t{sizeof(T)}) {
     throw ModelError("Initializer '" + t.name() + "' holds " +
                      std::to_string(t.raw_data().size()) +
@@ -53,16 +120,6 @@ void CheckCount(const pb::TensorProto& t, int64_t got, int64_t want) {
     throw ModelError("Initializer '" + t.name() + "' holds " +
                      std::to_string(got) + " values where its shape needs " +
                      std::to_string(want) + ": the model is corrupt.");
-  }
-}
-
-void CheckNotExternal(const pb::TensorProto& t) {
-  if (t.data_location() == pb::TensorProto::EXTERNAL) {
-    throw UnsupportedModelError(
-        "Initializer '" + t.name() +
-        "' is stored as external data. Load the model with "
-        "onnx.load(path) (which reads external data) and pass the "
-        "ModelProto.");
   }
 }
 
@@ -91,18 +148,23 @@ std::vector<int64_t> Dims(const pb::TensorProto& tensor) {
   return std::vector<int64_t>(tensor.dims().begin(), tensor.dims().end());
 }
 
+bool PayloadReadable(const pb::TensorProto& t) {
+  if (!IsExternal(t)) return true;
+  const std::string location = ExternalEntry(t, "location");
+  return !location.empty() && location[0] == '/';
+}
+
 std::vector<float> ToFloats(const pb::TensorProto& t) {
-  CheckNotExternal(t);
   const int64_t n = NumElements(Dims(t));
   switch (t.data_type()) {
     case pb::TensorProto::FLOAT: {
-      if (t.has_raw_data()) return FromRaw<float>(t, n);
+      if (HasRaw(t)) return FromRaw<float>(t, n);
       CheckCount(t, t.float_data_size(), n);
       return std::vector<float>(t.float_data().begin(), t.float_data().end());
     }
     case pb::TensorProto::DOUBLE: {
       std::vector<double> d;
-      if (t.has_raw_data()) {
+      if (HasRaw(t)) {
         d = FromRaw<double>(t, n);
       } else {
         CheckCount(t, t.double_data_size(), n);
@@ -112,7 +174,7 @@ std::vector<float> ToFloats(const pb::TensorProto& t) {
     }
     case pb::TensorProto::FLOAT16: {
       std::vector<uint16_t> h;
-      if (t.has_raw_data()) {
+      if (HasRaw(t)) {
         h = FromRaw<uint16_t>(t, n);
       } else {
         CheckCount(t, t.int32_data_size(), n);
@@ -131,15 +193,14 @@ std::vector<float> ToFloats(const pb::TensorProto& t) {
 }
 
 std::vector<int64_t> ToInt64s(const pb::TensorProto& t) {
-  CheckNotExternal(t);
   const int64_t n = NumElements(Dims(t));
   switch (t.data_type()) {
     case pb::TensorProto::INT64:
-      if (t.has_raw_data()) return FromRaw<int64_t>(t, n);
+      if (HasRaw(t)) return FromRaw<int64_t>(t, n);
       CheckCount(t, t.int64_data_size(), n);
       return std::vector<int64_t>(t.int64_data().begin(), t.int64_data().end());
     case pb::TensorProto::INT32: {
-      if (t.has_raw_data()) {
+      if (HasRaw(t)) {
         auto v = FromRaw<int32_t>(t, n);
         return std::vector<int64_t>(v.begin(), v.end());
       }

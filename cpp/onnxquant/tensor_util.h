@@ -16,11 +16,19 @@ int64_t NumElements(const std::vector<int64_t>& dims);
 std::vector<int64_t> Dims(const pb::TensorProto& tensor);
 
 // The values of a FLOAT, FLOAT16 or DOUBLE initializer as float32.
-// Throws Error(kUnsupportedModel) for external data or other types, naming
-// the tensor.
+// A payload stored as external data is read from its file when the
+// location is an absolute path (the Python layer resolves a model's external
+// data to absolute paths, and passes large payloads that way); a relative or
+// missing location throws Error(kUnsupportedModel), a missing or short file
+// Error(kModel). Throws Error(kUnsupportedModel) for other types, naming the
+// tensor.
 std::vector<float> ToFloats(const pb::TensorProto& tensor);
 
-// The values of an INT64 or INT32 initializer.
+// Whether ToFloats/ToInt64s can read the payload: true unless it is external
+// data with a relative (unresolved) location.
+bool PayloadReadable(const pb::TensorProto& tensor);
+
+// The values of an INT64 or INT32 initializer (external data as above).
 std::vector<int64_t> ToInt64s(const pb::TensorProto& tensor);
 
 // Builders: the payload goes to raw_data, little-endian.

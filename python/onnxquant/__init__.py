@@ -25,7 +25,8 @@ from onnxquant.errors import (
     RangeMissingError,
     UnsupportedModelError,
 )
-from onnxquant.optimize import optimize_model
+from onnxquant._model import save_model
+from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.report import CalibrationReport, QuantizationReport
 
@@ -34,6 +35,7 @@ __all__ = [
     "CalibrationMethod",
     "CalibrationReport",
     "Calibrator",
+    "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
     "ModelError",
@@ -46,6 +48,7 @@ __all__ = [
     "load_samples",
     "optimize_model",
     "quantize",
+    "save_model",
 ]
 
 

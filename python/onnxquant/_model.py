@@ -17,6 +17,14 @@ import onnx.checker
 import onnx.external_data_helper
 from google.protobuf.message import DecodeError
 
+from onnxquant._payloads import (
+    PAYLOAD_THRESHOLD,
+    Skeleton,
+    Workspace,
+    external_location,
+    payload_bytes,
+    split_model,
+)
 from onnxquant.errors import InvalidArgumentError, ModelError, UnsupportedModelError
 
 __all__ = [
@@ -25,7 +33,9 @@ __all__ = [
     "ModelLike",
     "get_metadata",
     "load_model",
+    "load_skeleton",
     "model_to_bytes",
+    "save_model",
     "save_model_atomic",
     "set_metadata",
     "write_bytes_atomic",
@@ -96,6 +106,33 @@ def _load_path(path: str, load_external_data: bool) -> onnx.ModelProto:
     return model
 
 
+def load_skeleton(model: ModelLike, workspace: Workspace, *,
+                  fingerprint: bool = True) -> Skeleton:
+    """Like :func:`load_model`, but the large payloads stay out of memory:
+    the model's own external data files are referenced where they lie, and the
+    large initializers of a ``ModelProto`` or of bytes are written to
+    ``workspace`` (``onnxquant._payloads``). Nothing the caller owns is
+    modified or copied whole.
+
+    Raises:
+        ModelError, InvalidArgumentError: as :func:`load_model`.
+    """
+    if isinstance(model, onnx.ModelProto):
+        _check_structure(model, "The model")
+        return split_model(model, workspace, fingerprint=fingerprint)
+    if isinstance(model, (bytes, bytearray, memoryview)):
+        parsed = _parse(bytes(model), "The model bytes")
+        _check_structure(parsed, "The model bytes")
+        return split_model(parsed, workspace, fingerprint=fingerprint)
+    if isinstance(model, (str, os.PathLike)):
+        path = os.fspath(model)
+        parsed = _load_path(path, load_external_data=False)
+        return split_model(parsed, workspace, base_dir=os.path.dirname(os.path.abspath(path)),
+                           what=f"Model file '{path}'", fingerprint=fingerprint)
+    raise InvalidArgumentError(
+        f"Expected an onnx.ModelProto, model bytes or a path, got {type(model).__name__}.")
+
+
 def _parse(data: bytes, what: str) -> onnx.ModelProto:
     model = onnx.ModelProto()
     try:
@@ -114,7 +151,7 @@ def _check_structure(model: onnx.ModelProto, what: str) -> None:
     # Order-independent: some exporters write nodes out of topological order.
     known = {i.name for i in model.graph.input}
     known.update(t.name for t in model.graph.initializer)
-    known.update(t.name for t in model.graph.sparse_initializer)
+    known.update(t.values.name for t in model.graph.sparse_initializer)
     for node in model.graph.node:
         known.update(node.output)
     for index, node in enumerate(model.graph.node):
@@ -131,13 +168,15 @@ def _check_structure(model: onnx.ModelProto, what: str) -> None:
 
 
 def model_to_bytes(model: onnx.ModelProto) -> bytes:
-    """Serializes ``model``; raises UnsupportedModelError past protobuf's 2 GB limit."""
+    """Serializes ``model``; raises UnsupportedModelError past protobuf's 2 GB limit
+    (onnxquant serializes skeletons, whose payloads lie in files; a graph
+    whose structure alone exceeds 2 GB cannot be serialized)."""
     try:
         return model.SerializeToString()
     except ValueError as e:
         raise UnsupportedModelError(
-            "The model exceeds protobuf's 2 GB limit; onnxquant cannot pass it to "
-            "its engine in one piece yet.") from e
+            "The model exceeds protobuf's 2 GB limit even without its large weights "
+            "(small initializers and nodes alone); store more of it as external data.") from e
 
 
 def get_metadata(model: onnx.ModelProto, key: str) -> str | None:
@@ -192,16 +231,127 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     write_file_atomic(path, lambda f: f.write(data))
 
 
-def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike) -> None:
+#: Past this many bytes of payload a saved model needs external data
+#: (protobuf's 2 GB limit, with room for the graph).
+_INLINE_LIMIT = (1 << 31) - (64 << 20)
+
+
+def data_file_name(path: str | os.PathLike) -> str:
+    """The external data file :func:`save_model` writes beside ``path``:
+    ``<file name>.data``."""
+    return os.path.basename(os.fspath(path)) + ".data"
+
+
+def model_files(path: str | os.PathLike) -> list[str]:
+    """The real paths of a model file and of the external data files it names
+    (those that exist); empty when ``path`` is not a readable model."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        return []
+    files = [os.path.realpath(path)]
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception:  # noqa: BLE001 - any unreadable file has no data files
+        return files
+    base = os.path.dirname(os.path.realpath(path))
+    for tensor in model.graph.initializer:
+        location = external_location(tensor)
+        if location:
+            files.append(os.path.realpath(os.path.join(base, location)))
+    return list(dict.fromkeys(files))
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *,
+               external_data: bool | None = None,
+               source: str | os.PathLike | None = None) -> None:
     """Writes ``model`` to ``path`` whole or not at all.
 
+    ``external_data``: store initializers of at least 1 KiB in
+    ``<file name>.data`` beside ``path`` (True; no data file when there is
+    none), inline (False), or (None, the default) only when the model would
+    exceed protobuf's 2 GB limit otherwise. The data file is written first and the model last, each
+    through a temporary file in the same directory and a rename, so that a
+    reader never sees a model whose data is missing or partial.
+
+    ``source``: the path of the model this one was made from. Writing over it,
+    or over one of its external data files, is refused (the input model is
+    never modified).
+
     Raises:
+        InvalidArgumentError: ``path`` (or its data file) is ``source`` or one
+            of its data files.
         ModelError: the directory does not exist or is not writable.
-        UnsupportedModelError: the model exceeds protobuf's 2 GB limit.
+        UnsupportedModelError: the model exceeds protobuf's 2 GB limit with
+            ``external_data=False``.
     """
     path = os.fspath(path)
-    data = model_to_bytes(model)
+    if external_data is None:
+        external_data = sum(payload_bytes(t) for t in model.graph.initializer) > _INLINE_LIMIT
+    elif external_data and not any(
+            external_location(t) is not None or payload_bytes(t) >= PAYLOAD_THRESHOLD
+            for t in model.graph.initializer):
+        external_data = False  # nothing to put there: no empty data file
+    data_path = os.path.join(os.path.dirname(os.path.abspath(path)), data_file_name(path))
+    if source is not None:
+        protected = model_files(source)
+        targets = [path] + ([data_path] if external_data else [])
+        for target in targets:
+            if os.path.realpath(target) in protected:
+                raise InvalidArgumentError(
+                    f"Refusing to write '{target}': it is the input model "
+                    f"'{os.fspath(source)}' or one of its data files, which onnxquant "
+                    "never modifies. Choose another output path.")
     try:
-        write_bytes_atomic(path, data)
+        if not external_data:
+            write_bytes_atomic(path, model_to_bytes(model))
+            return
+        skeleton = _write_payloads(model, data_path)
+        write_bytes_atomic(path, model_to_bytes(skeleton))
     except OSError as e:
         raise ModelError(f"Cannot write '{path}': {e.strerror}.") from e
+
+
+def _write_payloads(model: onnx.ModelProto, data_path: str) -> onnx.ModelProto:
+    """Writes the payloads of at least PAYLOAD_THRESHOLD bytes to
+    ``data_path`` (whole or not at all) and returns the model with external
+    references to it (relative location)."""
+    from onnxquant._payloads import _DATA_FIELDS, _copy_fields, _extent, _payload, _set_external
+
+    skeleton = onnx.ModelProto()
+    _copy_fields(model, skeleton, skip="graph")
+    _copy_fields(model.graph, skeleton.graph, skip="initializer")
+    location = os.path.basename(data_path)
+
+    def write(f: BinaryIO) -> None:
+        offset = 0
+        for tensor in model.graph.initializer:
+            target = skeleton.graph.initializer.add()
+            source = external_location(tensor)
+            if source is None and (payload_bytes(tensor) < PAYLOAD_THRESHOLD
+                                   or tensor.data_type == onnx.TensorProto.STRING):
+                target.CopyFrom(tensor)
+                continue
+            _copy_fields(tensor, target, skip=_DATA_FIELDS)
+            if source is None:
+                data = _payload(tensor)
+            else:
+                if not os.path.isabs(source):
+                    raise ModelError(
+                        f"Initializer '{tensor.name}' is stored as external data that "
+                        "was not loaded; load the model with its data before saving it.")
+                start, length = _extent(tensor)
+                with open(source, "rb") as src:
+                    src.seek(start)
+                    data = src.read(length)
+            f.write(data)
+            _set_external(target, location, offset, len(data))
+            offset += len(data)
+            del data
+
+    write_file_atomic(data_path, write)
+    return skeleton
+
+
+def save_model_atomic(model: onnx.ModelProto, path: str | os.PathLike, **kwargs) -> None:
+    """:func:`save_model` (kept for callers of the earlier name)."""
+    save_model(model, path, **kwargs)

@@ -13,6 +13,7 @@ original did.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
@@ -22,7 +23,7 @@ import onnx.version_converter
 from onnx import TensorProto
 
 from onnxquant._shapes import graph_inputs, infer_shapes, tensor_shape
-from onnxquant.errors import InvalidArgumentError, UnsupportedModelError
+from onnxquant.errors import InvalidArgumentError, ModelError, UnsupportedModelError
 
 __all__ = [
     "TARGET_OPSET",
@@ -76,8 +77,13 @@ def _all_graphs(graph: onnx.GraphProto):
 # --------------------------------------------------------------------------
 
 def _tensor_to_float32(tensor: onnx.TensorProto) -> None:
-    array = onnx.numpy_helper.to_array(tensor).astype(np.float32)
     name = tensor.name
+    try:
+        array = onnx.numpy_helper.to_array(tensor).astype(np.float32)
+    except (ValueError, TypeError) as e:
+        raise ModelError(
+            f"float16 tensor '{name}' holds data that does not fit its dims "
+            f"{list(tensor.dims)} ({e}); re-export the model.") from e
     tensor.CopyFrom(onnx.numpy_helper.from_array(array, name))
 
 
@@ -150,7 +156,15 @@ def assumed_input_shapes(model: onnx.ModelProto,
     for value in graph_inputs(model):
         dims = tensor_shape(value)
         if value.name in given:
-            shape = tuple(int(d) for d in given[value.name])
+            try:
+                shape = tuple(int(d) for d in given[value.name])
+            except (TypeError, ValueError) as e:
+                raise InvalidArgumentError(
+                    f"input_shapes['{value.name}'] must be a sequence of ints, got "
+                    f"{given[value.name]!r}.") from e
+            if any(d < 1 for d in shape):
+                raise InvalidArgumentError(
+                    f"input_shapes['{value.name}'] = {list(shape)} has a dim below 1.")
             if dims is not None and (len(dims) != len(shape) or any(
                     isinstance(d, int) and d != s for d, s in zip(dims, shape))):
                 raise InvalidArgumentError(
@@ -211,29 +225,73 @@ def _shape_value(node: onnx.NodeProto, shape: tuple[int, ...]) -> np.ndarray:
     return np.array(shape[slice(start, end)], dtype=np.int64)
 
 
-def _fold_once(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> tuple[int, int]:
-    """One folding round; returns (nodes removed, Shape nodes among them)."""
+def _fold_once(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
+               other: dict[str, tuple[int, ...]] | None = None) -> tuple[int, int]:
+    """One folding round; returns (nodes removed, Shape nodes among them).
+
+    With ``other`` (the static shapes under a second choice of the dynamic
+    dims), a node is folded only when its outputs are the same under both, so
+    that what remains keeps depending on the dynamic dims."""
     graph = model.graph
     initializers = {t.name: t for t in graph.initializer}
     outputs = {o.name for o in graph.output}
     constant = set(initializers)
     shape_values: dict[str, np.ndarray] = {}
+    other_values: dict[str, np.ndarray] = {}
     folded: list[int] = []
     for index, node in enumerate(graph.node):
         if not _is_foldable(node) or any(o in outputs for o in node.output):
             continue
-        if node.op_type == "Shape" and node.input[0] in shapes:
+        if node.op_type == "Shape" and node.input[0] in shapes and \
+                (other is None or node.input[0] in other):
             shape_values[node.output[0]] = _shape_value(node, shapes[node.input[0]])
+            if other is not None:
+                other_values[node.output[0]] = _shape_value(node, other[node.input[0]])
         elif not all(name == "" or name in constant for name in node.input):
             continue
         folded.append(index)
         constant.update(n for n in node.output if n)
     if not folded:
         return 0, 0
-    values = _evaluate(model, [graph.node[i] for i in folded], initializers, shape_values)
+    nodes = [graph.node[i] for i in folded]
+    values = _evaluate(model, nodes, initializers, shape_values)
     if values is None:
         return 0, 0
+    if other is not None:
+        second = _evaluate(model, nodes, initializers, other_values)
+        if second is None:
+            return 0, 0
+        candidates = {o for i in folded for o in graph.node[i].output if o}
+        folded = [i for i in folded if all(
+            not o or _same_value(values.get(o), second.get(o)) for o in graph.node[i].output)]
+        if not folded:
+            return 0, 0
+        count, shape_count = _replace_folded(model, folded, values)
+        return count + _remove_dead(model, candidates) if count else 0, shape_count
     return _replace_folded(model, folded, values)
+
+
+def _same_value(a: np.ndarray | None, b: np.ndarray | None) -> bool:
+    return a is not None and b is not None and a.dtype == b.dtype and \
+        a.shape == b.shape and np.array_equal(a, b)
+
+
+def _remove_dead(model: onnx.ModelProto, outputs: set[str]) -> int:
+    """Removes, in place, the nodes with an output in ``outputs`` that nothing
+    reads any more (a ``Shape`` whose only reader was folded, for one);
+    returns how many."""
+    graph = model.graph
+    removed = 0
+    while True:
+        read = {i for n in graph.node for i in n.input} | _subgraph_reads(graph)
+        read |= {o.name for o in graph.output}
+        keep = [n for n in graph.node
+                if not any(o in outputs for o in n.output) or any(o in read for o in n.output)]
+        if len(keep) == len(graph.node):
+            return removed
+        removed += len(graph.node) - len(keep)
+        del graph.node[:]
+        graph.node.extend(keep)
 
 
 def _evaluate(model: onnx.ModelProto, nodes: list[onnx.NodeProto],
@@ -328,30 +386,53 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
 
 
 def fold_shape_subgraphs(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]],
-                         assumed: dict[str, tuple[int, ...]]) -> int:
+                         assumed: dict[str, tuple[int, ...]], *,
+                         keep_dynamic: Iterable[str] = ()) -> int:
     """Folds constant and shape-only computations into initializers, in place.
 
     A node is folded when every input is constant, or when it is a ``Shape``
     of a tensor whose shape inference (under ``shapes``) found fully static.
     Folding repeats while it finds something, since a folded ``Reshape`` target
-    makes more shapes static. If a ``Shape`` was folded, the inputs in
-    ``assumed`` get their assumed static shapes in the model, since the folded
-    constants may hold for those shapes only. Returns the number of nodes
-    removed.
+    makes more shapes static.
+
+    If a ``Shape`` was folded, the inputs in ``assumed`` get their assumed
+    static shapes in the model, since the folded constants may hold for those
+    shapes only; except the inputs named in ``keep_dynamic`` (default none),
+    whose assumed batch dim stays dynamic: every value is computed again with
+    their batch dim doubled, and only values that do not change are folded.
+    Returns the number of nodes removed.
     """
+    keep = frozenset(keep_dynamic) & set(assumed)
+    other = _doubled(shapes, keep) if keep else None
     total = shape_nodes = 0
     for _ in range(_FOLD_ROUNDS):
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        _set_input_shapes(probe, shapes)
-        count, shapes_folded = _fold_once(model, _static_shapes(probe))
+        static = _static_shapes(_with_input_shapes(model, shapes))
+        second = _static_shapes(_with_input_shapes(model, other)) if other else None
+        count, shapes_folded = _fold_once(model, static, second)
         if not count:
             break
         total += count
         shape_nodes += shapes_folded
-    if shape_nodes and assumed:
-        _set_input_shapes(model, assumed)
+    pinned = {name: shape for name, shape in assumed.items() if name not in keep}
+    if shape_nodes and pinned:
+        _set_input_shapes(model, pinned)
     return total
+
+
+def _doubled(shapes: dict[str, tuple[int, ...]],
+             names: frozenset[str]) -> dict[str, tuple[int, ...]]:
+    """``shapes`` with the first (batch) dim of the inputs in ``names`` doubled:
+    another valid choice of the only dim assumed_input_shapes assumes."""
+    return {name: ((2 * shape[0], *shape[1:]) if name in names and shape else shape)
+            for name, shape in shapes.items()}
+
+
+def _with_input_shapes(model: onnx.ModelProto,
+                       shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    _set_input_shapes(probe, shapes)
+    return probe
 
 
 # --------------------------------------------------------------------------
@@ -442,7 +523,13 @@ def _random_feeds(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]
             shape = tuple(d if isinstance(d, int) else 1 for d in dims)
             guessed.append(value.name)
         elem = value.type.tensor_type.elem_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        try:
+            dtype = onnx.helper.tensor_dtype_to_np_dtype(elem)
+        except (KeyError, ValueError, TypeError) as e:
+            raise UnsupportedModelError(
+                f"Input '{value.name}' has element type {elem}, which onnxquant cannot "
+                "feed to check the opset conversion; declare a standard tensor type for "
+                "it.") from e
         if np.issubdtype(dtype, np.floating):
             feeds[value.name] = rng.random(shape, dtype=np.float32).astype(dtype)
         else:
@@ -454,7 +541,9 @@ def _run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarra
     import onnxruntime as ort
 
     options = ort.SessionOptions()
-    options.log_severity_level = 3
+    # Fatal only: a failure is raised and explained by the caller, and the
+    # dynamic-batch attempt of optimize_model expects some.
+    options.log_severity_level = 4
     session = ort.InferenceSession(model.SerializeToString(), options,
                                    providers=["CPUExecutionProvider"])
     return session.run(None, feeds)

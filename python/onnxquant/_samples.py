@@ -17,7 +17,7 @@ import onnx.helper
 from onnxquant._shapes import graph_inputs, tensor_shape
 from onnxquant.errors import CalibrationDataError
 
-__all__ = ["InputSpec", "batch_samples", "check_sample", "input_specs"]
+__all__ = ["InputSpec", "SampleBatcher", "batch_samples", "check_sample", "input_specs"]
 
 Sample = dict[str, np.ndarray]
 
@@ -98,6 +98,11 @@ def _check_array(spec: InputSpec, array: object, index: int,
         raise CalibrationDataError(
             f"Sample {index}, input '{spec.name}': expected dtype {spec.dtype}, got "
             f"{array.dtype}. Convert it, e.g. x.astype(numpy.{spec.dtype}).")
+    if array.size == 0:
+        raise CalibrationDataError(
+            f"Sample {index}, input '{spec.name}' is empty (shape {list(array.shape)}): "
+            "a sample without values adds nothing to the statistics and would leave "
+            "every range (0, 0). Drop it, or check how the samples are sliced.")
     if spec.shape is not None:
         fits = array.ndim == len(spec.shape) and all(
             not isinstance(d, int) or d == s for d, s in zip(spec.shape, array.shape))
@@ -136,19 +141,7 @@ def check_sample(sample: object, specs: Sequence[InputSpec], index: int,
     return {s.name: _check_array(s, mapping[s.name], index, check_finite) for s in specs}
 
 
-def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_size: int,
-                  start: int = 0) -> Iterator[tuple[Sample, int]]:
-    """Checks the samples and yields ``(feed, number of samples in it)``.
-
-    ``samples`` is an iterable of samples; for a one-input model it may also be
-    one array with an axis more than the input, axis 0 indexing samples.
-
-    Where every input's first dim is dynamic and ``batch_size`` > 1, up to
-    ``batch_size`` consecutive samples are concatenated along axis 0 (samples
-    whose other dims differ start a new batch). Otherwise each sample is one
-    feed. Only one batch is held at a time. ``start`` numbers the first sample
-    in error messages.
-    """
+def _reject_container(samples: object, specs: Sequence[InputSpec]) -> None:
     if isinstance(samples, np.ndarray):
         spec = specs[0] if len(specs) == 1 else None
         if spec is None or spec.shape is None or samples.ndim != len(spec.shape) + 1:
@@ -162,40 +155,99 @@ def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_s
         raise CalibrationDataError(
             f"collect_data takes an iterable of samples, not a {type(samples).__name__}; "
             "wrap a single sample in a list: collect_data([sample]).")
-    try:
-        iterator = iter(samples)
-    except TypeError as e:
-        raise CalibrationDataError(
-            f"collect_data takes an iterable of samples, not a {type(samples).__name__}.") from e
-    stack = batch_size > 1 and bool(specs) and all(s.dynamic_batch for s in specs)
-    pending: list[Sample] = []
-    rows = 0  # along axis 0, in pending
-    first = specs[0].name if specs else ""
-    # Stacked samples are checked for NaN/Inf as one batch (one pass instead
-    # of one per sample); the sample at fault is then looked for.
-    def batch(group: list[Sample], first_index: int) -> Sample:
-        feed = _concatenate(group)
-        for spec in specs:
-            if _has_nonfinite(feed[spec.name]):
-                for i, s in enumerate(group):
-                    _check_finite(spec, s[spec.name], first_index + i)
-        return feed
 
-    for index, sample in enumerate(iterator, start):
-        checked = check_sample(sample, specs, index, check_finite=not stack)
-        if not stack:
-            yield checked, 1
-            continue
-        if pending and not _stackable(pending[0], checked):
-            yield batch(pending, index - len(pending)), len(pending)
-            pending, rows = [], 0
-        pending.append(checked)
-        rows += checked[first].shape[0]
-        if rows >= batch_size:
-            yield batch(pending, index + 1 - len(pending)), len(pending)
-            pending, rows = [], 0
-    if pending:
-        yield batch(pending, index + 1 - len(pending)), len(pending)
+
+class SampleBatcher:
+    """Checks samples and groups them into the feeds of ``session.run``.
+
+    Where every input's first dim is dynamic and ``batch_size`` > 1, up to
+    ``batch_size`` consecutive samples are concatenated along axis 0 (samples
+    whose other dims differ start a new batch); otherwise each sample is one
+    feed. Samples that do not fill a batch wait for the next :meth:`add`
+    until :meth:`flush`, so the feeds depend only on the sequence of samples,
+    not on how it was split into calls. At most one batch is held.
+    """
+
+    def __init__(self, specs: Sequence[InputSpec], batch_size: int, start: int = 0) -> None:
+        self._specs = list(specs)
+        self._batch_size = batch_size
+        self._stack = batch_size > 1 and bool(specs) and all(s.dynamic_batch for s in specs)
+        self._pending: list[Sample] = []
+        self._rows = 0  # along axis 0, in pending
+        self._next = start  # the index of the next sample
+
+    @property
+    def pending(self) -> int:
+        """Samples checked but not yet fed."""
+        return len(self._pending)
+
+    @property
+    def accepted(self) -> int:
+        """Samples checked so far (fed or pending)."""
+        return self._next
+
+    def _batch(self) -> tuple[Sample, int]:
+        group, first_index = self._pending, self._next - len(self._pending)
+        self._pending, self._rows = [], 0
+        feed = _concatenate(group)
+        # Stacked samples are checked for NaN/Inf as one batch (one pass
+        # instead of one per sample); the sample at fault is then looked for.
+        for spec in self._specs:
+            if _has_nonfinite(feed[spec.name]):
+                for i, sample in enumerate(group):
+                    _check_finite(spec, sample[spec.name], first_index + i)
+        return feed, len(group)
+
+    def add(self, samples: Iterable[object]) -> Iterator[tuple[Sample, int]]:
+        """Checks ``samples`` and yields ``(feed, number of samples in it)``
+        for every batch they complete (see :func:`batch_samples` for what a
+        sample may be)."""
+        _reject_container(samples, self._specs)
+        try:
+            iterator = iter(samples)
+        except TypeError as e:
+            raise CalibrationDataError(
+                f"collect_data takes an iterable of samples, not a "
+                f"{type(samples).__name__}.") from e
+        first = self._specs[0].name if self._specs else ""
+        for sample in iterator:
+            checked = check_sample(sample, self._specs, self._next,
+                                   check_finite=not self._stack)
+            if not self._stack:
+                self._next += 1
+                yield checked, 1
+                continue
+            if self._pending and not _stackable(self._pending[0], checked):
+                yield self._batch()
+            self._pending.append(checked)
+            self._next += 1
+            self._rows += checked[first].shape[0]
+            if self._rows >= self._batch_size:
+                yield self._batch()
+        # What waits for the next call is checked now, so that a NaN is
+        # reported by the call that brought it.
+        for i, sample in enumerate(self._pending):
+            for spec in self._specs:
+                _check_finite(spec, sample[spec.name], self._next - len(self._pending) + i)
+
+    def flush(self) -> Iterator[tuple[Sample, int]]:
+        """Yields the pending samples as one feed, if any."""
+        if self._pending:
+            yield self._batch()
+
+
+def batch_samples(samples: Iterable[object], specs: Sequence[InputSpec], batch_size: int,
+                  start: int = 0) -> Iterator[tuple[Sample, int]]:
+    """Checks the samples and yields ``(feed, number of samples in it)``.
+
+    ``samples`` is an iterable of samples; for a one-input model it may also be
+    one array with an axis more than the input, axis 0 indexing samples.
+    Batching as in :class:`SampleBatcher`, flushed at the end. ``start``
+    numbers the first sample in error messages.
+    """
+    batcher = SampleBatcher(specs, batch_size, start)
+    yield from batcher.add(samples)
+    yield from batcher.flush()
 
 
 def _stackable(a: Sample, b: Sample) -> bool:

@@ -91,8 +91,8 @@ def _collect(model: onnx.ModelProto) -> dict[str, int]:
     return dtypes
 
 
-def infer_dtypes(model: onnx.ModelProto, *, providers: list[str] | None = None
-                 ) -> dict[str, int]:
+def infer_dtypes(model: onnx.ModelProto, *, providers: list[str] | None = None,
+                 workspace=None) -> dict[str, int]:
     """Maps every tensor of the main graph to its ONNX element type.
 
     Types come from ``onnx.shape_inference.infer_shapes(data_prop=True,
@@ -100,19 +100,23 @@ def infer_dtypes(model: onnx.ModelProto, *, providers: list[str] | None = None
     Only if some node output is still untyped, a copy of the model with those
     tensors as extra outputs is opened in ONNX Runtime (``providers``, default
     the CPU provider) and the types it reports fill the gaps. Tensors that stay
-    unknown are left out (the engine never quantizes them).
+    unknown are left out (the engine never quantizes them). ``model`` may be
+    a skeleton (``onnxquant._payloads``); ``workspace`` is then where
+    payloads may be gathered for that session.
     """
     dtypes = _collect(infer_shapes(model))
     missing = [name for node in model.graph.node for name in node.output
                if name and name not in dtypes]
     if missing:
-        dtypes.update(_ort_dtypes(model, missing, providers))
+        dtypes.update(_ort_dtypes(model, missing, providers, workspace))
     return dtypes
 
 
 def _ort_dtypes(model: onnx.ModelProto, names: list[str],
-                providers: list[str] | None) -> dict[str, int]:
+                providers: list[str] | None, workspace) -> dict[str, int]:
     import onnxruntime as ort
+
+    from onnxquant._payloads import ort_session
 
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
@@ -124,9 +128,7 @@ def _ort_dtypes(model: onnx.ModelProto, names: list[str],
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     options.log_severity_level = 3
     try:
-        session = ort.InferenceSession(
-            probe.SerializeToString(), options,
-            providers=providers or ["CPUExecutionProvider"])
+        session = ort_session(probe, workspace, options, providers)
     except Exception:  # noqa: BLE001 - ORT errors derive from Exception; types stay unknown
         return {}
     wanted = set(names)

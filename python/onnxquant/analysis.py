@@ -19,6 +19,7 @@ import onnx
 import onnxruntime as ort
 
 from onnxquant._model import ModelLike, load_model
+from onnxquant._payloads import Workspace, ort_session, split_model
 from onnxquant._samples import batch_samples, input_specs
 
 __all__ = ["tensor_sqnr"]
@@ -43,14 +44,16 @@ def _dequantized_names(fp32: onnx.ModelProto, int8: onnx.ModelProto) -> dict[str
     return out
 
 
-def _with_outputs(model: onnx.ModelProto, names: list[str]) -> bytes:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    present = {o.name for o in m.graph.output}
-    for name in names:
-        if name not in present:
-            m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
-    return m.SerializeToString()
+def _session_with_outputs(model: onnx.ModelProto, names: list[str], options):
+    """A session of ``model`` with ``names`` as extra outputs; the weights
+    reach ONNX Runtime through a temporary file (``onnxquant._payloads``)."""
+    with Workspace() as workspace:
+        m = split_model(model, workspace, fingerprint=False).model
+        present = {o.name for o in m.graph.output}
+        for name in names:
+            if name not in present:
+                m.graph.output.append(onnx.helper.make_empty_tensor_value_info(name))
+        return ort_session(m, workspace, options, ["CPUExecutionProvider"])
 
 
 def tensor_sqnr(model: ModelLike, quantized: ModelLike, samples: Iterable[object],
@@ -72,9 +75,8 @@ def tensor_sqnr(model: ModelLike, quantized: ModelLike, samples: Iterable[object
     quant_options = ort.SessionOptions()
     quant_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     quant_options.add_session_config_entry("session.disable_quant_qdq", "1")
-    cpu = ["CPUExecutionProvider"]
-    ref = ort.InferenceSession(_with_outputs(fp32, names), options, providers=cpu)
-    cand = ort.InferenceSession(_with_outputs(int8, int8_names), quant_options, providers=cpu)
+    ref = _session_with_outputs(fp32, names, options)
+    cand = _session_with_outputs(int8, int8_names, quant_options)
     signal = dict.fromkeys(names, 0.0)
     noise = dict.fromkeys(names, 0.0)
     for feed, _ in batch_samples(samples, input_specs(fp32), 32, 0):

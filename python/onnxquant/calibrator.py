@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import hashlib
@@ -9,22 +10,32 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
+import onnx
 
 from onnxquant import _core
-from onnxquant._model import ModelLike, load_model, model_to_bytes, write_bytes_atomic
-from onnxquant._samples import batch_samples, input_specs
+from onnxquant._model import ModelLike, load_skeleton, write_bytes_atomic
+from onnxquant._payloads import Workspace, canonical_bytes, ort_session
+from onnxquant._samples import SampleBatcher, check_sample, input_specs
 from onnxquant._shapes import infer_dtypes
-from onnxquant.errors import CalibrationDataError, InternalError, InvalidArgumentError
+from onnxquant.errors import (
+    CalibrationDataError,
+    InternalError,
+    InvalidArgumentError,
+    OnnxQuantError,
+    UnsupportedModelError,
+)
 from onnxquant.quantize import QuantOptions, require_normalized
 from onnxquant.report import CalibrationReport, NonFiniteCount
 
 __all__ = ["CalibrationMethod", "Calibrator", "default_threads"]
 
-_STATE_FORMAT = "onnxquant.calibrator/2"
-_STATE_FORMATS = ("onnxquant.calibrator/1", _STATE_FORMAT)  # /1: no kernel-check samples
+# /3: the model fingerprint covers external data; a checksum of the body and
+# the model's inputs are in the header. /1 and /2 files are refused.
+_STATE_FORMAT = "onnxquant.calibrator/3"
+_OLD_STATE_FORMATS = ("onnxquant.calibrator/1", "onnxquant.calibrator/2")
 
 
 def _feeds_to_bytes(feeds: Sequence[dict[str, np.ndarray]]) -> bytes:
@@ -46,6 +57,61 @@ def _feeds_from_bytes(data: bytes) -> list[dict[str, np.ndarray]]:
             index, name = key.split("/", 1)
             feeds.setdefault(int(index), {})[name] = npz[key]
     return [feeds[i] for i in sorted(feeds)]
+
+
+_HEADER_FIELDS = {"model_sha256": str, "inputs": list, "tensors": list, "num_samples": int,
+                  "stats_bytes": int, "body_sha256": str}
+
+
+def _read_state(path: str) -> tuple[dict, bytes]:
+    """The header and body of a calibrator state file, checked for form and
+    against its checksum."""
+    def corrupt(why: str) -> CalibrationDataError:
+        return CalibrationDataError(
+            f"Calibrator state '{path}' is corrupt ({why}); write it again with "
+            "Calibrator.save.")
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise CalibrationDataError(
+            f"Calibrator state '{path}' cannot be read: {e.strerror}.") from e
+    size = int.from_bytes(data[:8], "little")
+    if len(data) < 8 or size > len(data) - 8:
+        raise CalibrationDataError(
+            f"'{path}' is not onnxquant calibrator state (no header it could read, or a "
+            "truncated one); write it with Calibrator.save.")
+    try:
+        header = json.loads(data[8:8 + size].decode())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CalibrationDataError(
+            f"'{path}' is not onnxquant calibrator state (no readable header); write it "
+            "with Calibrator.save.") from e
+    if not isinstance(header, dict) or not str(header.get("format", "")).startswith(
+            "onnxquant.calibrator/"):
+        raise CalibrationDataError(
+            f"'{path}' is not onnxquant calibrator state (unknown format); write it with "
+            "Calibrator.save.")
+    if header["format"] in _OLD_STATE_FORMATS:
+        raise CalibrationDataError(
+            f"Calibrator state '{path}' was written by an earlier onnxquant "
+            f"({header['format']}), whose files cannot be checked against the model; "
+            "calibrate again and save it with this version.")
+    if header["format"] != _STATE_FORMAT:
+        raise CalibrationDataError(
+            f"Calibrator state '{path}' has format {header['format']!r}, which this "
+            f"onnxquant does not read ({_STATE_FORMAT}).")
+    for key, kind in _HEADER_FIELDS.items():
+        if not isinstance(header.get(key), kind) or isinstance(header.get(key), bool):
+            raise corrupt(f"its header lacks a valid '{key}'")
+    body = data[8 + size:]
+    if hashlib.sha256(body).hexdigest() != header["body_sha256"]:
+        raise corrupt("its statistics do not match their checksum: the file was altered "
+                      "or truncated")
+    if not 0 <= header["stats_bytes"] <= len(body) or header["num_samples"] < 0:
+        raise corrupt("its header's sizes do not fit the file")
+    return header, body
 
 
 class CalibrationMethod(enum.IntEnum):
@@ -72,6 +138,7 @@ class CalibrationMethod(enum.IntEnum):
 # Ops whose outputs are bounded by construction: clipping methods keep their
 # observed range unless clip_bounded_outputs is set.
 _BOUNDED_OUTPUT_OPS = frozenset({"Sigmoid", "HardSigmoid", "Softmax", "Tanh"})
+_FLOAT = 1  # onnx.TensorProto.FLOAT
 
 
 def default_threads() -> int:
@@ -80,6 +147,24 @@ def default_threads() -> int:
     if hasattr(os, "sched_getaffinity"):
         return max(1, len(os.sched_getaffinity(0)))
     return os.cpu_count() or 1
+
+
+_COLLECT = ("plan", "all")
+
+
+def _float_tensors(model, dtypes: dict[str, int], planned: Sequence[str]) -> tuple[str, ...]:
+    """The planned tensors, then every other float32 graph input and node output
+    of the main graph, in graph order: all a plan for any options can need."""
+    names = dict.fromkeys(planned)
+    initializers = {t.name for t in model.graph.initializer}
+    for value in model.graph.input:
+        if value.name not in initializers and dtypes.get(value.name) == _FLOAT:
+            names.setdefault(value.name)
+    for node in model.graph.node:
+        for output in node.output:
+            if output and dtypes.get(output) == _FLOAT:
+                names.setdefault(output)
+    return tuple(names)
 
 
 def _method(method: object) -> CalibrationMethod:
@@ -104,10 +189,15 @@ def _percentage(value: object) -> float:
     return float(value)
 
 
-def _session(model_bytes: bytes, threads: int, providers: Sequence[str] | None):
+def _session(skeleton, workspace: Workspace, threads: int,
+             providers: Sequence[str] | None, large: bool = False):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    if large:
+        # Without pre-packed copies, ONNX Runtime maps the weights from their
+        # file instead of copying them: pages the kernel can drop again.
+        options.add_session_config_entry("session.disable_prepacking", "1")
     # BASIC keeps every graph output (the exposed tensors among them) intact.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.intra_op_num_threads = threads
@@ -116,8 +206,12 @@ def _session(model_bytes: bytes, threads: int, providers: Sequence[str] | None):
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options,
-                                providers=list(providers or ["CPUExecutionProvider"]))
+    return ort_session(skeleton, workspace, options, providers)
+
+
+def _spec_json(spec) -> list:
+    return [spec.name, str(spec.dtype), [d if isinstance(d, int) else None
+                                         for d in (spec.shape or ())]]
 
 
 class Calibrator:
@@ -164,9 +258,29 @@ class Calibrator:
             find the nodes whose integer kernels would saturate on CPUs
             without VNNI (default 128; 0 keeps none, and quantize then applies
             its conservative rule).
+        collect: which tensors are observed. ``"plan"`` (default): those the
+            plan for ``options`` calibrates; ``quantize`` then needs options
+            that plan no other tensor (the same options, typically), and
+            refuses others naming the option that differs. ``"all"``: every
+            float tensor of the main graph, so that ``quantize`` takes any
+            options after one calibration, at a cost in time and memory
+            (docs/user_guide.md, "Options after calibration": up to 2x the
+            collection time and 1.8x the memory on models/cifar's ConvNeXt
+            and ViT, 1.26x and 1.15x on the zoo's ResNet8).
+
+    The model's weights reach the engine and ONNX Runtime as files
+    (``onnxquant._payloads``), never inside its bytes, so models past 2 GB
+    work. For a model whose initializers hold 1 GiB or more, the ONNX Runtime
+    session is opened for each :meth:`collect_data` call that runs samples
+    (and once in :meth:`compute_range` for samples waiting for a full batch)
+    and closed after, with weight pre-packing off, and the weights wait in a
+    temporary file meanwhile (removed with the calibrator): at most the
+    caller's model and one copy of the weights are in memory at a time.
 
     Raises:
         ModelError: the model was not normalised by ``optimize_model``.
+        UnsupportedModelError: the model is already quantized (names the first
+            quantized node), or ONNX Runtime cannot load it.
         InvalidArgumentError: an argument outside its domain.
     """
 
@@ -176,7 +290,7 @@ class Calibrator:
                  options: QuantOptions | None = None,
                  batch_size: int = 32, threads: int | None = None,
                  providers: Sequence[str] | None = None,
-                 kernel_check_samples: int = 128) -> None:
+                 kernel_check_samples: int = 128, collect: str = "plan") -> None:
         self._method = _method(method)
         self._percentage = _percentage(percentage)
         self._ignore_zero_spike = bool(ignore_zero_spike)
@@ -194,40 +308,116 @@ class Calibrator:
             threads = default_threads()
         elif isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
             raise InvalidArgumentError(f"threads must be an int >= 1, got {threads!r}.")
+        if collect not in _COLLECT:
+            raise InvalidArgumentError(
+                f"collect must be 'plan' (the tensors the options plan) or 'all' (every "
+                f"float tensor, so that quantize takes any options), got {collect!r}.")
         if options is None:
             options = QuantOptions()
         elif not isinstance(options, QuantOptions):
             raise InvalidArgumentError(
                 f"options must be a QuantOptions, got {type(options).__name__}.")
-        work = load_model(model)
-        require_normalized(work, "Calibrator")
         self._batch_size = batch_size
         self._threads = threads
         self._options = options
+        self._providers = providers
+        self._collect = collect
+        self._session = None
+        self._workspace = Workspace()
+        try:
+            self._prepare(model)
+        except BaseException:
+            self._workspace.close()
+            raise
+        self._stats = _core.HistogramSet(list(self._tensors))
+        self._num_samples = 0
+        self._batcher = SampleBatcher(self._specs, batch_size)
+
+    def _prepare(self, model: ModelLike) -> None:
+        # The weights never cross to the engine or ONNX Runtime inside the
+        # model's bytes: they lie in files (onnxquant._payloads).
+        skeleton = load_skeleton(model, self._workspace)
+        work = skeleton.model
+        require_normalized(work, "Calibrator")
         self._specs = input_specs(work)
-        dtypes = infer_dtypes(work, providers=providers)
-        data = model_to_bytes(work)
-        self._fingerprint = hashlib.sha256(data).hexdigest()
-        plan = _core.make_plan(data, dtypes, options.to_native())
+        dtypes = infer_dtypes(work, providers=self._providers, workspace=self._workspace)
+        data = skeleton.to_bytes()
+        self._fingerprint = skeleton.fingerprint
+        self._dtypes = dtypes
+        self._graph_sha = hashlib.sha256(canonical_bytes(work)).hexdigest()
+        plan = _core.make_plan(data, dtypes, self._options.to_native())
         self._tensors = tuple(plan["calibrated"])
+        if self._collect == "all":
+            self._tensors = _float_tensors(work, dtypes, self._tensors)
         producers = {o: n.op_type for n in work.graph.node for o in n.output}
         self._bounded = frozenset(t for t in self._tensors
                                   if producers.get(t) in _BOUNDED_OUTPUT_OPS)
         inputs = {s.name for s in self._specs}
         self._fetch = [t for t in self._tensors if t not in inputs]
         self._from_feed = [t for t in self._tensors if t in inputs]
-        self._session = None
+        # A large model's session is open only while it runs samples, so that
+        # it and quantize never hold the weights at once; the augmented model
+        # and its payload file stay in the workspace meanwhile.
+        self._keep_session = not skeleton.large
+        self._augmented = None
         if self._fetch:
-            augmented = _core.expose_tensors(data, self._fetch, dtypes)
-            self._session = _session(augmented, threads, providers)
-            produced = {o.name for o in self._session.get_outputs()}
+            augmented = onnx.ModelProto()
+            augmented.ParseFromString(_core.expose_tensors(data, self._fetch, dtypes))
+            self._augmented = augmented
+            session = self._open_session()
+            produced = {o.name for o in session.get_outputs()}
             lost = [t for t in self._fetch if t not in produced]
             if lost:
                 raise InternalError(
                     f"The calibration session does not return tensor '{lost[0]}'; this is a "
                     "bug in onnxquant, please report it with the model.")
-        self._stats = _core.HistogramSet(list(self._tensors))
-        self._num_samples = 0
+            if self._keep_session:
+                self._session = session
+        if self._keep_session:
+            # ONNX Runtime has read (or mapped) the payloads.
+            self._workspace.close()
+
+    def _open_session(self):
+        try:
+            return _session(self._augmented, self._workspace, self._threads, self._providers,
+                            large=not self._keep_session)
+        except OnnxQuantError:
+            raise
+        except Exception as e:  # ORT's errors derive from Exception only
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UnsupportedModelError(
+                f"ONNX Runtime cannot load the model to calibrate it ({first}). Pass "
+                "the model optimize_model returned, and check that ONNX Runtime runs "
+                "the original model.") from e
+
+    @contextlib.contextmanager
+    def _running(self) -> Iterator[Callable[[], object]]:
+        """Yields ``session()``, which returns the session (None without
+        tensors to fetch); a calibrator that does not keep its session opens
+        one on the first call and closes it at the end of the block."""
+        if self._augmented is None or self._session is not None:
+            yield lambda: self._session
+            return
+        opened = []
+
+        def session():
+            if not opened:
+                opened.append(self._open_session())
+            return opened[0]
+
+        try:
+            yield session
+        finally:
+            opened.clear()
+
+    def _dtypes_of(self, model: onnx.ModelProto) -> dict[str, int] | None:
+        """The tensor types found for the model, when ``model`` (a skeleton)
+        has the graph this calibrator was made for (else None): quantize then
+        need not run type inference again. Types depend on the graph, not on
+        where the weights' payloads lie, which the comparison leaves out."""
+        if hashlib.sha256(canonical_bytes(model)).hexdigest() != self._graph_sha:
+            return None
+        return dict(self._dtypes)
 
     @property
     def method(self) -> CalibrationMethod:
@@ -240,20 +430,28 @@ class Calibrator:
         return self._options
 
     @property
+    def collect(self) -> str:
+        """``"plan"`` (the tensors the options plan) or ``"all"`` (every float
+        tensor of the main graph)."""
+        return self._collect
+
+    @property
     def tensors(self) -> tuple[str, ...]:
-        """The tensors calibrated (the plan's), in graph order."""
+        """The tensors calibrated (the plan's, or with ``collect="all"`` every
+        float tensor of the main graph), in graph order."""
         return self._tensors
 
     @property
     def num_samples(self) -> int:
         """Samples fed so far."""
-        return self._num_samples
+        return self._num_samples + self._batcher.pending
 
     @property
     def kernel_check_feeds(self) -> tuple[dict[str, np.ndarray], ...]:
         """The retained samples (up to ``kernel_check_samples`` of the first
         fed), as the model inputs ``{input name: array}`` of the runs they
         were fed in."""
+        self._flush()
         return tuple(self._check_feeds)
 
     def _retain(self, feed: dict[str, np.ndarray], count: int) -> None:
@@ -274,13 +472,18 @@ class Calibrator:
         arrays in input order, a dict by input name, or a numpy array for a
         one-input model, with the batch dimension the model expects. They are
         read one at a time; memory does not grow with their number.
+        Where samples are stacked into batches (``batch_size``), those that
+        do not fill one wait for the next call (or for the methods that read
+        the statistics, which run them first): the batches, and so the
+        ranges, do not depend on how the samples are split into calls.
         ``progress`` (default False) shows a tqdm progress bar.
 
         Raises:
             CalibrationDataError: a sample with an unknown or missing input
-                name, a dtype or shape that does not fit, or NaN/Inf in an
-                input (naming the sample and input); or ONNX Runtime failing on
-                a sample.
+                name, a dtype or shape that does not fit, no values (an empty
+                array), or NaN/Inf in an input (naming the sample and input);
+                or ONNX Runtime failing on a sample (here, or where waiting
+                samples are run).
         """
         bar = None
         if progress:
@@ -288,23 +491,38 @@ class Calibrator:
 
             total = len(samples) if hasattr(samples, "__len__") else None
             bar = tqdm(total=total, unit="sample", desc="Calibrating")
+        first = self._batcher.accepted
         try:
-            for feed, count in batch_samples(samples, self._specs, self._batch_size,
-                                             self._num_samples):
-                self._update(feed, count)
-                self._retain(feed, count)
-                self._num_samples += count
-                if bar is not None:
-                    bar.update(count)
+            with self._running() as session:
+                for feed, count in self._batcher.add(samples):
+                    self._feed(session, feed, count)
+                    if bar is not None:  # this call's samples run so far
+                        bar.update(self._batcher.accepted - first - bar.n)
+                if bar is not None:  # and those that wait for a full batch
+                    bar.update(self._batcher.accepted - first - bar.n)
         finally:
             if bar is not None:
                 bar.close()
 
-    def _update(self, feed: dict[str, np.ndarray], count: int) -> None:
+    def _feed(self, session, feed: dict[str, np.ndarray], count: int) -> None:
+        self._update(session, feed, count)
+        self._retain(feed, count)
+        self._num_samples += count
+
+    def _flush(self) -> None:
+        """Runs the samples that wait for a full batch (collect_data keeps
+        them, so that the batches, and the ranges, do not depend on how the
+        samples were split into calls)."""
+        if self._batcher.pending:
+            with self._running() as session:
+                for feed, count in self._batcher.flush():
+                    self._feed(session, feed, count)
+
+    def _update(self, session, feed: dict[str, np.ndarray], count: int) -> None:
         arrays = {t: feed[t] for t in self._from_feed}
-        if self._session is not None:
+        if self._fetch:
             try:
-                outputs = self._session.run(self._fetch, feed)
+                outputs = session().run(self._fetch, feed)
             except Exception as e:  # ORT's errors derive from Exception only
                 first = self._num_samples
                 which = f"sample {first}" if count == 1 else \
@@ -339,6 +557,7 @@ class Calibrator:
             InvalidArgumentError: an unknown method or a percentage outside
                 (0, 100].
         """
+        self._flush()
         if self._num_samples == 0:
             raise CalibrationDataError(
                 "The calibration set is empty: call collect_data(samples) with at least one "
@@ -361,27 +580,35 @@ class Calibrator:
         """Per tensor: exact ``min`` and ``max`` of the finite values, ``count``,
         ``zeros``, ``nan``, ``pos_inf``, ``neg_inf``, and the histogram's
         ``bin_width`` and number of ``bins``."""
+        self._flush()
         return self._stats.stats()
 
     def histogram(self, tensor: str) -> tuple[float, float, np.ndarray]:
         """``(low edge, bin width, counts)`` of one tensor's histogram (bins
         anchored at 0 with a power-of-two width)."""
+        self._flush()
         return self._stats.histogram(tensor)
 
     def save(self, path: str | os.PathLike) -> None:
         """Writes the collected statistics (whole or not at all), so that
         calibration can be resumed or split across processes or machines;
-        :meth:`load` reads them back for the same normalised model."""
+        :meth:`load` reads them back for the same normalised model. The file
+        records the model's fingerprint, inputs and calibrated tensors, and a
+        checksum of the statistics."""
+        self._flush()
         stats = self._stats.serialize()
-        feeds = _feeds_to_bytes(self._check_feeds)
+        body = stats + _feeds_to_bytes(self._check_feeds)
+        stats_size = len(stats)
         header = json.dumps({"format": _STATE_FORMAT, "model_sha256": self._fingerprint,
+                             "inputs": [_spec_json(s) for s in self._specs],
                              "options": dataclasses.asdict(self._options),
                              "tensors": list(self._tensors),
+                             "collect": self._collect,
                              "num_samples": self._num_samples,
-                             "stats_bytes": len(stats),
+                             "stats_bytes": stats_size,
+                             "body_sha256": hashlib.sha256(body).hexdigest(),
                              "kernel_check_samples": self._check_count}).encode()
-        payload = len(header).to_bytes(8, "little") + header + stats + feeds
-        write_bytes_atomic(path, payload)
+        write_bytes_atomic(path, len(header).to_bytes(8, "little") + header + body)
 
     @classmethod
     def load(cls, path: str | os.PathLike, model: ModelLike,
@@ -389,41 +616,82 @@ class Calibrator:
         """A calibrator for ``model`` holding the statistics :meth:`save`
         wrote; ``method`` and the keywords are those of the constructor.
 
+        Before anything is used, the file is checked against its checksum
+        and against the model: its inputs (names, dtypes, shapes), its
+        fingerprint (graph and weights), the calibrated tensors (names, in
+        order, in the header and in the statistics) and the retained samples.
+
         Raises:
-            CalibrationDataError: the file is not calibrator state, or was
-                saved for another model or other options.
+            CalibrationDataError: the file is missing, not calibrator state,
+                written by an earlier onnxquant, corrupt (truncated, altered),
+                or saved for another model or other options; the message
+                names the file and what differs.
         """
         path = os.fspath(path)
-        try:
-            with open(path, "rb") as f:
-                data = f.read()
-            size = int.from_bytes(data[:8], "little")
-            header = json.loads(data[8:8 + size].decode())
-            if header.get("format") not in _STATE_FORMATS:
-                raise ValueError("unknown format")
-        except (OSError, ValueError, UnicodeDecodeError) as e:
-            raise CalibrationDataError(
-                f"'{path}' is not onnxquant calibrator state ({e}); write it with "
-                "Calibrator.save.") from e
+        header, body = _read_state(path)
         calibrator = cls(model, method, **kwargs)
-        if header["model_sha256"] != calibrator._fingerprint or \
-                header["tensors"] != list(calibrator._tensors):
-            raise CalibrationDataError(
-                f"'{path}' holds statistics of another model or other options: load it with "
-                "the normalised model and QuantOptions it was saved with.")
-        body = data[8 + size:]
-        stats_size = int(header.get("stats_bytes", len(body)))
+        calibrator._check_state(path, header)
+        stats_size = header["stats_bytes"]
         try:
-            calibrator._stats = _core.HistogramSet.deserialize(body[:stats_size])
+            stats = _core.HistogramSet.deserialize(body[:stats_size])
             feeds = _feeds_from_bytes(body[stats_size:])
         except (InvalidArgumentError, ValueError, OSError, KeyError,
                 zipfile.BadZipFile) as e:
-            raise CalibrationDataError(f"'{path}' is corrupt: {e}") from e
-        calibrator._num_samples = int(header["num_samples"])
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' is corrupt ({e}); write it again with "
+                "Calibrator.save.") from e
+        if list(stats.names) != list(calibrator._tensors):
+            wrong = next((f"'{a}' where '{b}' was expected" for a, b in
+                          zip(stats.names, calibrator._tensors) if a != b),
+                         f"{len(stats.names)} tensors where {len(calibrator._tensors)} "
+                         "were expected")
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' is corrupt: its statistics name {wrong}, so "
+                "they do not belong to the tensors its header lists. Write it again with "
+                "Calibrator.save.")
+        for index, feed in enumerate(feeds):
+            try:
+                check_sample(feed, calibrator._specs, index)
+            except CalibrationDataError as e:
+                raise CalibrationDataError(
+                    f"Calibrator state '{path}' is corrupt: its retained samples do not fit "
+                    f"the model ({e})") from e
+        calibrator._stats = stats
+        calibrator._num_samples = header["num_samples"]
+        calibrator._batcher = SampleBatcher(calibrator._specs, calibrator._batch_size,
+                                            calibrator._num_samples)
         for feed in feeds:
             count = len(next(iter(feed.values()))) if feed else 0
             calibrator._retain(feed, count)
         return calibrator
+
+    def _check_state(self, path: str, header: dict) -> None:
+        """Compares a state file's header with this calibrator's model."""
+        inputs = [_spec_json(s) for s in self._specs]
+        if header["inputs"] != inputs:
+            def text(specs):
+                return ", ".join(f"{n} {d} {list(s)}" for n, d, s in specs)
+
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' was saved for a model with inputs "
+                f"{text(header['inputs'])}, and this model takes {text(inputs)}: load it "
+                "with the normalised model it was saved with.")
+        if header["model_sha256"] != self._fingerprint:
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' was saved for another model (its fingerprint, "
+                "over the graph and every weight, differs): load it with the normalised "
+                "model it was saved with.")
+        saved = header.get("collect", "plan")
+        if saved != self._collect:
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' was saved by a Calibrator with collect={saved!r}, "
+                f"and this one has collect={self._collect!r}: load it with "
+                f"collect={saved!r}.")
+        if header["tensors"] != list(self._tensors):
+            raise CalibrationDataError(
+                f"Calibrator state '{path}' calibrates other tensors than this calibrator "
+                f"({len(header['tensors'])} against {len(self._tensors)}): it was saved with "
+                "other QuantOptions; pass the same options.")
 
     def merge(self, other: Calibrator) -> None:
         """Adds the statistics of ``other`` (same model and options, e.g. run on
@@ -434,12 +702,18 @@ class Calibrator:
             CalibrationDataError: ``other`` calibrates another model or
                 other tensors.
         """
+        if not isinstance(other, Calibrator):
+            raise InvalidArgumentError(
+                f"merge takes a Calibrator, got {type(other).__name__}.")
         if other._fingerprint != self._fingerprint or other._tensors != self._tensors:
             raise CalibrationDataError(
                 "Cannot merge calibrators of different models or options: build both from "
                 "the same normalised model and QuantOptions.")
+        self._flush()
+        other._flush()
         self._stats.merge(other._stats)
         self._num_samples += other._num_samples
+        self._batcher = SampleBatcher(self._specs, self._batch_size, self._num_samples)
         for feed in other._check_feeds:
             self._retain(feed, len(next(iter(feed.values()))) if feed else 0)
 
@@ -447,6 +721,7 @@ class Calibrator:
     def report(self) -> CalibrationReport:
         """What calibration saw so far: samples, NaN/Inf counts, tensors without
         a finite value."""
+        self._flush()
         stats = self._stats.stats()
         nonfinite = tuple(
             NonFiniteCount(t, int(stats[t]["nan"]), int(stats[t]["pos_inf"]),

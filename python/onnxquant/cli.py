@@ -11,11 +11,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
+import signal
 import sys
 import time
 from collections.abc import Iterator
 
-from onnxquant.errors import CalibrationDataError, OnnxQuantError
+from onnxquant._signals import Terminated, orderly_termination
+from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
 __all__ = ["build_parser", "main", "run_demo", "run_quantize"]
 
@@ -33,9 +36,7 @@ def _step(name: str, times: dict[str, float]) -> Iterator[None]:
 
 def run_quantize(args: argparse.Namespace) -> int:
     """The ``quantize`` subcommand."""
-    import os
-
-    from onnxquant._model import save_model_atomic
+    from onnxquant._model import data_file_name, model_files, save_model, write_bytes_atomic
     from onnxquant.calibrator import Calibrator
     from onnxquant.data import load_samples
     from onnxquant.optimize import optimize_model
@@ -45,6 +46,19 @@ def run_quantize(args: argparse.Namespace) -> int:
     if not os.path.exists(args.calibration_data):
         raise CalibrationDataError(
             f"Calibration data file '{args.calibration_data}' does not exist.")
+    inputs = model_files(args.model) + [os.path.realpath(args.calibration_data)]
+    for label, target in (("-o", args.output), ("--report-json", args.report_json)):
+        if target and os.path.realpath(target) in inputs:
+            raise InvalidArgumentError(
+                f"{label} '{target}' is an input (the model, one of its data files or the "
+                "calibration data), which onnxquant never overwrites; choose another path.")
+    outputs = {os.path.realpath(args.output),
+               os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(args.output)),
+                                             data_file_name(args.output)))}
+    if args.report_json and os.path.realpath(args.report_json) in outputs:
+        raise InvalidArgumentError(
+            f"--report-json '{args.report_json}' is where the model (or its data) goes; "
+            "choose another path.")
     options = QuantOptions(
         activation_type=args.activation_type, per_channel=args.per_channel,
         exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,
@@ -68,13 +82,14 @@ def run_quantize(args: argparse.Namespace) -> int:
     with _step("quantize", times):
         quantized, report = quantize(model, ranges, options=options, calibrator=calibrator,
                                      return_report=True)
+    # External data out where the input had it (else only past 2 GB).
+    external = True if len(inputs) > 2 else None
     with _step("save", times):
-        save_model_atomic(quantized, args.output)
+        save_model(quantized, args.output, external_data=external, source=args.model)
         if args.report_json:
             text = json.dumps({"report": report.to_dict(), "ranges": ranges,
                                "seconds": times}, indent=2)
-            with open(args.report_json, "w", encoding="utf-8") as f:
-                f.write(text + "\n")
+            write_bytes_atomic(args.report_json, (text + "\n").encode("utf-8"))
     print(report)
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     print(f"wrote {args.output}")
@@ -203,10 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Runs the command line; returns the exit code (0, or 2 on an error)."""
+    """Runs the command line; returns the exit code (0, 2 on an error, 128 +
+    the signal's number after SIGTERM, SIGHUP or SIGINT, with every temporary
+    file removed)."""
     args = build_parser().parse_args(argv)
     try:
-        return args.handler(args)
+        with orderly_termination():
+            return args.handler(args)
+    except Terminated as e:
+        print(f"onnxquant: stopped by signal {e.signum}; no partial file left",
+              file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:
+        print("onnxquant: interrupted; no partial file left", file=sys.stderr)
+        return 128 + signal.SIGINT
     except (OnnxQuantError, NotImplementedError) as e:
         print(f"onnxquant: error: {e}", file=sys.stderr)
         return EXIT_USAGE

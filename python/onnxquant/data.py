@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from onnxquant._model import ModelLike, load_model, write_file_atomic
+from onnxquant._model import ModelLike, load_model, model_files, write_file_atomic
 from onnxquant._samples import InputSpec, input_specs
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
@@ -109,8 +109,8 @@ def load_samples(npz_path: str | os.PathLike, model: ModelLike, *,
     Raises:
         CalibrationDataError: the file is missing or unreadable, lacks an input's
             key, has a key that is neither an input nor ``labels``, arrays of
-            different lengths, or an array whose dtype or shape does not fit
-            its input (naming the file and key).
+            different lengths, an array whose dtype or shape does not fit
+            its input, or an empty array (naming the file and key).
     """
     path = os.fspath(npz_path)
     specs = input_specs(load_model(model, load_external_data=False))
@@ -134,6 +134,12 @@ def load_samples(npz_path: str | os.PathLike, model: ModelLike, *,
                 f"Calibration data file '{path}': key '{key}' holds {length} samples but "
                 f"'{names[0]}' holds {count}; every array indexes the same samples on axis 0.")
     slices = {s.name: _check_key(path, s, arrays[s.name]) for s in specs}
+    for spec in specs:
+        if arrays[spec.name].size == 0:
+            raise CalibrationDataError(
+                f"Calibration data file '{path}', key '{spec.name}' holds no values (shape "
+                f"{list(arrays[spec.name].shape)}): calibration needs samples with values; "
+                "check how the file was written.")
     if max_samples is not None:
         if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 0:
             raise InvalidArgumentError(f"max_samples must be an int >= 0, got {max_samples!r}.")
@@ -241,8 +247,16 @@ def convert_zoo(source: str | os.PathLike, model: ModelLike, output: str | os.Pa
     Raises:
         CalibrationDataError: an unreadable source, or images whose size or
             channels do not fit the model.
-        InvalidArgumentError: a model that does not take one image batch.
+        InvalidArgumentError: a model that does not take one image batch, or an
+            output path that is the image set or the model.
     """
+    protected = [os.path.realpath(source)]
+    if isinstance(model, (str, os.PathLike)):
+        protected += model_files(model)
+    if os.path.realpath(output) in protected:
+        raise InvalidArgumentError(
+            f"Refusing to write '{os.fspath(output)}': it is an input (the image set or the "
+            "model), which onnxquant never overwrites. Choose another output path.")
     specs = input_specs(load_model(model, load_external_data=False))
     if len(specs) != 1:
         raise InvalidArgumentError(
@@ -313,12 +327,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bgr", action="store_true",
                         help="reverse the channel order (RGB to BGR), e.g. for YuNet")
     args = parser.parse_args(argv)
+    from onnxquant._signals import Terminated, orderly_termination
+
     try:
-        n = convert_zoo(args.source, args.model, args.output, count=args.count, seed=args.seed,
-                        scale=args.scale, offset=args.offset, bgr=args.bgr)
+        with orderly_termination():
+            n = convert_zoo(args.source, args.model, args.output, count=args.count,
+                            seed=args.seed, scale=args.scale, offset=args.offset, bgr=args.bgr)
     except OnnxQuantError as e:
         print(f"onnxquant.data: error: {e}", file=sys.stderr)
         return 2
+    except Terminated as e:
+        print(f"onnxquant.data: stopped by signal {e.signum}; no partial file left",
+              file=sys.stderr)
+        return 128 + e.signum
     print(f"wrote {n} samples to {args.output}")
     return 0
 

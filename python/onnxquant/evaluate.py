@@ -44,12 +44,17 @@ def make_session(model: onnx.ModelProto | bytes | str | os.PathLike, *, emulate:
     ``emulate=True`` sets ``session.disable_quant_qdq = 1``, so QDQ pairs run
     as float arithmetic instead of being fused into integer kernels;
     ``emulate=False`` keeps ONNX Runtime's default session options (the
-    deployed model).
+    deployed model). A ``ModelProto`` past 2 GB works: its weights reach
+    ONNX Runtime through a temporary file (``onnxquant._payloads``).
     """
     so = session_options(emulate=emulate, threads=threads)
     if isinstance(model, onnx.ModelProto):
-        model = model.SerializeToString()
-    elif isinstance(model, os.PathLike):
+        from onnxquant._payloads import Workspace, ort_session, split_model
+
+        with Workspace() as workspace:  # ONNX Runtime reads or maps it at once
+            skeleton = split_model(model, workspace, fingerprint=False).model
+            return ort_session(skeleton, workspace, so, ["CPUExecutionProvider"])
+    if isinstance(model, os.PathLike):
         model = os.fspath(model)
     return ort.InferenceSession(model, so, providers=["CPUExecutionProvider"])
 

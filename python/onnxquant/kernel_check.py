@@ -18,6 +18,8 @@ conservative rule). :func:`quantize` uses it for ``target="portable"``.
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,7 @@ import numpy as np
 import onnx
 
 from onnxquant import _core
+from onnxquant.errors import OnnxQuantError
 
 __all__ = ["KernelCheck", "KernelCheckResult", "check_kernels", "choose_remedies"]
 
@@ -128,7 +131,9 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                   headroom: float = 0.0,
                   native_options: _core.QuantOptions | None = None,
                   dtypes: Mapping[str, int] | None = None,
-                  providers: Sequence[str] | None = None) -> KernelCheckResult:
+                  providers: Sequence[str] | None = None,
+                  workspace=None, spill: bool = False,
+                  model_bytes: bytes | None = None) -> KernelCheckResult:
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
@@ -137,8 +142,16 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     retained samples; ``headroom`` grows the observed peaks by that fraction
     before ``channel_qmax`` is fitted to them; ``native_options`` the
     engine's options (default
-    ``QuantOptions()``'s). Nodes no feed reaches (or all of them, without
-    feeds) are judged by their worst case.
+    ``QuantOptions()``'s); ``model_bytes`` the serialized ``model``, where the
+    caller has it (default None: serialized here). Nodes no feed reaches (or
+    all of them, without feeds) are judged by their worst case. ``model`` may
+    be a skeleton (``onnxquant._payloads``), whose payloads lie in files;
+    ``workspace`` is then where a session may gather them. ``spill`` (default
+    False; needs ``workspace``): for large models, the engine's quantized
+    weights and the model's session are never held at once: the replayed
+    activations go to files of ``workspace`` while the session (which maps the
+    weights from their files rather than copying them) runs, and the checker
+    reads them back after it is closed.
 
     Raises:
         RangeMissingError: a planned tensor without a valid range.
@@ -147,20 +160,40 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     from onnxquant.quantize import QuantOptions
 
     options = native_options if native_options is not None else QuantOptions().to_native()
+    from onnxquant._model import model_to_bytes
+
     types = _dtypes(model, dtypes)
-    data = model.SerializeToString()
-    checker = _core.KernelChecker(data, types, options, dict(ranges))
+    data = model_bytes if model_bytes is not None else model_to_bytes(model)
+
+    def make_checker():
+        return _core.KernelChecker(data, types, options, dict(ranges))
+
+    checker = make_checker()
     names = checker.inputs()
     count = 0
-    if names:
-        session = None
-        for feed in feeds:
-            if session is None:
-                session = _session(_core.expose_tensors(data, names, types), providers)
-            outputs = _run(session, names, feed)
-            checker.add({n: np.ascontiguousarray(o, dtype=np.float32)
-                         for n, o in zip(names, outputs)})
-            count += len(next(iter(feed.values()))) if feed else 0
+    feeds = list(feeds)
+    spilled = []
+    if names and feeds:
+        if spill:
+            del checker
+        with _own_session(data, names, types, providers, workspace, spill) as run:
+            for feed in feeds:
+                arrays = {n: np.ascontiguousarray(o, dtype=np.float32)
+                          for n, o in zip(names, _run(run, feed))}
+                if spill:
+                    path = os.path.join(workspace.path, f"replayed-{len(spilled)}.npz")
+                    np.savez(path, **{str(i): arrays[n] for i, n in enumerate(names)})
+                    spilled.append(path)
+                else:
+                    checker.add(arrays)
+                del arrays
+                count += len(next(iter(feed.values()))) if feed else 0
+        if spill:
+            checker = make_checker()
+            for path in spilled:
+                with np.load(path) as replayed:
+                    checker.add({n: replayed[str(i)] for i, n in enumerate(names)})
+                os.remove(path)
     nodes = tuple(KernelCheck.from_native(d) for d in checker.results())
     qmax = {k: tuple(int(q) for q in v)
             for k, v in checker.channel_qmax(bound_unobserved=True,
@@ -168,22 +201,44 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     return KernelCheckResult(nodes=nodes, samples=count, channel_qmax=qmax)
 
 
-def _session(model_bytes: bytes, providers: Sequence[str] | None):
+@contextlib.contextmanager
+def _own_session(data: bytes, names: list[str], types: Mapping[str, int],
+                 providers: Sequence[str] | None, workspace, large: bool):
+    """A session of the model with ``names`` exposed, for the block."""
     import onnxruntime as ort
+
+    from onnxquant._payloads import ort_session
 
     options = ort.SessionOptions()
     # BASIC keeps every exposed tensor intact (as for calibration).
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options,
-                                providers=list(providers or ["CPUExecutionProvider"]))
+    if large:  # ONNX Runtime maps the weights instead of packing copies
+        options.add_session_config_entry("session.disable_prepacking", "1")
+    exposed = onnx.ModelProto()
+    exposed.ParseFromString(_core.expose_tensors(data, names, dict(types)))
+    try:
+        session = ort_session(exposed, workspace, options, providers)
+    except OnnxQuantError:
+        raise
+    except Exception as e:  # ORT's errors derive from Exception only
+        from onnxquant.errors import UnsupportedModelError
+
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot load the model to replay the kernel-check samples "
+            f"({first}); pass target='exact' to skip the check.") from e
+    try:
+        yield lambda feed: session.run(names, dict(feed))
+    finally:
+        del session
 
 
-def _run(session, names: list[str], feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+def _run(run, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
     from onnxquant.errors import CalibrationDataError
 
     try:
-        return session.run(names, dict(feed))
+        return run(feed)
     except Exception as e:  # ORT's errors derive from Exception only
         raise CalibrationDataError(
             f"ONNX Runtime failed on a kernel-check sample: {str(e).strip()}") from e

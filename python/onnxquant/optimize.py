@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import warnings
+
 import onnx
 
 from onnxquant import _core
+from onnxquant._input_checks import (
+    check_with_onnx_checker,
+    densify_sparse_initializers,
+    fit_ir_version,
+    refuse_quantized,
+)
 from onnxquant._model import (
     NORMALIZED_KEY,
     ModelLike,
-    load_model,
+    load_skeleton,
     model_to_bytes,
     set_metadata,
 )
@@ -21,11 +31,33 @@ from onnxquant._opset import (
     fold_shape_subgraphs,
     verify_same_outputs,
 )
-from onnxquant._shapes import infer_shapes
+from onnxquant._payloads import (
+    PAYLOAD_THRESHOLD,
+    Workspace,
+    checkable_file,
+    materialize,
+    split_model,
+)
+from onnxquant._shapes import graph_inputs, infer_shapes, tensor_shape
+from onnxquant.errors import UnsupportedModelError
 
-__all__ = ["annotate_reduce_mean_inputs", "name_nodes", "optimize_model", "run_passes"]
+__all__ = [
+    "FIXED_INPUTS_KEY",
+    "FixedShapeWarning",
+    "annotate_reduce_mean_inputs",
+    "name_nodes",
+    "optimize_model",
+    "run_passes",
+]
 
 _MIN_IR_VERSION = 7
+#: metadata_props key listing the inputs whose dynamic dims optimize_model
+#: fixed (JSON: {input: {"declared": dims, "fixed": dims}}).
+FIXED_INPUTS_KEY = "onnxquant.fixed_inputs"
+
+
+class FixedShapeWarning(UserWarning):
+    """optimize_model fixed a dynamic input dim (the batch) to a static size."""
 
 
 def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.ModelProto:
@@ -37,8 +69,19 @@ def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.
     ``reduce_mean_to_global_average_pool`` rewrites only a ReduceMean whose
     input is declared 4-D there. :func:`optimize_model` declares them from ONNX
     shape inference first (:func:`annotate_reduce_mean_inputs`)."""
+    with Workspace() as workspace:
+        skeleton = split_model(model, workspace, fingerprint=False).model
+        return materialize(_run_passes(skeleton, workspace, passes))
+
+
+def _run_passes(skeleton: onnx.ModelProto, workspace: Workspace,
+                passes: list[str] | None = None) -> onnx.ModelProto:
+    """run_passes on a skeleton (``onnxquant._payloads``): the large tensors
+    the passes create go to a file of ``workspace``, the result is a
+    skeleton too."""
     names = list(_core.pass_names()) if passes is None else list(passes)
-    data, _changed = _core.run_passes(model_to_bytes(model), names)
+    data, _changed = _core.run_passes(model_to_bytes(skeleton), names,
+                                      workspace.new_file("passes"), PAYLOAD_THRESHOLD)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     return result
@@ -96,6 +139,60 @@ def name_nodes(model: onnx.ModelProto) -> int:
     return renamed
 
 
+def _convert(work: onnx.ModelProto, reference: onnx.ModelProto, opset: int,
+             input_shapes: dict[str, tuple[int, ...]] | None) -> onnx.ModelProto:
+    """Folds shape subgraphs and converts ``work`` to TARGET_OPSET, keeping the
+    dynamic batch dims that ``input_shapes`` does not set where the converted
+    model then computes what ``reference`` does at two batch sizes; else with
+    those dims fixed, a warning and a FIXED_INPUTS_KEY stamp."""
+    what = f"conversion from opset {opset} to {TARGET_OPSET}"
+    shapes, assumed = assumed_input_shapes(work, input_shapes)
+    dynamic = [name for name in assumed if name not in (input_shapes or {})]
+    declared = {v.name: tensor_shape(v) for v in graph_inputs(work)}
+    if dynamic:
+        attempt = onnx.ModelProto()
+        attempt.CopyFrom(work)
+        try:
+            fold_shape_subgraphs(attempt, shapes, assumed, keep_dynamic=dynamic)
+            attempt = convert_opset(attempt, TARGET_OPSET)
+            verify_same_outputs(reference, attempt, shapes, what)
+            batch3 = {n: ((3, *s[1:]) if n in dynamic else s) for n, s in shapes.items()}
+            verify_same_outputs(reference, attempt, batch3, what)
+            return attempt
+        except UnsupportedModelError:
+            pass  # fixed below, with a warning
+    fold_shape_subgraphs(work, shapes, assumed)
+    work = convert_opset(work, TARGET_OPSET)
+    verify_same_outputs(reference, work, shapes, what)
+    now = {v.name: tensor_shape(v) for v in graph_inputs(work)}
+    fixed = {name: (declared[name], now[name]) for name in dynamic
+             if name in now and now[name] != declared.get(name)}
+    if fixed:
+        _note_fixed_inputs(work, fixed, opset)
+    return work
+
+
+def _note_fixed_inputs(model: onnx.ModelProto, fixed: dict[str, tuple], opset: int) -> None:
+    entries = {name: {"declared": [d if d is not None else "?" for d in was],
+                      "fixed": list(now)} for name, (was, now) in fixed.items()}
+    set_metadata(model, FIXED_INPUTS_KEY, json.dumps(entries, sort_keys=True))
+    warnings.warn(fixed_inputs_message(entries, opset), FixedShapeWarning, stacklevel=5)
+
+
+def fixed_inputs_message(entries: dict[str, dict], opset: int | None = None) -> str:
+    """The sentence that says which inputs optimize_model fixed, and the remedy."""
+    which = "; ".join(f"input '{name}' to {e['fixed']} (declared {e['declared']})"
+                      for name, e in sorted(entries.items()))
+    example = ", ".join(f"'{name}': ({', '.join(['B'] + [str(d) for d in e['fixed'][1:]])})"
+                        for name, e in sorted(entries.items()))
+    source = f"opset {opset}" if opset else "an opset below 13"
+    return (f"optimize_model fixed {which}: converting the model from {source} to "
+            f"{TARGET_OPSET} needed its shape subgraphs folded under a static shape, and "
+            "the converted model takes only that shape. Pass input_shapes={"
+            f"{example}}} to optimize_model for batch size B, or re-export the model at "
+            f"opset {TARGET_OPSET} or later to keep the batch dynamic.")
+
+
 def optimize_model(model: ModelLike, *,
                    input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
     """Returns the normalised form of ``model`` that the rest of onnxquant takes.
@@ -103,6 +200,14 @@ def optimize_model(model: ModelLike, *,
     ``model`` is an ``onnx.ModelProto``, bytes or a path; it is never modified.
     Steps:
 
+    0. **Checks** (:mod:`onnxquant._input_checks`): an already quantized
+       model (QDQ, ``QLinear*`` ops, dynamically quantized ops such as
+       ``ConvInteger``, ``MatMulInteger``, ``DynamicQuantizeLinear``,
+       ``MatMulNBits``) is refused naming its first such node; sparse
+       initializers become dense ones (the same values); a model that
+       ``onnx.checker`` rejects is refused; an IR version newer than the
+       installed ONNX Runtime loads is lowered to one it loads when nothing in
+       the model needs the newer one (opsets, element types, functions).
     1. **float16**: a float16 model is converted to float32 (initializers,
        Constant tensors, Cast targets, and the element types of graph inputs,
        outputs and value_info). QuantizeLinear accepts float16 only from opset
@@ -129,8 +234,16 @@ def optimize_model(model: ModelLike, *,
        random input that the converted model computes what the original did.
        The static shapes are the model's own; ``input_shapes`` (default None:
        none given) sets them per input name, and an unset dynamic first (batch)
-       dim is taken as 1. When shapes were folded under such an assumed shape,
-       the returned model's input takes that shape.
+       dim is taken as 1. A dynamic batch dim that ``input_shapes`` does not
+       set stays dynamic: only values that are the same at batch 1 and batch
+       2 are folded, and the converted model is checked at batch 1 and 3.
+       Where that fails (the converter needs a shape that depends on the
+       batch, or the model does not compute the same at another batch), the
+       shapes are folded under the assumed batch 1, the input takes that
+       shape, a :class:`FixedShapeWarning` says so naming ``input_shapes=``
+       as the remedy, and a ``metadata_props`` entry ``onnxquant.fixed_inputs``
+       records it for :func:`~onnxquant.quantize`'s report. Inputs set by
+       ``input_shapes`` take the shape given when shapes were folded.
     4. The graph passes again, on the converted model, with the shapes of
        ReduceMean inputs declared from ONNX shape inference for the duration
        (the ValueInfo entries added for that are removed afterwards); then
@@ -141,33 +254,56 @@ def optimize_model(model: ModelLike, *,
        :func:`~onnxquant.quantize` require it.
 
     Raises:
-        ModelError: the model cannot be read or is malformed.
-        UnsupportedModelError: bfloat16; an opset conversion that fails (the
-            message names the node that blocks it) or that changes the outputs.
+        ModelError: the model cannot be read or is malformed, or fails
+            ``onnx.checker`` as given (the message says so).
+        UnsupportedModelError: the model is already quantized (names the first
+            quantized node); an IR version ONNX Runtime cannot load that cannot
+            be lowered without loss; bfloat16; an opset conversion that fails
+            (the message names the node that blocks it) or that changes the
+            outputs.
         InvalidArgumentError: ``input_shapes`` names an unknown input or a shape
             that does not fit the model.
     """
+    with Workspace() as workspace:
+        return _optimize(model, input_shapes, workspace)
+
+
+def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
+              workspace: Workspace) -> onnx.ModelProto:
     from onnxquant import __version__
 
-    work = load_model(model)
+    # The weights stay in files (the model's own, or the workspace's) until
+    # the end: the engine reads the few it rewrites.
+    work = load_skeleton(model, workspace, fingerprint=False).model
+    is_path = isinstance(model, (str, os.PathLike))
+    what = f"Model file '{os.fspath(model)}'" if is_path else "The model"
+    refuse_quantized(work, "optimize_model")
+    densify_sparse_initializers(work)
+    fit_ir_version(work, what)
+    # The checker sees the model as given: the file itself (its external
+    # data beside it), or the skeleton written where its payloads lie.
+    check_with_onnx_checker(os.fspath(model) if is_path else checkable_file(work, workspace),
+                            what)
+    half = {t.name for t in work.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16}
+    if half:
+        materialize(work, only=half)
     convert_float16(work)
     reference = work
-    work = run_passes(work)
+    work = _run_passes(work, workspace)
     opset = default_opset(work)
     if not opset:
         work.opset_import.add(domain="", version=TARGET_OPSET)
     elif opset < TARGET_OPSET:
-        shapes, assumed = assumed_input_shapes(work, input_shapes)
-        fold_shape_subgraphs(work, shapes, assumed)
-        work = convert_opset(work, TARGET_OPSET)
-        verify_same_outputs(reference, work, shapes,
-                            f"conversion from opset {opset} to {TARGET_OPSET}")
+        # The version converter and ONNX Runtime's check take whole models.
+        materialize(reference)
+        materialize(work)
+        work = _convert(work, reference, opset, input_shapes)
     elif input_shapes:
         assumed_input_shapes(work, input_shapes)  # validates the names and shapes
     work.ir_version = max(work.ir_version, _MIN_IR_VERSION)
     declared = annotate_reduce_mean_inputs(work)
-    work = run_passes(work)
+    work = _run_passes(work, workspace)
     _remove_value_info(work, declared)
     name_nodes(work)
     set_metadata(work, NORMALIZED_KEY, __version__)
-    return work
+    return materialize(work)

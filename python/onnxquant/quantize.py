@@ -2,25 +2,34 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import onnx
 import onnx.checker
 
 from onnxquant import _core
+from onnxquant._input_checks import check_with_onnx_checker, refuse_quantized
 from onnxquant._model import (
     NORMALIZED_KEY,
     QUANTIZED_KEY,
     ModelLike,
     get_metadata,
-    load_model,
+    load_skeleton,
     model_to_bytes,
     set_metadata,
 )
+from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, checkable_file, materialize
 from onnxquant._shapes import infer_dtypes
-from onnxquant.errors import InternalError, InvalidArgumentError, ModelError
+from onnxquant.errors import (
+    InternalError,
+    InvalidArgumentError,
+    ModelError,
+    RangeMissingError,
+)
 from onnxquant.kernel_check import (
     KERNEL_CHECK_HEADROOM,
     KernelCheckResult,
@@ -150,11 +159,10 @@ def _names(option: str, values: Iterable[str]) -> tuple[str, ...]:
 
 
 def require_normalized(model: onnx.ModelProto, what: str) -> None:
-    """Raises ModelError unless ``model`` carries optimize_model's stamp and
-    not quantize's."""
-    if get_metadata(model, QUANTIZED_KEY) is not None:
-        raise ModelError(
-            f"{what} takes a float model, and this one is already quantized by onnxquant.")
+    """Raises UnsupportedModelError when ``model`` is already quantized (it has
+    a quantized node, named in the message, or quantize's stamp), ModelError
+    unless it carries optimize_model's stamp."""
+    refuse_quantized(model, what, stamped=get_metadata(model, QUANTIZED_KEY) is not None)
     if get_metadata(model, NORMALIZED_KEY) is None:
         raise ModelError(
             f"{what} takes a model normalised by onnxquant.optimize_model; run "
@@ -224,12 +232,16 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         ``onnxquant.quantized``.
 
     Raises:
-        ModelError: the model was not normalised by optimize_model, or is
-            already quantized.
+        ModelError: the model was not normalised by optimize_model.
+        UnsupportedModelError: the model is already quantized (the message
+            names its first quantized node).
         RangeMissingError: a planned tensor has no range, or a non-finite or
             inverted one (the message names the tensor).
         InvalidArgumentError: an option outside its domain, or an excluded node
-            or op type the model does not contain.
+            or op type the model does not contain; or options that plan a
+            tensor the ``calibrator`` did not observe because its options
+            differ (the message names those options: pass the same to both,
+            or build the Calibrator with ``collect="all"``).
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
@@ -248,39 +260,141 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     if calibrator is not None and not hasattr(calibrator, "kernel_check_feeds"):
         raise InvalidArgumentError(
             f"calibrator must be an onnxquant.Calibrator, got {type(calibrator).__name__}.")
-    work = load_model(model)
+    with Workspace() as workspace:
+        return _quantize(model, ranges, options, calibrator, calibration_report,
+                         return_report, workspace)
+
+
+def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_report,
+              return_report: bool, workspace: Workspace):
+    # The weights stay in files (the model's own, or the workspace's): the
+    # engine reads one node's weight at a time and writes the quantized
+    # weights beside the graph; the result is read back at the end.
+    skeleton = load_skeleton(model, workspace, fingerprint=False)
+    work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
-    dtypes = infer_dtypes(work)
+    # The calibrator inferred the types of this very model: reuse them.
+    known = getattr(calibrator, "_dtypes_of", None)
+    dtypes = known(work) if known is not None else None
+    if dtypes is None:
+        dtypes = infer_dtypes(work, workspace=workspace)
     native = options.to_native()
+    data = model_to_bytes(work)
+    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator)
     kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
-                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM)
+                                dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
+                                workspace=workspace, spill=skeleton.large, model_bytes=data)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
-    data, native_report = _core.quantize(model_to_bytes(work), dtypes, native, native_ranges)
+        if "float" in remedies.values():
+            _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
+    data, native_report = _core.quantize(data, dtypes, native, native_ranges,
+                                         workspace.new_file("quantized"), PAYLOAD_THRESHOLD)
+    fixed = _fixed_inputs_note(work)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
 
     set_metadata(result, QUANTIZED_KEY, __version__)
     try:
-        onnx.checker.check_model(result)
+        onnx.checker.check_model(checkable_file(result, workspace))
     except onnx.checker.ValidationError as e:
+        # The input's own fault (a model edited after optimize_model) is the
+        # user's to fix, not a bug of onnxquant.
+        check_with_onnx_checker(checkable_file(work, workspace), "The model given to quantize")
         raise InternalError(
             f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
             "a bug in onnxquant, please report it with the model.") from e
+    runtime, note = _runtime_of(result) if return_report else (None, "")
+    materialize(result)
     if not return_report:
         return result
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
     runtime, note = _runtime_of(result)
-    return result, QuantizationReport.from_native(
+    report = QuantizationReport.from_native(
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
+    if fixed:
+        report = replace(report, notes=(*report.notes, fixed))
+    return result, report
+
+
+def _fixed_inputs_note(model: onnx.ModelProto) -> str:
+    """The note on inputs whose dynamic dims optimize_model fixed, or ""."""
+    from onnxquant.optimize import FIXED_INPUTS_KEY, fixed_inputs_message
+
+    text = get_metadata(model, FIXED_INPUTS_KEY)
+    if not text:
+        return ""
+    try:
+        return fixed_inputs_message(json.loads(text))
+    except (ValueError, TypeError, KeyError, AttributeError):
+        return f"optimize_model fixed dynamic input dims: {text}"
+
+
+# The options that change which tensors the plan calibrates.
+_PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
+                 "quantize_activation_matmul", "quantize_silu")
+
+
+def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
+                            ranges: Mapping[str, tuple[float, float]],
+                            calibrator: Calibrator | None) -> None:
+    """Raises when the plan for ``options`` calibrates a tensor ``ranges``
+    lacks: InvalidArgumentError naming the options that differ from the
+    calibrator's, when they do; RangeMissingError naming the tensor otherwise."""
+    missing = _missing_ranges(data, dtypes, options.to_native(), ranges)
+    if not missing:
+        return
+    more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+    if calibrator is not None:
+        theirs = calibrator.options
+        differ = [f for f in _PLAN_OPTIONS if getattr(theirs, f) != getattr(options, f)]
+        if differ:
+            pairs = "; ".join(f"{f}={getattr(options, f)!r} here, {getattr(theirs, f)!r} in "
+                              "the Calibrator" for f in differ)
+            raise InvalidArgumentError(
+                f"quantize's options differ from the Calibrator's in {', '.join(differ)} "
+                f"({pairs}), and with them the plan needs tensor '{missing[0]}'{more}, "
+                "which the Calibrator did not observe. Pass the same options to both "
+                "(Calibrator(..., options=opts) and quantize(..., options=opts)), or "
+                "build the Calibrator with collect='all' so that any options work after "
+                "it.")
+    raise RangeMissingError(
+        f"No range for planned tensor '{missing[0]}'{more}. Pass every range "
+        "Calibrator.compute_range() returns, from a Calibrator built with the same "
+        "options as quantize (or with collect='all'), and pass that Calibrator as "
+        "calibrator= so that quantize can tell which options differ.")
+
+
+def _missing_ranges(data: bytes, dtypes: Mapping[str, int], native: _core.QuantOptions,
+                    ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    """The tensors the plan for ``native`` calibrates that ``ranges`` lacks."""
+    planned = _core.make_plan(data, dict(dtypes), native)["calibrated"]
+    return [t for t in planned if t not in ranges]
+
+
+def _require_float_remedy_ranges(data: bytes, dtypes: Mapping[str, int],
+                                 native: _core.QuantOptions,
+                                 ranges: Mapping[str, tuple[float, float]],
+                                 remedies: Mapping[str, str]) -> None:
+    """Raises InvalidArgumentError when keeping the ``"float"`` remedy's nodes
+    float plans a tensor without a range (the output of a node whose Relu the
+    plan had absorbed, for one)."""
+    missing = _missing_ranges(data, dtypes, native, ranges)
+    if missing:
+        nodes = sorted(n for n, r in remedies.items() if r == "float")
+        raise InvalidArgumentError(
+            f"kernel_remedy='float' keeps {', '.join(map(repr, nodes))} float, and then "
+            f"the plan needs a range for tensor '{missing[0]}', which the ranges lack "
+            "(it was not calibrated under the plan without that remedy). Build the "
+            "Calibrator with collect='all', or choose another kernel_remedy.")
 
 
 def _runtime_of(model: onnx.ModelProto):

@@ -36,7 +36,6 @@ depend on the CPU; the graph read back is the one this machine would run.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -44,7 +43,8 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto
 
-from onnxquant._model import ModelLike, load_model, model_to_bytes
+from onnxquant._model import ModelLike, load_skeleton
+from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, ort_session
 
 __all__ = ["FloatIsland", "RuntimeGraph", "inspect_runtime_graph", "optimized_graph"]
 
@@ -168,7 +168,9 @@ def optimized_graph(model: ModelLike, *, level: str = "all") -> onnx.ModelProto:
     """The graph ONNX Runtime's CPU provider runs for ``model`` (a
     ``ModelProto``, bytes or a path) at optimization level ``level``
     (``"all"``, the session default, or ``"extended"``), as it saves it with
-    ``SessionOptions.optimized_model_filepath``.
+    ``SessionOptions.optimized_model_filepath``. It is the graph, not the
+    weights: initializers of 1 KiB or more are external-data references to a
+    file that no longer exists.
 
     Raises:
         InvalidArgumentError: an unknown ``level``.
@@ -180,16 +182,23 @@ def optimized_graph(model: ModelLike, *, level: str = "all") -> onnx.ModelProto:
     if level not in LEVELS:
         raise InvalidArgumentError(
             f"Unknown optimization level {level!r}: use one of {sorted(LEVELS)}.")
-    data = model_to_bytes(load_model(model))
-    with tempfile.TemporaryDirectory(prefix="onnxquant_ort_") as tmp:
-        path = os.path.join(tmp, "optimized.onnx")
+    # The weights travel beside the graph (onnxquant._payloads), both into
+    # ONNX Runtime and back out of it, so that models past 2 GB work too.
+    with Workspace() as workspace:
+        skeleton = load_skeleton(model, workspace, fingerprint=False).model
+        path = os.path.join(workspace.path, "optimized.onnx")
         so = ort.SessionOptions()
         so.graph_optimization_level = LEVELS[level]
         so.optimized_model_filepath = path
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_file_name", "optimized.data")
+        so.add_session_config_entry(
+            "session.optimized_model_external_initializers_min_size_in_bytes",
+            str(PAYLOAD_THRESHOLD))
         so.intra_op_num_threads = 1
         so.log_severity_level = 3  # ORT warns that level "all" is CPU-specific
-        ort.InferenceSession(data, so, providers=["CPUExecutionProvider"])
-        return onnx.load(path)
+        ort_session(skeleton, workspace, so, None)
+        return onnx.load(path, load_external_data=False)
 
 
 def inspect_runtime_graph(model: ModelLike, *, level: str = "all") -> RuntimeGraph:

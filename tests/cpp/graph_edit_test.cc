@@ -83,6 +83,73 @@ TEST(GraphEdit, BypassDefersNodesSharingATensor) {
   EXPECT_EQ(g->node(1).input(0), "a");
 }
 
+TEST(GraphEdit, BypassRemovesNodesSharingOnlyTheirInputTogether) {
+  // Three Identity nodes read one initializer (what torch's exporter writes
+  // for shared weights): all go in one call, each reader reads W.
+  GraphBuilder b;
+  b.Input("x", {2}).Output("y", {2});
+  b.Initializer("W", {2}, {1.f, 2.f});
+  b.Node("Identity", {"W"}, {"w0"});
+  b.Node("Identity", {"W"}, {"w1"});
+  b.Node("Identity", {"W"}, {"w2"});
+  b.Node("Add", {"x", "w0"}, {"a"});
+  b.Node("Mul", {"a", "w1"}, {"m"});
+  b.Node("Sub", {"m", "w2"}, {"y"});
+  pb::GraphProto* g = b.model().mutable_graph();
+  EXPECT_TRUE(BypassNodes({0, 1, 2}, g));
+  EXPECT_EQ(OpTypes(b.model()), (Strings{"Add", "Mul", "Sub"}));
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(g->node(i).input(1), "W");
+  EXPECT_FALSE(BypassNodes({}, g));
+}
+
+TEST(GraphEdit, BypassDefersARenameOfASharedInput) {
+  // Identity(a) -> y (a graph output) renames a's producer; the other
+  // Identity reading a must wait, then reads y.
+  GraphBuilder b;
+  b.Input("x", {1}).Output("y", {1}).Output("z", {1});
+  b.Node("Relu", {"x"}, {"a"});
+  b.Node("Identity", {"a"}, {"y"});
+  b.Node("Identity", {"a"}, {"b"});
+  b.Node("Neg", {"b"}, {"z"});
+  pb::GraphProto* g = b.model().mutable_graph();
+  EXPECT_TRUE(BypassNodes({1, 2}, g));
+  EXPECT_EQ(OpTypes(b.model()), (Strings{"Relu", "Identity", "Neg"}));
+  EXPECT_EQ(g->node(0).output(0), "y");
+  EXPECT_EQ(g->node(1).input(0), "y");
+  EXPECT_TRUE(BypassNodes({1}, g));
+  EXPECT_EQ(OpTypes(b.model()), (Strings{"Relu", "Neg"}));
+  EXPECT_EQ(g->node(1).input(0), "y");
+}
+
+TEST(GraphEdit, BypassTakesEveryOtherLinkOfAChain) {
+  // x -> Relu -> t0 -> Identity -> t1 -> ... -> t8 -> Neg -> y: each call
+  // removes at least half of the Identity nodes left.
+  GraphBuilder b;
+  b.Input("x", {1}).Output("y", {1});
+  b.Node("Relu", {"x"}, {"t0"});
+  for (int k = 0; k < 8; ++k) {
+    b.Node("Identity", {"t" + std::to_string(k)},
+           {"t" + std::to_string(k + 1)});
+  }
+  b.Node("Neg", {"t8"}, {"y"});
+  pb::GraphProto* g = b.model().mutable_graph();
+  std::vector<int> left = {1, 2, 3, 4, 5, 6, 7, 8};
+  int calls = 0;
+  while (!left.empty()) {
+    ASSERT_TRUE(BypassNodes(left, g));
+    ++calls;
+    const size_t before = left.size();
+    left.clear();
+    for (int i = 0; i < g->node_size(); ++i) {
+      if (g->node(i).op_type() == "Identity") left.push_back(i);
+    }
+    EXPECT_LE(left.size(), before / 2);
+  }
+  EXPECT_LE(calls, 4);
+  EXPECT_EQ(OpTypes(b.model()), (Strings{"Relu", "Neg"}));
+  EXPECT_EQ(g->node(1).input(0), "t0");
+}
+
 TEST(GraphEdit, BypassKeepsANodeWithAUsedSecondOutput) {
   GraphBuilder b;
   b.Input("x", {1}).Output("y", {1}).Output("m", {1});

@@ -5,6 +5,8 @@
 #include <set>
 
 #include "graph_builder.h"
+#include "onnxquant/error.h"
+#include "onnxquant/tensor_util.h"
 
 namespace onnxquant {
 namespace {
@@ -166,6 +168,88 @@ TEST(GraphIndex, BodyInputsShadowNothing) {
   EXPECT_TRUE(index.Consumers("v").empty());
 }
 
+TEST(GraphIndex, NodeNamedFindsTheFirstOfAName) {
+  GraphBuilder g;
+  g.Input("x", {1}).Output("z", {1});
+  g.Node("Relu", {"x"}, {"y"}, "twice");
+  g.Node("Neg", {"y"}, {"z"}, "twice");
+  const pb::ModelProto m = g.Build();
+  GraphIndex index(m.graph());
+  EXPECT_EQ(index.NodeNamed("twice"), 0);
+  EXPECT_EQ(index.NodeNamed("nope"), -1);
+}
+
+// Producers and consumers of every tensor name in `names`, as a rebuilt
+// snapshot index of the same graph sees them.
+void ExpectSameAsRebuilt(const GraphIndex& edited, const pb::GraphProto& g,
+                         const std::vector<std::string>& names) {
+  GraphIndex fresh(g);
+  for (const auto& name : names) {
+    EXPECT_EQ(edited.Producer(name), fresh.Producer(name)) << name;
+    EXPECT_EQ(edited.Consumers(name), fresh.Consumers(name)) << name;
+    EXPECT_EQ(edited.Initializer(name) == nullptr,
+              fresh.Initializer(name) == nullptr)
+        << name;
+  }
+}
+
+TEST(GraphIndex, EditsKeepTheIndexCurrent) {
+  pb::ModelProto m = Diamond();
+  pb::GraphProto* g = m.mutable_graph();
+  GraphIndex index(g);
+  // Mul(b, b): one slot moves to a, b is still read by it.
+  index.SetInput(3, 0, "a");
+  EXPECT_EQ(g->node(3).input(0), "a");
+  EXPECT_EQ(index.Consumers("a"), (std::vector<int>{1, 2, 3}));
+  EXPECT_EQ(index.Consumers("b"), (std::vector<int>{2, 3}));
+  // The other slot too: Mul no longer reads b.
+  index.ReplaceInput(3, "b", "x");
+  EXPECT_EQ(index.Consumers("b"), (std::vector<int>{2}));
+  EXPECT_EQ(index.Consumers("x"), (std::vector<int>{0, 3}));
+  // Conv writes a new name: a has no producer any more.
+  index.SetOutput(0, 0, "a_float");
+  EXPECT_EQ(index.Producer("a_float"), 0);
+  EXPECT_EQ(index.Producer("a"), -1);
+  const pb::TensorProto* w2 =
+      index.AddInitializer(FloatTensor("W2", {1, 1, 1, 1}, {3.f}));
+  EXPECT_EQ(index.Initializer("W2"), w2);
+  EXPECT_EQ(g->initializer_size(), 2);
+  index.SetInput(0, 1, "W2");
+  EXPECT_TRUE(index.Consumers("W").empty());
+  EXPECT_EQ(index.Consumers("W2"), (std::vector<int>{0}));
+  ExpectSameAsRebuilt(index, *g,
+                      {"x", "W", "W2", "a", "a_float", "b", "c", "d"});
+}
+
+TEST(GraphIndex, ABodyReadKeepsANodeAConsumer) {
+  // If(cond) reads x directly and in its then-branch: renaming the direct
+  // input leaves it a consumer of x.
+  GraphBuilder g;
+  g.Input("x", {2}).Input("cond", {}, pb::TensorProto::BOOL);
+  g.Output("r", {2});
+  pb::NodeProto* iff = g.Node("If", {"cond"}, {"r"}, "if");
+  iff->add_input("x");  // not a real If signature; enough for the index
+  GraphBuilder::GraphAttr(iff, "then_branch", Branch("x", "t_out"));
+  GraphBuilder::GraphAttr(iff, "else_branch", Branch("cond", "e_out"));
+  pb::ModelProto m = g.Build();
+  GraphIndex index(m.mutable_graph());
+  index.SetInput(0, 1, "");
+  EXPECT_EQ(index.Consumers("x"), (std::vector<int>{0}));
+  ExpectSameAsRebuilt(index, m.graph(), {"x", "cond", "r"});
+}
+
+TEST(GraphIndex, EditsOnASnapshotAreAnInternalError) {
+  const pb::ModelProto m = Diamond();
+  GraphIndex index(m.graph());
+  try {
+    index.SetInput(1, 0, "x");
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::kInternal);
+  }
+  EXPECT_EQ(m.graph().node(1).input(0), "a");
+}
+
 TEST(NameAllocator, FreeNameIsReturnedAsIs) {
   const pb::ModelProto m = Diamond();
   NameAllocator names(m.graph());
@@ -205,6 +289,20 @@ TEST(NameAllocator, AvoidsNamesInsideSubgraphs) {
   EXPECT_EQ(names.Make("t_out"), "t_out_1");
   EXPECT_EQ(names.Make("e_out"), "e_out_1");
   EXPECT_EQ(names.Make("id_t_out"), "id_t_out_1");
+}
+
+TEST(NameAllocator, RepeatedBasesCountOnSkippingTakenNames) {
+  GraphBuilder g;
+  g.Input("w_1", {1}).Output("w_3", {1});
+  g.Node("Neg", {"w_1"}, {"w_3"}, "neg");
+  const pb::ModelProto m = g.Build();
+  NameAllocator names(m.graph());
+  std::vector<std::string> got;
+  for (int k = 0; k < 5; ++k) got.push_back(names.Make("w"));
+  EXPECT_EQ(got, (std::vector<std::string>{"w", "w_2", "w_4", "w_5", "w_6"}));
+  EXPECT_EQ(names.Make("w_2"), "w_2_1");
+  EXPECT_EQ(names.Make("w_7"), "w_7");
+  EXPECT_EQ(names.Make("w"), "w_8");
 }
 
 TEST(NameAllocator, ManyNamesAreDistinct) {

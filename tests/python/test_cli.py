@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx.parser
 import pytest
 
@@ -168,3 +169,116 @@ def test_module_entry_point_prints_no_traceback(files):
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("onnxquant: error:")
+
+
+def test_output_equal_to_an_input_is_refused(files, capsys):
+    folder, model, data = files
+    with open(model, "rb") as f:
+        before = f.read()
+    for args in (["-o", model], ["-o", str(folder / "q.onnx"), "--report-json", model],
+                 ["-o", data]):
+        code = main(["quantize", model, "--calibration-data", data, "-q", *args])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert re.search(r"onnxquant: error: (-o|--report-json) '.*' is an input \(the "
+                         r"model, one of its data files or the calibration data\)", err), err
+    q = str(folder / "q.onnx")
+    assert main(["quantize", model, "--calibration-data", data, "-q", "-o", q,
+                 "--report-json", q]) == 2
+    assert "--report-json '" in capsys.readouterr().err
+    with open(model, "rb") as f:
+        assert f.read() == before
+    assert sorted(os.listdir(folder)) == ["cal.npz", "cnn.onnx"]  # nothing written
+
+
+def _matmul_model(width: int, layers: int, seed: int = 0) -> onnx.ModelProto:
+    """MatMul + Relu blocks on [N, width] (opset 13), weights drawn at random."""
+    rng = np.random.default_rng(seed)
+    nodes = "\n".join(f"    m{i} = MatMul(r{i - 1}, w{i})\n    r{i} = Relu(m{i})"
+                      for i in range(1, layers + 1))
+    model = onnx.parser.parse_model(
+        f"<ir_version: 8, opset_import: [\"\" : 13]>\nm (float[N, {width}] r0) => "
+        f"(float[N, {width}] r{layers}) {{\n{nodes}\n}}")
+    for i in range(1, layers + 1):
+        model.graph.initializer.append(onnx.numpy_helper.from_array(
+            (rng.standard_normal((width, width)) / np.sqrt(width)).astype(np.float32), f"w{i}"))
+    return model
+
+
+def test_external_data_in_gives_external_data_out(tmp_path, capsys):
+    model = tmp_path / "mlp.onnx"
+    onnx.save(_matmul_model(64, 2), model, save_as_external_data=True, location="mlp.weights",
+              size_threshold=1024)
+    data = tmp_path / "cal.npz"
+    np.savez(data, r0=np.random.default_rng(1).standard_normal((20, 64)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(model), "-o", str(out), "--calibration-data", str(data),
+                 "-q"]) == 0
+    assert sorted(os.listdir(tmp_path)) == ["cal.npz", "mlp.onnx", "mlp.weights", "q.onnx",
+                                           "q.onnx.data"]
+    bare = onnx.load(str(out), load_external_data=False)
+    external = [t.name for t in bare.graph.initializer
+                if t.data_location == onnx.TensorProto.EXTERNAL]
+    assert sorted(external) == ["w1_quantized", "w2_quantized"]
+    onnx.checker.check_model(str(out), full_check=True)
+
+
+def test_report_json_is_written_whole_or_not_at_all(files, capsys, monkeypatch):
+    folder, model, data = files
+    report = folder / "report.json"
+    report.write_text("old")
+    import onnxquant.report
+
+    def broken(self):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(onnxquant.report.QuantizationReport, "to_dict", broken)
+    code = main(["quantize", model, "-o", str(folder / "q.onnx"), "--calibration-data", data,
+                 "-q", "--report-json", str(report)])
+    assert code == 2
+    assert report.read_text() == "old"
+    assert not [n for n in os.listdir(folder) if n.startswith(".onnxquant-")]
+
+
+_KILLABLE = """
+import sys
+import onnxquant._payloads
+onnxquant._payloads.LARGE_MODEL_BYTES = 1  # keep the calibrator's files while it runs
+from onnxquant.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_sigterm_leaves_no_temporary_file(tmp_path):
+    """SIGTERM in the middle of calibration: exit status 143, no output, and
+    the calibrator's temporary directory removed."""
+    import signal
+
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    rng = np.random.default_rng(0)
+    width = 256
+    model = _matmul_model(width, 4)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    data = tmp_path / "cal.npz"
+    np.savez(data, r0=rng.standard_normal((20000, width)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    process = subprocess.Popen(
+        [sys.executable, "-c", _KILLABLE, "quantize", str(path), "-o", str(out),
+         "--calibration-data", str(data), "--batch-size", "1", "-q"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "TMPDIR": str(temp)})
+    for line in process.stderr:
+        if line.startswith("calibrate"):  # the calibrator exists: 20 000 runs ahead
+            break
+    assert [n for n in os.listdir(temp) if n.startswith("onnxquant-")], \
+        "the calibrator holds no temporary files to remove"
+    process.send_signal(signal.SIGTERM)
+    rest = process.stderr.read()
+    process.stderr.close()
+    assert process.wait(timeout=60) == 128 + signal.SIGTERM
+    assert "stopped by signal 15; no partial file left" in rest
+    # ONNX Runtime keeps a session id file ('.ses') there: not onnxquant's.
+    assert [n for n in os.listdir(temp) if n != ".ses"] == []
+    assert not out.exists()
+    assert not [n for n in os.listdir(tmp_path) if n.startswith(".onnxquant-")]

@@ -6,6 +6,7 @@ import io
 import os
 
 import numpy as np
+import onnx
 import pytest
 
 import onnxquant as oq
@@ -122,6 +123,13 @@ def test_wrong_shape(tmp_path, fixed_batch):
         load_samples(path, fixed_batch)
 
 
+def test_empty_sample_file_is_refused_naming_the_key(tmp_path, fixed_batch):
+    path = _write(tmp_path / "d.npz", image=np.ones((0, 1, 4, 4), np.float32))
+    with pytest.raises(oq.CalibrationDataError,
+                       match=r"'.*d\.npz', key 'image' holds no values \(shape \[0, 1, 4, 4\]\)"):
+        load_samples(path, fixed_batch)
+
+
 # ---------------------------------------------------------------------------
 # convert_zoo
 # ---------------------------------------------------------------------------
@@ -139,6 +147,20 @@ def test_convert_hwc_images_to_nchw(tmp_path, parse_model):
         np.testing.assert_array_equal(x[4], images[4].transpose(2, 0, 1).astype(np.float32))
         np.testing.assert_array_equal(data["labels"], np.arange(6) + 10)
     assert len(load_samples(out, model)) == 6
+
+
+def test_convert_refuses_to_overwrite_its_inputs(tmp_path, parse_model):
+    model = parse_model(RGB_NCHW)
+    path = tmp_path / "m.onnx"
+    onnx.save(model, path)
+    source = _write(tmp_path / "set.npz", images=np.zeros((2, 2, 3, 3), np.uint8))
+    before = (path.read_bytes(), (tmp_path / "set.npz").read_bytes())
+    for output in (source, path):
+        with pytest.raises(oq.InvalidArgumentError,
+                           match=r"Refusing to write '.*': it is an input \(the image set or "
+                                 r"the model\)"):
+            convert_zoo(source, str(path), output)
+    assert (path.read_bytes(), (tmp_path / "set.npz").read_bytes()) == before
 
 
 def test_convert_random_subset_is_reproducible(tmp_path, parse_model):

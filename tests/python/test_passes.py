@@ -394,6 +394,55 @@ def test_a_per_element_gemm_bias_stays() -> None:
 
 
 # ---------------------------------------------------------------------------
+# prelu_to_leaky_relu
+
+
+def test_prelu_with_one_slope_becomes_a_leaky_relu() -> None:
+    model = _model([helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")],
+                   [_vi("x", [2, 3, 4, 4])], [_vi("y", [2, 3, 4, 4])],
+                   [_init("slope", [0.2])])
+    after = _check_pass(model, "prelu_to_leaky_relu")
+    assert _op_types(after) == ["LeakyRelu"]
+    assert [t.name for t in after.graph.initializer] == []
+
+
+def test_prelu_with_a_slope_per_channel_stays() -> None:
+    model = _model([helper.make_node("PRelu", ["x", "slope"], ["y"], name="prelu")],
+                   [_vi("x", [2, 3, 4, 4])], [_vi("y", [2, 3, 4, 4])],
+                   [_init("slope", [[[0.1]], [[0.2]], [[0.3]]])])
+    after = _check_pass(model, "prelu_to_leaky_relu", expect_changed=False)
+    assert _op_types(after) == ["PRelu"]
+
+
+# ---------------------------------------------------------------------------
+# fold_pad_into_conv
+
+
+def _pad_conv(pads, mode: str = "constant") -> onnx.ModelProto:
+    rng = np.random.default_rng(12)
+    return _model([helper.make_node("Pad", ["x", "pads"], ["p"], name="pad", mode=mode),
+                   helper.make_node("Conv", ["p", "W"], ["y"], name="conv", pads=[1, 0, 0, 1])],
+                  [_vi("x", [2, 3, 6, 6])], [_vi("y", None)],
+                  [numpy_helper.from_array(np.asarray(pads, dtype=np.int64), "pads"),
+                   _init("W", rng.standard_normal((4, 3, 3, 3)))])
+
+
+def test_a_zero_pad_before_a_conv_is_folded_into_it() -> None:
+    model = _pad_conv([0, 0, 2, 1, 0, 0, 0, 3])
+    model.graph.output[0].CopyFrom(_vi("y", [2, 4, 7, 9]))
+    after = _check_pass(model, "fold_pad_into_conv")
+    assert _op_types(after) == ["Conv"]
+    assert list(after.graph.node[0].attribute[0].ints) == [3, 1, 0, 4]
+
+
+def test_a_reflect_pad_stays() -> None:
+    model = _pad_conv([0, 0, 1, 1, 0, 0, 1, 1], mode="reflect")
+    model.graph.output[0].CopyFrom(_vi("y", [2, 4, 7, 7]))
+    after = _check_pass(model, "fold_pad_into_conv", expect_changed=False)
+    assert _op_types(after) == ["Pad", "Conv"]
+
+
+# ---------------------------------------------------------------------------
 # fold_constant_transpose
 
 
@@ -518,26 +567,29 @@ def test_all_passes_in_their_default_order() -> None:
                 "Constant", [], ["w"], value=_init("", rng.standard_normal((4, 3, 1, 1)))
             ),
             helper.make_node("Identity", ["x"], ["xi"]),
-            helper.make_node("Conv", ["xi", "w"], ["c"], name="conv"),
+            helper.make_node("Pad", ["xi", "pads"], ["xp"]),
+            helper.make_node("Conv", ["xp", "w"], ["c"], name="conv"),
             helper.make_node("Dropout", ["c"], ["cd"]),
             helper.make_node("Identity", ["cd"], ["ci"]),
             _bn("ci", "n"),
             helper.make_node("Identity", ["n"], ["ni"]),
             helper.make_node("ReduceMean", ["ni"], ["m"], axes=[2, 3], keepdims=0),
             helper.make_node("Transpose", ["fc_t"], ["fc"]),
-            helper.make_node("Gemm", ["m", "fc", "fc_b"], ["y"]),
+            helper.make_node("Gemm", ["m", "fc", "fc_b"], ["g"]),
+            helper.make_node("PRelu", ["g", "slope"], ["y"]),
         ],
         [_vi("x", [1, 3, 4, 4]), _vi("bn_var", [4])],
         [_vi("y", [1, 3])],
         [*_bn_params("bn", 4, rng), _init("fc_t", rng.standard_normal((3, 4))),
-         _init("fc_b", rng.standard_normal((1, 3)))],
+         _init("fc_b", rng.standard_normal((1, 3))), _init("slope", [0.3]),
+         numpy_helper.from_array(np.asarray([0, 0, 1, 1, 0, 0, 1, 1], np.int64), "pads")],
         opset=13,
     )
-    model.graph.value_info.append(_vi("n", [1, 4, 4, 4]))  # Identity removal drops "ni"'s
+    model.graph.value_info.append(_vi("n", [1, 4, 6, 6]))  # Identity removal drops "ni"'s
     names = _core.pass_names()
     after, changed = _apply(model, *names)
     assert set(changed) == set(names)
-    assert _op_types(after) == ["Conv", "GlobalAveragePool", "Squeeze", "Gemm"]
+    assert _op_types(after) == ["Conv", "GlobalAveragePool", "Squeeze", "Gemm", "LeakyRelu"]
     assert list(after.graph.node[0].input[:1]) == ["x"]
     assert after.graph.node[-1].output[0] == "y"
     onnx.checker.check_model(after, full_check=True)

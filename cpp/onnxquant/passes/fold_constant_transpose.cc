@@ -85,7 +85,7 @@ bool FoldConstantTranspose(pb::ModelProto& model) {
       const pb::TensorProto* t = index.Initializer(in);
       if (t == nullptr || index.IsGraphInput(in) ||
           t->data_type() != pb::TensorProto::FLOAT ||
-          t->data_location() == pb::TensorProto::EXTERNAL ||
+          !PayloadReadable(*t) ||
           index.IsGraphOutput(node.output(0))) {
         continue;
       }

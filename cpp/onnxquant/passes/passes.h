@@ -27,6 +27,11 @@ bool FoldConstantTranspose(pb::ModelProto& model);
 // Rewrites a ReduceMean over axes {2, 3} of a known 4-D float tensor as
 // GlobalAveragePool (then Squeeze where keepdims = 0).
 bool ReduceMeanToGlobalAveragePool(pb::ModelProto& model);
+// Rewrites a PRelu whose slope is one float constant as LeakyRelu(alpha).
+bool PreluToLeakyRelu(pb::ModelProto& model);
+// Folds a constant-0 Pad of the spatial axes that only a Conv reads into
+// the Conv's pads.
+bool FoldPadIntoConv(pb::ModelProto& model);
 
 }  // namespace onnxquant::passes
 

@@ -24,6 +24,7 @@
 // keep their names. An axes initializer nothing else reads is removed.
 #include <algorithm>
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
@@ -38,25 +39,29 @@ namespace {
 constexpr int kAxesAsInputOpset = 18;     // ReduceMean-18 takes axes as input
 constexpr int kSqueezeAxesInputOpset = 13;  // Squeeze-13 likewise
 
-// The first ValueInfo entry for `name` that has a shape, or nullptr.
-const pb::ValueInfoProto* ShapedValueInfo(const pb::GraphProto& graph,
-                                          const std::string& name) {
+// Tensor name -> its first ValueInfo entry that has a shape, searching
+// graph.input, then graph.value_info, then graph.output.
+using ShapedValueInfos =
+    std::unordered_map<std::string, const pb::ValueInfoProto*>;
+
+ShapedValueInfos CollectShapedValueInfos(const pb::GraphProto& graph) {
+  ShapedValueInfos shaped;
   for (const auto* list :
        {&graph.input(), &graph.value_info(), &graph.output()}) {
     for (const pb::ValueInfoProto& v : *list) {
-      if (v.name() == name && v.type().has_tensor_type() &&
-          v.type().tensor_type().has_shape()) {
-        return &v;
+      if (v.type().has_tensor_type() && v.type().tensor_type().has_shape()) {
+        shaped.emplace(v.name(), &v);  // keeps the first
       }
     }
   }
-  return nullptr;
+  return shaped;
 }
 
 // True when `name` is declared a 4-D tensor of a type GlobalAveragePool takes.
-bool Is4DFloat(const pb::GraphProto& graph, const std::string& name) {
-  const pb::ValueInfoProto* v = ShapedValueInfo(graph, name);
-  if (v == nullptr) return false;
+bool Is4DFloat(const ShapedValueInfos& shaped, const std::string& name) {
+  auto it = shaped.find(name);
+  if (it == shaped.end()) return false;
+  const pb::ValueInfoProto* v = it->second;
   const auto& tensor = v->type().tensor_type();
   const int type = tensor.elem_type();
   return tensor.shape().dim_size() == 4 &&
@@ -77,7 +82,7 @@ std::vector<int64_t> ConstantAxes(const GraphIndex& index,
   const pb::TensorProto* axes = index.Initializer(node.input(1));
   if (axes == nullptr || index.IsGraphInput(node.input(1)) ||
       axes->data_type() != pb::TensorProto::INT64 ||
-      axes->data_location() == pb::TensorProto::EXTERNAL) {
+      !PayloadReadable(*axes)) {
     return {};
   }
   return ToInt64s(*axes);
@@ -85,11 +90,12 @@ std::vector<int64_t> ConstantAxes(const GraphIndex& index,
 
 // True when the ReduceMean at `i` averages exactly the spatial axes of a
 // known 4-D float tensor.
-bool Matches(const GraphIndex& index, int i, int opset) {
+bool Matches(const GraphIndex& index, const ShapedValueInfos& shaped, int i,
+             int opset) {
   const pb::NodeProto& node = index.graph().node(i);
   if (!IsOnnxOp(node, "ReduceMean") || node.input_size() < 1 ||
       node.input(0).empty() || node.output_size() != 1 ||
-      node.output(0).empty() || !Is4DFloat(index.graph(), node.input(0))) {
+      node.output(0).empty() || !Is4DFloat(shaped, node.input(0))) {
     return false;
   }
   std::vector<int64_t> axes = ConstantAxes(index, node, opset);
@@ -118,8 +124,9 @@ bool ReduceMeanToGlobalAveragePool(pb::ModelProto& model) {
   bool any = false;
   {
     GraphIndex index(*graph);
+    const ShapedValueInfos shaped = CollectShapedValueInfos(*graph);
     for (int i = 0; i < graph->node_size(); ++i) {
-      matched[i] = Matches(index, i, opset);
+      matched[i] = Matches(index, shaped, i, opset);
       any = any || matched[i];
     }
   }
