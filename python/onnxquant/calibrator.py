@@ -26,6 +26,7 @@ from onnxquant.errors import (
     InvalidArgumentError,
     OnnxQuantError,
     UnsupportedModelError,
+    first_line,
 )
 from onnxquant.quantize import QuantOptions, require_normalized
 from onnxquant.report import CalibrationReport, NonFiniteCount
@@ -384,7 +385,7 @@ class Calibrator:
         except OnnxQuantError:
             raise
         except Exception as e:  # ORT's errors derive from Exception only
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            first = first_line(e)
             raise UnsupportedModelError(
                 f"ONNX Runtime cannot load the model to calibrate it ({first}). Pass "
                 "the model optimize_model returned, and check that ONNX Runtime runs "

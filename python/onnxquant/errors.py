@@ -53,3 +53,10 @@ class QemuError(OnnxQuantError, RuntimeError):
 
 class InternalError(OnnxQuantError, RuntimeError):
     """A broken invariant inside onnxquant: please report it as a bug."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (a foreign library's errors
+    can run to many lines), or its type name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -28,7 +28,7 @@ import numpy as np
 import onnx
 
 from onnxquant import _core
-from onnxquant.errors import OnnxQuantError
+from onnxquant.errors import OnnxQuantError, first_line
 
 __all__ = ["KernelCheck", "KernelCheckResult", "check_kernels", "choose_remedies"]
 
@@ -224,7 +224,7 @@ def _own_session(data: bytes, names: list[str], types: Mapping[str, int],
     except Exception as e:  # ORT's errors derive from Exception only
         from onnxquant.errors import UnsupportedModelError
 
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UnsupportedModelError(
             f"ONNX Runtime cannot load the model to replay the kernel-check samples "
             f"({first}); pass target='exact' to skip the check.") from e
