@@ -149,6 +149,12 @@ std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
                                   float input_scale,
                                   const std::vector<float>& weight_scales,
                                   std::vector<float>* bias_scales) {
+  if (weight_scales.size() != 1 && weight_scales.size() != bias.size()) {
+    throw InvalidArgument("a bias of " + std::to_string(bias.size()) +
+                          " values for " +
+                          std::to_string(weight_scales.size()) +
+                          " weight scales");
+  }
   std::vector<int32_t> q(bias.size());
   bias_scales->assign(bias.size(), 0.f);
   for (size_t c = 0; c < bias.size(); ++c) {

@@ -10,6 +10,7 @@
 #include "onnxquant/graph_index.h"
 #include "onnxquant/node_weights.h"
 #include "onnxquant/tensor_util.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 namespace {
@@ -379,6 +380,7 @@ QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
 
 void ExposeTensors(pb::ModelProto& model, const std::vector<std::string>& names,
                    const DtypeMap& dtypes) {
+  ValidateModel(model);
   auto* graph = model.mutable_graph();
   GraphIndex index(*graph);
   std::unordered_set<std::string> outputs;

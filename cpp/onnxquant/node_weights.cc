@@ -27,6 +27,13 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
   }
   out.dims = Dims(*winit);
   const std::vector<float> w = ToFloats(*winit);
+  if (q.weight_axis >= static_cast<int>(out.dims.size())) {
+    throw ModelError("The weight '" + out.weight_name + "' of node '" +
+                     node.name() + "' (" + node.op_type() + ") has rank " +
+                     std::to_string(out.dims.size()) +
+                     ", too low for a per-channel axis " +
+                     std::to_string(q.weight_axis) + ".");
+  }
   const size_t channels = q.weight_axis >= 0 ? out.dims[q.weight_axis] : 1;
   if (q.bias_input >= 0) {
     const auto* binit = index.Initializer(node.input(q.bias_input));
@@ -34,6 +41,13 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
       throw InternalError("bias of node '" + node.name() + "' vanished");
     }
     out.bias = ToFloats(*binit);
+    if (q.weight_axis >= 0 && out.bias.size() != channels &&
+        out.bias.size() != 1) {
+      throw ModelError("The bias '" + binit->name() + "' of node '" +
+                       node.name() + "' (" + node.op_type() + ") has " +
+                       std::to_string(out.bias.size()) + " values for " +
+                       std::to_string(channels) + " output channels.");
+    }
   }
   std::vector<float> min_scales;
   if (!out.bias.empty()) {

@@ -2,6 +2,7 @@
 
 #include "onnxquant/error.h"
 #include "onnxquant/passes/passes.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 
@@ -46,6 +47,7 @@ const Pass& FindPass(std::string_view name) {
 std::vector<std::string> RunPasses(pb::ModelProto& model,
                                    const std::vector<std::string>& names) {
   constexpr int kMaxRounds = 1000;
+  ValidateModel(model);
   std::vector<std::string> changed;
   for (const auto& name : names) {
     const Pass& pass = FindPass(name);

@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "onnxquant/error.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 namespace {
@@ -82,9 +83,7 @@ pb::TensorProto MakeRaw(const std::string& name,
 }  // namespace
 
 int64_t NumElements(const std::vector<int64_t>& dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
+  return CheckedNumElements(dims, "A tensor");
 }
 
 std::vector<int64_t> Dims(const pb::TensorProto& tensor) {
@@ -93,7 +92,8 @@ std::vector<int64_t> Dims(const pb::TensorProto& tensor) {
 
 std::vector<float> ToFloats(const pb::TensorProto& t) {
   CheckNotExternal(t);
-  const int64_t n = NumElements(Dims(t));
+  const int64_t n =
+      CheckedNumElements(Dims(t), "Initializer '" + t.name() + "'");
   switch (t.data_type()) {
     case pb::TensorProto::FLOAT: {
       if (t.has_raw_data()) return FromRaw<float>(t, n);
@@ -132,7 +132,8 @@ std::vector<float> ToFloats(const pb::TensorProto& t) {
 
 std::vector<int64_t> ToInt64s(const pb::TensorProto& t) {
   CheckNotExternal(t);
-  const int64_t n = NumElements(Dims(t));
+  const int64_t n =
+      CheckedNumElements(Dims(t), "Initializer '" + t.name() + "'");
   switch (t.data_type()) {
     case pb::TensorProto::INT64:
       if (t.has_raw_data()) return FromRaw<int64_t>(t, n);
