@@ -8,6 +8,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zipfile
 from collections.abc import Iterable, Sequence
 
@@ -228,6 +229,9 @@ class Calibrator:
                     "bug in onnxquant, please report it with the model.")
         self._stats = _core.HistogramSet(list(self._tensors))
         self._num_samples = 0
+        # Serializes collect_data, save and merge across threads (the native
+        # statistics take their own lock too).
+        self._lock = threading.RLock()
 
     @property
     def method(self) -> CalibrationMethod:
@@ -276,6 +280,11 @@ class Calibrator:
         read one at a time; memory does not grow with their number.
         ``progress`` (default False) shows a tqdm progress bar.
 
+        Safe to call from several threads: concurrent calls on one
+        calibrator are serialized (each runs whole, one after the other), so
+        no sample is lost; ``compute_range`` from another thread meanwhile
+        sees the samples fed so far.
+
         Raises:
             CalibrationDataError: a sample with an unknown or missing input
                 name, a dtype or shape that does not fit, or NaN/Inf in an
@@ -289,13 +298,14 @@ class Calibrator:
             total = len(samples) if hasattr(samples, "__len__") else None
             bar = tqdm(total=total, unit="sample", desc="Calibrating")
         try:
-            for feed, count in batch_samples(samples, self._specs, self._batch_size,
-                                             self._num_samples):
-                self._update(feed, count)
-                self._retain(feed, count)
-                self._num_samples += count
-                if bar is not None:
-                    bar.update(count)
+            with self._lock:
+                for feed, count in batch_samples(samples, self._specs, self._batch_size,
+                                                 self._num_samples):
+                    self._update(feed, count)
+                    self._retain(feed, count)
+                    self._num_samples += count
+                    if bar is not None:
+                        bar.update(count)
         finally:
             if bar is not None:
                 bar.close()
@@ -372,14 +382,16 @@ class Calibrator:
         """Writes the collected statistics (whole or not at all), so that
         calibration can be resumed or split across processes or machines;
         :meth:`load` reads them back for the same normalised model."""
-        stats = self._stats.serialize()
-        feeds = _feeds_to_bytes(self._check_feeds)
+        with self._lock:  # one consistent state, not one mid-collect_data
+            stats = self._stats.serialize()
+            feeds = _feeds_to_bytes(self._check_feeds)
+            num_samples, check_count = self._num_samples, self._check_count
         header = json.dumps({"format": _STATE_FORMAT, "model_sha256": self._fingerprint,
                              "options": dataclasses.asdict(self._options),
                              "tensors": list(self._tensors),
-                             "num_samples": self._num_samples,
+                             "num_samples": num_samples,
                              "stats_bytes": len(stats),
-                             "kernel_check_samples": self._check_count}).encode()
+                             "kernel_check_samples": check_count}).encode()
         payload = len(header).to_bytes(8, "little") + header + stats + feeds
         write_bytes_atomic(path, payload)
 
@@ -438,10 +450,14 @@ class Calibrator:
             raise CalibrationDataError(
                 "Cannot merge calibrators of different models or options: build both from "
                 "the same normalised model and QuantOptions.")
-        self._stats.merge(other._stats)
-        self._num_samples += other._num_samples
-        for feed in other._check_feeds:
-            self._retain(feed, len(next(iter(feed.values()))) if feed else 0)
+        # Both locks, always in the same order, so that a.merge(b) and
+        # b.merge(a) in two threads cannot deadlock.
+        first, second = sorted((self, other), key=id)
+        with first._lock, second._lock:
+            self._stats.merge(other._stats)
+            self._num_samples += other._num_samples
+            for feed in list(other._check_feeds):
+                self._retain(feed, len(next(iter(feed.values()))) if feed else 0)
 
     @property
     def report(self) -> CalibrationReport:
