@@ -162,7 +162,8 @@ std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
         weight_scales.size() == 1 ? weight_scales[0] : weight_scales[c];
     const float s = input_scale * ws;  // float32, exactly as stored
     (*bias_scales)[c] = s;
-    const double v = RoundHalfEven(static_cast<double>(bias[c]) / s);
+    double v = RoundHalfEven(static_cast<double>(bias[c]) / s);
+    if (std::isnan(v)) v = 0.0;  // 0 / 0: a zero bias on an underflowed scale
     q[c] = static_cast<int32_t>(std::clamp(v, -2147483647.0, 2147483647.0));
   }
   return q;

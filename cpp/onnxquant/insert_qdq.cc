@@ -227,6 +227,13 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
     const ActivationParams p =
         ActivationQuantParams(c.min, c.max, options_.activation_type);
     const std::vector<float> v = ToFloats(*init);
+    for (float x : v) {
+      if (!std::isfinite(x)) {
+        throw ModelError("The constant operand '" + c.tensor +
+                         "' holds a non-finite value: it cannot be "
+                         "quantized. Fix the model's constants.");
+      }
+    }
     const int qmin = options_.activation_type == ActivationType::kUint8 ? 0
                                                                         : -128;
     const int qmax = qmin + 255;

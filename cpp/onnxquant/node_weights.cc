@@ -1,11 +1,32 @@
 #include "onnxquant/node_weights.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "onnxquant/error.h"
 #include "onnxquant/tensor_util.h"
 
 namespace onnxquant {
+
+namespace {
+
+// Throws Error(kModel) naming `what` of `node` when `values` holds a NaN or
+// an infinity: such a tensor has no int8 (or int32) form.
+void CheckFinite(const std::vector<float>& values, const std::string& what,
+                 const std::string& tensor, const pb::NodeProto& node) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      throw ModelError("The " + what + " '" + tensor + "' of node '" +
+                       node.name() + "' (" + node.op_type() +
+                       ") holds a non-finite value (" +
+                       std::to_string(values[i]) + " at index " +
+                       std::to_string(i) +
+                       "): it cannot be quantized. Fix the model's weights.");
+    }
+  }
+}
+
+}  // namespace
 
 const WeightRemedy& RemedyOf(const QuantOptions& options,
                              const std::string& node) {
@@ -27,6 +48,7 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
   }
   out.dims = Dims(*winit);
   const std::vector<float> w = ToFloats(*winit);
+  CheckFinite(w, "weight", out.weight_name, node);
   if (q.weight_axis >= static_cast<int>(out.dims.size())) {
     throw ModelError("The weight '" + out.weight_name + "' of node '" +
                      node.name() + "' (" + node.op_type() + ") has rank " +
@@ -41,6 +63,7 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
       throw InternalError("bias of node '" + node.name() + "' vanished");
     }
     out.bias = ToFloats(*binit);
+    CheckFinite(out.bias, "bias", binit->name(), node);
     if (q.weight_axis >= 0 && out.bias.size() != channels &&
         out.bias.size() != 1) {
       throw ModelError("The bias '" + binit->name() + "' of node '" +

@@ -31,7 +31,8 @@ const WeightRemedy& RemedyOf(const QuantOptions& options,
 // qmax). Throws InternalError when the weight initializer is missing, and
 // InvalidArgument naming the node for a remedy that does not fit it, and
 // Error(kModel) naming the node for a weight of too low a rank for its axis
-// or a bias whose length is neither 1 nor the channel count.
+// or a bias whose length is neither 1 nor the channel count, or a weight or
+// bias holding a NaN or an infinity.
 NodeWeights QuantizeNodeWeights(const GraphIndex& index,
                                 const pb::NodeProto& node,
                                 const QuantizedNode& q, float input_scale,

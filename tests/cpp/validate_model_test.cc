@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -157,6 +158,27 @@ TEST(ValidateModelTest, ConvWeightNotAMultipleOfTheGroup) {
 TEST(ValidateModelTest, ConvWeightWithAnEmptyKernel) {
   ExpectRefusedEverywhere(ConvModel("Conv", {2, 2, 0, 1}, {}).Build(),
                           "with an empty kernel (dim 2 is 0)");
+}
+
+// Found by the fuzzer: a NaN weight was cast to int8 (undefined behaviour,
+// reported by UBSan) by QuantizeWeight.
+TEST(ValidateModelTest, NonFiniteWeightOrBiasIsAModelError) {
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  const float inf = std::numeric_limits<float>::infinity();
+  for (int which = 0; which < 2; ++which) {
+    GraphBuilder g =
+        which == 0 ? ConvModel("Conv", {2, 2, 1, 1}, {1.f, nan, 0.f, 1.f})
+                   : ConvModel("Conv", {2, 2, 1, 1}, {1.f, 2.f, 0.f, 1.f}, {2},
+                               {inf, 0.f});
+    pb::ModelProto m = g.Build();
+    RangeMap ranges = {{"x", {-1.f, 1.f}}, {"y", {-2.f, 2.f}}};
+    Thrown t = Catch([&] { InsertQdq(m, g.Dtypes(), QuantOptions(), ranges); });
+    EXPECT_EQ(t.kind, ErrorKind::kModel) << t.what;
+    EXPECT_NE(t.what.find(std::string(which == 0 ? "weight 'w'" : "bias 'b'") +
+                          " of node 'conv' (Conv) holds a non-finite value"),
+              std::string::npos)
+        << t.what;
+  }
 }
 
 TEST(ValidateModelTest, NodesOutOfTopologicalOrder) {
