@@ -184,6 +184,10 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 }
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  // Also at 2^k executions (k >= 10), like libFuzzer's pulses: a run stopped
+  // by a signal exits without the atexit handler.
+  const uint64_t done = g_stage_counts[kExecuted].load();
+  if (done >= 1024 && (done & (done - 1)) == 0) PrintStages();
   try {
     Run(data, size);
   } catch (const oq::Error& e) {
