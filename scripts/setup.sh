@@ -3,14 +3,15 @@
 # build and the data need, a virtual environment in .venv, and onnxquant
 # itself built and installed into it (with the test extras). With --test it
 # also installs qemu-user: the tests run ONNX Runtime's AVX2 kernels under
-# qemu-x86_64 (the demo does not need it).
+# qemu-x86_64 (the demo does not need it); and clang-14 with its runtime
+# libraries, for the fuzz smoke (libFuzzer: -fsanitize=fuzzer, bench/fuzz.sh).
 # Usage: bash scripts/setup.sh [--test]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 debs=(g++ protobuf-compiler libprotobuf-dev libgtest-dev dataset-fashion-mnist python3-venv)
 if [ "${1:-}" = "--test" ]; then
-  debs+=(qemu-user)
+  debs+=(qemu-user clang-14 libclang-rt-14-dev)
 elif [ $# -gt 0 ]; then
   echo "usage: bash scripts/setup.sh [--test]" >&2
   exit 2

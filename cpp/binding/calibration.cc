@@ -3,7 +3,10 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <memory>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "onnxquant/calibration_method.h"
@@ -33,12 +36,37 @@ py::array AsFloatArray(const std::string& tensor, const py::handle& obj) {
 
 namespace {
 
-void Update(oq::HistogramSet& self, const py::dict& arrays, int threads) {
+// The statistics of one Calibrator, with the lock that makes them safe to use
+// from several Python threads. Native work runs with the GIL released, so
+// two threads could otherwise update (or read while another updates) the
+// same histograms at once, losing counts or corrupting the heap. Every
+// method takes the lock, and takes it only with the GIL released: a thread
+// waiting for the lock never holds the GIL that the lock's holder needs.
+// Concurrent calls are thus serialized, in no particular order.
+class LockedHistogramSet : public oq::HistogramSet {
+ public:
+  explicit LockedHistogramSet(std::vector<std::string> names)
+      : oq::HistogramSet(std::move(names)) {}
+  explicit LockedHistogramSet(oq::HistogramSet&& set)
+      : oq::HistogramSet(std::move(set)) {}
+
+  // The lock, taken with the GIL released; returns with the GIL held.
+  std::unique_lock<std::mutex> Lock() const {
+    py::gil_scoped_release release;
+    return std::unique_lock<std::mutex>(mu_);
+  }
+  std::mutex& mutex() const { return mu_; }
+
+ private:
+  mutable std::mutex mu_;
+};
+
+void Update(LockedHistogramSet& self, const py::dict& arrays, int threads) {
   std::vector<py::array> keep;  // alive while the GIL is released
   std::vector<oq::HistogramSet::Chunk> chunks;
   for (const auto& item : arrays) {
     const std::string name = py::cast<std::string>(item.first);
-    const int index = self.IndexOf(name);
+    const int index = self.IndexOf(name);  // names never change
     if (index < 0) {
       throw oq::InvalidArgument("Tensor '" + name +
                                 "' is not among the calibrated tensors of "
@@ -50,10 +78,24 @@ void Update(oq::HistogramSet& self, const py::dict& arrays, int threads) {
     keep.push_back(std::move(arr));
   }
   py::gil_scoped_release release;
+  std::lock_guard<std::mutex> lock(self.mutex());
   self.Update(chunks, threads);
 }
 
-py::dict Stats(const oq::HistogramSet& self) {
+void Merge(LockedHistogramSet& self, const LockedHistogramSet& other) {
+  py::gil_scoped_release release;
+  if (&self == &other) {
+    std::lock_guard<std::mutex> lock(self.mutex());
+    const oq::HistogramSet copy = self;
+    self.Merge(copy);
+    return;
+  }
+  std::scoped_lock lock(self.mutex(), other.mutex());  // no lock-order deadlock
+  self.Merge(other);
+}
+
+py::dict Stats(const LockedHistogramSet& self) {
+  auto lock = self.Lock();
   py::dict out;
   for (size_t i = 0; i < self.names().size(); ++i) {
     const auto& h = self.at(static_cast<int>(i));
@@ -72,7 +114,29 @@ py::dict Stats(const oq::HistogramSet& self) {
   return out;
 }
 
-py::dict Ranges(const oq::HistogramSet& self, int method, double percentage,
+py::tuple Histogram(const LockedHistogramSet& self, const std::string& name) {
+  const int i = self.IndexOf(name);
+  if (i < 0) {
+    throw oq::InvalidArgument("No histogram for tensor '" + name + "'.");
+  }
+  auto lock = self.Lock();
+  const auto& h = self.at(i);
+  py::array_t<int64_t> counts(h.counts().size());
+  std::copy(h.counts().begin(), h.counts().end(), counts.mutable_data());
+  return py::make_tuple(h.first_bin() * h.bin_width(), h.bin_width(), counts);
+}
+
+py::bytes Serialize(const LockedHistogramSet& self) {
+  std::string bytes;
+  {
+    py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(self.mutex());
+    bytes = self.Serialize();
+  }
+  return py::bytes(bytes);
+}
+
+py::dict Ranges(const LockedHistogramSet& self, int method, double percentage,
                 bool ignore_zero_spike, int threads) {
   oq::RangeOptions options;
   options.percentage = percentage;
@@ -81,6 +145,7 @@ py::dict Ranges(const oq::HistogramSet& self, int method, double percentage,
   std::vector<oq::Range> ranges;
   {
     py::gil_scoped_release release;
+    std::lock_guard<std::mutex> lock(self.mutex());
     ranges = oq::ComputeRanges(self, m, options, threads);
   }
   py::dict out;
@@ -95,43 +160,29 @@ py::dict Ranges(const oq::HistogramSet& self, int method, double percentage,
 }  // namespace
 
 void BindCalibration(py::module_& m) {
-  py::class_<oq::HistogramSet>(m, "HistogramSet")
+  py::class_<LockedHistogramSet>(m, "HistogramSet")
       .def(py::init<std::vector<std::string>>(), py::arg("names"))
-      .def_property_readonly("names", &oq::HistogramSet::names)
+      .def_property_readonly("names", &LockedHistogramSet::names)
       .def("update", &Update, py::arg("arrays"), py::arg("threads") = 1,
            "Feeds {name: float32 C-contiguous array}; no copy is made and the "
-           "GIL is released while the histograms update.")
-      .def("merge", &oq::HistogramSet::Merge, py::arg("other"),
+           "GIL is released while the histograms update. Safe to call from "
+           "several threads: calls on one set are serialized.")
+      .def("merge", &Merge, py::arg("other"),
            "Adds the counts of another set over the same tensors.")
-      .def("serialize",
-           [](const oq::HistogramSet& self) { return py::bytes(self.Serialize()); })
+      .def("serialize", &Serialize)
       .def_static(
           "deserialize",
           [](const py::bytes& b) {
             std::string_view view = b;
-            return oq::HistogramSet::Deserialize(view);
+            return std::make_unique<LockedHistogramSet>(
+                oq::HistogramSet::Deserialize(view));
           },
           py::arg("data"))
       .def("stats", &Stats,
            "{name: {min, max, count, zeros, nan, pos_inf, neg_inf, bin_width, "
            "bins}}.")
-      .def(
-          "histogram",
-          [](const oq::HistogramSet& self, const std::string& name) {
-            const int i = self.IndexOf(name);
-            if (i < 0) {
-              throw oq::InvalidArgument("No histogram for tensor '" + name +
-                                        "'.");
-            }
-            const auto& h = self.at(i);
-            py::array_t<int64_t> counts(h.counts().size());
-            std::copy(h.counts().begin(), h.counts().end(),
-                      counts.mutable_data());
-            return py::make_tuple(h.first_bin() * h.bin_width(), h.bin_width(),
-                                  counts);
-          },
-          py::arg("name"),
-          "(low edge of the first bin, bin width, counts) of one tensor.")
+      .def("histogram", &Histogram, py::arg("name"),
+           "(low edge of the first bin, bin width, counts) of one tensor.")
       .def("compute_ranges", &Ranges, py::arg("method"),
            py::arg("percentage") = 99.99, py::arg("ignore_zero_spike") = false,
            py::arg("threads") = 1,

@@ -149,6 +149,12 @@ std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
                                   float input_scale,
                                   const std::vector<float>& weight_scales,
                                   std::vector<float>* bias_scales) {
+  if (weight_scales.size() != 1 && weight_scales.size() != bias.size()) {
+    throw InvalidArgument("a bias of " + std::to_string(bias.size()) +
+                          " values for " +
+                          std::to_string(weight_scales.size()) +
+                          " weight scales");
+  }
   std::vector<int32_t> q(bias.size());
   bias_scales->assign(bias.size(), 0.f);
   for (size_t c = 0; c < bias.size(); ++c) {
@@ -156,7 +162,8 @@ std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
         weight_scales.size() == 1 ? weight_scales[0] : weight_scales[c];
     const float s = input_scale * ws;  // float32, exactly as stored
     (*bias_scales)[c] = s;
-    const double v = RoundHalfEven(static_cast<double>(bias[c]) / s);
+    double v = RoundHalfEven(static_cast<double>(bias[c]) / s);
+    if (std::isnan(v)) v = 0.0;  // 0 / 0: a zero bias on an underflowed scale
     q[c] = static_cast<int32_t>(std::clamp(v, -2147483647.0, 2147483647.0));
   }
   return q;

@@ -54,6 +54,8 @@ std::vector<float> MinWeightScalesForBias(const std::vector<float>& bias,
 
 // int32 bias: round(b / (input_scale * weight_scale[c])), the bias scale
 // computed in float32 exactly as stored. Returns values and bias scales.
+// REQUIRES: one weight scale, or one per bias value (InvalidArgument
+// otherwise).
 std::vector<int32_t> QuantizeBias(const std::vector<float>& bias,
                                   float input_scale,
                                   const std::vector<float>& weight_scales,

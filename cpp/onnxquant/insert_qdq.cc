@@ -12,6 +12,7 @@
 #include "onnxquant/graph_index.h"
 #include "onnxquant/node_weights.h"
 #include "onnxquant/tensor_util.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 namespace {
@@ -237,6 +238,13 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
     const ActivationParams p =
         ActivationQuantParams(c.min, c.max, options_.activation_type);
     const std::vector<float> v = ToFloats(*init);
+    for (float x : v) {
+      if (!std::isfinite(x)) {
+        throw ModelError("The constant operand '" + c.tensor +
+                         "' holds a non-finite value: it cannot be "
+                         "quantized. Fix the model's constants.");
+      }
+    }
     const int qmin = options_.activation_type == ActivationType::kUint8 ? 0
                                                                         : -128;
     const int qmax = qmin + 255;
@@ -397,6 +405,7 @@ QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
 
 void ExposeTensors(pb::ModelProto& model, const std::vector<std::string>& names,
                    const DtypeMap& dtypes) {
+  ValidateModel(model);
   auto* graph = model.mutable_graph();
   GraphIndex index(*graph);
   std::unordered_set<std::string> outputs;

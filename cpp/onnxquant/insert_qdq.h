@@ -23,13 +23,15 @@ struct QuantizeReport {
 
 // Quantizes `model` in place by its plan (MakePlan(model, dtypes, options)).
 // Throws Error(kRange) naming the first planned tensor without a range or
-// with a non-finite or inverted one.
+// with a non-finite or inverted one, and Error(kModel) for a malformed model
+// (ValidateModelForPlan, run by MakePlan).
 QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const RangeMap& ranges);
 
 // Adds the named tensors to graph.output (once each, in the order given) so
 // that a runtime returns them for calibration. Throws Error(kModel) for a
-// name no node produces and no graph input holds.
+// name no node produces and no graph input holds, and for a malformed model
+// (ValidateModel).
 void ExposeTensors(pb::ModelProto& model, const std::vector<std::string>& names,
                    const DtypeMap& dtypes);
 

@@ -9,7 +9,7 @@
 
 namespace onnxquant {
 
-namespace pb = ::onnxquant::pb;
+// The generated classes live in onnxquant::pb (the renamed proto package).
 
 // Parses serialized ModelProto bytes.
 // Throws Error(kModel) when the bytes are malformed or truncated, or when

@@ -1,11 +1,32 @@
 #include "onnxquant/node_weights.h"
 
 #include <algorithm>
+#include <cmath>
 
 #include "onnxquant/error.h"
 #include "onnxquant/tensor_util.h"
 
 namespace onnxquant {
+
+namespace {
+
+// Throws Error(kModel) naming `what` of `node` when `values` holds a NaN or
+// an infinity: such a tensor has no int8 (or int32) form.
+void CheckFinite(const std::vector<float>& values, const std::string& what,
+                 const std::string& tensor, const pb::NodeProto& node) {
+  for (size_t i = 0; i < values.size(); ++i) {
+    if (!std::isfinite(values[i])) {
+      throw ModelError("The " + what + " '" + tensor + "' of node '" +
+                       node.name() + "' (" + node.op_type() +
+                       ") holds a non-finite value (" +
+                       std::to_string(values[i]) + " at index " +
+                       std::to_string(i) +
+                       "): it cannot be quantized. Fix the model's weights.");
+    }
+  }
+}
+
+}  // namespace
 
 const WeightRemedy& RemedyOf(const QuantOptions& options,
                              const std::string& node) {
@@ -27,6 +48,14 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
   }
   out.dims = Dims(*winit);
   const std::vector<float> w = ToFloats(*winit);
+  CheckFinite(w, "weight", out.weight_name, node);
+  if (q.weight_axis >= static_cast<int>(out.dims.size())) {
+    throw ModelError("The weight '" + out.weight_name + "' of node '" +
+                     node.name() + "' (" + node.op_type() + ") has rank " +
+                     std::to_string(out.dims.size()) +
+                     ", too low for a per-channel axis " +
+                     std::to_string(q.weight_axis) + ".");
+  }
   const size_t channels = q.weight_axis >= 0 ? out.dims[q.weight_axis] : 1;
   if (q.bias_input >= 0) {
     const auto* binit = index.Initializer(node.input(q.bias_input));
@@ -34,6 +63,14 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
       throw InternalError("bias of node '" + node.name() + "' vanished");
     }
     out.bias = ToFloats(*binit);
+    CheckFinite(out.bias, "bias", binit->name(), node);
+    if (q.weight_axis >= 0 && out.bias.size() != channels &&
+        out.bias.size() != 1) {
+      throw ModelError("The bias '" + binit->name() + "' of node '" +
+                       node.name() + "' (" + node.op_type() + ") has " +
+                       std::to_string(out.bias.size()) + " values for " +
+                       std::to_string(channels) + " output channels.");
+    }
   }
   std::vector<float> min_scales;
   if (!out.bias.empty()) {

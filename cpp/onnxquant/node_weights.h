@@ -29,7 +29,10 @@ const WeightRemedy& RemedyOf(const QuantOptions& options,
 // int32 bias must fit, which may enlarge a channel's weight scale), with the
 // range `options` give it (reduce_weight_range, and its remedy's per-channel
 // qmax). Throws InternalError when the weight initializer is missing, and
-// InvalidArgument naming the node for a remedy that does not fit it.
+// InvalidArgument naming the node for a remedy that does not fit it, and
+// Error(kModel) naming the node for a weight of too low a rank for its axis
+// or a bias whose length is neither 1 nor the channel count, or a weight or
+// bias holding a NaN or an infinity.
 NodeWeights QuantizeNodeWeights(const GraphIndex& index,
                                 const pb::NodeProto& node,
                                 const QuantizedNode& q, float input_scale,

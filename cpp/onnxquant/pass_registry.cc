@@ -4,6 +4,7 @@
 
 #include "onnxquant/error.h"
 #include "onnxquant/passes/passes.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 
@@ -74,6 +75,7 @@ bool MayMatch(const Pass& pass, const std::unordered_set<std::string>& ops) {
 std::vector<std::string> RunPasses(pb::ModelProto& model,
                                    const std::vector<std::string>& names) {
   constexpr int kMaxRounds = 1000;
+  ValidateModel(model);
   std::vector<std::string> changed;
   std::unordered_set<std::string> ops = OpTypes(model.graph());
   for (const auto& name : names) {

@@ -39,7 +39,8 @@ const Pass& FindPass(std::string_view name);
 
 // Runs the named passes in order, each until it changes nothing (at most
 // 1000 rounds, then Error(kInternal)). Returns the names of the passes that
-// changed the model.
+// changed the model. Validates the model first (ValidateModel: Error(kModel)
+// naming the node or tensor of a malformed model).
 std::vector<std::string> RunPasses(pb::ModelProto& model,
                                    const std::vector<std::string>& names);
 

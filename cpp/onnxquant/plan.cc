@@ -11,6 +11,7 @@
 #include "onnxquant/op_table.h"
 #include "onnxquant/plan_patterns.h"
 #include "onnxquant/tensor_util.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 namespace {
@@ -527,6 +528,7 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
 
 QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,
                    const QuantOptions& options) {
+  ValidateModelForPlan(model);
   const int opset = DefaultOpset(model);
   if (opset < 13) {
     throw UnsupportedModelError(

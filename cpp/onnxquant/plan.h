@@ -108,6 +108,8 @@ struct QuantPlan {
 
 // Computes the plan for the main graph of a normalised model.
 // REQUIRES: opset >= 13 (Error(kUnsupportedModel) otherwise).
+// Validates the model first (ValidateModelForPlan: Error(kModel) naming the
+// node or tensor of a malformed model).
 // Throws Error(kInvalidArgument) for an excluded node or op type that the
 // model does not contain, naming it.
 QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,

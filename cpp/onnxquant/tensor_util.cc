@@ -5,6 +5,7 @@
 #include <fstream>
 
 #include "onnxquant/error.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 namespace {
@@ -139,9 +140,7 @@ pb::TensorProto MakeRaw(const std::string& name,
 }  // namespace
 
 int64_t NumElements(const std::vector<int64_t>& dims) {
-  int64_t n = 1;
-  for (int64_t d : dims) n *= d;
-  return n;
+  return CheckedNumElements(dims, "A tensor");
 }
 
 std::vector<int64_t> Dims(const pb::TensorProto& tensor) {
@@ -155,7 +154,8 @@ bool PayloadReadable(const pb::TensorProto& t) {
 }
 
 std::vector<float> ToFloats(const pb::TensorProto& t) {
-  const int64_t n = NumElements(Dims(t));
+  const int64_t n =
+      CheckedNumElements(Dims(t), "Initializer '" + t.name() + "'");
   switch (t.data_type()) {
     case pb::TensorProto::FLOAT: {
       if (HasRaw(t)) return FromRaw<float>(t, n);
@@ -193,7 +193,8 @@ std::vector<float> ToFloats(const pb::TensorProto& t) {
 }
 
 std::vector<int64_t> ToInt64s(const pb::TensorProto& t) {
-  const int64_t n = NumElements(Dims(t));
+  const int64_t n =
+      CheckedNumElements(Dims(t), "Initializer '" + t.name() + "'");
   switch (t.data_type()) {
     case pb::TensorProto::INT64:
       if (HasRaw(t)) return FromRaw<int64_t>(t, n);

@@ -11,6 +11,8 @@
 namespace onnxquant {
 
 // Number of elements of a tensor with these dims (1 for a scalar).
+// Throws Error(kModel) for a negative dim or a product that does not fit
+// (validate_model.h).
 int64_t NumElements(const std::vector<int64_t>& dims);
 
 std::vector<int64_t> Dims(const pb::TensorProto& tensor);
@@ -29,6 +31,8 @@ std::vector<float> ToFloats(const pb::TensorProto& tensor);
 bool PayloadReadable(const pb::TensorProto& tensor);
 
 // The values of an INT64 or INT32 initializer (external data as above).
+// Both readers throw Error(kModel) naming the tensor when its payload does not
+// match its dims.
 std::vector<int64_t> ToInt64s(const pb::TensorProto& tensor);
 
 // Builders: the payload goes to raw_data, little-endian.

@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import os
+import threading
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -333,6 +334,10 @@ class Calibrator:
         self._stats = _core.HistogramSet(list(self._tensors))
         self._num_samples = 0
         self._batcher = SampleBatcher(self._specs, batch_size)
+        # Serializes collect_data, the readers that run waiting samples, save
+        # and merge across threads (the native statistics take their own lock
+        # too).
+        self._lock = threading.RLock()
 
     def _prepare(self, model: ModelLike) -> None:
         # The weights never cross to the engine or ONNX Runtime inside the
@@ -479,6 +484,11 @@ class Calibrator:
         ranges, do not depend on how the samples are split into calls.
         ``progress`` (default False) shows a tqdm progress bar.
 
+        Safe to call from several threads: concurrent calls on one
+        calibrator are serialized (each runs whole, one after the other), so
+        no sample is lost; ``compute_range`` from another thread meanwhile
+        sees the samples fed so far.
+
         Raises:
             CalibrationDataError: a sample with an unknown or missing input
                 name, a dtype or shape that does not fit, no values (an empty
@@ -492,15 +502,16 @@ class Calibrator:
 
             total = len(samples) if hasattr(samples, "__len__") else None
             bar = tqdm(total=total, unit="sample", desc="Calibrating")
-        first = self._batcher.accepted
         try:
-            with self._running() as session:
-                for feed, count in self._batcher.add(samples):
-                    self._feed(session, feed, count)
-                    if bar is not None:  # this call's samples run so far
+            with self._lock:
+                with self._running() as session:
+                    first = self._batcher.accepted
+                    for feed, count in self._batcher.add(samples):
+                        self._feed(session, feed, count)
+                        if bar is not None:  # this call's samples run so far
+                            bar.update(self._batcher.accepted - first - bar.n)
+                    if bar is not None:  # and those that wait for a full batch
                         bar.update(self._batcher.accepted - first - bar.n)
-                if bar is not None:  # and those that wait for a full batch
-                    bar.update(self._batcher.accepted - first - bar.n)
         finally:
             if bar is not None:
                 bar.close()
@@ -514,10 +525,11 @@ class Calibrator:
         """Runs the samples that wait for a full batch (collect_data keeps
         them, so that the batches, and the ranges, do not depend on how the
         samples were split into calls)."""
-        if self._batcher.pending:
-            with self._running() as session:
-                for feed, count in self._batcher.flush():
-                    self._feed(session, feed, count)
+        with self._lock:
+            if self._batcher.pending:
+                with self._running() as session:
+                    for feed, count in self._batcher.flush():
+                        self._feed(session, feed, count)
 
     def _update(self, session, feed: dict[str, np.ndarray], count: int) -> None:
         arrays = {t: feed[t] for t in self._from_feed}
@@ -596,19 +608,21 @@ class Calibrator:
         :meth:`load` reads them back for the same normalised model. The file
         records the model's fingerprint, inputs and calibrated tensors, and a
         checksum of the statistics."""
-        self._flush()
-        stats = self._stats.serialize()
-        body = stats + _feeds_to_bytes(self._check_feeds)
+        with self._lock:  # one consistent state, not one mid-collect_data
+            self._flush()
+            stats = self._stats.serialize()
+            body = stats + _feeds_to_bytes(self._check_feeds)
+            num_samples, check_count = self._num_samples, self._check_count
         stats_size = len(stats)
         header = json.dumps({"format": _STATE_FORMAT, "model_sha256": self._fingerprint,
                              "inputs": [_spec_json(s) for s in self._specs],
                              "options": dataclasses.asdict(self._options),
                              "tensors": list(self._tensors),
                              "collect": self._collect,
-                             "num_samples": self._num_samples,
+                             "num_samples": num_samples,
                              "stats_bytes": stats_size,
                              "body_sha256": hashlib.sha256(body).hexdigest(),
-                             "kernel_check_samples": self._check_count}).encode()
+                             "kernel_check_samples": check_count}).encode()
         write_bytes_atomic(path, len(header).to_bytes(8, "little") + header + body)
 
     @classmethod
@@ -710,13 +724,17 @@ class Calibrator:
             raise CalibrationDataError(
                 "Cannot merge calibrators of different models or options: build both from "
                 "the same normalised model and QuantOptions.")
-        self._flush()
-        other._flush()
-        self._stats.merge(other._stats)
-        self._num_samples += other._num_samples
-        self._batcher = SampleBatcher(self._specs, self._batch_size, self._num_samples)
-        for feed in other._check_feeds:
-            self._retain(feed, len(next(iter(feed.values()))) if feed else 0)
+        # Both locks, always in the same order, so that a.merge(b) and
+        # b.merge(a) in two threads cannot deadlock.
+        first, second = sorted((self, other), key=id)
+        with first._lock, second._lock:
+            self._flush()
+            other._flush()
+            self._stats.merge(other._stats)
+            self._num_samples += other._num_samples
+            self._batcher = SampleBatcher(self._specs, self._batch_size, self._num_samples)
+            for feed in list(other._check_feeds):
+                self._retain(feed, len(next(iter(feed.values()))) if feed else 0)
 
     @property
     def report(self) -> CalibrationReport:
