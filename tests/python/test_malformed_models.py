@@ -34,7 +34,8 @@ def _conv_model(op: str, weight: np.ndarray, bias: np.ndarray | None = None,
     graph = oh.make_graph(
         [oh.make_node(op, inputs, ["y"], name="conv")], "g",
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 2, 4, 4])],
-        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits)
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["n", "c", "h", "w"])],
+        inits)
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)], ir_version=8)
 
 
@@ -94,6 +95,10 @@ def test_native_entry_points_refuse_by_name(case):
 @pytest.mark.parametrize("case", sorted(_CASES))
 def test_optimize_model_refuses_by_name(case):
     build, message = _CASES[case]
+    if case.startswith("dims_"):
+        # ONNX's checker, which optimize_model runs on the model as given,
+        # catches these before the engine, naming the tensor.
+        message = r"fails ONNX's checker .*\(Tensor dimension product overflow \(tensor name: w\)"
     with pytest.raises(oq.ModelError, match=message):
         oq.optimize_model(build())
 
@@ -105,12 +110,16 @@ def test_nodes_out_of_topological_order_are_a_model_error():
         [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 4])],
         [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])])
     model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)], ir_version=8)
-    calls = [*_native_entry_points(model).values(), lambda: oq.optimize_model(model)]
-    for call in calls:
+    for call in _native_entry_points(model).values():
         with pytest.raises(oq.ModelError,
                            match=r"node 'second' \(Relu\) reads tensor 't' before "
                                  r"node 'first' \(Relu\) writes it.*topological order"):
             call()
+    # optimize_model runs ONNX's checker on the model as given first; it
+    # names the node too.
+    with pytest.raises(oq.ModelError,
+                       match=r"fails ONNX's checker.*topologically sorted.*second"):
+        oq.optimize_model(model)
 
 
 def _mutants(model: onnx.ModelProto, count: int, seed: int):
