@@ -236,7 +236,9 @@ def _extent(tensor: TensorProto) -> tuple[int, int]:
     return offset, length
 
 
-def _hash_file_range(digest, path: str, offset: int, length: int, name: str) -> None:
+def _file_chunks(path: str, offset: int, length: int, name: str):
+    """Yields the ``length`` bytes at ``offset`` of ``path`` in chunks of at
+    most _CHUNK; ModelError naming the initializer when the file ends first."""
     with open(path, "rb") as f:
         f.seek(offset)
         left = length
@@ -246,7 +248,7 @@ def _hash_file_range(digest, path: str, offset: int, length: int, name: str) -> 
                 raise ModelError(
                     f"The external data file '{path}' ends before the data of "
                     f"initializer '{name}': the file is truncated.")
-            digest.update(chunk)
+            yield chunk
             left -= len(chunk)
 
 
@@ -302,7 +304,8 @@ def split_model(model: onnx.ModelProto, workspace: Workspace, *,
                 payload += length
                 if fingerprint:
                     digest.update(f"{tensor.name}:{length}\n".encode())
-                    _hash_file_range(digest, path, start, length, tensor.name)
+                    for chunk in _file_chunks(path, start, length, tensor.name):
+                        digest.update(chunk)
                 continue
             size = payload_bytes(tensor)
             payload += size
@@ -378,17 +381,8 @@ def _gather(model: onnx.ModelProto, workspace: Workspace) -> None:
                 path = workspace.new_file("gathered")
                 target = stack.enter_context(open(path, "wb"))
             start, length = _extent(tensor)
-            with open(location, "rb") as source:
-                source.seek(start)
-                left = length
-                while left > 0:
-                    chunk = source.read(min(left, _CHUNK))
-                    if not chunk:
-                        raise ModelError(
-                            f"The external data file '{location}' ends before the data "
-                            f"of initializer '{tensor.name}': the file is truncated.")
-                    target.write(chunk)
-                    left -= len(chunk)
+            for chunk in _file_chunks(location, start, length, tensor.name):
+                target.write(chunk)
             _set_external(tensor, path, offset, length)
             offset += length
 
