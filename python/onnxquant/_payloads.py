@@ -387,6 +387,15 @@ def _gather(model: onnx.ModelProto, workspace: Workspace) -> None:
             offset += length
 
 
+def _relative_locations(model: onnx.ModelProto) -> None:
+    """Cuts every external-data location of ``model`` down to its file name,
+    in place, for readers that look for the payloads in one folder."""
+    for tensor in model.graph.initializer:
+        for entry in tensor.external_data:
+            if entry.key == "location":
+                entry.value = os.path.basename(entry.value)
+
+
 def checkable_file(skeleton: onnx.ModelProto, workspace: Workspace,
                    name: str = "checked.onnx") -> str:
     """The skeleton as a file that ONNX's checker takes: it refuses absolute
@@ -398,10 +407,7 @@ def checkable_file(skeleton: onnx.ModelProto, workspace: Workspace,
     probe = onnx.ModelProto()
     probe.CopyFrom(skeleton)
     _gather(probe, workspace)
-    for tensor in probe.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = os.path.basename(entry.value)
+    _relative_locations(probe)
     path = os.path.join(workspace.path, name)
     with open(path, "wb") as f:
         f.write(model_to_bytes(probe))
@@ -427,10 +433,7 @@ def ort_session(skeleton: onnx.ModelProto, workspace: Workspace | None, options,
             workspace = own = Workspace()
         _gather(probe, workspace)
         folders = {workspace.path}
-    for tensor in probe.graph.initializer:
-        for entry in tensor.external_data:
-            if entry.key == "location":
-                entry.value = os.path.basename(entry.value)
+    _relative_locations(probe)
     if folders:
         options.add_session_config_entry(
             "session.model_external_initializers_file_folder_path", folders.pop())
