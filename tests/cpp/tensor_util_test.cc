@@ -35,7 +35,11 @@ pb::TensorProto External(const std::string& location, int64_t offset,
 class ExternalData : public ::testing::Test {
  protected:
   void SetUp() override {
-    path_ = ::testing::TempDir() + "tensor_util_test_payload.bin";
+    // One file per test: CTest runs the tests of this fixture in parallel
+    // processes, and each removes its file when it ends.
+    path_ = ::testing::TempDir() + "tensor_util_test_" +
+            ::testing::UnitTest::GetInstance()->current_test_info()->name() +
+            ".bin";
     std::ofstream out(path_, std::ios::binary);
     const std::vector<float> values = {9.f, 1.f, -2.f, 3.5f};
     out.write(reinterpret_cast<const char*>(values.data()), 16);
