@@ -274,7 +274,8 @@ def _inference_runner(model_path: str, planned, batches, threads: int):
     model = onnx.load(model_path)
     input_name = _input_name(model_path)
     fetch = [t for t in planned if t != input_name]
-    augmented = _core.expose_tensors(model_to_bytes(model), fetch, infer_dtypes(model))
+    augmented, _outputs = _core.expose_tensors(model_to_bytes(model), fetch,
+                                               infer_dtypes(model))
 
     def run() -> float:
         # A fresh session each time, built untimed, not warmed up: exactly what

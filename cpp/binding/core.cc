@@ -92,8 +92,11 @@ py::bytes SerializeBeside(oq::pb::ModelProto* m,
 py::dict PlanToDict(const oq::QuantPlan& plan) {
   py::dict d;
   d["calibrated"] = plan.calibrated;
+  d["body_calibrated"] = plan.body_calibrated;
   py::list qdq;
-  for (const auto& q : plan.qdq) qdq.append(py::make_tuple(q.tensor, q.source));
+  for (const auto& q : plan.qdq) {
+    qdq.append(py::make_tuple(q.tensor, q.source, q.scope));
+  }
   d["qdq"] = qdq;
   py::list nodes;
   for (const auto& n : plan.quantized_nodes) {
@@ -103,12 +106,13 @@ py::dict PlanToDict(const oq::QuantPlan& plan) {
     nd["weight_input"] = n.weight_input;
     nd["weight_axis"] = n.weight_axis;
     nd["bias_input"] = n.bias_input;
+    nd["scope"] = n.scope;
     nodes.append(nd);
   }
   d["quantized_nodes"] = nodes;
   py::list floats;
   for (const auto& f : plan.float_nodes) {
-    floats.append(py::make_tuple(f.node, f.op_type, f.reason));
+    floats.append(py::make_tuple(f.node, f.op_type, f.reason, f.scope));
   }
   d["float_nodes"] = floats;
   py::list constants;
@@ -204,8 +208,9 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("reduce_weight_range",
                      &oq::QuantOptions::reduce_weight_range)
       .def_readwrite("quantize_silu", &oq::QuantOptions::quantize_silu)
-      .def_readwrite("weight_remedies",
-                     &oq::QuantOptions::weight_remedies);
+      .def_readwrite("weight_remedies", &oq::QuantOptions::weight_remedies)
+      .def_readwrite("unreached_tensors",
+                     &oq::QuantOptions::unreached_tensors);
 
   m.def(
       "make_plan",
@@ -227,14 +232,17 @@ PYBIND11_MODULE(_core, m) {
       [](const py::bytes& model, const std::vector<std::string>& names,
          const oq::DtypeMap& dtypes) {
         auto proto = Parse(model);
+        std::vector<std::string> outputs;
         {
           py::gil_scoped_release release;
-          oq::ExposeTensors(proto, names, dtypes);
+          outputs = oq::ExposeTensors(proto, names, dtypes);
         }
-        return Serialize(proto);
+        return py::make_tuple(Serialize(proto), outputs);
       },
       py::arg("model"), py::arg("names"), py::arg("dtypes"),
-      "The model with the named tensors added to its outputs.");
+      "(The model with the named tensors added to its outputs, the output "
+      "holding each name's values): tensors of If/Loop/Scan bodies are "
+      "threaded out under new names.");
 
   m.def(
       "quantize",

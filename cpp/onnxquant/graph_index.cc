@@ -99,7 +99,11 @@ const std::vector<int>& GraphIndex::Consumers(const std::string& tensor) const {
 
 const pb::TensorProto* GraphIndex::Initializer(const std::string& tensor) const {
   auto it = initializers_.find(tensor);
-  return it == initializers_.end() ? nullptr : it->second;
+  if (it != initializers_.end()) return it->second;
+  if (outer_ == nullptr || producer_.count(tensor) || inputs_.count(tensor)) {
+    return nullptr;
+  }
+  return outer_->Initializer(tensor);
 }
 
 bool GraphIndex::IsGraphInput(const std::string& tensor) const {

@@ -51,8 +51,15 @@ class GraphIndex {
   // including nodes whose subgraphs read it from the outer scope.
   const std::vector<int>& Consumers(const std::string& tensor) const;
 
-  // The initializer named `tensor`, or nullptr.
+  // The initializer named `tensor`, or nullptr. With an outer index (a
+  // body's), a name the graph does not define is looked up there.
   const pb::TensorProto* Initializer(const std::string& tensor) const;
+
+  // Makes `outer` (the index of the enclosing graph, for a subgraph body;
+  // nullptr for none) answer Initializer() for names this graph does not
+  // define. REQUIRES: `outer` outlives this index and its initializers stay
+  // in place while in use.
+  void SetOuter(const GraphIndex* outer) { outer_ = outer; }
 
   bool IsGraphInput(const std::string& tensor) const;
   bool IsGraphOutput(const std::string& tensor) const;
@@ -83,6 +90,7 @@ class GraphIndex {
 
   const pb::GraphProto* graph_;
   pb::GraphProto* mutable_graph_ = nullptr;  // editing index only
+  const GraphIndex* outer_ = nullptr;
   std::unordered_map<std::string, int> node_named_;
   std::unordered_map<std::string, int> producer_;
   std::unordered_map<std::string, std::vector<int>> consumers_;

@@ -34,12 +34,29 @@ pb::NodeProto MakeNode(const std::string& op, const std::string& name,
   return n;
 }
 
+bool IsControlFlow(const pb::NodeProto& n) {
+  return (n.domain().empty() || n.domain() == "ai.onnx") &&
+         (n.op_type() == "If" || n.op_type() == "Loop" ||
+          n.op_type() == "Scan");
+}
+
+// What the writers of all graphs (main graph and bodies) share.
+struct Shared {
+  NameAllocator* names;  // over the whole model: bodies share its namespace
+  // Initializers some writer replaced by a quantized copy; each graph drops
+  // those of its own that nothing reads any more.
+  std::unordered_set<std::string> replaced;
+};
+
+// Writes the plan of one graph (the main graph or one body).
 class QdqWriter {
  public:
-  QdqWriter(pb::ModelProto& model, const QuantOptions& options,
-            const RangeMap& ranges, QuantizeReport* report)
-      : graph_(*model.mutable_graph()), names_(graph_), options_(options),
-        ranges_(ranges), report_(report) {}
+  QdqWriter(pb::GraphProto* graph, const GraphIndex* outer,
+            const QuantPlan& plan, const QuantOptions& options,
+            const RangeMap& ranges, Shared* shared, QuantizeReport* report)
+      : graph_(*graph), outer_(outer), plan_(plan), names_(*shared->names),
+        options_(options), ranges_(ranges), replaced_(shared->replaced),
+        report_(report) {}
 
   void Run();
 
@@ -68,16 +85,18 @@ class QdqWriter {
   const std::string& SourceOf(const std::string& tensor) const;
 
   pb::GraphProto& graph_;
-  NameAllocator names_;
+  const GraphIndex* outer_;  // the enclosing graph's, for a body
+  const QuantPlan& plan_;    // this graph's entries
+  NameAllocator& names_;
   const QuantOptions& options_;
   const RangeMap& ranges_;
+  std::unordered_set<std::string>& replaced_;  // initializers quantized
   QuantizeReport* report_;
   // The editing index of graph_: made once absorbed activations are gone
   // (no node is added or removed after that until Run() rebuilds the node
   // list), and kept current by every edit.
   std::unique_ptr<GraphIndex> index_;
   std::unordered_map<std::string, std::string> source_;
-  std::unordered_set<std::string> replaced_;  // initializers quantized
   std::unordered_map<std::string, ActivationParams> params_;
   std::unordered_map<std::string, std::pair<std::string, std::string>>
       param_tensors_;
@@ -146,7 +165,7 @@ int QdqWriter::NodeByName(const std::string& name) const {
 
 void QdqWriter::AbsorbActivations() {
   std::unordered_set<std::string> removed;
-  for (const auto& a : report_->plan.absorbed) {
+  for (const auto& a : plan_.absorbed) {
     const pb::NodeProto& act = graph_.node(NodeByName(a.node));
     graph_.mutable_node(NodeByName(a.producer))->set_output(0, act.output(0));
     removed.insert(a.node);
@@ -157,10 +176,11 @@ void QdqWriter::AbsorbActivations() {
     return removed.count(n.name()) > 0;
   });
   index_ = std::make_unique<GraphIndex>(&graph_);
+  index_->SetOuter(outer_);
 }
 
 void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
-  for (const auto& q : report_->plan.quantized_nodes) {
+  for (const auto& q : plan_.quantized_nodes) {
     if (q.weight_input < 0) continue;
     const int at = NodeByName(q.node);
     const pb::NodeProto& node = graph_.node(at);
@@ -227,13 +247,13 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
 }
 
 void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
-  if (report_->plan.constants.empty()) return;
+  if (plan_.constants.empty()) return;
   // The quantized nodes, by index (the first node of each planned name).
   std::unordered_set<int> quantized;
-  for (const auto& q : report_->plan.quantized_nodes) {
+  for (const auto& q : plan_.quantized_nodes) {
     quantized.insert(NodeByName(q.node));
   }
-  for (const auto& c : report_->plan.constants) {
+  for (const auto& c : plan_.constants) {
     const auto* init = index_->Initializer(c.tensor);
     const ActivationParams p =
         ActivationQuantParams(c.min, c.max, options_.activation_type);
@@ -297,7 +317,7 @@ void QdqWriter::AddPair(const std::string& input, const std::string& output,
 
 void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
   const bool per_consumer = options_.activation_type == ActivationType::kInt8;
-  for (const auto& entry : report_->plan.qdq) {
+  for (const auto& entry : plan_.qdq) {
     const std::string& t = entry.tensor;
     const std::string& src = entry.source;
     std::vector<int> consumers;  // direct readers (not only through a body)
@@ -358,13 +378,14 @@ void QdqWriter::DropUnusedInitializers() {
 }
 
 void QdqWriter::Run() {
-  source_.reserve(report_->plan.qdq.size());
-  params_.reserve(report_->plan.calibrated.size());
-  param_tensors_.reserve(report_->plan.calibrated.size());
-  after_.reserve(report_->plan.qdq.size());
-  for (const auto& e : report_->plan.qdq) source_[e.tensor] = e.source;
+  source_.reserve(plan_.qdq.size());
+  params_.reserve(plan_.calibrated.size());
+  param_tensors_.reserve(plan_.calibrated.size());
+  after_.reserve(plan_.qdq.size());
+  for (const auto& e : plan_.qdq) source_[e.tensor] = e.source;
   index_ = std::make_unique<GraphIndex>(&graph_);
-  for (const auto& src : report_->plan.calibrated) Params(src);
+  index_->SetOuter(outer_);
+  for (const auto& src : plan_.calibrated) Params(src);
   AbsorbActivations();
   std::vector<pb::NodeProto> head;
   QuantizeWeights(&head);
@@ -392,38 +413,70 @@ void QdqWriter::Run() {
   for (auto& n : nodes) *graph_.add_node() = std::move(n);
 }
 
+// The plan's entries, by scope.
+std::unordered_map<Scope, QuantPlan> ByScope(const QuantPlan& plan) {
+  std::unordered_map<Scope, QuantPlan> by;
+  by[""];
+  for (const auto& e : plan.qdq) by[e.scope].qdq.push_back(e);
+  for (const auto& e : plan.quantized_nodes) {
+    by[e.scope].quantized_nodes.push_back(e);
+  }
+  for (const auto& e : plan.constants) by[e.scope].constants.push_back(e);
+  for (const auto& e : plan.absorbed) by[e.scope].absorbed.push_back(e);
+  for (auto& [scope, p] : by) {
+    // A writer computes the parameters of every tensor its graph quantizes.
+    std::unordered_set<std::string> seen;
+    for (const auto& e : p.qdq) {
+      if (seen.insert(e.source).second) p.calibrated.push_back(e.source);
+    }
+  }
+  return by;
+}
+
+// Writes the plan of `graph` (scope `scope`) and, first, of the bodies of
+// its If, Loop and Scan nodes: they read this graph's initializers before
+// its own writer replaces them.
+void WriteGraph(pb::GraphProto* graph, const Scope& scope,
+                const GraphIndex* outer,
+                const std::unordered_map<Scope, QuantPlan>& plans,
+                const QuantOptions& options, const RangeMap& ranges,
+                Shared* shared, QuantizeReport* report) {
+  bool bodies = false;
+  for (const auto& n : graph->node()) bodies = bodies || IsControlFlow(n);
+  if (bodies) {
+    // Read only for its initializers, which the bodies' writers leave in
+    // place.
+    GraphIndex here(*graph);
+    here.SetOuter(outer);
+    for (auto& n : *graph->mutable_node()) {
+      if (!IsControlFlow(n)) continue;
+      for (auto& attr : *n.mutable_attribute()) {
+        if (!attr.has_g()) continue;
+        const Scope body =
+            (scope.empty() ? "" : scope + "/") + n.name() + "." + attr.name();
+        WriteGraph(attr.mutable_g(), body, &here, plans, options, ranges,
+                   shared, report);
+      }
+    }
+  }
+  auto it = plans.find(scope);
+  if (it == plans.end()) return;  // a body with nothing to quantize
+  QdqWriter writer(graph, outer, it->second, options, ranges, shared, report);
+  writer.Run();
+}
+
 }  // namespace
 
 QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const RangeMap& ranges) {
   QuantizeReport report;
   report.plan = MakePlan(model, dtypes, options);
-  QdqWriter writer(model, options, ranges, &report);
-  writer.Run();
+  const auto plans = ByScope(report.plan);
+  NameAllocator names(model.graph());
+  Shared shared{&names, {}};
+  WriteGraph(model.mutable_graph(), "", nullptr, plans, options, ranges,
+             &shared, &report);
   return report;
-}
-
-void ExposeTensors(pb::ModelProto& model, const std::vector<std::string>& names,
-                   const DtypeMap& dtypes) {
-  ValidateModel(model);
-  auto* graph = model.mutable_graph();
-  GraphIndex index(*graph);
-  std::unordered_set<std::string> outputs;
-  for (const auto& o : graph->output()) outputs.insert(o.name());
-  for (const auto& name : names) {
-    if (outputs.count(name)) continue;
-    if (index.Producer(name) < 0 && !index.IsGraphInput(name)) {
-      throw ModelError("Tensor '" + name +
-                       "' is produced by no node and is no graph input, so "
-                       "it cannot be observed for calibration.");
-    }
-    auto* vi = graph->add_output();
-    vi->set_name(name);
-    auto it = dtypes.find(name);
-    vi->mutable_type()->mutable_tensor_type()->set_elem_type(
-        it == dtypes.end() ? pb::TensorProto::FLOAT : it->second);
-    outputs.insert(name);
-  }
 }
 
 }  // namespace onnxquant

@@ -28,12 +28,22 @@ struct QuantizeReport {
 QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const RangeMap& ranges);
 
-// Adds the named tensors to graph.output (once each, in the order given) so
-// that a runtime returns them for calibration. Throws Error(kModel) for a
-// name no node produces and no graph input holds, and for a malformed model
+// Makes a runtime return the named tensors for calibration; returns, per
+// name, the graph output that holds its values. A tensor of the main graph
+// becomes a graph output itself (once, whatever the repeats). A tensor of an
+// If, Loop or Scan body is threaded out: an Identity makes it a body output,
+// and the node gets a matching output, up to the main graph:
+//  - If: the other branch outputs an empty float tensor (shape [0]), so a
+//    sample that does not take the branch contributes no values;
+//  - Loop and Scan: a new scan output, which stacks the values of every
+//    iteration (statistics over the stack are those over all iterations;
+//    the tensor must keep one shape over the iterations).
+// Throws Error(kModel) for a name no node produces and no graph input holds,
+// or one inside the body of another op, and for a malformed model
 // (ValidateModel).
-void ExposeTensors(pb::ModelProto& model, const std::vector<std::string>& names,
-                   const DtypeMap& dtypes);
+std::vector<std::string> ExposeTensors(pb::ModelProto& model,
+                                       const std::vector<std::string>& names,
+                                       const DtypeMap& dtypes);
 
 }  // namespace onnxquant
 

@@ -44,20 +44,76 @@ std::string KeptFloat(const OpSpec& spec) {
   return std::string(spec.op_type) + " is kept float (" + spec.reason + ")";
 }
 
+bool IsControlFlow(const pb::NodeProto& n) {
+  return (n.domain().empty() || n.domain() == "ai.onnx") &&
+         (n.op_type() == "If" || n.op_type() == "Loop" ||
+          n.op_type() == "Scan");
+}
+
+Scope BodyScope(const Scope& outer, const pb::NodeProto& node,
+                const std::string& attribute) {
+  return (outer.empty() ? "" : outer + "/") + node.name() + "." + attribute;
+}
+
+// Every node of `graph` and of the control-flow bodies under it, float for
+// `reason`.
+void FloatAll(const pb::GraphProto& graph, const Scope& scope,
+              const std::string& reason, QuantPlan* plan) {
+  for (const auto& n : graph.node()) {
+    plan->float_nodes.push_back({n.name(), n.op_type(), reason, scope});
+    if (!IsControlFlow(n)) continue;
+    for (const auto& attr : n.attribute()) {
+      if (attr.has_g()) {
+        FloatAll(attr.g(), BodyScope(scope, n, attr.name()), reason, plan);
+      }
+    }
+  }
+}
+
+// Appends `body` to `plan`, each calibrated tensor once.
+void Merge(QuantPlan body, QuantPlan* plan) {
+  std::unordered_set<std::string> have(plan->calibrated.begin(),
+                                       plan->calibrated.end());
+  for (auto& t : body.calibrated) {
+    if (have.insert(t).second) plan->calibrated.push_back(std::move(t));
+  }
+  auto append = [](auto& from, auto& to) {
+    for (auto& x : from) to.push_back(std::move(x));
+  };
+  append(body.qdq, plan->qdq);
+  append(body.quantized_nodes, plan->quantized_nodes);
+  append(body.float_nodes, plan->float_nodes);
+  append(body.constants, plan->constants);
+  append(body.absorbed, plan->absorbed);
+  append(body.notes, plan->notes);
+}
+
+// Plans one graph: the main graph, or a body of an If, Loop or Scan node
+// (then `outer` is the planner of the enclosing graph, whose initializers
+// the body sees).
 class Planner : public ConstantLookup {
  public:
-  Planner(const pb::ModelProto& model, const DtypeMap& dtypes,
-          const QuantOptions& options)
-      : graph_(model.graph()), index_(graph_), dtypes_(dtypes),
-        options_(options),
-        excluded_(options.exclude_nodes.begin(), options.exclude_nodes.end()) {}
+  Planner(const pb::GraphProto& graph, const Planner* outer, Scope scope,
+          const DtypeMap& dtypes, const QuantOptions& options,
+          const std::unordered_set<std::string>& excluded)
+      : graph_(graph), index_(graph_), outer_(outer), scope_(std::move(scope)),
+        dtypes_(dtypes), options_(options), excluded_(excluded) {}
 
   QuantPlan Run();
 
   const pb::TensorProto* FloatConstant(const std::string& t) const override {
-    const auto* init = index_.Initializer(t);
+    const auto* init = VisibleInitializer(t);
     return init && init->data_type() == pb::TensorProto::FLOAT ? init
                                                                : nullptr;
+  }
+
+  // The initializer named `t` in this graph or an enclosing one, or nullptr.
+  const pb::TensorProto* VisibleInitializer(const std::string& t) const {
+    const auto* init = index_.Initializer(t);
+    if (init != nullptr || outer_ == nullptr || DefinesLocally(t)) {
+      return init;
+    }
+    return outer_->VisibleInitializer(t);
   }
 
  private:
@@ -67,7 +123,11 @@ class Planner : public ConstantLookup {
            it->second == pb::TensorProto::FLOAT;
   }
   bool IsFloatActivation(const std::string& t) const {
-    return IsFloat(t) && index_.Initializer(t) == nullptr;
+    return IsFloat(t) && VisibleInitializer(t) == nullptr;
+  }
+  bool DefinesLocally(const std::string& t) const {
+    return index_.Producer(t) >= 0 || index_.IsGraphInput(t) ||
+           index_.Initializer(t) != nullptr;
   }
   bool ScalarConstantIs(const std::string& t, float value) const {
     const auto* init = FloatConstant(t);
@@ -89,18 +149,34 @@ class Planner : public ConstantLookup {
   bool QuantizedAnyway(const pb::NodeProto& n, const Decision& d,
                        const std::unordered_set<std::string>& needs) const;
   QuantPlan Assemble(const std::vector<Decision>& d) const;
+  // Plans the bodies of this graph's If, Loop and Scan nodes into `plan`.
+  void PlanBodies(QuantPlan* plan) const;
 
   const pb::GraphProto& graph_;
   GraphIndex index_;
+  const Planner* outer_;  // nullptr for the main graph
+  const Scope scope_;
   const DtypeMap& dtypes_;
   const QuantOptions& options_;
-  const std::unordered_set<std::string> excluded_;  // options_.exclude_nodes
+  const std::unordered_set<std::string>& excluded_;  // options_.exclude_nodes
   PatternMatches patterns_;
 };
 
+// Every node name of `graph` and of the control-flow bodies under it.
+void CollectNodeNames(const pb::GraphProto& graph,
+                      std::unordered_set<std::string>* names) {
+  for (const auto& n : graph.node()) {
+    names->insert(n.name());
+    if (!IsControlFlow(n)) continue;
+    for (const auto& attr : n.attribute()) {
+      if (attr.has_g()) CollectNodeNames(attr.g(), names);
+    }
+  }
+}
+
 void Planner::CheckOptions() const {
   std::unordered_set<std::string> names;
-  for (const auto& n : graph_.node()) names.insert(n.name());
+  CollectNodeNames(graph_, &names);
   for (const auto& name : options_.exclude_nodes) {
     if (names.count(name) == 0) {
       throw InvalidArgument("exclude_nodes names node '" + name +
@@ -127,8 +203,13 @@ Decision Planner::Decide(int i) const {
   if (spec == nullptr && !n.domain().empty() && n.domain() != "ai.onnx") {
     return Float("custom domain '" + n.domain() + "'");
   }
+  if (IsControlFlow(n)) {
+    return Float(n.op_type() + " is control flow and runs float; the nodes "
+                 "of its bodies are planned on their own");
+  }
   if (GraphIndex::HasSubgraph(n)) {
-    return Float("has a subgraph; bodies are not quantized yet");
+    return Float("has a subgraph (" + n.op_type() +
+                 "); only If, Loop and Scan bodies are quantized");
   }
   auto block = patterns_.float_blocks.find(i);
   if (block != patterns_.float_blocks.end()) {
@@ -353,7 +434,7 @@ void Planner::Absorb(std::vector<Decision>* d) const {
 
 QuantPlan Planner::Run() {
   patterns_ = FindPatterns(index_);
-  CheckOptions();
+  if (outer_ == nullptr) CheckOptions();
   for (const auto& n : graph_.node()) {
     if (n.op_type() == "QuantizeLinear" || n.op_type() == "DequantizeLinear" ||
         n.op_type() == "QLinearConv" || n.op_type() == "QLinearMatMul") {
@@ -366,7 +447,38 @@ QuantPlan Planner::Run() {
   d.reserve(graph_.node_size());
   for (int i = 0; i < graph_.node_size(); ++i) d.push_back(Decide(i));
   Absorb(&d);
-  return Assemble(d);
+  QuantPlan plan = Assemble(d);
+  PlanBodies(&plan);
+  return plan;
+}
+
+void Planner::PlanBodies(QuantPlan* plan) const {
+  const std::unordered_set<std::string> unreached(
+      options_.unreached_tensors.begin(), options_.unreached_tensors.end());
+  for (const auto& n : graph_.node()) {
+    if (!IsControlFlow(n)) continue;
+    for (const auto& attr : n.attribute()) {
+      if (!attr.has_g()) continue;
+      const Scope scope = BodyScope(scope_, n, attr.name());
+      Planner child(attr.g(), this, scope, dtypes_, options_, excluded_);
+      QuantPlan body = child.Run();
+      auto missed = std::find_if(
+          body.calibrated.begin(), body.calibrated.end(),
+          [&](const std::string& t) { return unreached.count(t) > 0; });
+      if (missed == body.calibrated.end()) {
+        Merge(std::move(body), plan);
+        continue;
+      }
+      QuantPlan floats;
+      FloatAll(attr.g(), scope,
+               "no calibration sample ran body '" + attr.name() + "' of " +
+                   n.op_type() + " '" + n.name() + "' (no range for its "
+                   "tensor '" + *missed + "'), so it stays float; calibrate "
+                   "with samples that take it",
+               &floats);
+      Merge(std::move(floats), plan);
+    }
+  }
 }
 
 // A node of a kFusedOnly op (Sigmoid, Softmax, Where, ArgMax) kept float
@@ -402,7 +514,7 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
     if (d[i].kind == Decision::kAbsorbed) {
       out_name[d[i].producer] = graph_.node(i).output(0);
       plan.absorbed.push_back({graph_.node(i).name(),
-                               graph_.node(d[i].producer).name()});
+                               graph_.node(d[i].producer).name(), scope_});
     }
   }
   std::unordered_set<std::string> needs;
@@ -462,6 +574,19 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
   // Emit in topological order: graph inputs, then node outputs.
   std::vector<std::string> order;
   for (const auto& in : graph_.input()) order.push_back(in.name());
+  if (outer_ != nullptr) {
+    // A body reads activations of enclosing graphs: they are quantized
+    // where the body reads them, like graph inputs.
+    std::unordered_set<std::string> seen;
+    for (const auto& n : graph_.node()) {
+      for (const auto& in : n.input()) {
+        if (!in.empty() && !DefinesLocally(in) &&
+            VisibleInitializer(in) == nullptr && seen.insert(in).second) {
+          order.push_back(in);
+        }
+      }
+    }
+  }
   for (int i = 0; i < graph_.node_size(); ++i) {
     if (d[i].kind == Decision::kAbsorbed) continue;
     auto it = out_name.find(i);
@@ -475,20 +600,20 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
   for (const auto& t : order) {
     if (!needs.count(t)) continue;
     const std::string src = source.count(t) ? source[t] : t;
-    plan.qdq.push_back({t, src});
+    plan.qdq.push_back({t, src, scope_});
     calibrated.insert(src);
   }
   for (const auto& t : order) {
     if (calibrated.count(t)) plan.calibrated.push_back(t);
   }
   for (const auto& c : constants) {
-    auto v = ToFloats(*index_.Initializer(c));
+    auto v = ToFloats(*VisibleInitializer(c));
     float lo = 0.f, hi = 0.f;
     for (float x : v) {
       lo = std::min(lo, x);
       hi = std::max(hi, x);
     }
-    plan.constants.push_back({c, lo, hi});
+    plan.constants.push_back({c, lo, hi, scope_});
   }
   bool subgraphs = false;
   for (int i = 0; i < graph_.node_size(); ++i) {
@@ -497,29 +622,35 @@ QuantPlan Planner::Assemble(const std::vector<Decision>& d) const {
       QuantizedNode q = d[i].node;
       q.node = n.name();
       q.op_type = n.op_type();
+      q.scope = scope_;
       plan.quantized_nodes.push_back(q);
     } else if (d[i].kind == Decision::kShared) {
       if (needs.count(n.output(0))) {
         plan.quantized_nodes.push_back(d[i].node);
+        plan.quantized_nodes.back().scope = scope_;
       } else {
-        plan.float_nodes.push_back(
-            {n.name(), n.op_type(), "its input and output stay float"});
+        plan.float_nodes.push_back({n.name(), n.op_type(),
+                                    "its input and output stay float",
+                                    scope_});
       }
     } else if (d[i].kind == Decision::kFloat) {
       if (QuantizedAnyway(n, d[i], needs)) {
         QuantizedNode q;
         q.node = n.name();
         q.op_type = n.op_type();
+        q.scope = scope_;
         plan.quantized_nodes.push_back(q);
         continue;
       }
-      plan.float_nodes.push_back({n.name(), n.op_type(), d[i].reason});
-      subgraphs = subgraphs || GraphIndex::HasSubgraph(n);
+      plan.float_nodes.push_back({n.name(), n.op_type(), d[i].reason, scope_});
+      subgraphs =
+          subgraphs || (GraphIndex::HasSubgraph(n) && !IsControlFlow(n));
     }
   }
   if (subgraphs) {
     plan.notes.push_back(
-        "subgraph bodies (If/Loop/Scan) are left float and untouched");
+        "subgraph bodies of ops other than If, Loop and Scan are left float "
+        "and untouched");
   }
   return plan;
 }
@@ -536,8 +667,21 @@ QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,
         "; quantization needs opset 13 or later. Run "
         "onnxquant.optimize_model first, which converts it.");
   }
-  Planner planner(model, dtypes, options);
-  return planner.Run();
+  const std::unordered_set<std::string> excluded(
+      options.exclude_nodes.begin(), options.exclude_nodes.end());
+  Planner planner(model.graph(), nullptr, "", dtypes, options, excluded);
+  QuantPlan plan = planner.Run();
+  // Tensors of the main graph are observed by every sample; the others only
+  // by the samples that reach their body.
+  std::unordered_set<std::string> main;
+  for (const auto& in : model.graph().input()) main.insert(in.name());
+  for (const auto& n : model.graph().node()) {
+    for (const auto& o : n.output()) main.insert(o);
+  }
+  for (const auto& t : plan.calibrated) {
+    if (!main.count(t)) plan.body_calibrated.push_back(t);
+  }
+  return plan;
 }
 
 }  // namespace onnxquant

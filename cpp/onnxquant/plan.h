@@ -56,6 +56,10 @@ struct QuantOptions {
   // Per node name, a change to its weight quantization (the kernel remedies
   // quantize() chooses; names of nodes without a weight are ignored).
   std::unordered_map<std::string, WeightRemedy> weight_remedies;
+  // Tensors of subgraph bodies (If, Loop, Scan) that no calibration sample
+  // reached (a branch no sample takes): each body whose plan calibrates one
+  // stays float, its nodes reported with the reason.
+  std::vector<std::string> unreached_tensors;
 };
 
 // Tensor name -> ONNX element type (TensorProto.DataType), as shape
@@ -63,24 +67,32 @@ struct QuantOptions {
 // never quantized.
 using DtypeMap = std::unordered_map<std::string, int>;
 
+// Where a plan entry lies: "" for the main graph; for a subgraph body,
+// "<node>.<attribute>" (e.g. "cond_if.then_branch"), nested bodies joined
+// by "/" from the outermost.
+using Scope = std::string;
+
 struct QuantizedNode {
   std::string node;
   std::string op_type;
   int weight_input = -1;  // index of the constant weight input, or -1
   int weight_axis = -1;   // per-channel axis of the weight, -1 per tensor
   int bias_input = -1;    // index of a bias quantized to int32, or -1
+  Scope scope;
 };
 
 struct FloatNode {
   std::string node;
   std::string op_type;
   std::string reason;
+  Scope scope;
 };
 
 // A tensor that gets a QuantizeLinear/DequantizeLinear pair.
 struct QdqTensor {
   std::string tensor;  // the tensor quantized in the output model
   std::string source;  // the calibrated tensor whose range it uses
+  Scope scope;         // where the pair is inserted
 };
 
 // A constant (initializer) activation operand quantized from its own values
@@ -89,15 +101,23 @@ struct ConstantOperand {
   std::string tensor;
   float min = 0.f;
   float max = 0.f;
+  Scope scope;
 };
 
 struct AbsorbedActivation {
   std::string node;      // the Relu/Clip removed from the graph
   std::string producer;  // the quantized node whose output range absorbs it
+  Scope scope;
 };
 
+// The plan covers the main graph and, recursively, the bodies of its If,
+// Loop and Scan nodes: every entry names its scope. Tensor names are unique
+// across scopes (ONNX), so calibrated names and ranges need none.
 struct QuantPlan {
-  std::vector<std::string> calibrated;  // in graph order
+  std::vector<std::string> calibrated;  // in graph order, main graph first
+  // The calibrated tensors defined inside bodies (body inputs and the
+  // outputs of body nodes): a sample may never reach them.
+  std::vector<std::string> body_calibrated;
   std::vector<QdqTensor> qdq;           // in graph order
   std::vector<QuantizedNode> quantized_nodes;
   std::vector<FloatNode> float_nodes;
@@ -106,7 +126,9 @@ struct QuantPlan {
   std::vector<std::string> notes;  // e.g. subgraphs left untouched
 };
 
-// Computes the plan for the main graph of a normalised model.
+// Computes the plan for a normalised model: its main graph and the bodies of
+// If, Loop and Scan nodes (outer-scope reads included; a body calibrating a
+// tensor of options.unreached_tensors stays float).
 // REQUIRES: opset >= 13 (Error(kUnsupportedModel) otherwise).
 // Validates the model first (ValidateModelForPlan: Error(kModel) naming the
 // node or tensor of a malformed model).

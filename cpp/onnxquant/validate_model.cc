@@ -11,6 +11,41 @@ namespace {
 
 constexpr int kAny = -1;
 
+// What a graph sees of the scopes around it (a body sees the initializers
+// and tensors of every enclosing graph).
+struct OuterScope {
+  const OuterScope* parent = nullptr;
+  const std::unordered_map<std::string, const pb::TensorProto*>* inits =
+      nullptr;
+  const std::unordered_set<std::string>* defined = nullptr;
+
+  const pb::TensorProto* Initializer(const std::string& name) const {
+    for (const OuterScope* s = this; s != nullptr; s = s->parent) {
+      auto it = s->inits->find(name);
+      if (it != s->inits->end()) return it->second;
+      if (s->defined->count(name)) return nullptr;
+    }
+    return nullptr;
+  }
+  bool Defines(const std::string& name) const {
+    for (const OuterScope* s = this; s != nullptr; s = s->parent) {
+      if (s->defined->count(name)) return true;
+    }
+    return false;
+  }
+};
+
+// The initializers a graph reads: its own, then those of enclosing scopes.
+struct VisibleInits {
+  const std::unordered_map<std::string, const pb::TensorProto*>& own;
+  const OuterScope* outer;
+  const pb::TensorProto* Find(const std::string& name) const {
+    auto it = own.find(name);
+    if (it != own.end()) return it->second;
+    return outer ? outer->Initializer(name) : nullptr;
+  }
+};
+
 // Input and output counts of the standard ops the engine reads, from their
 // ONNX schemas (the union over opsets 1 to the latest).
 struct Arity {
@@ -194,23 +229,22 @@ int64_t ConvChannels(const pb::NodeProto& node, const pb::TensorProto& w,
 }
 
 void CheckConv(const pb::NodeProto& node, int index,
-               const std::unordered_map<std::string,
-                                        const pb::TensorProto*>& inits) {
+               const VisibleInits& inits) {
   const std::string label = NodeLabel(node, index);
   const int64_t group = IntAttribute(node, "group", 1);
   if (group < 1 || group > (int64_t{1} << 31)) {
     throw ModelError(label + " has group " + std::to_string(group) +
                      "; it must be in [1, 2^31].");
   }
-  auto w = inits.find(node.input(1));
-  if (w == inits.end()) return;
-  if (w->second->dims_size() < 3) {
+  const pb::TensorProto* w = inits.Find(node.input(1));
+  if (w == nullptr) return;
+  if (w->dims_size() < 3) {
     throw ModelError(label + " has a weight '" + node.input(1) + "' of rank " +
-                     std::to_string(w->second->dims_size()) +
+                     std::to_string(w->dims_size()) +
                      "; a " + node.op_type() +
                      " weight has rank 3 or more (out, in, kernel...).");
   }
-  const auto& wdims = w->second->dims();
+  const auto& wdims = w->dims();
   if (wdims[0] % group != 0) {
     throw ModelError(label + " has a weight '" + node.input(1) +
                      "' whose first dim (" + std::to_string(wdims[0]) +
@@ -225,12 +259,12 @@ void CheckConv(const pb::NodeProto& node, int index,
     }
   }
   if (node.input_size() < 3 || node.input(2).empty()) return;
-  auto b = inits.find(node.input(2));
-  if (b == inits.end()) return;
-  const int64_t channels = ConvChannels(node, *w->second, group);
-  if (b->second->dims_size() != 1 || b->second->dims(0) != channels) {
+  const pb::TensorProto* b = inits.Find(node.input(2));
+  if (b == nullptr) return;
+  const int64_t channels = ConvChannels(node, *w, group);
+  if (b->dims_size() != 1 || b->dims(0) != channels) {
     std::string shape;
-    for (int64_t d : b->second->dims()) {
+    for (int64_t d : b->dims()) {
       shape += (shape.empty() ? "" : ", ") + std::to_string(d);
     }
     throw ModelError(label + " has a bias '" + node.input(2) + "' of shape [" +
@@ -241,16 +275,14 @@ void CheckConv(const pb::NodeProto& node, int index,
 }
 
 void CheckGemm(const pb::NodeProto& node, int index,
-               const std::unordered_map<std::string,
-                                        const pb::TensorProto*>& inits) {
+               const VisibleInits& inits) {
   if (node.input_size() < 3 || node.input(2).empty()) return;
-  auto w = inits.find(node.input(1));
-  auto b = inits.find(node.input(2));
-  if (w == inits.end() || b == inits.end()) return;
-  if (w->second->dims_size() != 2 || b->second->dims_size() != 1) return;
-  const int64_t n =
-      w->second->dims(IntAttribute(node, "transB", 0) ? 0 : 1);
-  const int64_t len = b->second->dims(0);
+  const pb::TensorProto* w = inits.Find(node.input(1));
+  const pb::TensorProto* b = inits.Find(node.input(2));
+  if (w == nullptr || b == nullptr) return;
+  if (w->dims_size() != 2 || b->dims_size() != 1) return;
+  const int64_t n = w->dims(IntAttribute(node, "transB", 0) ? 0 : 1);
+  const int64_t len = b->dims(0);
   if (len != 1 && len != n) {
     throw ModelError(NodeLabel(node, index) + " has a bias '" + node.input(2) +
                      "' of " + std::to_string(len) + " values for " +
@@ -259,7 +291,8 @@ void CheckGemm(const pb::NodeProto& node, int index,
   }
 }
 
-void CheckSingleAssignmentAndOrder(const pb::GraphProto& graph) {
+void CheckSingleAssignmentAndOrder(const pb::GraphProto& graph,
+                                   const OuterScope* outer) {
   // Every tensor name: where it comes from (-1 graph input or initializer,
   // else the producing node's index).
   std::unordered_map<std::string, int> origin;
@@ -284,6 +317,9 @@ void CheckSingleAssignmentAndOrder(const pb::GraphProto& graph) {
     for (const auto& name : node.input()) {
       if (name.empty()) continue;
       auto it = origin.find(name);
+      if (it == origin.end() && outer != nullptr && outer->Defines(name)) {
+        continue;  // a body reading a tensor of an enclosing scope
+      }
       if (it == origin.end()) {
         throw ModelError(NodeLabel(node, i) + " reads tensor '" + name +
                          "', which no node, graph input or initializer "
@@ -335,40 +371,76 @@ std::string NodeLabel(const pb::NodeProto& node, int index) {
   return "node '" + node.name() + "'" + op;
 }
 
-void ValidateModel(const pb::ModelProto& model) {
-  if (!model.has_graph()) {
-    throw ModelError("The model holds no graph: it is not an ONNX model.");
-  }
-  const pb::GraphProto& graph = model.graph();
+namespace {
+
+bool IsControlFlow(const pb::NodeProto& node) {
+  return IsStandardDomain(node) &&
+         (node.op_type() == "If" || node.op_type() == "Loop" ||
+          node.op_type() == "Scan");
+}
+
+// Checks one graph, then the bodies of its If, Loop and Scan nodes (which
+// the plan quantizes); `what` names the graph in messages ("" for the main
+// graph).
+void ValidateGraph(const pb::GraphProto& graph, const OuterScope* outer,
+                   const std::string& what) {
+  const std::string in = what.empty() ? "" : " in " + what;
   std::unordered_map<std::string, const pb::TensorProto*> inits;
   for (const auto& t : graph.initializer()) {
     if (t.name().empty()) {
-      throw ModelError("An initializer has no name: the model is corrupt.");
+      throw ModelError("An initializer" + in +
+                       " has no name: the model is corrupt.");
     }
     if (!inits.emplace(t.name(), &t).second) {
-      throw ModelError("Initializer '" + t.name() +
-                       "' appears twice: the model is corrupt.");
+      throw ModelError("Initializer '" + t.name() + "'" + in +
+                       " appears twice: the model is corrupt.");
     }
-    CheckTensor(t, "Initializer '" + t.name() + "'");
+    CheckTensor(t, "Initializer '" + t.name() + "'" + in);
   }
+  const VisibleInits visible{inits, outer};
+  bool bodies = false;
   for (int i = 0; i < graph.node_size(); ++i) {
     const auto& node = graph.node(i);
     CheckArity(node, i);
     CheckAttributes(node, i);
     if (!IsStandardDomain(node)) continue;
     if (node.op_type() == "Conv" || node.op_type() == "ConvTranspose") {
-      CheckConv(node, i, inits);
+      CheckConv(node, i, visible);
     } else if (node.op_type() == "Gemm") {
-      CheckGemm(node, i, inits);
+      CheckGemm(node, i, visible);
+    }
+    bodies = bodies || IsControlFlow(node);
+  }
+  CheckSingleAssignmentAndOrder(graph, outer);
+  if (!bodies) return;
+  std::unordered_set<std::string> defined;
+  for (const auto& v : graph.input()) defined.insert(v.name());
+  for (const auto& t : graph.initializer()) defined.insert(t.name());
+  for (const auto& n : graph.node()) {
+    for (const auto& o : n.output()) defined.insert(o);
+  }
+  const OuterScope scope{outer, &inits, &defined};
+  for (int i = 0; i < graph.node_size(); ++i) {
+    const auto& node = graph.node(i);
+    if (!IsControlFlow(node)) continue;
+    for (const auto& attr : node.attribute()) {
+      if (!attr.has_g()) continue;
+      const std::string body =
+          "body '" + attr.name() + "' of " + NodeLabel(node, i);
+      try {
+        ValidateGraph(attr.g(), &scope, body);
+      } catch (const Error& e) {
+        // Name the body of a node's error (initializer errors name it).
+        const std::string what = e.what();
+        if (what.find(" in body '") != std::string::npos) throw;
+        throw Error(e.kind(), what + " (in " + body + ")");
+      }
     }
   }
-  CheckSingleAssignmentAndOrder(graph);
 }
 
-void ValidateModelForPlan(const pb::ModelProto& model) {
-  ValidateModel(model);
+void CheckUniqueNames(const pb::GraphProto& graph) {
   std::unordered_map<std::string, int> seen;
-  const auto& graph = model.graph();
   for (int i = 0; i < graph.node_size(); ++i) {
     const auto& node = graph.node(i);
     auto [it, inserted] = seen.emplace(node.name(), i);
@@ -378,7 +450,25 @@ void ValidateModelForPlan(const pb::ModelProto& model) {
                        ": quantization needs unique node names. Run "
                        "onnxquant.optimize_model first, which names them.");
     }
+    if (!IsControlFlow(node)) continue;
+    for (const auto& attr : node.attribute()) {
+      if (attr.has_g()) CheckUniqueNames(attr.g());
+    }
   }
+}
+
+}  // namespace
+
+void ValidateModel(const pb::ModelProto& model) {
+  if (!model.has_graph()) {
+    throw ModelError("The model holds no graph: it is not an ONNX model.");
+  }
+  ValidateGraph(model.graph(), nullptr, "");
+}
+
+void ValidateModelForPlan(const pb::ModelProto& model) {
+  ValidateModel(model);
+  CheckUniqueNames(model.graph());
 }
 
 }  // namespace onnxquant

@@ -43,12 +43,16 @@ std::string NodeLabel(const pb::NodeProto& node, int index);
 //    and also a graph input or initializer;
 //  - topological order: each node reads only graph inputs, initializers and
 //    outputs of earlier nodes.
-// Subgraph bodies are not checked: the engine leaves them untouched.
+// The bodies of If, Loop and Scan nodes, which the plan quantizes, are
+// checked the same way (a body may read the initializers and tensors of the
+// graphs around it); bodies of other ops are left alone, as the engine
+// leaves them untouched.
 // Throws Error(kModel) naming the first offending node or tensor.
 void ValidateModel(const pb::ModelProto& model);
 
 // ValidateModel, plus what the plan and QDQ insertion rely on to find nodes:
-// node names are unique (onnxquant.optimize_model names every node).
+// node names are unique within each graph (onnxquant.optimize_model names
+// every node, bodies included).
 // Throws Error(kModel) naming the repeated name.
 void ValidateModelForPlan(const pb::ModelProto& model);
 

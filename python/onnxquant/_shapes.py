@@ -77,7 +77,13 @@ def tensor_shape(value: onnx.ValueInfoProto) -> tuple[int | str | None, ...] | N
 
 def _collect(model: onnx.ModelProto) -> dict[str, int]:
     dtypes: dict[str, int] = {}
-    graph = model.graph
+    _collect_graph(model.graph, dtypes)
+    return dtypes
+
+
+def _collect_graph(graph: onnx.GraphProto, dtypes: dict[str, int]) -> None:
+    """Adds the types ``graph`` and its subgraph bodies declare to ``dtypes``
+    (tensor names are unique across scopes)."""
     for value in (*graph.input, *graph.value_info, *graph.output):
         if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
             dtypes[value.name] = int(value.type.tensor_type.elem_type)
@@ -88,12 +94,16 @@ def _collect(model: onnx.ModelProto) -> dict[str, int]:
             for attr in node.attribute:
                 if attr.name == "value" and attr.type == onnx.AttributeProto.TENSOR:
                     dtypes[node.output[0]] = int(attr.t.data_type)
-    return dtypes
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                _collect_graph(attr.g, dtypes)
 
 
 def infer_dtypes(model: onnx.ModelProto, *, providers: list[str] | None = None,
                  workspace=None) -> dict[str, int]:
-    """Maps every tensor of the main graph to its ONNX element type.
+    """Maps every tensor of the main graph and of its subgraph bodies to its
+    ONNX element type.
 
     Types come from ``onnx.shape_inference.infer_shapes(data_prop=True,
     strict_mode=False)`` plus the graph's inputs, outputs and initializers.

@@ -154,18 +154,33 @@ def default_threads() -> int:
 _COLLECT = ("plan", "all")
 
 
+_CONTROL_FLOW = ("If", "Loop", "Scan")
+
+
+def _graphs(graph) -> Iterator:
+    """``graph``, then the bodies of its If, Loop and Scan nodes, depth first."""
+    yield graph
+    for node in graph.node:
+        if node.op_type in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    yield from _graphs(attr.g)
+
+
 def _float_tensors(model, dtypes: dict[str, int], planned: Sequence[str]) -> tuple[str, ...]:
     """The planned tensors, then every other float32 graph input and node output
-    of the main graph, in graph order: all a plan for any options can need."""
+    of the main graph and of its If/Loop/Scan bodies, in graph order: all a
+    plan for any options can need."""
     names = dict.fromkeys(planned)
-    initializers = {t.name for t in model.graph.initializer}
-    for value in model.graph.input:
-        if value.name not in initializers and dtypes.get(value.name) == _FLOAT:
-            names.setdefault(value.name)
-    for node in model.graph.node:
-        for output in node.output:
-            if output and dtypes.get(output) == _FLOAT:
-                names.setdefault(output)
+    for graph in _graphs(model.graph):
+        initializers = {t.name for t in graph.initializer}
+        for value in graph.input:
+            if value.name not in initializers and dtypes.get(value.name) == _FLOAT:
+                names.setdefault(value.name)
+        for node in graph.node:
+            for output in node.output:
+                if output and dtypes.get(output) == _FLOAT:
+                    names.setdefault(output)
     return tuple(names)
 
 
@@ -355,7 +370,13 @@ class Calibrator:
         self._tensors = tuple(plan["calibrated"])
         if self._collect == "all":
             self._tensors = _float_tensors(work, dtypes, self._tensors)
-        producers = {o: n.op_type for n in work.graph.node for o in n.output}
+        main = {v.name for v in work.graph.input} | \
+            {o for n in work.graph.node for o in n.output}
+        # Tensors of If/Loop/Scan bodies: only the samples that run their body
+        # reach them.
+        self._in_bodies = frozenset(t for t in self._tensors if t not in main)
+        producers = {o: n.op_type for g in _graphs(work.graph) for n in g.node
+                     for o in n.output}
         self._bounded = frozenset(t for t in self._tensors
                                   if producers.get(t) in _BOUNDED_OUTPUT_OPS)
         inputs = {s.name for s in self._specs}
@@ -366,13 +387,16 @@ class Calibrator:
         # and its payload file stay in the workspace meanwhile.
         self._keep_session = not skeleton.large
         self._augmented = None
+        self._outputs: list[str] = []
         if self._fetch:
             augmented = onnx.ModelProto()
-            augmented.ParseFromString(_core.expose_tensors(data, self._fetch, dtypes))
+            # Tensors of bodies reach the graph's outputs under new names.
+            augmented_bytes, self._outputs = _core.expose_tensors(data, self._fetch, dtypes)
+            augmented.ParseFromString(augmented_bytes)
             self._augmented = augmented
             session = self._open_session()
             produced = {o.name for o in session.get_outputs()}
-            lost = [t for t in self._fetch if t not in produced]
+            lost = [t for t, o in zip(self._fetch, self._outputs) if o not in produced]
             if lost:
                 raise InternalError(
                     f"The calibration session does not return tensor '{lost[0]}'; this is a "
@@ -535,7 +559,7 @@ class Calibrator:
         arrays = {t: feed[t] for t in self._from_feed}
         if self._fetch:
             try:
-                outputs = session().run(self._fetch, feed)
+                outputs = session().run(self._outputs, feed)
             except Exception as e:  # ORT's errors derive from Exception only
                 first = self._num_samples
                 which = f"sample {first}" if count == 1 else \
@@ -563,7 +587,9 @@ class Calibrator:
         Inf in intermediate tensors are left out of the statistics and counted
         in :attr:`report`;
         a tensor without any finite value gets ``(0.0, 0.0)`` and is listed in
-        ``report.degraded``.
+        ``report.degraded``. A tensor inside an If, Loop or Scan body that no
+        sample reached (a branch no sample takes) has no range: it is left
+        out, and ``quantize`` keeps that body float, saying why.
 
         Raises:
             CalibrationDataError: no sample was fed.
@@ -586,8 +612,17 @@ class Calibrator:
             whole = self._stats.compute_ranges(int(full), pct, self._ignore_zero_spike,
                                                self._threads)
             ranges.update({t: whole[t] for t in self._bounded})
+        unreached = self._unreached()
         return {name: (float(ranges[name][0]), float(ranges[name][1]))
-                for name in self._tensors}
+                for name in self._tensors if name not in unreached}
+
+    def _unreached(self) -> frozenset[str]:
+        """The tensors of bodies that no sample reached (no value at all)."""
+        if not self._in_bodies:
+            return frozenset()
+        stats = self._stats.stats()
+        return frozenset(t for t in self._in_bodies
+                         if not any(stats[t][k] for k in ("count", "nan", "pos_inf", "neg_inf")))
 
     def statistics(self) -> dict[str, dict[str, float]]:
         """Per tensor: exact ``min`` and ``max`` of the finite values, ``count``,

@@ -216,7 +216,8 @@ def _own_session(data: bytes, names: list[str], types: Mapping[str, int],
     if large:  # ONNX Runtime maps the weights instead of packing copies
         options.add_session_config_entry("session.disable_prepacking", "1")
     exposed = onnx.ModelProto()
-    exposed.ParseFromString(_core.expose_tensors(data, names, dict(types)))
+    exposed_bytes, outputs = _core.expose_tensors(data, names, dict(types))
+    exposed.ParseFromString(exposed_bytes)
     try:
         session = ort_session(exposed, workspace, options, providers)
     except OnnxQuantError:
@@ -229,7 +230,7 @@ def _own_session(data: bytes, names: list[str], types: Mapping[str, int],
             f"ONNX Runtime cannot load the model to replay the kernel-check samples "
             f"({first}); pass target='exact' to skip the check.") from e
     try:
-        yield lambda feed: session.run(names, dict(feed))
+        yield lambda feed: session.run(outputs, dict(feed))
     finally:
         del session
 

@@ -118,25 +118,41 @@ def _remove_value_info(model: onnx.ModelProto, names: list[str]) -> None:
 
 
 def name_nodes(model: onnx.ModelProto) -> int:
-    """Gives every main-graph node a unique name, in place; returns how many
-    were renamed. Unnamed nodes become ``<op_type>_<index>``; a repeated name
-    gets a ``_<n>`` suffix. Names that were unique are kept."""
-    taken = {n.name for n in model.graph.node if n.name}
+    """Gives every node a unique name, in place, the nodes of subgraph bodies
+    too (unique across all graphs, so that a name tells one node); returns how
+    many were renamed. Unnamed nodes become ``<op_type>_<index>``; a repeated
+    name gets a ``_<n>`` suffix. Names that were unique are kept."""
+    graphs = list(_all_graphs(model.graph))
+    nodes = [node for graph in graphs for node in graph.node]
+    taken = {n.name for n in nodes if n.name}
     seen: set[str] = set()
     renamed = 0
-    for index, node in enumerate(model.graph.node):
-        if node.name and node.name not in seen:
-            seen.add(node.name)
-            continue
-        base = node.name or f"{node.op_type}_{index}"
-        name, k = base, 1
-        while name in taken or name in seen:
-            name, k = f"{base}_{k}", k + 1
-        node.name = name
-        seen.add(name)
-        taken.add(name)
-        renamed += 1
+    for graph in graphs:
+        for index, node in enumerate(graph.node):
+            if node.name and node.name not in seen:
+                seen.add(node.name)
+                continue
+            base = node.name or f"{node.op_type}_{index}"
+            name, k = base, 1
+            while name in taken or name in seen:
+                name, k = f"{base}_{k}", k + 1
+            node.name = name
+            seen.add(name)
+            taken.add(name)
+            renamed += 1
     return renamed
+
+
+def _all_graphs(graph: onnx.GraphProto):
+    """``graph`` and every subgraph under it, depth first."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from _all_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for g in attr.graphs:
+                    yield from _all_graphs(g)
 
 
 def _convert(work: onnx.ModelProto, reference: onnx.ModelProto, opset: int,

@@ -281,7 +281,11 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         dtypes = infer_dtypes(work, workspace=workspace)
     native = options.to_native()
     data = model_to_bytes(work)
-    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator)
+    # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
+    # float; the engine says so per node.
+    unreached = _unreached(data, dtypes, native, native_ranges)
+    native.unreached_tensors = unreached
+    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator, unreached)
     kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
@@ -290,6 +294,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
                                 workspace=workspace, spill=skeleton.large, model_bytes=data)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
+        native.unreached_tensors = unreached
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
     data, native_report = _core.quantize(data, dtypes, native, native_ranges,
@@ -343,13 +348,23 @@ _PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
                  "quantize_activation_matmul", "quantize_silu")
 
 
+def _unreached(data: bytes, dtypes: Mapping[str, int], native: _core.QuantOptions,
+               ranges: Mapping[str, tuple[float, float]]) -> list[str]:
+    """The tensors inside If/Loop/Scan bodies that the plan for ``native``
+    calibrates and ``ranges`` lacks: no calibration sample reached them."""
+    plan = _core.make_plan(data, dict(dtypes), native)
+    return [t for t in plan["body_calibrated"] if t not in ranges]
+
+
 def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
                             ranges: Mapping[str, tuple[float, float]],
-                            calibrator: Calibrator | None) -> None:
+                            calibrator: Calibrator | None, unreached: list[str]) -> None:
     """Raises when the plan for ``options`` calibrates a tensor ``ranges``
     lacks: InvalidArgumentError naming the options that differ from the
     calibrator's, when they do; RangeMissingError naming the tensor otherwise."""
-    missing = _missing_ranges(data, dtypes, options.to_native(), ranges)
+    native = options.to_native()
+    native.unreached_tensors = unreached
+    missing = _missing_ranges(data, dtypes, native, ranges)
     if not missing:
         return
     more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""

@@ -32,6 +32,7 @@ class QuantizedNode(NamedTuple):
     op_type: str
     weight_axis: int = -1
     runs_as: str = ""
+    graph: str = ""
 
 
 class FloatNode(NamedTuple):
@@ -42,6 +43,7 @@ class FloatNode(NamedTuple):
     op_type: str
     reason: str
     runs_as: str = ""
+    graph: str = ""
 
 
 class AbsorbedActivation(NamedTuple):
@@ -230,7 +232,9 @@ class QuantizationReport:
     """What :func:`~onnxquant.quantize` did, node by node.
 
     ``quantized_nodes`` and ``float_nodes`` (with the reason) cover the main
-    graph; ``absorbed``: Relu/Clip folded into their producer's range;
+    graph and the bodies of If, Loop and Scan nodes (a node's ``graph`` names
+    its body, ``"<node>.<attribute>"`` with nested bodies joined by ``/``;
+    ``""`` for the main graph); ``absorbed``: Relu/Clip folded into their producer's range;
     ``qdq_tensors``: tensors given a QuantizeLinear/DequantizeLinear pair;
     ``floored``: tensors whose zero range got a floored scale; ``enlarged``:
     weights whose scale was enlarged so the int32 bias fits; ``notes``: other
@@ -285,8 +289,8 @@ class QuantizationReport:
         quantized model, or None)."""
         plan = report.get("plan", {})
 
-        def runs_as(node: str) -> str:
-            if runtime is None:
+        def runs_as(node: str, scope: str = "") -> str:
+            if runtime is None or scope:  # bodies are not inspected
                 return ""
             found = runtime.runs_as(node)
             return "removed by ONNX Runtime" if found is None else f"{found[0]} ({found[1]})"
@@ -294,12 +298,13 @@ class QuantizationReport:
         return cls(
             quantized_nodes=tuple(QuantizedNode(n["node"], n["op_type"],
                                                 int(n.get("weight_axis", -1)),
-                                                runs_as(n["node"]))
+                                                runs_as(n["node"], n.get("scope", "")),
+                                                n.get("scope", ""))
                                   for n in plan.get("quantized_nodes", ())),
-            float_nodes=tuple(FloatNode(*f, runs_as(f[0]))
+            float_nodes=tuple(FloatNode(*f[:3], runs_as(*f[:1], *f[3:4]), *f[3:4])
                               for f in plan.get("float_nodes", ())),
-            absorbed=tuple(AbsorbedActivation(*a) for a in plan.get("absorbed", ())),
-            qdq_tensors=tuple(t for t, _source in plan.get("qdq", ())),
+            absorbed=tuple(AbsorbedActivation(*a[:2]) for a in plan.get("absorbed", ())),
+            qdq_tensors=tuple(q[0] for q in plan.get("qdq", ())),
             floored=tuple(report.get("floored", ())),
             enlarged=tuple(report.get("enlarged", ())),
             notes=tuple(plan.get("notes", ())),
@@ -338,14 +343,20 @@ class QuantizationReport:
                 f"{len(self.qdq_tensors)} Q/DQ pairs")
         lines = [head]
         known = self.runtime is not None
+        bodies = any(n.graph for n in (*self.quantized_nodes, *self.float_nodes))
+        where = ("graph",) if bodies else ()
         lines += _table("Quantized nodes",
-                        ("node", "op", "weight axis") + (("ONNX Runtime runs",) if known else ()),
+                        ("node", "op", "weight axis") + where
+                        + (("ONNX Runtime runs",) if known else ()),
                         [(n.node, n.op_type, "-" if n.weight_axis < 0 else n.weight_axis)
+                         + ((n.graph or "main",) if bodies else ())
                          + ((n.runs_as,) if known else ()) for n in self.quantized_nodes])
         lines += _table("Float nodes",
-                        ("node", "op", "reason") + (("ONNX Runtime runs",) if known else ()),
-                        [(n.node, n.op_type, n.reason) + ((n.runs_as,) if known else ())
-                         for n in self.float_nodes])
+                        ("node", "op", "reason") + where
+                        + (("ONNX Runtime runs",) if known else ()),
+                        [(n.node, n.op_type, n.reason)
+                         + ((n.graph or "main",) if bodies else ())
+                         + ((n.runs_as,) if known else ()) for n in self.float_nodes])
         lines += _table("Absorbed activations", ("node", "into"), list(self.absorbed))
         if self.floored:
             lines.append(f"Zero ranges, scale floored: {', '.join(self.floored)}")

@@ -341,10 +341,11 @@ TEST(Plan, SoftmaxIsFloatWithAReason) {
   EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "l<-l"}));
 }
 
-TEST(Plan, UnknownOpIsFloatAndSubgraphsAreNoted) {
+TEST(Plan, UnknownOpIsFloatAndOtherSubgraphsAreNoted) {
   GraphBuilder g;
   g.Input("x", {4}).Input("cond", {}, pb::TensorProto::BOOL);
-  g.Output("y", {4}).Output("r", {4});
+  g.Input("seq", {4});
+  g.Output("y", {4}).Output("r", {4}).Output("mapped", {4});
   g.Node("Cos", {"x"}, {"y"}, "cos");
   pb::GraphProto body;
   body.set_name("b");
@@ -356,10 +357,16 @@ TEST(Plan, UnknownOpIsFloatAndSubgraphsAreNoted) {
   pb::NodeProto* iff = g.Node("If", {"cond"}, {"r"}, "if");
   GraphBuilder::GraphAttr(iff, "then_branch", body);
   GraphBuilder::GraphAttr(iff, "else_branch", body);
+  // Bodies of ops other than If, Loop and Scan are left alone, with a note.
+  pb::NodeProto* map = g.Node("SequenceMap", {"seq"}, {"mapped"}, "map");
+  GraphBuilder::GraphAttr(map, "body", body);
   const QuantPlan p = Plan(g);
   ASSERT_NE(Floated(p, "cos"), nullptr);
   EXPECT_TRUE(Contains(Floated(p, "cos")->reason, "Cos"));
   ASSERT_NE(Floated(p, "if"), nullptr);
+  EXPECT_TRUE(Contains(Floated(p, "if")->reason, "control flow"));
+  ASSERT_NE(Floated(p, "map"), nullptr);
+  EXPECT_TRUE(Contains(Floated(p, "map")->reason, "only If, Loop and Scan"));
   EXPECT_EQ(p.notes.size(), 1u);
   EXPECT_TRUE(p.qdq.empty());
 }
