@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <tuple>
 #include <unordered_set>
 #include <utility>
@@ -48,6 +49,65 @@ std::pair<int64_t, int64_t> SamePads(int64_t in, int64_t kernel,
   return upper ? std::make_pair(small, large) : std::make_pair(large, small);
 }
 
+// The graphs of a model by plan scope ("" the main graph, then If, Loop and
+// Scan bodies), each with an index that sees the enclosing graphs'
+// initializers, and its nodes by name.
+class Scopes {
+ public:
+  explicit Scopes(const pb::GraphProto& main) { Add(main, "", nullptr); }
+
+  const GraphIndex& Index(const Scope& scope) const {
+    return *at(scope).index;
+  }
+  const pb::NodeProto& Node(const Scope& scope, const std::string& name) const {
+    const Entry& e = at(scope);
+    auto it = e.by_name.find(name);
+    if (it == e.by_name.end()) {
+      throw InternalError("the plan names node '" + name +
+                          "', which the graph does not hold");
+    }
+    return e.index->graph().node(it->second);
+  }
+
+ private:
+  struct Entry {
+    std::unique_ptr<GraphIndex> index;
+    std::unordered_map<std::string, int> by_name;
+  };
+  const Entry& at(const Scope& scope) const {
+    auto it = entries_.find(scope);
+    if (it == entries_.end()) {
+      throw InternalError("the plan names graph '" + scope +
+                          "', which the model does not hold");
+    }
+    return it->second;
+  }
+  void Add(const pb::GraphProto& graph, const Scope& scope,
+           const GraphIndex* outer) {
+    Entry& e = entries_[scope];
+    e.index = std::make_unique<GraphIndex>(graph);
+    e.index->SetOuter(outer);
+    for (int i = 0; i < graph.node_size(); ++i) {
+      e.by_name.emplace(graph.node(i).name(), i);
+    }
+    const GraphIndex* here = e.index.get();
+    for (const auto& n : graph.node()) {
+      const bool control_flow =
+          (n.domain().empty() || n.domain() == "ai.onnx") &&
+          (n.op_type() == "If" || n.op_type() == "Loop" ||
+           n.op_type() == "Scan");
+      if (!control_flow) continue;
+      for (const auto& attr : n.attribute()) {
+        if (!attr.has_g()) continue;
+        Add(attr.g(),
+            (scope.empty() ? "" : scope + "/") + n.name() + "." + attr.name(),
+            here);
+      }
+    }
+  }
+  std::unordered_map<Scope, Entry> entries_;
+};
+
 }  // namespace
 
 KernelChecker::KernelChecker(const pb::ModelProto& model,
@@ -57,11 +117,7 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
   const QuantPlan plan = MakePlan(model, dtypes, options);
   std::unordered_map<std::string, std::string> source;
   for (const auto& e : plan.qdq) source[e.tensor] = e.source;
-  GraphIndex index(model.graph());
-  std::unordered_map<std::string, int> by_name;
-  for (int i = 0; i < model.graph().node_size(); ++i) {
-    by_name.emplace(model.graph().node(i).name(), i);
-  }
+  const Scopes scopes(model.graph());
   std::unordered_map<std::string, std::string> absorbed_by;
   for (const auto& a : plan.absorbed) absorbed_by[a.producer] = a.node;
   auto params_of = [&](const std::string& tensor) {
@@ -86,12 +142,12 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     }
   };
   for (const auto& q : plan.quantized_nodes) {
-    // Nodes inside If/Loop/Scan bodies are not checked (their inputs are
-    // not replayed): ORT's VNNI-less kernels may saturate there.
-    if (q.weight_input < 0 || !q.scope.empty()) continue;
-    const pb::NodeProto& node = model.graph().node(by_name.at(q.node));
+    if (q.weight_input < 0) continue;
+    const pb::NodeProto& node = scopes.Node(q.scope, q.node);
+    const GraphIndex& index = scopes.Index(q.scope);
     NodeKernelCheck r;
     r.node = q.node;
+    r.in_body = !q.scope.empty();
     r.op_type = q.op_type;
     const int act = q.weight_input == 0 ? 1 : 0;
     r.input = node.input(act);
@@ -101,7 +157,7 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     std::string output = node.output(0);
     auto absorbed = absorbed_by.find(q.node);
     if (absorbed != absorbed_by.end()) {
-      output = model.graph().node(by_name.at(absorbed->second)).output(0);
+      output = scopes.Node(q.scope, absorbed->second).output(0);
     }
     if (source.count(output)) n.output_scale = params_of(output).scale;
     // ONNX Runtime turns int8 activations into uint8 ones (+128) before
@@ -183,6 +239,10 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
       }
       r.bounds = PairSumBounds(n.filters, 255);
       for (int32_t b : r.bounds) r.bound = std::max(r.bound, b);
+      if (r.in_body) {
+        r.detail = "inside body '" + q.scope +
+                   "': not replayed, judged by its worst case";
+      }
     }
     results_.push_back(std::move(r));
     nodes_.push_back(std::move(n));
@@ -193,7 +253,8 @@ std::vector<std::string> KernelChecker::Inputs() const {
   std::vector<std::string> out;
   std::unordered_set<std::string> seen;
   for (const auto& r : results_) {
-    if (r.kind == KernelKind::kPairSums && seen.insert(r.input).second) {
+    if (r.kind == KernelKind::kPairSums && !r.in_body &&
+        seen.insert(r.input).second) {
       out.push_back(r.input);
     }
   }
@@ -310,7 +371,7 @@ void KernelChecker::Add(
     const std::unordered_map<std::string, ActivationView>& arrays) {
   for (size_t i = 0; i < results_.size(); ++i) {
     NodeKernelCheck& r = results_[i];
-    if (r.kind != KernelKind::kPairSums) continue;
+    if (r.kind != KernelKind::kPairSums || r.in_body) continue;
     auto it = arrays.find(r.input);
     if (it == arrays.end()) continue;
     if (nodes_[i].is_conv) {

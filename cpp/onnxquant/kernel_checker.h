@@ -28,6 +28,9 @@ struct NodeKernelCheck {
   std::string input;  // the activation tensor the weight multiplies
   KernelKind kind = KernelKind::kPairSums;
   std::string detail;  // why the kind, for kExact and kNotFused
+  // In an If/Loop/Scan body: its input is not replayed (Inputs() leaves it
+  // out, Add() skips it), so ChannelQmax judges it by its bound.
+  bool in_body = false;
   // The largest |pair sum| any input in the quantized range could give
   // (kPairSums only): > 32767 means it can saturate. Per filter (output
   // channel) in `bounds`, their maximum in `bound`.

@@ -10,6 +10,7 @@
 #include "graph_builder.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
+#include "onnxquant/kernel_checker.h"
 #include "onnxquant/plan.h"
 #include "onnxquant/validate_model.h"
 
@@ -161,6 +162,29 @@ TEST(ControlFlowInsert, BodiesGetTheirOwnQdqAndWeights) {
   }
   EXPECT_TRUE(tr);
   ValidateModelForPlan(m);  // still a well-formed model
+}
+
+TEST(ControlFlowKernelCheck, BodyNodesAreJudgedByTheirWorstCase) {
+  GraphBuilder b = IfModel();
+  const RangeMap ranges = {{"x", {0.f, 1.f}}, {"tc", {-4.f, 4.f}},
+                           {"tr", {0.f, 4.f}}, {"em", {-8.f, 8.f}}};
+  KernelChecker checker(b.Build(), IfDtypes(b), {}, ranges);
+  // Weighted nodes of both branches are checked, but their inputs are not
+  // replayed: the checker asks for none.
+  std::vector<std::string> nodes;
+  for (const auto& r : checker.results()) {
+    nodes.push_back(r.node);
+    EXPECT_TRUE(r.in_body) << r.node;
+  }
+  EXPECT_EQ(nodes, (std::vector<std::string>{"t_conv", "e_mm"}));
+  EXPECT_TRUE(checker.Inputs().empty());
+  // W's second output channel pairs codes 16 and 127 (|sum| 143 >= 129): its
+  // worst case saturates, so the conservative rule narrows that channel.
+  const auto qmax = checker.ChannelQmax(/*bound_unobserved=*/true, 0.0);
+  ASSERT_TRUE(qmax.count("t_conv"));
+  EXPECT_EQ(qmax.at("t_conv")[0], 127);
+  EXPECT_LT(qmax.at("t_conv")[1], 127);
+  EXPECT_TRUE(checker.ChannelQmax(/*bound_unobserved=*/false, 0.0).empty());
 }
 
 TEST(ControlFlowExpose, IfBranchTensorThreadedOutWithEmptyOtherBranch) {
