@@ -440,6 +440,25 @@ class Calibrator:
         finally:
             opened.clear()
 
+    @contextlib.contextmanager
+    def _replay(self, names: Sequence[str]) -> Iterator[Callable[[dict], list] | None]:
+        """Yields ``run(feed)``, the arrays of ``names`` for one feed, computed
+        by this calibrator's session (quantize's kernel check replays its
+        samples there instead of opening a session of its own); None when the
+        calibrator does not observe every name."""
+        outputs = dict(zip(self._fetch, self._outputs))
+        inputs = set(self._from_feed)
+        if any(n not in outputs and n not in inputs for n in names):
+            yield None
+            return
+        wanted = [outputs[n] for n in names if n in outputs]
+        with self._lock, self._running() as session:
+            def run(feed: dict) -> list:
+                got = dict(zip(wanted, session().run(wanted, dict(feed)))) if wanted else {}
+                return [feed[n] if n in inputs else got[outputs[n]] for n in names]
+
+            yield run
+
     def _dtypes_of(self, model: onnx.ModelProto) -> dict[str, int] | None:
         """The tensor types found for the model, when ``model`` (a skeleton)
         has the graph this calibrator was made for (else None): quantize then

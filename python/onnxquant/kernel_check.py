@@ -133,7 +133,7 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                   dtypes: Mapping[str, int] | None = None,
                   providers: Sequence[str] | None = None,
                   workspace=None, spill: bool = False,
-                  model_bytes: bytes | None = None) -> KernelCheckResult:
+                  model_bytes: bytes | None = None, replay=None) -> KernelCheckResult:
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
@@ -151,7 +151,11 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     weights and the model's session are never held at once: the replayed
     activations go to files of ``workspace`` while the session (which maps the
     weights from their files rather than copying them) runs, and the checker
-    reads them back after it is closed.
+    reads them back after it is closed. ``replay`` (default None): a context
+    manager factory, ``replay(names)``, yielding ``run(feed) -> arrays of
+    names`` from a session already open on this very model (a calibrator's),
+    or None where it cannot; the feeds then run there instead of in a session
+    of the check's own (whose creation dominates on large graphs).
 
     Raises:
         RangeMissingError: a planned tensor without a valid range.
@@ -176,7 +180,13 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     if names and feeds:
         if spill:
             del checker
-        with _own_session(data, names, types, providers, workspace, spill) as run:
+        with contextlib.ExitStack() as stack:
+            run = None
+            if replay is not None and not spill:
+                run = stack.enter_context(replay(names))
+            if run is None:
+                run = stack.enter_context(
+                    _own_session(data, names, types, providers, workspace, spill))
             for feed in feeds:
                 arrays = {n: np.ascontiguousarray(o, dtype=np.float32)
                           for n, o in zip(names, _run(run, feed))}

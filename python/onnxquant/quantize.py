@@ -277,6 +277,9 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     # The calibrator inferred the types of this very model: reuse them.
     known = getattr(calibrator, "_dtypes_of", None)
     dtypes = known(work) if known is not None else None
+    # The calibrator's session runs this very model: the kernel check
+    # replays its samples there.
+    replay = calibrator._replay if dtypes is not None else None
     if dtypes is None:
         dtypes = infer_dtypes(work, workspace=workspace)
     native = options.to_native()
@@ -291,7 +294,8 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
                                 dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
-                                workspace=workspace, spill=skeleton.large, model_bytes=data)
+                                workspace=workspace, spill=skeleton.large, model_bytes=data,
+                                replay=replay)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         native = _with_remedies(options, kernels, remedies)
         native.unreached_tensors = unreached

@@ -278,3 +278,29 @@ def test_auto_remedy_without_samples_lowers_ranges():
     unseen = KernelCheck(node="c", op_type="Conv", input="x", kind="pair_sums", bound=64770)
     result = KernelCheckResult(nodes=(unseen,), samples=0, channel_qmax={"c": (64,)})
     assert choose_remedies(result, "auto") == {"c": "channel_range"}
+
+
+def test_check_replays_through_the_calibrators_session(monkeypatch):
+    """With the calibrator of this very model, quantize's kernel check runs its
+    samples in the calibrator's session (no session of its own, whose creation
+    dominated quantize on 64k-node graphs), with the same result."""
+    from onnxquant import kernel_check
+
+    model = _conv_model([[1.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0]])
+    calibrator, ranges = _calibrated(model)
+    own = check_kernels(model, ranges, calibrator.kernel_check_feeds)
+    shared = check_kernels(model, ranges, calibrator.kernel_check_feeds,
+                           replay=calibrator._replay)
+    assert shared.samples == own.samples == 8
+    assert [(n.node, n.pair_sums, n.saturated, n.peak) for n in shared.nodes] == \
+        [(n.node, n.pair_sums, n.saturated, n.peak) for n in own.nodes]
+    assert shared.nodes[0].saturated > 0
+    assert shared.channel_qmax == own.channel_qmax
+
+    def no_own_session(*args, **kwargs):
+        raise AssertionError("the kernel check opened a session of its own")
+
+    monkeypatch.setattr(kernel_check, "_own_session", no_own_session)
+    _, report = oq.quantize(model, ranges, calibrator=calibrator, return_report=True)
+    assert report.kernels.samples == 8
+    assert report.kernels.remedies
