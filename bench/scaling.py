@@ -59,7 +59,7 @@ import onnx.numpy_helper as onh
 import onnx.shape_inference
 
 import onnxquant as oq
-from onnxquant import _core, _shapes, calibrator, kernel_check
+from onnxquant import _core, _payloads, _shapes, calibrator, kernel_check
 
 OPSET = 17
 WIDTH = 64
@@ -217,7 +217,7 @@ def instrumented(clock: Clock):
         (onnx.shape_inference, "infer_shapes", "shape inference"),
         (onnx.checker, "check_model", "checker"),
         (calibrator, "_session", "ORT session"),
-        (kernel_check, "_session", "ORT session"),
+        (_payloads, "ort_session", "ORT session"),  # the kernel check's own session
         (kernel_check, "_run", "ORT run"),
         (_shapes, "_ort_dtypes", "ORT session"),
         (_core, "run_passes", "engine"),

@@ -186,7 +186,13 @@ PYBIND11_MODULE(_core, m) {
 
   py::enum_<oq::ActivationType>(m, "ActivationType")
       .value("UINT8", oq::ActivationType::kUint8)
-      .value("INT8", oq::ActivationType::kInt8);
+      .value("INT8", oq::ActivationType::kInt8)
+      .value("INT16", oq::ActivationType::kInt16);
+
+  py::enum_<oq::PowerOfTwo>(m, "PowerOfTwo")
+      .value("OFF", oq::PowerOfTwo::kOff)
+      .value("CEIL", oq::PowerOfTwo::kCeil)
+      .value("MSE", oq::PowerOfTwo::kMse);
 
   py::enum_<oq::WeightEncoding>(m, "WeightEncoding")
       .value("INT8", oq::WeightEncoding::kInt8)
@@ -208,6 +214,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("reduce_weight_range",
                      &oq::QuantOptions::reduce_weight_range)
       .def_readwrite("quantize_silu", &oq::QuantOptions::quantize_silu)
+      .def_readwrite("power_of_two", &oq::QuantOptions::power_of_two)
       .def_readwrite("weight_remedies", &oq::QuantOptions::weight_remedies)
       .def_readwrite("unreached_tensors",
                      &oq::QuantOptions::unreached_tensors);

@@ -19,22 +19,77 @@ double RoundHalfEven(double x) { return std::nearbyint(x); }
 
 }  // namespace
 
-ActivationParams ActivationQuantParams(float rmin, float rmax,
-                                       ActivationType type) {
+std::pair<int32_t, int32_t> ActivationCodeRange(ActivationType type) {
+  switch (type) {
+    case ActivationType::kUint8:
+      return {0, 255};
+    case ActivationType::kInt8:
+      return {-128, 127};
+    case ActivationType::kInt16:
+      return {-32768, 32767};
+  }
+  return {0, 255};
+}
+
+float PowerOfTwoCeil(float x) {
+  if (!(x > 0.f) || !std::isfinite(x)) return std::ldexp(1.f, -126);
+  int e = 0;
+  const float m = std::frexp(x, &e);  // x = m * 2^e, m in [0.5, 1)
+  const float p = m == 0.5f ? std::ldexp(1.f, e - 1) : std::ldexp(1.f, e);
+  return std::max(p, std::ldexp(1.f, -126));
+}
+
+namespace {
+
+void CheckRange(float rmin, float rmax) {
   if (!std::isfinite(rmin) || !std::isfinite(rmax) || rmin > rmax) {
     throw RangeError("the range [" + std::to_string(rmin) + ", " +
                      std::to_string(rmax) + "] is not a finite interval");
   }
-  const int qmin = type == ActivationType::kUint8 ? 0 : -128;
-  const int qmax = type == ActivationType::kUint8 ? 255 : 127;
+}
+
+}  // namespace
+
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       const QuantOptions& options) {
+  if (options.power_of_two == PowerOfTwo::kOff) {
+    return ActivationQuantParams(rmin, rmax, options.activation_type);
+  }
+  CheckRange(rmin, rmax);
+  const auto [qmin, qmax] = ActivationCodeRange(options.activation_type);
+  ActivationParams p;
+  if (rmin < 0.f) {
+    // Symmetric: zero point in the middle of the type, (qmax - qmin) / 2
+    // steps each side.
+    const float a = std::max(-rmin, rmax);
+    const int32_t half = (qmax - qmin) / 2;  // 127, or 32767
+    p.zero_point =
+        options.activation_type == ActivationType::kUint8 ? 128 : 0;
+    p.scale = PowerOfTwoCeil(a / static_cast<float>(half));
+  } else {
+    p.zero_point = qmin;
+    p.scale = PowerOfTwoCeil(rmax / static_cast<float>(qmax - qmin));
+  }
+  if (p.scale < kMinActivationScale) {
+    p.scale = PowerOfTwoCeil(kMinActivationScale);
+    p.floored = true;
+  }
+  return p;
+}
+
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       ActivationType type) {
+  CheckRange(rmin, rmax);
+  const auto [qmin, qmax] = ActivationCodeRange(type);
+  const int32_t half = (qmax - qmin) / 2;  // 127, or 32767
   rmin = std::min(rmin, 0.f);
   rmax = std::max(rmax, 0.f);
   ActivationParams p;
   if (rmin == -rmax && rmax > 0.f) {
-    // A symmetric range [-a, a]: 127 steps each side of a zero point at the
-    // middle of the type (0 for int8, 128 for uint8), so that values inside
-    // the range take codes within +-127 of it.
-    const float scale = rmax / 127.f;
+    // A symmetric range [-a, a]: 127 (32767) steps each side of a zero
+    // point at the middle of the type (0 for int8 and int16, 128 for
+    // uint8), so that values inside the range take codes within +-127 of it.
+    const float scale = rmax / static_cast<float>(half);
     if (scale >= kMinActivationScale) {
       p.scale = scale;
       p.zero_point = type == ActivationType::kUint8 ? 128 : 0;
@@ -74,7 +129,8 @@ std::vector<float> MinWeightScalesForBias(const std::vector<float>& bias,
 WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int64_t>& dims, int axis,
                            int qmax, const std::vector<float>& min_scales,
-                           const std::vector<int32_t>& channel_qmax) {
+                           const std::vector<int32_t>& channel_qmax,
+                           PowerOfTwo power_of_two) {
   if (axis >= static_cast<int>(dims.size())) {
     throw InvalidArgument("weight axis " + std::to_string(axis) +
                           " out of range for a tensor of rank " +
@@ -129,7 +185,33 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
       out.enlarged = true;
     }
     if (!(scale > 0.f)) scale = 1.f;  // an all-zero channel: any scale works
+    if (power_of_two != PowerOfTwo::kOff) scale = PowerOfTwoCeil(scale);
     out.scales[c] = scale;
+  }
+  if (power_of_two == PowerOfTwo::kMse) {
+    // Per channel: the next lower power of two where it lowers the squared
+    // error over the channel's values (and still fits the bias floor).
+    std::vector<double> err_up(channels, 0.0), err_down(channels, 0.0);
+    for (int64_t o = 0; o < outer; ++o) {
+      for (int64_t c = 0; c < channels; ++c) {
+        const double up = out.scales[c], down = up / 2.0;
+        const double limit = qmax_of(c);
+        const float* p = w.data() + (o * channels + c) * inner;
+        for (int64_t i = 0; i < inner; ++i) {
+          const double x = p[i];
+          const double qu = std::clamp(RoundHalfEven(x / up), -limit, limit);
+          const double qd = std::clamp(RoundHalfEven(x / down), -limit, limit);
+          err_up[c] += (x - qu * up) * (x - qu * up);
+          err_down[c] += (x - qd * down) * (x - qd * down);
+        }
+      }
+    }
+    for (int64_t c = 0; c < channels; ++c) {
+      const float down = out.scales[c] / 2.f;
+      const float floor_scale =
+          c < static_cast<int64_t>(min_scales.size()) ? min_scales[c] : 0.f;
+      if (err_down[c] < err_up[c] && down >= floor_scale) out.scales[c] = down;
+    }
   }
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t c = 0; c < channels; ++c) {

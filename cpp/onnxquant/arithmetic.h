@@ -3,6 +3,7 @@
 #define ONNXQUANT_ARITHMETIC_H_
 
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include "onnxquant/plan.h"
@@ -29,6 +30,21 @@ inline constexpr float kMinActivationScale = 1e-8f;
 ActivationParams ActivationQuantParams(float rmin, float rmax,
                                        ActivationType type);
 
+// The same, with the options' power-of-two rule: where `options` ask for
+// power-of-two scales, a range with negative values gets the symmetric zero
+// point (middle of the type) and the smallest power-of-two scale whose
+// codes cover max(|rmin|, |rmax|); a non-negative range gets the type's
+// lowest code as zero point and the smallest power-of-two scale covering
+// rmax with the type's full span. Else as above.
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       const QuantOptions& options);
+
+// The smallest power of two >= x (x > 0, finite); 2^-126 below that.
+float PowerOfTwoCeil(float x);
+
+// The code range of an activation type: [qmin, qmax].
+std::pair<int32_t, int32_t> ActivationCodeRange(ActivationType type);
+
 struct WeightQuant {
   std::vector<int8_t> values;  // same layout as the float weight
   std::vector<float> scales;   // one per channel (or one)
@@ -41,10 +57,13 @@ struct WeightQuant {
 // the int32 bias to fit); zero-scale channels get the floor or 1.
 // `channel_qmax`, when not empty, gives per channel its own qmax in
 // [1, 127] instead of `qmax` (InvalidArgument for a wrong size or value).
+// `power_of_two` rounds each channel's scale to a power of two (kCeil: up;
+// kMse: up, or one lower where that lowers the channel's squared error).
 WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int64_t>& dims, int axis,
                            int qmax, const std::vector<float>& min_scales,
-                           const std::vector<int32_t>& channel_qmax = {});
+                           const std::vector<int32_t>& channel_qmax = {},
+                           PowerOfTwo power_of_two = PowerOfTwo::kOff);
 
 // Per channel, the smallest weight scale for which bias / (input_scale *
 // weight_scale) fits in int32 with a margin.

@@ -17,11 +17,32 @@
 namespace onnxquant {
 namespace {
 
+// Activation codes of `type` as an initializer (uint8, int8 or int16).
+pb::TensorProto CodeTensor(const std::string& name,
+                           const std::vector<int64_t>& dims,
+                           const std::vector<int32_t>& codes,
+                           ActivationType type) {
+  switch (type) {
+    case ActivationType::kUint8:
+      return Uint8Tensor(name, dims,
+                         std::vector<uint8_t>(codes.begin(), codes.end()));
+    case ActivationType::kInt8:
+      return Int8Tensor(name, dims,
+                        std::vector<int8_t>(codes.begin(), codes.end()));
+    case ActivationType::kInt16:
+      break;
+  }
+  return Int16Tensor(name, dims,
+                     std::vector<int16_t>(codes.begin(), codes.end()));
+}
+
 pb::NodeProto MakeNode(const std::string& op, const std::string& name,
                        std::vector<std::string> inputs,
-                       const std::string& output, int axis = -1) {
+                       const std::string& output, int axis = -1,
+                       const std::string& domain = "") {
   pb::NodeProto n;
   n.set_op_type(op);
+  if (!domain.empty()) n.set_domain(domain);
   n.set_name(name);
   for (auto& i : inputs) n.add_input(i);
   n.add_output(output);
@@ -46,6 +67,9 @@ struct Shared {
   // Initializers some writer replaced by a quantized copy; each graph drops
   // those of its own that nothing reads any more.
   std::unordered_set<std::string> replaced;
+  // The domain of the activations' Q/DQ nodes: "com.microsoft" for 16-bit
+  // codes below opset 21 (as ONNX Runtime's quantizer writes them).
+  std::string activation_domain;
 };
 
 // Writes the plan of one graph (the main graph or one body).
@@ -56,7 +80,7 @@ class QdqWriter {
             const RangeMap& ranges, Shared* shared, QuantizeReport* report)
       : graph_(*graph), outer_(outer), plan_(plan), names_(*shared->names),
         options_(options), ranges_(ranges), replaced_(shared->replaced),
-        report_(report) {}
+        domain_(shared->activation_domain), report_(report) {}
 
   void Run();
 
@@ -91,6 +115,7 @@ class QdqWriter {
   const QuantOptions& options_;
   const RangeMap& ranges_;
   std::unordered_set<std::string>& replaced_;  // initializers quantized
+  const std::string domain_;  // of the activations' Q/DQ nodes
   QuantizeReport* report_;
   // The editing index of graph_: made once absorbed activations are gone
   // (no node is added or removed after that until Run() rebuilds the node
@@ -115,8 +140,7 @@ const ActivationParams& QdqWriter::Params(const std::string& source) {
   }
   ActivationParams p;
   try {
-    p = ActivationQuantParams(r->second.first, r->second.second,
-                              options_.activation_type);
+    p = ActivationQuantParams(r->second.first, r->second.second, options_);
   } catch (const Error& e) {
     throw RangeError("Invalid range for tensor '" + source + "': " +
                      e.what() + ". Pass (min, max) with min <= max, finite.");
@@ -138,13 +162,8 @@ std::pair<std::string, std::string> QdqWriter::NewParamTensors(
   const std::string scale = names_.Make(source + "_scale");
   const std::string zp = names_.Make(source + "_zero_point");
   index_->AddInitializer(FloatTensor(scale, {}, {p.scale}));
-  if (options_.activation_type == ActivationType::kUint8) {
-    index_->AddInitializer(
-        Uint8Tensor(zp, {}, {static_cast<uint8_t>(p.zero_point)}));
-  } else {
-    index_->AddInitializer(
-        Int8Tensor(zp, {}, {static_cast<int8_t>(p.zero_point)}));
-  }
+  index_->AddInitializer(
+      CodeTensor(zp, {}, {p.zero_point}, options_.activation_type));
   return {scale, zp};
 }
 
@@ -255,8 +274,7 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
   }
   for (const auto& c : plan_.constants) {
     const auto* init = index_->Initializer(c.tensor);
-    const ActivationParams p =
-        ActivationQuantParams(c.min, c.max, options_.activation_type);
+    const ActivationParams p = ActivationQuantParams(c.min, c.max, options_);
     const std::vector<float> v = ToFloats(*init);
     for (float x : v) {
       if (!std::isfinite(x)) {
@@ -265,9 +283,7 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
                          "quantized. Fix the model's constants.");
       }
     }
-    const int qmin = options_.activation_type == ActivationType::kUint8 ? 0
-                                                                        : -128;
-    const int qmax = qmin + 255;
+    const auto [qmin, qmax] = ActivationCodeRange(options_.activation_type);
     std::vector<int32_t> q(v.size());
     for (size_t i = 0; i < v.size(); ++i) {
       const double x = std::nearbyint(static_cast<double>(v[i]) / p.scale) +
@@ -278,21 +294,13 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
     const std::string sn = names_.Make(c.tensor + "_scale");
     const std::string zn = names_.Make(c.tensor + "_zero_point");
     const std::string dq = names_.Make(c.tensor + "_dequantized");
-    if (options_.activation_type == ActivationType::kUint8) {
-      index_->AddInitializer(Uint8Tensor(
-          qn, Dims(*init), std::vector<uint8_t>(q.begin(), q.end())));
-      index_->AddInitializer(
-          Uint8Tensor(zn, {}, {static_cast<uint8_t>(p.zero_point)}));
-    } else {
-      index_->AddInitializer(Int8Tensor(
-          qn, Dims(*init), std::vector<int8_t>(q.begin(), q.end())));
-      index_->AddInitializer(
-          Int8Tensor(zn, {}, {static_cast<int8_t>(p.zero_point)}));
-    }
+    index_->AddInitializer(
+        CodeTensor(qn, Dims(*init), q, options_.activation_type));
+    index_->AddInitializer(
+        CodeTensor(zn, {}, {p.zero_point}, options_.activation_type));
     index_->AddInitializer(FloatTensor(sn, {}, {p.scale}));
-    head->push_back(
-        MakeNode("DequantizeLinear", names_.Make(dq + "_node"), {qn, sn, zn},
-                 dq));
+    head->push_back(MakeNode("DequantizeLinear", names_.Make(dq + "_node"),
+                             {qn, sn, zn}, dq, -1, domain_));
     // The quantized nodes among its readers read the dequantized copy
     // (copied: the edits change the list).
     const std::vector<int> readers = index_->Consumers(c.tensor);
@@ -310,9 +318,9 @@ void QdqWriter::AddPair(const std::string& input, const std::string& output,
       own_params ? NewParamTensors(source) : ParamTensors(source);
   const std::string q = names_.Make(output + "_quantized");
   out->push_back(MakeNode("QuantizeLinear", names_.Make(q + "_node"),
-                          {input, scale, zp}, q));
+                          {input, scale, zp}, q, -1, domain_));
   out->push_back(MakeNode("DequantizeLinear", names_.Make(output + "_node"),
-                          {q, scale, zp}, output));
+                          {q, scale, zp}, output, -1, domain_));
 }
 
 void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
@@ -473,7 +481,20 @@ QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
   report.plan = MakePlan(model, dtypes, options);
   const auto plans = ByScope(report.plan);
   NameAllocator names(model.graph());
-  Shared shared{&names, {}};
+  Shared shared{&names, {}, ""};
+  if (options.activation_type == ActivationType::kInt16 &&
+      DefaultOpset(model) < 21) {
+    shared.activation_domain = "com.microsoft";
+    bool imported = false;
+    for (const auto& o : model.opset_import()) {
+      imported = imported || o.domain() == "com.microsoft";
+    }
+    if (!imported) {
+      auto* o = model.add_opset_import();
+      o->set_domain("com.microsoft");
+      o->set_version(1);
+    }
+  }
   WriteGraph(model.mutable_graph(), "", nullptr, plans, options, ranges,
              &shared, &report);
   return report;

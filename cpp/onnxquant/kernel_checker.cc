@@ -134,7 +134,7 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     }
     try {
       return ActivationQuantParams(range->second.first, range->second.second,
-                                   options.activation_type);
+                                   options);
     } catch (const Error& e) {
       throw RangeError("Invalid range for tensor '" + src->second +
                        "': " + e.what() +
@@ -169,7 +169,10 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     const NodeWeights w = QuantizeNodeWeights(
         index, node, q, q.bias_input >= 0 ? p.scale : 0.f, options);
     r.per_channel = w.quant.scales.size() > 1;
-    if (q.op_type == "ConvTranspose") {
+    if (options.activation_type == ActivationType::kInt16) {
+      r.kind = KernelKind::kNotFused;
+      r.detail = "int16 activations: ONNX Runtime runs DQ -> float op -> Q";
+    } else if (q.op_type == "ConvTranspose") {
       r.kind = KernelKind::kNotFused;
       r.detail = "ONNX Runtime runs ConvTranspose in float";
     } else if (q.weight_input == 0) {

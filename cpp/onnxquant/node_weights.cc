@@ -86,7 +86,8 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
   const int qmax = options.reduce_weight_range ? 63 : 127;
   try {
     out.quant = QuantizeWeight(w, out.dims, q.weight_axis, qmax, min_scales,
-                               RemedyOf(options, q.node).channel_qmax);
+                               RemedyOf(options, q.node).channel_qmax,
+                               options.power_of_two);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kInvalidArgument) throw;
     throw InvalidArgument("the weight remedy of node '" + q.node +

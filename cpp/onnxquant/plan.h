@@ -14,7 +14,23 @@
 
 namespace onnxquant {
 
-enum class ActivationType { kUint8, kInt8 };
+// kInt16: 16-bit activations (as ONNX Runtime's own quantizer writes them:
+// Q/DQ of the com.microsoft domain below opset 21); ONNX Runtime has no
+// integer kernels for them and runs DQ -> float op -> Q.
+enum class ActivationType { kUint8, kInt8, kInt16 };
+
+// Scales that are powers of two (TI's TIDL, AMD's XINT8 for NPUs): every
+// weight and activation scale is 2^-k.
+enum class PowerOfTwo {
+  kOff,
+  // The smallest power of two whose range covers the tensor's (no
+  // overflow).
+  kCeil,
+  // For weights, that or the next lower power of two, whichever gives the
+  // smaller squared error over the weight's values (clipping a few);
+  // activations as kCeil (their range comes from the calibration method).
+  kMse,
+};
 
 // How a node's quantized weight is stored.
 enum class WeightEncoding {
@@ -49,6 +65,9 @@ struct QuantOptions {
   bool quantize_activation_matmul = true;
   // Weights use [-63, 63] instead of [-127, 127] (CPUs without VNNI).
   bool reduce_weight_range = false;
+  // Power-of-two scales for weights (per channel or per tensor, as
+  // per_channel says) and activations; off by default.
+  PowerOfTwo power_of_two = PowerOfTwo::kOff;
   // x * sigmoid(x) (SiLU) gets Q/DQ between its Sigmoid and its Mul too, so
   // that ONNX Runtime runs both as integer ops (QLinearSigmoid, QLinearMul)
   // instead of in float; off by default (the Mul's output only).

@@ -229,6 +229,11 @@ pb::TensorProto Uint8Tensor(const std::string& name,
                             const std::vector<uint8_t>& values) {
   return MakeRaw(name, dims, values, pb::TensorProto::UINT8);
 }
+pb::TensorProto Int16Tensor(const std::string& name,
+                            const std::vector<int64_t>& dims,
+                            const std::vector<int16_t>& values) {
+  return MakeRaw(name, dims, values, pb::TensorProto::INT16);
+}
 pb::TensorProto Int32Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,
                             const std::vector<int32_t>& values) {

@@ -45,6 +45,9 @@ pb::TensorProto Int8Tensor(const std::string& name,
 pb::TensorProto Uint8Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,
                             const std::vector<uint8_t>& values);
+pb::TensorProto Int16Tensor(const std::string& name,
+                            const std::vector<int64_t>& dims,
+                            const std::vector<int16_t>& values);
 pb::TensorProto Int32Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,
                             const std::vector<int32_t>& values);

@@ -184,6 +184,21 @@ def _float_tensors(model, dtypes: dict[str, int], planned: Sequence[str]) -> tup
     return tuple(names)
 
 
+def _weighted_inputs(model, plan: dict) -> list[str]:
+    """The activation inputs of the main graph's planned nodes with a weight
+    (what the kernel check replays), in plan order."""
+    by_name = {n.name: n for n in model.graph.node}
+    out = []
+    for q in plan["quantized_nodes"]:
+        node = by_name.get(q["node"])
+        if q["weight_input"] < 0 or q.get("scope") or node is None:
+            continue
+        act = 1 if q["weight_input"] == 0 else 0
+        if act < len(node.input) and node.input[act]:
+            out.append(node.input[act])
+    return list(dict.fromkeys(out))
+
+
 def _method(method: object) -> CalibrationMethod:
     if isinstance(method, str):
         try:
@@ -388,15 +403,23 @@ class Calibrator:
         self._keep_session = not skeleton.large
         self._augmented = None
         self._outputs: list[str] = []
-        if self._fetch:
+        # The inputs of weighted nodes that the statistics do not need (they
+        # take another tensor's range): exposed too, so that quantize's kernel
+        # check can replay its samples in this session.
+        check = [t for t in _weighted_inputs(work, plan)
+                 if t not in inputs and t not in set(self._fetch)]
+        self._check_outputs: dict[str, str] = {}
+        if self._fetch or check:
             augmented = onnx.ModelProto()
             # Tensors of bodies reach the graph's outputs under new names.
-            augmented_bytes, self._outputs = _core.expose_tensors(data, self._fetch, dtypes)
+            augmented_bytes, outputs = _core.expose_tensors(data, self._fetch + check, dtypes)
+            self._outputs = outputs[:len(self._fetch)]
+            self._check_outputs = dict(zip(check, outputs[len(self._fetch):]))
             augmented.ParseFromString(augmented_bytes)
             self._augmented = augmented
             session = self._open_session()
             produced = {o.name for o in session.get_outputs()}
-            lost = [t for t, o in zip(self._fetch, self._outputs) if o not in produced]
+            lost = [t for t, o in zip(self._fetch + check, outputs) if o not in produced]
             if lost:
                 raise InternalError(
                     f"The calibration session does not return tensor '{lost[0]}'; this is a "
@@ -446,8 +469,8 @@ class Calibrator:
         by this calibrator's session (quantize's kernel check replays its
         samples there instead of opening a session of its own); None when the
         calibrator does not observe every name."""
-        outputs = dict(zip(self._fetch, self._outputs))
-        inputs = set(self._from_feed)
+        outputs = {**self._check_outputs, **dict(zip(self._fetch, self._outputs))}
+        inputs = {s.name for s in self._specs}
         if any(n not in outputs and n not in inputs for n in names):
             yield None
             return

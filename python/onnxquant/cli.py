@@ -64,7 +64,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,
         quantize_activation_matmul=not args.float_activation_matmul,
         reduce_weight_range=args.reduce_weight_range, target=args.target,
-        kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu)
+        kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
+        power_of_two=args.power_of_two)
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
@@ -150,10 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--clip-bounded-outputs", action="store_true",
                    help="let clipping methods clip the outputs of Sigmoid, HardSigmoid, "
                         "Softmax and Tanh too; by default they keep their observed range")
-    q.add_argument("--activation-type", choices=("uint8", "int8"), default="uint8",
+    q.add_argument("--activation-type", choices=("uint8", "int8", "int16"), default="uint8",
                    help="activation integer type: uint8 fuses into ONNX Runtime's CPU "
-                        "integer kernels, int8 suits TFLite-style targets and NPUs "
-                        "(default uint8)")
+                        "integer kernels, int8 suits TFLite-style targets and NPUs, int16 "
+                        "(W8A16) runs as DQ -> float op -> Q (default uint8)")
+    q.add_argument("--power-of-two", choices=("off", "ceil", "mse"), default="off",
+                   help="power-of-two scales for weights and activations (NPUs, DSPs); "
+                        "with --no-per-channel the per-tensor power-of-two mode (default off)")
     q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
                    help="one scale per weight instead of one per output channel")
     q.add_argument("--exclude-node", action="append", default=[], metavar="NAME",

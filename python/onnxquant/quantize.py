@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 
 __all__ = ["QuantOptions", "quantize"]
 
-_ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8"}
+_ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8", "int16": "INT16"}
+_POWER_OF_TWO = {"off": "OFF", "ceil": "CEIL", "mse": "MSE"}
 _TARGETS = ("portable", "exact")
 _REMEDIES = ("auto", "channel_range", "uint8_weights", "float")
 
@@ -54,11 +55,27 @@ class QuantOptions:
     decides which tensors are calibrated) and :func:`~onnxquant.quantize`.
 
     Attributes:
-        activation_type: ``"uint8"`` (default) or ``"int8"``. uint8 lets ONNX
-            Runtime's CPU provider fuse QDQ into integer kernels; int8 suits
-            TFLite-style targets and NPUs, with a Q/DQ pair per consumer.
+        activation_type: ``"uint8"`` (default), ``"int8"`` or ``"int16"``.
+            uint8 lets ONNX Runtime's CPU provider fuse QDQ into integer
+            kernels; int8 suits TFLite-style targets and NPUs, with a Q/DQ
+            pair per consumer; int16 (with int8 weights: W8A16) keeps 16-bit
+            activations, written as ONNX Runtime's own quantizer writes them
+            (Q/DQ of the ``com.microsoft`` domain below opset 21), which ONNX
+            Runtime runs as DQ -> float op -> Q (no integer kernels: accurate,
+            not faster than float).
         per_channel: per-channel weight scales (default True); False gives one
             scale per weight.
+        power_of_two: power-of-two scales for weights and activations, as NPUs
+            and DSPs need (TI TIDL, AMD XINT8; with ``per_channel=False`` the
+            per-tensor power-of-two symmetric mode): ``"off"`` (default);
+            ``"ceil"``: each scale is the smallest power of two whose codes
+            cover the range (weights symmetric; an activation range with
+            negative values symmetric about the middle of the type, a
+            non-negative one from the type's lowest code); ``"mse"``: weights
+            take that or the next lower power of two, whichever gives the
+            smaller squared error over their values (activations as ``"ceil"``:
+            choose their clipping with the calibration method, e.g.
+            MSE_SYM).
         exclude_nodes: names of nodes kept in float (default none).
         op_types: the op types to quantize (default None: every op of the plan's
             table).
@@ -110,11 +127,15 @@ class QuantOptions:
     target: str = "portable"
     kernel_remedy: str = "auto"
     quantize_silu: bool = False
+    power_of_two: str = "off"
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
             raise InvalidArgumentError(
                 f"activation_type must be 'uint8' or 'int8', got {self.activation_type!r}.")
+        if self.power_of_two not in _POWER_OF_TWO:
+            raise InvalidArgumentError(
+                f"power_of_two must be 'off', 'ceil' or 'mse', got {self.power_of_two!r}.")
         if self.target not in _TARGETS:
             raise InvalidArgumentError(
                 f"target must be 'portable' (every CPU) or 'exact' (kernels that accumulate "
@@ -138,6 +159,7 @@ class QuantOptions:
         native.activation_type = getattr(_core.ActivationType,
                                          _ACTIVATION_TYPES[self.activation_type])
         native.per_channel = self.per_channel
+        native.power_of_two = getattr(_core.PowerOfTwo, _POWER_OF_TWO[self.power_of_two])
         native.exclude_nodes = list(self.exclude_nodes)
         native.op_types = list(self.op_types or ())
         native.quantize_activation_matmul = self.quantize_activation_matmul
@@ -195,7 +217,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              exclude_nodes: Iterable[str] = (), op_types: Iterable[str] | None = None,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
              target: str = "portable", kernel_remedy: str = "auto",
-             quantize_silu: bool = False, options: QuantOptions | None = None,
+             quantize_silu: bool = False, power_of_two: str = "off",
+             options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
              return_report: bool = False):
@@ -209,9 +232,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             tensor the plan calibrates.
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
-        kernel_remedy, quantize_silu: see :class:`QuantOptions` (defaults:
-            ``"uint8"``, True, none, None = all planned ops, True, False,
-            ``"portable"``, ``"auto"``, False).
+        kernel_remedy, quantize_silu, power_of_two: see :class:`QuantOptions`
+            (defaults: ``"uint8"``, True, none, None = all planned ops, True,
+            False, ``"portable"``, ``"auto"``, False, ``"off"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -245,7 +268,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
-                            kernel_remedy, quantize_silu)
+                            kernel_remedy, quantize_silu, power_of_two)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -286,7 +309,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     data = model_to_bytes(work)
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.
-    unreached = _unreached(data, dtypes, native, native_ranges)
+    unreached = _unreached(work, data, dtypes, native, native_ranges)
     native.unreached_tensors = unreached
     _require_planned_ranges(data, dtypes, options, native_ranges, calibrator, unreached)
     kernels, remedies = None, {}
@@ -352,10 +375,13 @@ _PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
                  "quantize_activation_matmul", "quantize_silu")
 
 
-def _unreached(data: bytes, dtypes: Mapping[str, int], native: _core.QuantOptions,
+def _unreached(model: onnx.ModelProto, data: bytes, dtypes: Mapping[str, int],
+               native: _core.QuantOptions,
                ranges: Mapping[str, tuple[float, float]]) -> list[str]:
     """The tensors inside If/Loop/Scan bodies that the plan for ``native``
     calibrates and ``ranges`` lacks: no calibration sample reached them."""
+    if not any(n.op_type in ("If", "Loop", "Scan") for n in model.graph.node):
+        return []  # no bodies: spare a plan
     plan = _core.make_plan(data, dict(dtypes), native)
     return [t for t in plan["body_calibrated"] if t not in ranges]
 
