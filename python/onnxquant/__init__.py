@@ -28,6 +28,7 @@ from onnxquant.errors import (
 from onnxquant._model import save_model
 from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.quantize import QuantOptions, quantize
+from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
 __all__ = [
@@ -45,10 +46,14 @@ __all__ = [
     "QuantizationReport",
     "RangeMissingError",
     "UnsupportedModelError",
+    "load_ort_calibration",
+    "load_ranges",
     "load_samples",
     "optimize_model",
     "quantize",
     "save_model",
+    "save_ranges",
+    "save_tensorrt_cache",
 ]
 
 
