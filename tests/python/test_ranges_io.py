@@ -77,7 +77,7 @@ def test_method_is_recorded_by_name(tmp_path):
 
 def test_quantize_with_loaded_ranges_equals_quantize_with_computed(tmp_path, normalised,
                                                                    calibrated):
-    calibrator, ranges = calibrated
+    _, ranges = calibrated
     path = tmp_path / "ranges.json"
     oq.save_ranges(path, ranges, model=normalised)
     first = oq.quantize(normalised, ranges, target="exact")
@@ -358,8 +358,8 @@ def test_ort_table_with_model_keeps_the_model_tensors(tmp_path, normalised):
 
 @pytest.mark.parametrize("entry", [
     '{"lowest": 2.0, "highest": 1.0, "CLS": "TensorData"}',
-    '{"lowest": {"data": NaN, "dtype": "float32", "CLS": "numpy.array"}, '
-    '"highest": 1.0, "CLS": "TensorData"}',
+    ('{"lowest": {"data": NaN, "dtype": "float32", "CLS": "numpy.array"}, '
+     '"highest": 1.0, "CLS": "TensorData"}'),
     '{"highest": 1.0, "CLS": "TensorData"}',
     '{"lowest": "low", "highest": 1.0, "CLS": "TensorData"}',
 ])
