@@ -1,6 +1,11 @@
 """onnxquant: post-training INT8 quantization of ONNX models.
 
-The pipeline, in the style of FuriosaAI's quantizer::
+In one call::
+
+    import onnxquant as oq
+    report = oq.quantize_model("model.onnx", "model.int8.onnx", samples)
+
+The pipeline, in the style of FuriosaAI's quantizer, for control::
 
     import onnx, onnxquant as oq
     model = oq.optimize_model(onnx.load("model.onnx"))
@@ -27,7 +32,9 @@ from onnxquant.errors import (
 )
 from onnxquant._model import save_model
 from onnxquant.optimize import FixedShapeWarning, optimize_model
+from onnxquant.pipeline import quantize_model
 from onnxquant.quantize import QuantOptions, quantize
+from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
 __all__ = [
@@ -45,10 +52,15 @@ __all__ = [
     "QuantizationReport",
     "RangeMissingError",
     "UnsupportedModelError",
+    "load_ort_calibration",
+    "load_ranges",
     "load_samples",
     "optimize_model",
     "quantize",
+    "quantize_model",
     "save_model",
+    "save_ranges",
+    "save_tensorrt_cache",
 ]
 
 

@@ -41,24 +41,41 @@ def run_quantize(args: argparse.Namespace) -> int:
     from onnxquant.data import load_samples
     from onnxquant.optimize import optimize_model
     from onnxquant.quantize import QuantOptions, quantize
+    from onnxquant.ranges import load_ranges, save_ranges
 
     # Fail before the slow steps on what can be checked now.
-    if not os.path.exists(args.calibration_data):
+    if args.calibration_data is not None and not os.path.exists(args.calibration_data):
         raise CalibrationDataError(
             f"Calibration data file '{args.calibration_data}' does not exist.")
-    inputs = model_files(args.model) + [os.path.realpath(args.calibration_data)]
-    for label, target in (("-o", args.output), ("--report-json", args.report_json)):
-        if target and os.path.realpath(target) in inputs:
+    if args.ranges is not None:
+        load_ranges(args.ranges)  # readable, and every range valid
+        if args.save_ranges:
             raise InvalidArgumentError(
-                f"{label} '{target}' is an input (the model, one of its data files or the "
-                "calibration data), which onnxquant never overwrites; choose another path.")
+                "--save-ranges writes the ranges calibration computes; with --ranges there "
+                "is no calibration (the ranges are already in that file).")
+    model_inputs = model_files(args.model)
+    inputs = model_inputs + [os.path.realpath(p) for p in (args.calibration_data, args.ranges)
+                             if p is not None]
+    for label, target in (("-o", args.output), ("--report-json", args.report_json),
+                          ("--save-ranges", args.save_ranges)):
+        if target and os.path.realpath(target) in inputs:
+            given = "the ranges" if args.ranges is not None else "the calibration data"
+            raise InvalidArgumentError(
+                f"{label} '{target}' is an input (the model, one of its data files or "
+                f"{given}), which onnxquant never overwrites; choose another path.")
     outputs = {os.path.realpath(args.output),
                os.path.realpath(os.path.join(os.path.dirname(os.path.abspath(args.output)),
                                              data_file_name(args.output)))}
-    if args.report_json and os.path.realpath(args.report_json) in outputs:
+    for label, target in (("--report-json", args.report_json),
+                          ("--save-ranges", args.save_ranges)):
+        if target and os.path.realpath(target) in outputs:
+            raise InvalidArgumentError(
+                f"{label} '{target}' is where the model (or its data) goes; "
+                "choose another path.")
+    if args.report_json and args.save_ranges and \
+            os.path.realpath(args.report_json) == os.path.realpath(args.save_ranges):
         raise InvalidArgumentError(
-            f"--report-json '{args.report_json}' is where the model (or its data) goes; "
-            "choose another path.")
+            "--report-json and --save-ranges name the same file; choose two paths.")
     options = QuantOptions(
         activation_type=args.activation_type, per_channel=args.per_channel,
         exclude_nodes=tuple(args.exclude_node), op_types=args.op_types,
@@ -69,24 +86,32 @@ def run_quantize(args: argparse.Namespace) -> int:
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
-    with _step("read samples", times):
-        samples = load_samples(args.calibration_data, model, max_samples=args.max_samples)
-    with _step("plan", times):
-        calibrator = Calibrator(model, args.method, percentage=args.percentage,
-                                ignore_zero_spike=not args.keep_zero_spike,
-                                clip_bounded_outputs=args.clip_bounded_outputs, options=options,
-                                batch_size=args.batch_size, threads=args.threads)
-    with _step(f"calibrate ({len(samples)} samples)", times):
-        calibrator.collect_data(samples, progress=not args.quiet)
-    with _step("compute ranges", times):
-        ranges = calibrator.compute_range()
+    calibrator = None
+    if args.ranges is not None:
+        with _step("read ranges", times):
+            ranges = load_ranges(args.ranges, model)
+    else:
+        with _step("read samples", times):
+            samples = load_samples(args.calibration_data, model, max_samples=args.max_samples)
+        with _step("plan", times):
+            calibrator = Calibrator(model, args.method, percentage=args.percentage,
+                                    ignore_zero_spike=not args.keep_zero_spike,
+                                    clip_bounded_outputs=args.clip_bounded_outputs,
+                                    options=options, batch_size=args.batch_size,
+                                    threads=args.threads)
+        with _step(f"calibrate ({len(samples)} samples)", times):
+            calibrator.collect_data(samples, progress=not args.quiet)
+        with _step("compute ranges", times):
+            ranges = calibrator.compute_range()
     with _step("quantize", times):
         quantized, report = quantize(model, ranges, options=options, calibrator=calibrator,
                                      return_report=True)
     # External data out where the input had it (else only past 2 GB).
-    external = True if len(inputs) > 2 else None
+    external = True if len(model_inputs) > 1 else None
     with _step("save", times):
         save_model(quantized, args.output, external_data=external, source=args.model)
+        if args.save_ranges:
+            save_ranges(args.save_ranges, ranges, model=calibrator)
         if args.report_json:
             text = json.dumps({"report": report.to_dict(), "ranges": ranges,
                                "seconds": times}, indent=2)
@@ -135,10 +160,16 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="the float .onnx model (read only)")
     q.add_argument("-o", "--output", required=True,
                    help="where to write the quantized .onnx model (written whole or not at all)")
-    q.add_argument("--calibration-data", required=True, metavar="NPZ",
-                   help="an .npz whose keys are the model's input names, arrays in the "
-                        "model's layout and dtype, axis 0 indexing samples (see "
-                        "'python -m onnxquant.data' to convert the zoo's sets)")
+    source = q.add_mutually_exclusive_group(required=True)
+    source.add_argument("--calibration-data", default=None, metavar="NPZ",
+                        help="an .npz whose keys are the model's input names, arrays in the "
+                             "model's layout and dtype, axis 0 indexing samples (see "
+                             "'python -m onnxquant.data' to convert the zoo's sets)")
+    source.add_argument("--ranges", default=None, metavar="JSON",
+                        help="quantize with these ranges (a file onnxquant.save_ranges or "
+                             "--save-ranges wrote for this model) instead of calibrating; "
+                             "the calibration options are then unused, and --target "
+                             "portable applies its rule for models without samples")
     q.add_argument("--method", default="MIN_MAX_ASYM",
                    choices=[m.name for m in CalibrationMethod],
                    help="how ranges are chosen from the statistics (default MIN_MAX_ASYM)")
@@ -190,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--threads", type=int, default=None, metavar="N",
                    help="thread budget for ONNX Runtime and the statistics (default: the "
                         "CPUs this process may use)")
+    q.add_argument("--save-ranges", default=None, metavar="JSON",
+                   help="also write the calibrated ranges (onnxquant.save_ranges' format), "
+                        "for a later 'quantize --ranges'")
     q.add_argument("--report-json", default=None, metavar="PATH",
                    help="also write the report, the ranges and the step times as JSON")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
