@@ -26,7 +26,16 @@ from onnxquant.errors import (
     UnsupportedModelError,
 )
 from onnxquant._model import save_model
+from onnxquant.editor import (
+    ModelEditor,
+    TensorQuantization,
+    TensorType,
+    get_output_names,
+    get_pure_input_names,
+    io_quantization,
+)
 from onnxquant.optimize import FixedShapeWarning, optimize_model
+from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.report import CalibrationReport, QuantizationReport
 
@@ -38,15 +47,23 @@ __all__ = [
     "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
+    "ModelEditor",
     "ModelError",
     "OnnxQuantError",
     "QemuError",
     "QuantOptions",
     "QuantizationReport",
     "RangeMissingError",
+    "TensorQuantization",
+    "TensorType",
     "UnsupportedModelError",
+    "fold_preprocessing",
+    "get_output_names",
+    "get_pure_input_names",
+    "io_quantization",
     "load_samples",
     "optimize_model",
+    "pixel_tensor_name",
     "quantize",
     "save_model",
 ]
