@@ -31,8 +31,17 @@ from onnxquant.errors import (
     UnsupportedModelError,
 )
 from onnxquant._model import save_model
+from onnxquant.editor import (
+    ModelEditor,
+    TensorQuantization,
+    TensorType,
+    get_output_names,
+    get_pure_input_names,
+    io_quantization,
+)
 from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.pipeline import quantize_model
+from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
@@ -45,17 +54,25 @@ __all__ = [
     "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
+    "ModelEditor",
     "ModelError",
     "OnnxQuantError",
     "QemuError",
     "QuantOptions",
     "QuantizationReport",
     "RangeMissingError",
+    "TensorQuantization",
+    "TensorType",
     "UnsupportedModelError",
+    "fold_preprocessing",
+    "get_output_names",
+    "get_pure_input_names",
+    "io_quantization",
     "load_ort_calibration",
     "load_ranges",
     "load_samples",
     "optimize_model",
+    "pixel_tensor_name",
     "quantize",
     "quantize_model",
     "save_model",
