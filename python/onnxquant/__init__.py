@@ -15,6 +15,13 @@ The pipeline, in the style of FuriosaAI's quantizer::
 __version__ = "0.1.0"
 
 from onnxquant.calibrator import CalibrationMethod, Calibrator
+from onnxquant.analyze import (
+    LayerAnalysis,
+    MissingExtraError,
+    RangeWarning,
+    TensorAnalysis,
+    analyze,
+)
 from onnxquant.errors import (
     CalibrationDataError,
     InternalError,
@@ -38,13 +45,18 @@ __all__ = [
     "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
+    "LayerAnalysis",
+    "MissingExtraError",
     "ModelError",
     "OnnxQuantError",
     "QemuError",
     "QuantOptions",
     "QuantizationReport",
     "RangeMissingError",
+    "RangeWarning",
+    "TensorAnalysis",
     "UnsupportedModelError",
+    "analyze",
     "load_samples",
     "optimize_model",
     "quantize",
