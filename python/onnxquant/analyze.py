@@ -36,9 +36,9 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 
+from onnxquant import _core
 from onnxquant._model import NORMALIZED_KEY, ModelLike, get_metadata, load_model
 from onnxquant._samples import batch_samples, input_specs
-from onnxquant import _core
 from onnxquant.calibrator import _BOUNDED_OUTPUT_OPS, CalibrationMethod, Calibrator
 from onnxquant.errors import InvalidArgumentError, OnnxQuantError
 
@@ -91,9 +91,14 @@ class TensorAnalysis:
     (``(qmin - zero_point) * scale``, ``(qmax - zero_point) * scale``).
     ``clipped``: share of the histogram's values outside that range by more
     than half a step. ``below_step``: share of its nonzero values with
-    ``|x| < scale``, which quantize to at most one step. ``method_ranges``:
+    ``|x| < scale``, which quantize to at most one step. ``feeds_output``: a
+    graph output, or a tensor that reaches one through ops that only move or
+    map its values (Concat, Reshape, Transpose, Slice, Relu, Sigmoid, ...). ``method_ranges``:
     ``{method name: (min, max)}``. ``shared_with``: the other tensors of a
-    Concat that share its parameters. ``flags``: ``"clips_output"``,
+    Concat that share its parameters. ``range_of``: the tensor whose range
+    sets its parameters (itself, or the input of a MaxPool/Reshape/... or the
+    output of a Concat it shares them with): the key of ``ranges`` to change,
+    and the tensor ``method_ranges`` are given for. ``flags``: ``"clips_output"``,
     ``"clips"``, ``"shared_resolution"``; ``remedy``: what to do about them
     ("" when unflagged), in words and as data: ``remedy_exclude_nodes`` (pass
     them to ``quantize(exclude_nodes=...)``) and ``remedy_methods`` (methods
@@ -114,6 +119,7 @@ class TensorAnalysis:
     below_step: float
     feeds_output: bool
     shared_with: tuple[str, ...] = ()
+    range_of: str = ""
     method_ranges: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     remedy: str = ""
@@ -342,7 +348,7 @@ def range_shares(histogram, stats: Mapping[str, float], low: float, high: float,
     else:
         clipped = 1.0 - _share_inside(a, b, counts, low - half, high + half) / total
     nonzero = counts.copy()
-    zero_bin = int(math.floor((0.0 - lo) / width)) if width > 0 else -1
+    zero_bin = math.floor(-lo / width) if width > 0 else -1
     zeros = float(stats.get("zeros", 0))
     if 0 <= zero_bin < len(nonzero):
         nonzero[zero_bin] -= zeros
@@ -362,7 +368,7 @@ def _fp32_model(model: ModelLike) -> onnx.ModelProto:
 
 
 def _samples_list(samples) -> object:
-    if isinstance(samples, np.ndarray) or isinstance(samples, Sequence):
+    if isinstance(samples, (np.ndarray, Sequence)):
         return samples
     return list(samples)
 
@@ -462,10 +468,9 @@ def analyze(model: ModelLike, quantized: ModelLike, samples: Iterable[object], *
     for n in fp32.graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n)
-    outputs = {o.name for o in fp32.graph.output}
-    feeds_output = {t for t in names if t in outputs or
-                    any(o in outputs for c in consumers.get(t, ()) for o in c.output)}
+    feeds_output = _feeding_outputs(fp32, consumers)
     shared = _shared_groups(fp32, qparams)
+    owner = _range_owners(fp32, qparams, names)
     records = []
     for t in names:
         q = qparams[t]
@@ -481,7 +486,8 @@ def analyze(model: ModelLike, quantized: ModelLike, samples: Iterable[object], *
             accumulated_db=sqnr_db(alone_sig[t], acc_noise[t]), clipped=clipped,
             below_step=below, feeds_output=t in feeds_output,
             shared_with=tuple(x for x in group[1] if x != t) if group else (),
-            method_ranges={m: r[t] for m, r in method_ranges.items() if t in r})
+            range_of=owner[t],
+            method_ranges={m: r[owner[t]] for m, r in method_ranges.items() if owner[t] in r})
         flags, remedy, exclude, better = _guard(r, group, consumers, histograms.get(t),
                                                 stats.get(t), clip_limit, resolution_limit)
         if flags:
@@ -540,6 +546,69 @@ def _measure(fp32, int8, names, carried, qparams, samples, batch_size, histogram
     return signal, alone, acc, count
 
 
+# Ops whose output is made of their input's values, moved or mapped one by one:
+# a tensor that reaches a graph output through them is what the output shows.
+_PASS_THROUGH_OPS = frozenset({
+    "Concat", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Slice",
+    "Gather", "Split", "Expand", "Tile", "Cast", "Relu", "Clip", "Sigmoid", "Tanh", "Softmax",
+    "LogSoftmax", "MaxPool"})
+
+
+def _feeding_outputs(fp32: onnx.ModelProto, consumers) -> set[str]:
+    """The graph outputs, and the tensors that reach one through
+    _PASS_THROUGH_OPS only."""
+    found = {o.name for o in fp32.graph.output}
+    for n in reversed(fp32.graph.node):
+        if n.op_type in _PASS_THROUGH_OPS and any(o in found for o in n.output):
+            found.update(i for i in n.input[:1 if n.op_type != "Concat" else None] if i)
+    return found
+
+
+# Ops whose output takes its input's parameters (no requantization).
+_SHARING_OPS = frozenset({"MaxPool", "Reshape", "Transpose", "Flatten", "Squeeze", "Unsqueeze",
+                          "Slice", "Gather", "Resize", "Pad"})
+
+
+def _range_owners(fp32: onnx.ModelProto, qparams: Mapping[str, _QParams],
+                  names: Sequence[str]) -> dict[str, str]:
+    """Tensor -> the tensor whose range sets its parameters (the key of
+    ``ranges`` to change): tensors joined by a sharing op or a Concat with
+    equal parameters share one; it is the Concat's output where there is one,
+    else the first in graph order."""
+    parent = {t: t for t in names}
+
+    def find(t: str) -> str:
+        while parent[t] != t:
+            t = parent[t]
+        return t
+
+    concat_outputs = set()
+    for n in fp32.graph.node:
+        if n.op_type == "Concat":
+            concat_outputs.add(n.output[0])
+            ins = [i for i in n.input if i]
+        elif n.op_type in _SHARING_OPS:
+            ins = n.input[:1]
+        else:
+            continue
+        out = n.output[0]
+        for i in ins:
+            if i in qparams and out in qparams and qparams[i] == qparams[out]:
+                a, b = find(i), find(out)
+                if a != b:
+                    parent[b] = a
+    order = {t: k for k, t in enumerate(names)}
+    members: dict[str, list[str]] = {}
+    for t in names:
+        members.setdefault(find(t), []).append(t)
+    owner = {}
+    for group in members.values():
+        chosen = next((t for t in group if t in concat_outputs),
+                      min(group, key=order.__getitem__))
+        owner.update({t: chosen for t in group})
+    return owner
+
+
 def _shared_groups(fp32: onnx.ModelProto, qparams: Mapping[str, _QParams]):
     """Tensor -> (Concat node, its tensors) for the inputs and output of each
     quantized Concat whose inputs carry the output's parameters."""
@@ -596,8 +665,10 @@ def _guard(r: TensorAnalysis, group, consumers, histogram, stats, clip_limit: fl
         where = "a tensor feeding a graph output" if "clips_output" in flags else \
             "more than the allowed share"
         text = f"it clips {r.clipped:.2%} of its observed values ({where})"
+        whose = "it" if r.range_of == r.tensor else \
+            f"'{r.range_of}' (whose range it takes)"
         if better:
-            text += f"; calibrate it with a method that does not: {', '.join(better)}"
+            text += f"; calibrate {whose} with a method that does not: {', '.join(better)}"
         text += f"; or keep it float with exclude_nodes={nodes!r}"
         remedies.append(text)
     text = "; ".join(remedies)

@@ -95,7 +95,7 @@ def test_sqnr_matches_numpy_on_models_with_one_pair_and_all_pairs(cnn):
                        [r.tensor] if r.tensor in node_outputs else [])
         outs = [o.name for o in one.get_outputs()]
         got = dict(zip(outs, one.run(None, {"image": x})))
-        ref = got[r.tensor] if r.tensor in got else x
+        ref = got.get(r.tensor, x)
         expected = _sqnr(ref, got[r.tensor + "_qdq"])
         assert r.alone_db == pytest.approx(expected, abs=0.01), r.tensor
         # Accumulated: every layer quantized.
@@ -268,8 +268,7 @@ def test_plots_and_dataframe(cnn, tmp_path):
     assert "alone dB" in str(result)
 
 
-def test_the_package_imports_without_matplotlib_and_pandas(cnn):
-    model, samples, cal, ranges = cnn
+def test_the_package_imports_without_matplotlib_and_pandas():
     code = ("import sys; sys.modules['matplotlib'] = None; sys.modules['pandas'] = None\n"
             "import onnxquant as oq\n"
             "from onnxquant.analyze import LayerAnalysis\n"
@@ -282,7 +281,7 @@ def test_the_package_imports_without_matplotlib_and_pandas(cnn):
             "    else:\n"
             "        raise SystemExit('no error')\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
-    subprocess.run([sys.executable, "-c", code], check=True, env=env)
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, capture_output=True)
 
 
 def test_cli_prints_the_table_and_writes_the_figures(cnn, tmp_path):
