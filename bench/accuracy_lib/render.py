@@ -37,7 +37,9 @@ from .our_quant import calibrator_default, default_percentage, has_method_api
 from .task_faces import FACE_MATCH_IOU, FACE_NMS_IOU, FACE_SCORE_THRESHOLD
 from .task_registry import TASK_GROUPS
 from .tasks import Column, TaskResult
-from .tensor_errors import render_errors
+
+#: Tensors listed per model in the per-tensor error section: the lowest SQNR alone.
+ERRORS_SHOWN = 5
 
 #: models/cifar networks whose kernel remedies are listed layer by layer (appendix).
 REMEDY_APPENDIX = ("resnet", "mobilenetv2")
@@ -628,3 +630,35 @@ def fmt_range(r: tuple[float, float] | None) -> str:
     if r is None:
         return ""
     return f"{r[0]:.4g} … {r[1]:.4g}"
+
+
+def render_errors(results) -> list[str]:
+    """The per-tensor error section: per model, the ERRORS_SHOWN tensors with the
+    lowest SQNR alone (``onnxquant.analyze``), then the model's output."""
+    with_errors = [r for r in results if getattr(r, "errors", None) is not None]
+    if not with_errors:
+        return []
+    first = with_errors[0].errors
+    lines = [
+        "",
+        (f"## Where INT8 loses: per-tensor error ({first.method}, first {first.images} test "
+         "images)"),
+        "",
+        ("`onnxquant.analyze`. SQNR alone: each activation tensor of the FP32 model against "
+         "its own uint8 quantize-dequantize with the scale and zero point the INT8 model "
+         "gives it (the error that range alone adds). Accumulated SQNR: the INT8 model's "
+         "tensor (QDQ emulated) against the FP32 model's (error carried from the input up "
+         f"to it). SQNR = 10 log10(Σx² / Σ(x − x_q)²), dB; lower is worse. The "
+         f"{ERRORS_SHOWN} tensors with the lowest SQNR alone per model, then the model's "
+         "output."),
+        "",
+        "| model | tensor | op | SQNR alone (dB) | accumulated SQNR (dB) |",
+        "|---|---|---|---:|---:|",
+    ]
+    for r in with_errors:
+        e = r.errors
+        for t in sorted(e.analysis, key=lambda t: t.alone_db)[:ERRORS_SHOWN]:
+            lines.append(f"| {r.entry.name} | `{t.tensor}` | {t.op_type} | {t.alone_db:.1f} | "
+                         f"{t.accumulated_db:.1f} |")
+        lines.append(f"| {r.entry.name} | output `{e.output}` | — | — | {e.output_db:.1f} |")
+    return lines

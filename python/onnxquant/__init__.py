@@ -20,6 +20,13 @@ The pipeline, in the style of FuriosaAI's quantizer, for control::
 __version__ = "0.1.0"
 
 from onnxquant.calibrator import CalibrationMethod, Calibrator
+from onnxquant.analyze import (
+    LayerAnalysis,
+    MissingExtraError,
+    RangeWarning,
+    TensorAnalysis,
+    analyze,
+)
 from onnxquant.errors import (
     CalibrationDataError,
     InternalError,
@@ -54,6 +61,8 @@ __all__ = [
     "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
+    "LayerAnalysis",
+    "MissingExtraError",
     "ModelEditor",
     "ModelError",
     "OnnxQuantError",
@@ -61,9 +70,12 @@ __all__ = [
     "QuantOptions",
     "QuantizationReport",
     "RangeMissingError",
+    "RangeWarning",
+    "TensorAnalysis",
     "TensorQuantization",
     "TensorType",
     "UnsupportedModelError",
+    "analyze",
     "fold_preprocessing",
     "get_output_names",
     "get_pure_input_names",

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from onnxquant._signals import Terminated, orderly_termination
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError, OnnxQuantError
 
-__all__ = ["build_parser", "main", "run_demo", "run_quantize"]
+__all__ = ["build_parser", "main", "run_analyze", "run_demo", "run_quantize"]
 
 EXIT_USAGE = 2
 
@@ -119,6 +119,46 @@ def run_quantize(args: argparse.Namespace) -> int:
     print(report)
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     print(f"wrote {args.output}")
+    return 0
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """The ``analyze`` subcommand: per-tensor SQNR (alone, accumulated), the
+    range guard, and figures."""
+    from onnxquant.analyze import analyze, figure_name
+    from onnxquant.data import load_samples
+    from onnxquant.optimize import optimize_model
+
+    if not os.path.exists(args.calibration_data):
+        raise CalibrationDataError(f"Sample file '{args.calibration_data}' does not exist.")
+    model = optimize_model(args.model)
+    samples = list(load_samples(args.calibration_data, model, max_samples=args.max_samples))
+    result = analyze(model, args.quantized, samples, methods=args.methods,
+                     clip_limit=args.clip_limit, resolution_limit=args.resolution_limit,
+                     warn=False, batch_size=args.batch_size)
+    print(result)
+    if args.figures:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        os.makedirs(args.figures, exist_ok=True)
+        paths = []
+        ax = result.plot_sqnr()
+        paths.append(os.path.join(args.figures, "sqnr.png"))
+        ax.figure.savefig(paths[-1], dpi=120)
+        plt.close(ax.figure)
+        shown = list(args.histogram)
+        if not shown and result:
+            shown = [r.tensor for r in result.flagged()] + \
+                [min(result, key=lambda r: r.alone_db).tensor]
+        for tensor in dict.fromkeys(shown):
+            ax = result.plot_histogram(tensor)
+            paths.append(os.path.join(args.figures, figure_name(tensor)))
+            ax.figure.savefig(paths[-1], dpi=120)
+            plt.close(ax.figure)
+        print("wrote " + ", ".join(paths))
     return 0
 
 
@@ -228,6 +268,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the report, the ranges and the step times as JSON")
     q.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     q.set_defaults(handler=run_quantize)
+
+    a = commands.add_parser(
+        "analyze", help="per-tensor error of an INT8 model, the ranges each method would "
+                        "choose, and ranges that clip or lose resolution",
+        description="Run MODEL and QUANTIZED on the samples and print, per quantized tensor, "
+                    "its SQNR with only its own Q/DQ pair (alone) and with every layer "
+                    "quantized (accumulated), its range, the share of values the range clips "
+                    "and the share below one step; flagged ranges come with a remedy.")
+    a.add_argument("model", help="the float .onnx model QUANTIZED was made from (normalised "
+                                 "as quantize does)")
+    a.add_argument("quantized", help="the quantized .onnx model")
+    a.add_argument("--calibration-data", required=True, metavar="NPZ",
+                   help="samples (.npz keyed by input name, as for quantize)")
+    a.add_argument("--max-samples", type=int, default=None, metavar="N",
+                   help="use only the first N samples of the file (default: all)")
+    a.add_argument("--methods", nargs="+", default=[m.name for m in CalibrationMethod],
+                   choices=[m.name for m in CalibrationMethod], metavar="METHOD",
+                   help="methods whose ranges are computed (default: all ten)")
+    a.add_argument("--clip-limit", type=float, default=0.01, metavar="SHARE",
+                   help="flag a range that clips more than this share of a tensor "
+                        "(default 0.01; any clipping of a tensor feeding an output is flagged)")
+    a.add_argument("--resolution-limit", type=float, default=0.5, metavar="SHARE",
+                   help="flag a Concat input with more than this share of its nonzero values "
+                        "below one step of the shared range (default 0.5)")
+    a.add_argument("--figures", default=None, metavar="DIR",
+                   help="write sqnr.png and histogram_<tensor>.png here (needs matplotlib)")
+    a.add_argument("--histogram", action="append", default=[], metavar="TENSOR",
+                   help="tensor whose histogram to draw (repeat; default: the flagged ones "
+                        "and the one with the lowest SQNR alone)")
+    a.add_argument("--batch-size", type=int, default=32, metavar="N",
+                   help="samples run together where the batch dim is dynamic (default 32)")
+    a.set_defaults(handler=run_analyze)
 
     d = commands.add_parser(
         "demo", help="quantize a model on real data and compare FP32 with INT8",
