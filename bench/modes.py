@@ -28,6 +28,8 @@ import time
 import numpy as np
 import onnxruntime as ort
 
+ort.set_default_logger_severity(3)
+
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import onnxquant as oq  # noqa: E402

@@ -652,7 +652,7 @@ def _guard(r: TensorAnalysis, group, consumers, histogram, stats, clip_limit: fl
             "they quantize to 0 or one step; no calibration method helps, since the shared "
             f"range must cover every input: keep the Concat float with "
             f"exclude_nodes=[{concat.name!r}] (each input then keeps its own range), or use "
-            "int16 activations once the engine supports them")
+            "16-bit activations (activation_type='int16': 256 times finer steps)")
     if "clips_output" in flags or "clips" in flags:
         limit = 0.0 if "clips_output" in flags else clip_limit
         for m, (lo, hi) in r.method_ranges.items():
