@@ -487,19 +487,32 @@ def _convert_input(model: onnx.ModelProto, name: str, target: TensorType
     return result
 
 
-def _restore_input(model: onnx.ModelProto, name: str) -> None:
-    graph = model.graph
-    key = INPUT_KEY_PREFIX + name
+def _conversion_record(model: onnx.ModelProto, name: str, what: str,
+                       key: str) -> TensorQuantization:
+    """The record ModelEditor stored for a converted input or output."""
     record = io_quantization(model).get(name)
     if record is None:
         raise UnsupportedModelError(
-            f"Input '{name}' has an integer type but no record under metadata_props['{key}'] "
+            f"{what} '{name}' has an integer type but no record under metadata_props['{key}'] "
             "(it was not converted by ModelEditor); it cannot be made float.")
+    return record
+
+
+def _free_codes_name(graph: onnx.GraphProto, name: str) -> str:
+    """``<name>_quantized`` (or with a ``_<k>`` suffix): no tensor of ``graph`` has it."""
     codes = f"{name}_quantized"
     existing = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
     k = 1
     while codes in existing:
         codes, k = f"{name}_quantized_{k}", k + 1
+    return codes
+
+
+def _restore_input(model: onnx.ModelProto, name: str) -> None:
+    graph = model.graph
+    key = INPUT_KEY_PREFIX + name
+    record = _conversion_record(model, name, "Input", key)
+    codes = _free_codes_name(graph, name)
     _rename_uses(graph, name, codes)
     scale = _add_initializer(graph, f"{name}_scale", np.array(record.scale, np.float32))
     zero = _add_initializer(graph, f"{name}_zero_point",
@@ -602,16 +615,8 @@ def _convert_output(model: onnx.ModelProto, name: str, target: TensorType,
 def _restore_output(model: onnx.ModelProto, name: str) -> None:
     graph = model.graph
     key = OUTPUT_KEY_PREFIX + name
-    record = io_quantization(model).get(name)
-    if record is None:
-        raise UnsupportedModelError(
-            f"Output '{name}' has an integer type but no record under metadata_props['{key}'] "
-            "(it was not converted by ModelEditor); it cannot be made float.")
-    codes = f"{name}_quantized"
-    existing = {o for n in graph.node for o in n.output} | {t.name for t in graph.initializer}
-    k = 1
-    while codes in existing:
-        codes, k = f"{name}_quantized_{k}", k + 1
+    record = _conversion_record(model, name, "Output", key)
+    codes = _free_codes_name(graph, name)
     producer = _producer(graph, name)
     for i, n in enumerate(producer.output):
         if n == name:

@@ -24,6 +24,7 @@ from onnxquant._model import (
 )
 from onnxquant._opset import (
     TARGET_OPSET,
+    _all_graphs,
     assumed_input_shapes,
     convert_float16,
     convert_opset,
@@ -141,18 +142,6 @@ def name_nodes(model: onnx.ModelProto) -> int:
             taken.add(name)
             renamed += 1
     return renamed
-
-
-def _all_graphs(graph: onnx.GraphProto):
-    """``graph`` and every subgraph under it, depth first."""
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for g in attr.graphs:
-                    yield from _all_graphs(g)
 
 
 def _convert(work: onnx.ModelProto, reference: onnx.ModelProto, opset: int,
