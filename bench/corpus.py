@@ -306,7 +306,7 @@ def _selected(args) -> list[str]:
         unknown = sorted(set(args.only) - set(names))
         if unknown:
             raise SystemExit(f"unknown model(s): {', '.join(unknown)}")
-        names = [n for n in names if n in args.only]
+        names = list(dict.fromkeys(args.only))  # in the order given
     return names[:args.limit] if args.limit else names
 
 
