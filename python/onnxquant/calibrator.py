@@ -406,8 +406,8 @@ class Calibrator:
         # The inputs of weighted nodes that the statistics do not need (they
         # take another tensor's range): exposed too, so that quantize's kernel
         # check can replay its samples in this session.
-        check = [t for t in _weighted_inputs(work, plan)
-                 if t not in inputs and t not in set(self._fetch)]
+        fetched = set(self._fetch)
+        check = [t for t in _weighted_inputs(work, plan) if t not in inputs and t not in fetched]
         self._check_outputs: dict[str, str] = {}
         if self._fetch or check:
             augmented = onnx.ModelProto()

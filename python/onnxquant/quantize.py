@@ -311,7 +311,8 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     # float; the engine says so per node.
     unreached = _unreached(work, data, dtypes, native, native_ranges)
     native.unreached_tensors = unreached
-    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator, unreached)
+    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator, unreached,
+                            same_graph=replay is not None)
     kernels, remedies = None, {}
     if options.target == "portable":
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
@@ -388,10 +389,17 @@ def _unreached(model: onnx.ModelProto, data: bytes, dtypes: Mapping[str, int],
 
 def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
                             ranges: Mapping[str, tuple[float, float]],
-                            calibrator: Calibrator | None, unreached: list[str]) -> None:
+                            calibrator: Calibrator | None, unreached: list[str],
+                            same_graph: bool = False) -> None:
     """Raises when the plan for ``options`` calibrates a tensor ``ranges``
     lacks: InvalidArgumentError naming the options that differ from the
-    calibrator's, when they do; RangeMissingError naming the tensor otherwise."""
+    calibrator's, when they do; RangeMissingError naming the tensor otherwise.
+    ``same_graph``: the calibrator was made for this very graph (its plan for
+    the same options is this plan, so no plan needs computing)."""
+    if calibrator is not None and same_graph and \
+            all(getattr(calibrator.options, f) == getattr(options, f) for f in _PLAN_OPTIONS) \
+            and all(t in ranges or t in unreached for t in calibrator.tensors):
+        return  # the same plan as the calibrator's, whose every tensor has a range
     native = options.to_native()
     native.unreached_tensors = unreached
     missing = _missing_ranges(data, dtypes, native, ranges)
