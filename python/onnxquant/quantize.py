@@ -387,6 +387,15 @@ def _unreached(model: onnx.ModelProto, data: bytes, dtypes: Mapping[str, int],
     return [t for t in plan["body_calibrated"] if t not in ranges]
 
 
+def _brief(value: object, shown: int = 3) -> str:
+    """An option's value for a message: a long sequence (exclude_nodes of a
+    whole block, say) shows its first ``shown`` entries and the count."""
+    if isinstance(value, (tuple, list)) and len(value) > shown:
+        head = ", ".join(repr(v) for v in value[:shown])
+        return f"({head}, ... {len(value)} in all)"
+    return repr(value)
+
+
 def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
                             ranges: Mapping[str, tuple[float, float]],
                             calibrator: Calibrator | None, unreached: list[str],
@@ -410,8 +419,8 @@ def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: Qua
         theirs = calibrator.options
         differ = [f for f in _PLAN_OPTIONS if getattr(theirs, f) != getattr(options, f)]
         if differ:
-            pairs = "; ".join(f"{f}={getattr(options, f)!r} here, {getattr(theirs, f)!r} in "
-                              "the Calibrator" for f in differ)
+            pairs = "; ".join(f"{f}={_brief(getattr(options, f))} here, "
+                              f"{_brief(getattr(theirs, f))} in the Calibrator" for f in differ)
             raise InvalidArgumentError(
                 f"quantize's options differ from the Calibrator's in {', '.join(differ)} "
                 f"({pairs}), and with them the plan needs tensor '{missing[0]}'{more}, "
