@@ -19,6 +19,8 @@ import onnxquant as oq
 from onnxquant.cli import main
 from onnxquant.ranges import RANGES_FORMAT, tensorrt_scale_hex
 
+pytestmark = pytest.mark.smoke  # also run at the lower bounds (scripts/test_lower_bounds.sh)
+
 
 @pytest.fixture()
 def normalised(small_cnn_model):
