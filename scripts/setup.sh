@@ -46,14 +46,15 @@ py=.venv/bin/python
 constraints=scripts/constraints/latest.txt
 
 # What the installed package was built from: every file the wheel or its
-# requirements depend on, plus this script. The stamp holds this hash and the
-# extras installed with it.
+# requirements depend on, plus this script (a tracked file deleted from the
+# work tree drops out of the hash). The stamp holds this hash and the extras
+# installed with it.
 sources_hash() {
   { git ls-files -z --cached --others --exclude-standard -- \
       CMakeLists.txt pyproject.toml README.md cpp python scripts/setup.sh "$constraints" \
       2>/dev/null || find CMakeLists.txt pyproject.toml README.md cpp python scripts/setup.sh \
       "$constraints" -type f -not -name '*.so' -not -path '*/__pycache__/*' -print0; } \
-    | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1
+    | sort -z | { xargs -0 sha256sum 2>/dev/null || true; } | sha256sum | cut -d' ' -f1
 }
 stamp=.venv/onnxquant-setup.stamp
 hash=$(sources_hash)
