@@ -14,6 +14,7 @@
 #include "calibration.h"
 #include "kernel_check.h"
 #include "payloads.h"
+#include "recovery.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/model_io.h"
@@ -282,4 +283,5 @@ PYBIND11_MODULE(_core, m) {
 
   onnxquant::binding::BindCalibration(m);
   onnxquant::binding::BindKernelCheck(m);
+  onnxquant::binding::BindRecovery(m);
 }
