@@ -182,18 +182,40 @@ def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPro
     return out
 
 
-def _biases_as_inputs(model: onnx.ModelProto, biases: dict[str, int]) -> onnx.ModelProto:
-    """A copy of ``model`` whose bias initializers ``biases`` (name ->
-    channels) are graph inputs instead, fed at each run."""
+def _prefix(model: onnx.ModelProto, outputs: list[str],
+            biases: dict[str, np.ndarray]) -> onnx.ModelProto:
+    """The part of ``model`` that computes ``outputs`` (its only outputs), with
+    the bias initializers ``biases`` set to the given values."""
+    needed = set(outputs)
+    keep = []
+    for node in reversed(model.graph.node):
+        if any(o in needed for o in node.output):
+            keep.append(node)
+            needed.update(i for i in node.input if i)
     out = onnx.ModelProto()
-    out.CopyFrom(model)
-    keep = [t for t in out.graph.initializer if t.name not in biases]
-    del out.graph.initializer[:]
-    out.graph.initializer.extend(keep)
-    for name, channels in biases.items():
-        out.graph.input.append(
-            onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, [channels]))
+    out.ir_version = model.ir_version
+    out.opset_import.extend(model.opset_import)
+    graph = out.graph
+    graph.name = model.graph.name
+    graph.node.extend(reversed(keep))
+    graph.input.extend(i for i in model.graph.input if i.name in needed)
+    for t in model.graph.initializer:
+        if t.name not in needed:
+            continue
+        graph.initializer.append(onnx.numpy_helper.from_array(biases[t.name], t.name)
+                                 if t.name in biases else t)
+    graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None)
+                        for name in outputs)
     return out
+
+
+def _session(model: onnx.ModelProto) -> ort.InferenceSession:
+    # No spinning: the bias-correction runs share the CPU with whatever else
+    # runs (as calibration does).
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options,
+                                providers=["CPUExecutionProvider"])
 
 
 def _upstream_layers(model: onnx.ModelProto, layer_nodes: list[str]) -> dict[str, set[str]]:
@@ -294,28 +316,21 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
     emulated.ParseFromString(emulated_bytes)
     by_node = {layer["node"]: layer for layer in layers}
     outputs = [layer["output"] for layer in layers]
-    providers = ["CPUExecutionProvider"]
-    fp32 = ort.InferenceSession(_with_outputs(prepared, outputs).SerializeToString(),
-                                providers=providers)
-    reference = _channel_means(fp32, feeds, outputs) if outputs else {}
-    del fp32
+    reference = (_channel_means(_session(_with_outputs(prepared, outputs)), feeds, outputs)
+                 if outputs else {})
     biases = {layer["bias"]: onnx.numpy_helper.to_array(t).astype(np.float32)
               for layer in layers for t in prepared.graph.initializer
               if t.name == layer["bias"]}
-    quantized = ort.InferenceSession(
-        _with_outputs(_biases_as_inputs(emulated, {layer["bias"]: layer["channels"]
-                                                   for layer in layers}),
-                      outputs).SerializeToString(),
-        providers=providers)
     upstream = _upstream_layers(prepared, list(by_node))
     corrections: dict[str, np.ndarray] = {}
     rounds = 0
     pending = list(by_node)
     while pending:
+        # Every layer whose corrected ancestors are all done, measured at
+        # once on the part of the emulated model that computes them.
         ready = [n for n in pending if not (upstream[n] - corrections.keys())]
         wanted = [by_node[n]["output"] for n in ready]
-        runs = [{**feed, **biases} for feed in feeds]
-        measured = _channel_means(quantized, runs, wanted)
+        measured = _channel_means(_session(_prefix(emulated, wanted, biases)), feeds, wanted)
         rounds += 1
         for n in ready:
             layer = by_node[n]

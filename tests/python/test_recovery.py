@@ -196,6 +196,21 @@ def test_cle_on_resnet8_preserves_outputs(zoo_dir):
     assert _max_rel_diff(logits(model), logits(equalized)) < 1e-4
 
 
+@pytest.mark.parametrize("stem", ["resnet", "mobilenetv2", "efficientnet"])
+def test_cle_on_cifar_models_preserves_outputs(stem):
+    path = os.path.join(os.path.dirname(__file__), "..", "..", "models", "cifar", f"{stem}.onnx")
+    model = oq.optimize_model(path)
+    equalized, record = recovery.equalize_cross_layer(model)
+    assert record.pairs and record.converged
+    changed = [p.first for p in record.pairs if not np.allclose(p.scales, 1.0)]
+    assert changed  # the weights did move
+    x = np.random.default_rng(8).normal(size=(8, 3, 32, 32)).astype(np.float32)
+    name = model.graph.input[0].name
+    before = _session(model).run(None, {name: x})[0]
+    after = _session(equalized).run(None, {name: x})[0]
+    assert _max_rel_diff(before, after) < 1e-4
+
+
 def test_cle_rejects_bad_arguments():
     with pytest.raises(oq.InvalidArgumentError, match="max_sweeps"):
         recovery.equalize_cross_layer(_chain_model(np.random.default_rng(0)), max_sweeps=0)
