@@ -211,6 +211,42 @@ TEST(CrossLayerEqualization, LeavesSharedAndOutputTensorsAlone) {
   EXPECT_EQ(r.pairs[0].first, "conv_b");
 }
 
+TEST(CrossLayerEqualization, GroupedSecondConvKeepsTheFunction) {
+  // x [1,4,5,5] -> Conv a (4->4, 1x1, no bias) -> LeakyRelu -> Conv b
+  // (group 2: 4->6, 3x3, pad 1) -> y.
+  std::mt19937 gen(13);
+  GraphBuilder g;
+  g.Input("x", {1, 4, 5, 5}).Output("y", {1, 6, 5, 5});
+  std::vector<float> wa = Random(16, 1.f, &gen);
+  for (int i = 0; i < 4; ++i) wa[i] *= 50.f;  // channel 0 dominates
+  g.Initializer("wa", {4, 4, 1, 1}, wa);
+  g.Initializer("wb", {6, 2, 3, 3}, Random(108, 1.f, &gen));
+  g.Node("Conv", {"x", "wa"}, {"a"}, "conv_a");
+  GraphBuilder::FloatAttr(g.Node("LeakyRelu", {"a"}, {"ra"}, "act"), "alpha",
+                          0.1f);
+  auto* b = g.Node("Conv", {"ra", "wb"}, {"y"}, "conv_b");
+  GraphBuilder::IntsAttr(b, "pads", {1, 1, 1, 1});
+  GraphBuilder::IntAttr(b, "group", 2);
+  pb::ModelProto before = g.Build();
+  pb::ModelProto after = before;
+  const EqualizationReport r = EqualizeCrossLayer(after, {});
+  ASSERT_EQ(r.pairs.size(), 1u);
+  EXPECT_GT(r.pairs[0].spread_before, r.pairs[0].spread_after);
+  auto eval = [&](const pb::ModelProto& m, Tensor3 x) {
+    Tensor3 t = Conv(x, ToFloats(Init(m, "wa")), {4, 4, 1, 1}, {}, 1, 0);
+    for (double& v : t.v) v = v < 0 ? 0.1 * v : v;
+    return Conv(t, ToFloats(Init(m, "wb")), {6, 2, 3, 3}, {}, 2, 1);
+  };
+  Tensor3 x{4, 5, 5, {}};
+  for (float v : Random(100, 1.f, &gen)) x.v.push_back(v);
+  const Tensor3 y0 = eval(before, x), y1 = eval(after, x);
+  double scale = 0.0;
+  for (double v : y0.v) scale = std::max(scale, std::fabs(v));
+  for (size_t i = 0; i < y0.v.size(); ++i) {
+    EXPECT_NEAR(y1.v[i], y0.v[i], 1e-5 * scale) << i;
+  }
+}
+
 TEST(CrossLayerEqualization, RejectsBadOptions) {
   std::mt19937 gen(1);
   pb::ModelProto m = Chain("Relu", &gen).Build();
