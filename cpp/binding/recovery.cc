@@ -37,13 +37,14 @@ void BindRecovery(py::module_& m) {
   m.def(
       "equalize_cross_layer",
       [](const py::bytes& model, int max_sweeps, double tolerance,
-         bool replace_clip) {
+         bool replace_clip, int power_of_two_qmax) {
         auto proto = Parse(model);
         EqualizationOptions o;
         o.max_sweeps = max_sweeps;
         o.tolerance = tolerance;
         o.clip = replace_clip ? ClipHandling::kReplaceWithRelu
                               : ClipHandling::kStop;
+        o.power_of_two_qmax = power_of_two_qmax;
         EqualizationReport r;
         {
           py::gil_scoped_release release;
@@ -70,6 +71,7 @@ void BindRecovery(py::module_& m) {
       },
       py::arg("model"), py::arg("max_sweeps") = 100,
       py::arg("tolerance") = 1e-4, py::arg("replace_clip") = false,
+      py::arg("power_of_two_qmax") = 0,
       "Cross-layer equalization of Conv-act-Conv chains: (model bytes, report "
       "dict with pairs, clips_replaced, clips_stopped, sweeps, converged).");
 

@@ -181,9 +181,11 @@ void CheckShapes(const pb::NodeProto& first, const Weight& w1,
 
 EqualizationReport EqualizeCrossLayer(pb::ModelProto& model,
                                       const EqualizationOptions& options) {
-  if (options.max_sweeps < 1 || !(options.tolerance >= 0.0)) {
+  if (options.max_sweeps < 1 || !(options.tolerance >= 0.0) ||
+      options.power_of_two_qmax < 0) {
     throw InvalidArgument(
-        "cross-layer equalization needs max_sweeps >= 1 and tolerance >= 0");
+        "cross-layer equalization needs max_sweeps >= 1, tolerance >= 0 and "
+        "power_of_two_qmax >= 0");
   }
   EqualizationReport report;
   pb::GraphProto* graph = model.mutable_graph();
@@ -239,19 +241,35 @@ EqualizationReport EqualizeCrossLayer(pb::ModelProto& model,
   for (size_t k = 0; k < pairs.size(); ++k) {
     total[k].assign(report.pairs[k].scales.size(), 1.0);
   }
+  // Divides output channel c of the pair's first Conv by s, multiplies its
+  // input channel c of the second.
+  auto rescale = [&](size_t k, int64_t c, double s) {
+    const pb::NodeProto& a = graph->node(pairs[k].first);
+    const pb::NodeProto& b = graph->node(pairs[k].second);
+    Weight& w1 = weights.at(a.input(1));
+    Weight& w2 = weights.at(b.input(1));
+    const int64_t per1 = static_cast<int64_t>(w1.values.size()) / w1.dims[0];
+    for (int64_t i = 0; i < per1; ++i) {
+      w1.values[c * per1 + i] = static_cast<float>(w1.values[c * per1 + i] / s);
+    }
+    if (a.input_size() > 2 && !a.input(2).empty()) {
+      Weight& b1 = weights.at(a.input(2));
+      b1.values[c] = static_cast<float>(b1.values[c] / s);
+    }
+    ForInputChannel(w2, IntAttribute(b, "group", 1), c, [&](int64_t i) {
+      w2.values[i] = static_cast<float>(w2.values[i] * s);
+    });
+    total[k][c] *= s;
+  };
   for (int sweep = 0; sweep < options.max_sweeps; ++sweep) {
     double worst = 0.0;
     for (size_t k = 0; k < pairs.size(); ++k) {
       const pb::NodeProto& a = graph->node(pairs[k].first);
       const pb::NodeProto& b = graph->node(pairs[k].second);
-      Weight& w1 = weights.at(a.input(1));
-      Weight& w2 = weights.at(b.input(1));
-      Weight* b1 = a.input_size() > 2 && !a.input(2).empty()
-                       ? &weights.at(a.input(2))
-                       : nullptr;
+      const Weight& w1 = weights.at(a.input(1));
+      const Weight& w2 = weights.at(b.input(1));
       const int64_t group2 = IntAttribute(b, "group", 1);
       const std::vector<double> r1 = OutputRanges(w1);
-      const int64_t per1 = static_cast<int64_t>(w1.values.size()) / w1.dims[0];
       for (int64_t c = 0; c < w1.dims[0]; ++c) {
         double r2 = 0.0;
         ForInputChannel(w2, group2, c, [&](int64_t i) {
@@ -260,23 +278,25 @@ EqualizationReport EqualizeCrossLayer(pb::ModelProto& model,
         if (!(r1[c] > 0.0) || !(r2 > 0.0)) continue;
         const double s = std::sqrt(r1[c] * r2) / r2;
         worst = std::max(worst, std::fabs(s - 1.0));
-        total[k][c] *= s;
-        for (int64_t i = 0; i < per1; ++i) {
-          w1.values[c * per1 + i] =
-              static_cast<float>(w1.values[c * per1 + i] / s);
-        }
-        if (b1 != nullptr) {
-          b1->values[c] = static_cast<float>(b1->values[c] / s);
-        }
-        ForInputChannel(w2, group2, c, [&](int64_t i) {
-          w2.values[i] = static_cast<float>(w2.values[i] * s);
-        });
+        rescale(k, c, s);
       }
     }
     report.sweeps = sweep + 1;
     if (worst <= options.tolerance) {
       report.converged = true;
       break;
+    }
+  }
+  if (options.power_of_two_qmax > 0) {
+    for (size_t k = 0; k < pairs.size(); ++k) {
+      const Weight& w1 = weights.at(graph->node(pairs[k].first).input(1));
+      double m = 0.0;
+      for (double r : OutputRanges(w1)) m = std::max(m, r);
+      if (!(m > 0.0)) continue;
+      const double x = m / options.power_of_two_qmax;
+      const double p = std::exp2(std::floor(std::log2(x)));
+      const double s = x / p * (1.0 + 1e-6);  // in [1, 2)
+      for (int64_t c = 0; c < w1.dims[0]; ++c) rescale(k, c, s);
     }
   }
   std::unordered_set<std::string> bounds;  // inputs of replaced Clips

@@ -44,6 +44,14 @@ struct EqualizationOptions {
   // Converged when every scale of a sweep satisfies |s - 1| <= tolerance.
   double tolerance = 1e-4;
   ClipHandling clip = ClipHandling::kStop;
+  // For per-tensor power-of-two weights (0: off). Equalization leaves each
+  // pair a free common factor; a per-tensor power-of-two scale wastes up to
+  // half its codes when max|w| / qmax falls just above a power of two. When
+  // set, after the sweeps each pair in graph order is given one more factor
+  // a in [1, 2) on all its channels (the first Conv divided by a, the second
+  // multiplied) so that the first Conv's max|w| / power_of_two_qmax is a
+  // power of two (to within 1e-6, rounded so the scale is not pushed over).
+  int power_of_two_qmax = 0;
 };
 
 struct EqualizedPair {
@@ -66,9 +74,9 @@ struct EqualizationReport {
 };
 
 // Equalizes every matching pair of the main graph of `model` in place.
-// Throws Error(kInvalidArgument) for max_sweeps < 1 or a negative
-// tolerance, and Error(kModel) naming the node for a Conv whose weight
-// does not fit its group.
+// Throws Error(kInvalidArgument) for max_sweeps < 1, a negative
+// tolerance or power_of_two_qmax, and Error(kModel) naming the node for a
+// Conv whose weight does not fit its group.
 EqualizationReport EqualizeCrossLayer(pb::ModelProto& model,
                                       const EqualizationOptions& options);
 

@@ -112,7 +112,7 @@ def _normalized(model: ModelLike, what: str) -> tuple[onnx.ModelProto, bool]:
 
 
 def equalize_cross_layer(model: ModelLike, *, replace_relu6: bool = False,
-                         max_sweeps: int = 100,
+                         power_of_two: bool = False, max_sweeps: int = 100,
                          tolerance: float = 1e-4) -> tuple[onnx.ModelProto, EqualizationRecord]:
     """Cross-layer equalization of every Conv -> Relu/LeakyRelu/PRelu -> Conv
     chain (depthwise and grouped Convs included; also Conv -> Conv).
@@ -132,11 +132,20 @@ def equalize_cross_layer(model: ModelLike, *, replace_relu6: bool = False,
     changes the FP32 function where values exceeded the upper bound: check
     the accuracy. High-bias absorption is not done.
 
+    ``power_of_two=True`` is for per-tensor power-of-two weights
+    (``QuantOptions(per_channel=False, power_of_two=...)``): equalization
+    leaves each pair a free common factor, and a power-of-two scale wastes
+    up to half its codes when max|w| / 127 lies just above a power of two.
+    After the sweeps, each pair in graph order gets one more factor in
+    [1, 2) on all its channels so that its first Conv's max|w| / 127 is a
+    power of two (the function is still unchanged).
+
     Args:
         model: ModelProto, bytes or path (never modified); run through
             :func:`~onnxquant.optimize_model` first unless it is already
             normalised (batch norm must be folded for the pairs to match).
         replace_relu6: see above (default False).
+        power_of_two: see above (default False).
         max_sweeps: at most this many sweeps (default 100).
         tolerance: convergence threshold on |s - 1| (default 1e-4).
 
@@ -155,7 +164,8 @@ def equalize_cross_layer(model: ModelLike, *, replace_relu6: bool = False,
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "equalize_cross_layer")
     data, rep = _core.equalize_cross_layer(model_to_bytes(proto), max_sweeps,
-                                           float(tolerance), bool(replace_relu6))
+                                           float(tolerance), bool(replace_relu6),
+                                           127 if power_of_two else 0)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     pairs = tuple(EqualizedPair(p["first"], p["second"], p["activation"],

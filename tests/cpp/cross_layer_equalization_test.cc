@@ -172,6 +172,35 @@ TEST(CrossLayerEqualization, ReducesTheRangeSpreadAndEqualizesRanges) {
   }
 }
 
+TEST(CrossLayerEqualization, PowerOfTwoAlignmentKeepsTheFunction) {
+  std::mt19937 gen(17);
+  pb::ModelProto before = Chain("Relu", &gen).Build();
+  pb::ModelProto after = before;
+  EqualizationOptions o;
+  o.power_of_two_qmax = 127;
+  const EqualizationReport r = EqualizeCrossLayer(after, o);
+  ASSERT_EQ(r.pairs.size(), 2u);
+  // The first Conv of each pair: max|w| / 127 just below a power of two.
+  for (const char* w : {"wa", "wb"}) {
+    double m = 0.0;
+    for (float v : ToFloats(Init(after, w))) {
+      m = std::max(m, double{std::fabs(v)});
+    }
+    const double x = m / 127.0;
+    const double p = std::exp2(std::ceil(std::log2(x)));
+    EXPECT_GT(x / p, 1.0 - 1e-5) << w;
+    EXPECT_LE(x / p, 1.0) << w;
+  }
+  const Tensor3 x = RandomInput(&gen);
+  const Tensor3 y0 = Evaluate(before, x, "Relu");
+  const Tensor3 y1 = Evaluate(after, x, "Relu");
+  double scale = 0.0;
+  for (double v : y0.v) scale = std::max(scale, std::fabs(v));
+  for (size_t i = 0; i < y0.v.size(); ++i) {
+    EXPECT_NEAR(y1.v[i], y0.v[i], 1e-5 * scale) << i;
+  }
+}
+
 TEST(CrossLayerEqualization, ClipStopsTheChainUnlessReplaced) {
   std::mt19937 gen(9);
   pb::ModelProto stop = Chain("Clip", &gen).Build();

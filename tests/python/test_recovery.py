@@ -178,10 +178,11 @@ def test_cle_relu6_stops_the_chain_or_is_replaced():
                          _session(replaced).run(None, {"x": x})[0]) < 1e-5
 
 
-def test_cle_on_resnet8_preserves_outputs(zoo_dir):
+@pytest.mark.parametrize("power_of_two", [False, True])
+def test_cle_on_resnet8_preserves_outputs(zoo_dir, power_of_two):
     path = os.path.join(zoo_dir, "cifar10", "resnet8_cifar10.onnx")
     model = oq.optimize_model(path)
-    equalized, record = recovery.equalize_cross_layer(path)
+    equalized, record = recovery.equalize_cross_layer(path, power_of_two=power_of_two)
     assert record.normalized_here
     assert len(record.pairs) >= 3  # one per residual block
     assert record.converged
@@ -194,6 +195,11 @@ def test_cle_on_resnet8_preserves_outputs(zoo_dir):
         m2.graph.output.append(oh.make_tensor_value_info(gemm, onnx.TensorProto.FLOAT, None))
         return _session(m2).run([gemm], {"input": x})[0]
     assert _max_rel_diff(logits(model), logits(equalized)) < 1e-4
+    if power_of_two:  # each pair's first Conv: max|w| / 127 a power of two
+        for pair in record.pairs:
+            node = next(n for n in equalized.graph.node if n.name == pair.first)
+            x = np.abs(_init(equalized, node.input[1])).max() / 127
+            assert 1 - 1e-5 < x / 2.0 ** np.ceil(np.log2(x)) <= 1
 
 
 @pytest.mark.parametrize("stem", ["resnet", "mobilenetv2", "efficientnet"])
