@@ -55,11 +55,23 @@ DEFAULT_MODELS = ("resnet8", "cifar-resnet", "cifar-mobilenetv2", "cifar-efficie
 COLUMNS = ("plain", "WRS", "CLE", "CLE unaligned", "CLE r6", "BC", "all", "all r6")
 
 
-def top1(model, x: np.ndarray, y: np.ndarray, batch: int = 100) -> float:
+def correct(model, x: np.ndarray, y: np.ndarray, batch: int = 100) -> np.ndarray:
+    """Per test image, whether ``model`` (default session: fused) classifies it right."""
     s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
     name = s.get_inputs()[0].name
     out = [s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
-    return 100.0 * float(np.mean(np.concatenate(out).argmax(axis=1) == y))
+    return np.concatenate(out).argmax(axis=1) == y
+
+
+def top1(model, x: np.ndarray, y: np.ndarray) -> float:
+    return 100.0 * float(np.mean(correct(model, x, y)))
+
+
+def cell(hits: np.ndarray, plain: np.ndarray) -> str:
+    """Top-1, and the paired difference to plain with its standard error (points)."""
+    d = hits.astype(np.float64) - plain.astype(np.float64)
+    se = 100.0 * float(np.std(d, ddof=1)) / np.sqrt(len(d))
+    return f"{100.0 * hits.mean():.2f} ({100.0 * d.mean():+.2f} ± {se:.2f})"
 
 
 def quantized(model, samples: list[np.ndarray], options: oq.QuantOptions):
@@ -129,22 +141,26 @@ def run_model(key: str, args, timings: list[str], notes: list[str]) -> None:
     for rule in args.rules:
         base = oq.QuantOptions(per_channel=False, power_of_two=rule)
         search = oq.QuantOptions(per_channel=False, power_of_two=rule, weight_range="mse")
-        acc: dict[str, float | None] = {}
-        acc["plain"] = top1(quantized(model, samples, base), test.x, test.y)
-        acc["WRS"] = top1(quantized(model, samples, search), test.x, test.y)
-        acc["CLE"] = top1(quantized(eq, samples, base), test.x, test.y)
-        acc["CLE unaligned"] = top1(quantized(unaligned, samples, base), test.x, test.y)
-        acc["CLE r6"] = top1(quantized(eq6, samples, base), test.x, test.y) if has_clip else None
+        x, y = test.x, test.y
+        acc: dict[str, np.ndarray | None] = {}
+        acc["plain"] = correct(quantized(model, samples, base), x, y)
+        acc["WRS"] = correct(quantized(model, samples, search), x, y)
+        acc["CLE"] = correct(quantized(eq, samples, base), x, y)
+        acc["CLE unaligned"] = correct(quantized(unaligned, samples, base), x, y)
+        acc["CLE r6"] = correct(quantized(eq6, samples, base), x, y) if has_clip else None
         bc, bc_rec = recovery.correct_bias(model, samples, options=base)
-        acc["BC"] = top1(quantized(bc, samples, base), test.x, test.y)
+        acc["BC"] = correct(quantized(bc, samples, base), x, y)
         both, _ = recovery.correct_bias(eq, samples, options=search)
-        acc["all"] = top1(quantized(both, samples, search), test.x, test.y)
+        acc["all"] = correct(quantized(both, samples, search), x, y)
         if has_clip:
             both6, _ = recovery.correct_bias(eq6, samples, options=search)
-            acc["all r6"] = top1(quantized(both6, samples, search), test.x, test.y)
+            acc["all r6"] = correct(quantized(both6, samples, search), x, y)
         else:
             acc["all r6"] = None
-        cells = " | ".join("—" if acc[c] is None else f"{acc[c]:.2f}" for c in COLUMNS)
+        cells = " | ".join(
+            "—" if acc[c] is None else
+            f"{100.0 * acc[c].mean():.2f}" if c == "plain" else cell(acc[c], acc["plain"])
+            for c in COLUMNS)
         print(f"| {entry.name} | {rule} | {fp32:.2f} | {cells} |", flush=True)
         timings.append(
             f"| {entry.name} | {rule} | {search_seconds(model, True):.2f} | {eq_rec.seconds:.2f} "
@@ -178,7 +194,8 @@ def main() -> None:
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
           f"onnxquant {oq.__version__}, onnxruntime {ort.__version__}")
     print(f"W8A8 per-tensor power-of-two; {args.calibration} calibration images, MIN_MAX_ASYM; "
-          f"top-1 % on {args.test_images} drawn test images, default session (fused)\n")
+          f"top-1 % on {args.test_images} drawn test images, default session (fused); "
+          "in brackets: paired difference to plain ± its standard error (points)\n")
     print("| model | pow2 | FP32 | " + " | ".join(COLUMNS) + " |")
     print("|---|---|---:|" + "---:|" * len(COLUMNS))
     timings: list[str] = []
