@@ -192,6 +192,18 @@ def _with_outputs(model: onnx.ModelProto, names: Iterable[str]) -> onnx.ModelPro
     return out
 
 
+def _reads(node: onnx.NodeProto) -> set[str]:
+    """The names ``node`` reads: its inputs and every name read inside its
+    subgraph bodies (If, Loop, Scan; a superset of the outer-scope reads)."""
+    names = {i for i in node.input if i}
+    for attr in node.attribute:
+        for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
+                     list(attr.graphs)):
+            for inner in body.node:
+                names |= _reads(inner)
+    return names
+
+
 def _prefix(model: onnx.ModelProto, outputs: list[str],
             biases: dict[str, np.ndarray]) -> onnx.ModelProto:
     """The part of ``model`` that computes ``outputs`` (its only outputs), with
@@ -201,7 +213,7 @@ def _prefix(model: onnx.ModelProto, outputs: list[str],
     for node in reversed(model.graph.node):
         if any(o in needed for o in node.output):
             keep.append(node)
-            needed.update(i for i in node.input if i)
+            needed |= _reads(node)
     out = onnx.ModelProto()
     out.ir_version = model.ir_version
     out.opset_import.extend(model.opset_import)
@@ -235,7 +247,7 @@ def _upstream_layers(model: onnx.ModelProto, layer_nodes: list[str]) -> dict[str
     upstream: dict[str, set[str]] = {}
     for node in model.graph.node:
         above: set[str] = set()
-        for t in node.input:
+        for t in _reads(node):
             above |= producers_of.get(t, set())
         if node.name in position:
             upstream[node.name] = set(above)

@@ -296,6 +296,38 @@ def test_bias_correction_adds_a_bias_where_none_and_skips_matmul():
     np.testing.assert_allclose(_init(corrected, conv.input[2]), -record.corrections["conv"])
 
 
+def test_bias_correction_with_a_branch_reading_a_corrected_layer():
+    # conv1 -> If (both branches read conv1's output from the outer scope) -> conv2.
+    rng = np.random.default_rng(9)
+    then_branch = oh.make_graph([oh.make_node("Relu", ["c1"], ["t"])], "then", [],
+                                [oh.make_tensor_value_info("t", onnx.TensorProto.FLOAT, None)])
+    else_branch = oh.make_graph([oh.make_node("Neg", ["c1"], ["e"])], "else", [],
+                                [oh.make_tensor_value_info("e", onnx.TensorProto.FLOAT, None)])
+    graph = oh.make_graph(
+        [oh.make_node("Conv", ["x", "w1", "b1"], ["c1"], name="conv1"),
+         oh.make_node("If", ["flag"], ["r"], name="branch", then_branch=then_branch,
+                      else_branch=else_branch),
+         oh.make_node("Conv", ["r", "w2", "b2"], ["y"], name="conv2")],
+        "g", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2, 4, 4])],
+        [onh.from_array(rng.normal(size=(4, 3, 1, 1)).astype(np.float32), "w1"),
+         onh.from_array(rng.normal(size=4).astype(np.float32), "b1"),
+         onh.from_array(rng.normal(size=(2, 4, 1, 1)).astype(np.float32), "w2"),
+         onh.from_array(rng.normal(size=2).astype(np.float32), "b2"),
+         onh.from_array(np.array(True), "flag")])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    model.ir_version = 8
+    samples = list(rng.normal(size=(16, 1, 3, 4, 4)).astype(np.float32))
+    corrected, record = recovery.correct_bias(
+        model, samples, options=oq.QuantOptions(per_channel=False, power_of_two="ceil"))
+    assert set(record.corrections) == {"conv1", "conv2"}
+    assert record.rounds == 2  # conv2 waits for conv1, read through the branch
+    x = np.concatenate(samples)
+    before = _session(oq.optimize_model(model)).run(None, {"x": x})[0]
+    after = _session(corrected).run(None, {"x": x})[0]
+    assert not np.allclose(before, after)  # the biases moved
+
+
 def test_bias_correction_rejects_no_samples():
     with pytest.raises(oq.CalibrationDataError):
         recovery.correct_bias(_chain_model(np.random.default_rng(0)),
