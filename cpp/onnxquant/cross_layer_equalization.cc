@@ -11,6 +11,7 @@
 #include "onnxquant/graph_edit.h"
 #include "onnxquant/graph_index.h"
 #include "onnxquant/tensor_util.h"
+#include "onnxquant/validate_model.h"
 
 namespace onnxquant {
 namespace {
@@ -171,8 +172,8 @@ void CheckShapes(const pb::NodeProto& first, const Weight& w1,
                       "model or leave out cross-layer equalization.");
   };
   if (w1.dims.size() < 3 || w1.dims[0] < 1) throw bad(first);
-  if (w2.dims.size() < 3 || group2 < 1 || w2.dims[0] % group2 != 0 ||
-      w2.dims[1] < 1) {
+  if (w2.dims.size() < 3 || group2 < 1 || w2.dims[0] < 1 ||
+      w2.dims[0] % group2 != 0 || w2.dims[1] < 1) {
     throw bad(second);
   }
 }
@@ -187,6 +188,7 @@ EqualizationReport EqualizeCrossLayer(pb::ModelProto& model,
         "cross-layer equalization needs max_sweeps >= 1, tolerance >= 0 and "
         "power_of_two_qmax >= 0");
   }
+  ValidateModel(model);
   EqualizationReport report;
   pb::GraphProto* graph = model.mutable_graph();
   std::vector<PairMatch> pairs;

@@ -74,6 +74,8 @@ struct EqualizationReport {
 };
 
 // Equalizes every matching pair of the main graph of `model` in place.
+// Validates the model first (ValidateModel: Error(kModel) naming the node or
+// tensor of a malformed model).
 // Throws Error(kInvalidArgument) for max_sweeps < 1, a negative
 // tolerance or power_of_two_qmax, and Error(kModel) naming the node for a
 // Conv whose weight does not fit its group.

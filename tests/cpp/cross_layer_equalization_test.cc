@@ -276,6 +276,29 @@ TEST(CrossLayerEqualization, GroupedSecondConvKeepsTheFunction) {
   }
 }
 
+TEST(CrossLayerEqualization, WeightsThatDoNotFitTheirGroupAreModelErrors) {
+  for (int64_t out_channels : {int64_t{0}, int64_t{3}}) {
+    // Conv b: group 2 with 3 (not a multiple) or 0 output channels.
+    GraphBuilder g;
+    g.Input("x", {1, 2, 3, 3}).Output("y", {1, out_channels, 3, 3});
+    g.Initializer("wa", {2, 2, 1, 1}, {1.f, 2.f, 3.f, 4.f});
+    g.Initializer("wb", {out_channels, 1, 1, 1},
+                  std::vector<float>(out_channels, 1.f));
+    g.Node("Conv", {"x", "wa"}, {"a"}, "conv_a");
+    g.Node("Relu", {"a"}, {"r"}, "relu");
+    GraphBuilder::IntAttr(g.Node("Conv", {"r", "wb"}, {"y"}, "conv_b"),
+                          "group", 2);
+    pb::ModelProto m = g.Build();
+    try {
+      EqualizeCrossLayer(m, {});
+      ADD_FAILURE() << "no error for " << out_channels << " channels";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::kModel);
+      EXPECT_NE(std::string(e.what()).find("conv_b"), std::string::npos);
+    }
+  }
+}
+
 TEST(CrossLayerEqualization, RejectsBadOptions) {
   std::mt19937 gen(1);
   pb::ModelProto m = Chain("Relu", &gen).Build();
