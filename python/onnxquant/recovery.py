@@ -10,7 +10,7 @@ weight range search, is an option of quantization:
 ``QuantOptions(weight_range="mse")``.
 
     model = oq.optimize_model("model.onnx")
-    model, cle = oq.recovery.equalize_cross_layer(model)
+    model, cle = oq.recovery.equalize_cross_layer(model, power_of_two=True)
     options = oq.QuantOptions(per_channel=False, power_of_two="ceil", weight_range="mse")
     model, bc = oq.recovery.correct_bias(model, samples, options=options)
     calibrator = oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
