@@ -60,6 +60,7 @@ from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.pipeline import quantize_model
 from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
 from onnxquant.quantize import QuantOptions, quantize
+from onnxquant import recovery
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
