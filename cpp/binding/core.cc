@@ -219,6 +219,7 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("reduce_weight_range",
                      &oq::QuantOptions::reduce_weight_range)
       .def_readwrite("quantize_silu", &oq::QuantOptions::quantize_silu)
+      .def_readwrite("float_outputs", &oq::QuantOptions::float_outputs)
       .def_readwrite("power_of_two", &oq::QuantOptions::power_of_two)
       .def_readwrite("weight_range", &oq::QuantOptions::weight_range)
       .def_readwrite("weight_remedies", &oq::QuantOptions::weight_remedies)

@@ -140,6 +140,7 @@ class Planner : public ConstantLookup {
   Decision Decide(int i) const;
   Decision DecideBySpec(int i, const OpSpec& spec) const;
   Decision DecideWeighted(const OpSpec& spec, const pb::NodeProto& n) const;
+  bool FloatOutputSuffices(const pb::NodeProto& n) const;
   Decision DecideQuantized(int i, const OpSpec& spec,
                            const pb::NodeProto& n) const;
   Decision DecideShared(const pb::NodeProto& n) const;
@@ -284,6 +285,17 @@ int Planner::WeightAxisOf(const OpSpec& spec, const pb::NodeProto& n,
   return -1;
 }
 
+// A Gemm or MatMul of the main graph whose output is a graph output and
+// nothing else: ONNX Runtime fuses DQ -> op without a Q after it into a
+// kernel with a float output (QGemm, MatMulIntegerToFloat).
+bool Planner::FloatOutputSuffices(const pb::NodeProto& n) const {
+  if (!options_.float_outputs || outer_ != nullptr) return false;
+  if (n.op_type() != "Gemm" && n.op_type() != "MatMul") return false;
+  const std::string& out = n.output(0);
+  return index_.IsGraphOutput(out) && index_.Consumers(out).empty() &&
+         !index_.ReadBySubgraph(out);
+}
+
 Decision Planner::DecideWeighted(const OpSpec& spec,
                                  const pb::NodeProto& n) const {
   const std::string& op = n.op_type();
@@ -303,6 +315,7 @@ Decision Planner::DecideWeighted(const OpSpec& spec,
       q.weight_input = 1;
       q.weight_axis = WeightAxisOf(spec, n, *FloatConstant(n.input(1)));
       d.act_inputs = {0};
+      if (FloatOutputSuffices(n)) d.quantize_output = false;
     } else if (a_const && n.input_size() > 1 &&
                IsFloatActivation(n.input(1))) {
       q.weight_input = 0;
@@ -337,6 +350,7 @@ Decision Planner::DecideWeighted(const OpSpec& spec,
   }
   d.act_inputs = {data};
   q.weight_input = weight;
+  if (FloatOutputSuffices(n)) d.quantize_output = false;
   if (spec.weight_axis == WeightAxis::kGemm && w->dims_size() != 2) {
     return Float(op + " weight is not 2-D");
   }

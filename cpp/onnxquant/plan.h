@@ -84,6 +84,12 @@ struct QuantOptions {
   // that ONNX Runtime runs both as integer ops (QLinearSigmoid, QLinearMul)
   // instead of in float; off by default (the Mul's output only).
   bool quantize_silu = false;
+  // A Gemm or MatMul with a constant weight whose output is only a graph
+  // output keeps that output float: ONNX Runtime runs it as QGemm or
+  // MatMulIntegerToFloat, which write float directly, so the model's outputs
+  // (logits, say) are not rounded to 8 bits. Off: quantized, as a target
+  // with integer outputs needs.
+  bool float_outputs = true;
   // Per node name, a change to its weight quantization (the kernel remedies
   // quantize() chooses; names of nodes without a weight are ignored).
   std::unordered_map<std::string, WeightRemedy> weight_remedies;

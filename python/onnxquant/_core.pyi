@@ -43,6 +43,7 @@ class QuantOptions:
     quantize_activation_matmul: bool
     reduce_weight_range: bool
     quantize_silu: bool
+    float_outputs: bool
     weight_remedies: dict[str, WeightRemedy]
     unreached_tensors: list[str]
     def __init__(self) -> None: ...

@@ -82,7 +82,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         quantize_activation_matmul=not args.float_activation_matmul,
         reduce_weight_range=args.reduce_weight_range, target=args.target,
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
-        power_of_two=args.power_of_two, weight_range=args.weight_range)
+        power_of_two=args.power_of_two, weight_range=args.weight_range,
+        float_outputs=not args.quantized_outputs)
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
@@ -246,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--quantize-silu", action="store_true",
                    help="Q/DQ inside x*sigmoid(x) too, so that ONNX Runtime runs the SiLU as "
                         "integer ops (faster; default: the SiLU runs in float)")
+    q.add_argument("--quantized-outputs", action="store_true",
+                   help="quantize a Gemm or MatMul output that is a model output too "
+                        "(default: left float, as ONNX Runtime's QGemm and "
+                        "MatMulIntegerToFloat write it)")
     q.add_argument("--target", choices=("portable", "exact"), default="portable",
                    help="portable (default): right on every CPU's integer kernels, x86 "
                         "without VNNI included (nodes whose 16-bit pair sums would saturate "

@@ -558,11 +558,14 @@ def _convert_output(model: onnx.ModelProto, name: str, target: TensorType,
             "convert it back with TensorType.FLOAT32 first.")
     dq = _producer(graph, name)
     if dq is None or dq.op_type != "DequantizeLinear":
-        producer = f"by {_label(dq)}, which stays float" if dq is not None else "by no node"
+        producer = f"by {_label(dq)}, whose output is float" if dq is not None else \
+            "by no node"
         raise UnsupportedModelError(
             f"{what} is not quantized: it is produced {producer}. Only outputs produced "
             "by a DequantizeLinear (a quantized node's output) can be converted; keep it "
-            "float, or convert an output of a quantized node.")
+            "float, or convert an output of a quantized node. A Gemm or MatMul output "
+            "stays float by default: quantize with float_outputs=False (CLI "
+            "--quantized-outputs) to have it quantized.")
     scale, zero, kind = _qparams(graph, dq, what)
     codes = dq.input[0]
     quantizer = _producer(graph, codes)

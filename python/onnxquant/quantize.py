@@ -125,6 +125,14 @@ class QuantOptions:
             QuantizeLinear). Measured on models/cifar's EfficientNet: 15 %
             faster on this project's CPU, top-1 within noise
             (docs/benchmarks.md).
+        float_outputs: a Gemm or MatMul (constant weight) whose output is a
+            graph output and read by nothing else keeps that output float
+            (default True): ONNX Runtime runs it as QGemm or
+            MatMulIntegerToFloat, integer kernels that write float, so the
+            model's outputs are not rounded to 8 bits (no ties between
+            logits). False quantizes it too, as a target with integer
+            outputs needs (:class:`~onnxquant.ModelEditor`'s
+            ``convert_output_type`` converts only a quantized output).
     """
 
     activation_type: str = "uint8"
@@ -138,6 +146,7 @@ class QuantOptions:
     quantize_silu: bool = False
     power_of_two: str = "off"
     weight_range: str = "minmax"
+    float_outputs: bool = True
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
@@ -158,7 +167,7 @@ class QuantOptions:
                 f"kernel_remedy must be one of {', '.join(map(repr, _REMEDIES))}, got "
                 f"{self.kernel_remedy!r}.")
         for name in ("per_channel", "quantize_activation_matmul", "reduce_weight_range",
-                     "quantize_silu"):
+                     "quantize_silu", "float_outputs"):
             if not isinstance(getattr(self, name), bool):
                 raise InvalidArgumentError(
                     f"{name} must be True or False, got {getattr(self, name)!r}.")
@@ -179,6 +188,7 @@ class QuantOptions:
         native.quantize_activation_matmul = self.quantize_activation_matmul
         native.reduce_weight_range = self.reduce_weight_range
         native.quantize_silu = self.quantize_silu
+        native.float_outputs = self.float_outputs
         return native
 
 
@@ -232,7 +242,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
              target: str = "portable", kernel_remedy: str = "auto",
              quantize_silu: bool = False, power_of_two: str = "off",
-             weight_range: str = "minmax",
+             weight_range: str = "minmax", float_outputs: bool = True,
              options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
@@ -247,10 +257,11 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             tensor the plan calibrates.
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
-        kernel_remedy, quantize_silu, power_of_two, weight_range: see
+        kernel_remedy, quantize_silu, power_of_two, weight_range,
+        float_outputs: see
             :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None =
             all planned ops, True, False, ``"portable"``, ``"auto"``, False,
-            ``"off"``, ``"minmax"``).
+            ``"off"``, ``"minmax"``, True).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -284,7 +295,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
-                            kernel_remedy, quantize_silu, power_of_two, weight_range)
+                            kernel_remedy, quantize_silu, power_of_two, weight_range,
+                            float_outputs)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -389,7 +401,7 @@ def _fixed_inputs_note(model: onnx.ModelProto) -> str:
 
 # The options that change which tensors the plan calibrates.
 _PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
-                 "quantize_activation_matmul", "quantize_silu")
+                 "quantize_activation_matmul", "quantize_silu", "float_outputs")
 
 
 def _unreached(model: onnx.ModelProto, data: bytes, dtypes: Mapping[str, int],

@@ -192,7 +192,47 @@ TEST(Plan, MatMulConstantBUsesTheLastAxis) {
     ASSERT_NE(Quantized(p, "mm"), nullptr);
     EXPECT_EQ(Quantized(p, "mm")->weight_input, 1);
     EXPECT_EQ(Quantized(p, "mm")->weight_axis, rank - 1);
-    EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "y<-y"}));
+    // y is a graph output only: float by default (float_outputs).
+    EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x"}));
+  }
+}
+
+// A Gemm or MatMul whose output is a graph output and nothing else writes it
+// float (ONNX Runtime's QGemm / MatMulIntegerToFloat); with another reader,
+// in a Conv, or with float_outputs off, the output is quantized.
+TEST(Plan, GraphOutputOfGemmOrMatMulStaysFloat) {
+  for (const char* op : {"Gemm", "MatMul", "Conv"}) {
+    for (bool option : {true, false}) {
+      for (bool reader : {false, true}) {
+        SCOPED_TRACE(std::string(op) + (option ? " on" : " off") +
+                     (reader ? " read" : ""));
+        GraphBuilder g;
+        const bool conv = std::string(op) == "Conv";
+        g.Input("x", conv ? std::vector<int64_t>{1, 2, 4, 4}
+                          : std::vector<int64_t>{1, 2});
+        g.Output("y", conv ? std::vector<int64_t>{1, 2, 4, 4}
+                           : std::vector<int64_t>{1, 2});
+        if (conv) {
+          AddConv(g, "op", "x", "y");
+        } else {
+          g.Initializer("W", {2, 2}, {1.f, 2.f, 3.f, 4.f});
+          g.Node(op, {"x", "W"}, {"y"}, "op");
+        }
+        if (reader) {
+          g.Output("r", conv ? std::vector<int64_t>{1, 2, 4, 4}
+                             : std::vector<int64_t>{1, 2});
+          g.Node("Relu", {"y"}, {"r"}, "relu");
+        }
+        QuantOptions options;
+        options.float_outputs = option;
+        const QuantPlan p = Plan(g, options);
+        ASSERT_NE(Quantized(p, "op"), nullptr);
+        const auto qdq = Qdq(p);
+        const bool quantized =
+            std::find(qdq.begin(), qdq.end(), "y<-y") != qdq.end();
+        EXPECT_EQ(quantized, conv || !option || reader);
+      }
+    }
   }
 }
 
@@ -526,8 +566,9 @@ TEST(Plan, NonFloatTensorsAreNotQuantized) {
   const QuantPlan p = MakePlan(g.model(), dtypes, {});
   ASSERT_NE(Floated(p, "add"), nullptr);
   // The Gather shares x's parameters; its INT64 indices get no QDQ.
-  EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "gx<-x", "y<-y"}));
-  EXPECT_EQ(p.calibrated, (std::vector<std::string>{"x", "y"}));
+  // y, the MatMul's graph output, stays float (float_outputs).
+  EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "gx<-x"}));
+  EXPECT_EQ(p.calibrated, (std::vector<std::string>{"x"}));
 }
 
 TEST(Plan, TensorsMissingFromTheDtypeMapAreNotQuantized) {

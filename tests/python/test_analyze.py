@@ -68,14 +68,17 @@ def cnn(small_cnn_model):
     model = oq.optimize_model(small_cnn_model)
     rng = np.random.default_rng(3)
     samples = [rng.normal(size=(1, 3, 8, 8)).astype(np.float32) for _ in range(30)]
-    cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, batch_size=1)
+    # The logits quantized too (float_outputs=False), so that the output's row
+    # checks the accumulated error of every layer.
+    cal = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, batch_size=1,
+                        options=oq.QuantOptions(float_outputs=False))
     cal.collect_data(samples)
     return model, samples, cal, cal.compute_range()
 
 
 def test_sqnr_matches_numpy_on_models_with_one_pair_and_all_pairs(cnn):
     model, samples, cal, ranges = cnn
-    quantized = oq.quantize(model, ranges, calibrator=cal)
+    quantized = oq.quantize(model, ranges, calibrator=cal, float_outputs=False)
     result = oq.analyze(model, quantized, samples, calibrator=cal)
     # Every calibrated tensor, and the Flatten output that shares its input's
     # parameters, in graph order.

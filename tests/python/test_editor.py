@@ -48,12 +48,26 @@ def fashion():
 
 @pytest.fixture(scope="module")
 def quantized(fashion):
-    """The Fashion-MNIST CNN quantized (defaults: uint8, portable) and its float test inputs."""
+    """The Fashion-MNIST CNN quantized (uint8, portable; its output quantized too, as an
+    integer-output target asks with float_outputs=False) and its float test inputs."""
     model, test, train = fashion
-    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
+    options = oq.QuantOptions(float_outputs=False)
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, options=options)
     calibrator.collect_data(train[i:i + 1].astype(np.float32) / 255 for i in range(len(train)))
-    return oq.quantize(model, calibrator.compute_range(), calibrator=calibrator), \
-        test.astype(np.float32) / 255
+    return oq.quantize(model, calibrator.compute_range(), calibrator=calibrator,
+                       options=options), test.astype(np.float32) / 255
+
+
+def test_default_float_output_is_refused_naming_the_option(fashion):
+    """By default the last Gemm writes float logits: nothing to convert, and the
+    refusal says how to get a quantized output."""
+    model, _, train = fashion
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM)
+    calibrator.collect_data(train[i:i + 1].astype(np.float32) / 255 for i in range(8))
+    quantized = oq.quantize(model, calibrator.compute_range(), calibrator=calibrator)
+    output = quantized.graph.output[0].name
+    with pytest.raises(oq.UnsupportedModelError, match=r"float_outputs=False"):
+        oq.ModelEditor(quantized).convert_output_type(output, oq.TensorType.UINT8)
 
 
 def test_names_follow_furiosa():
