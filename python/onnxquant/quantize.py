@@ -116,6 +116,17 @@ class QuantOptions:
             QuantizeLinear). Measured on models/cifar's EfficientNet: 15 %
             faster on this project's CPU, top-1 within noise
             (docs/benchmarks.md).
+        masks: what becomes of the nodes that read or write a tensor in which
+            calibration saw float32's extremes or +-Inf (|x| >= 1e30: an
+            attention mask's ``finfo(float32).min`` at padded positions;
+            known from the ``calibrator`` or ``calibration_report`` given to
+            :func:`quantize`). Those values are left out of every range
+            either way. ``"float"`` (default): such nodes stay float (the
+            mask's Sub/Mul and the Add of scores and mask; they have no
+            multiply-adds), so the mask keeps its full effect, and the
+            report's notes name them; ``"saturate"``: they are quantized
+            too, and the extremes saturate to the end of the range, which
+            then masks no more than the smallest score does.
     """
 
     activation_type: str = "uint8"
@@ -128,6 +139,7 @@ class QuantOptions:
     kernel_remedy: str = "auto"
     quantize_silu: bool = False
     power_of_two: str = "off"
+    masks: str = "float"
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
@@ -136,6 +148,9 @@ class QuantOptions:
         if self.power_of_two not in _POWER_OF_TWO:
             raise InvalidArgumentError(
                 f"power_of_two must be 'off', 'ceil' or 'mse', got {self.power_of_two!r}.")
+        if self.masks not in ("float", "saturate"):
+            raise InvalidArgumentError(
+                f"masks must be 'float' or 'saturate', got {self.masks!r}.")
         if self.target not in _TARGETS:
             raise InvalidArgumentError(
                 f"target must be 'portable' (every CPU) or 'exact' (kernels that accumulate "
@@ -218,7 +233,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
              target: str = "portable", kernel_remedy: str = "auto",
              quantize_silu: bool = False, power_of_two: str = "off",
-             options: QuantOptions | None = None,
+             masks: str = "float", options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
              return_report: bool = False):
@@ -232,9 +247,10 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             tensor the plan calibrates.
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
-        kernel_remedy, quantize_silu, power_of_two: see :class:`QuantOptions`
-            (defaults: ``"uint8"``, True, none, None = all planned ops, True,
-            False, ``"portable"``, ``"auto"``, False, ``"off"``).
+        kernel_remedy, quantize_silu, power_of_two, masks: see
+            :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None = all
+            planned ops, True, False, ``"portable"``, ``"auto"``, False,
+            ``"off"``, ``"float"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -268,7 +284,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
-                            kernel_remedy, quantize_silu, power_of_two)
+                            kernel_remedy, quantize_silu, power_of_two, masks)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -297,6 +313,11 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
+    if calibration_report is None and calibrator is not None:
+        calibration_report = calibrator.report
+    mask_note = ""
+    if options.masks == "float" and calibration_report is not None:
+        options, mask_note = _keep_masks_float(work, options, calibration_report)
     # The calibrator inferred the types of this very model: reuse them.
     known = getattr(calibrator, "_dtypes_of", None)
     dtypes = known(work) if known is not None else None
@@ -346,16 +367,36 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     materialize(result)
     if not return_report:
         return result
-    if calibration_report is None and calibrator is not None:
-        calibration_report = calibrator.report
     runtime, note = _runtime_of(result)
     report = QuantizationReport.from_native(
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
-    if fixed:
-        report = replace(report, notes=(*report.notes, fixed))
+    notes = tuple(n for n in (fixed, mask_note) if n)
+    if notes:
+        report = replace(report, notes=(*report.notes, *notes))
     return result, report
+
+
+def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
+                      calibration: CalibrationReport) -> tuple[QuantOptions, str]:
+    """``options`` with the main graph's nodes that read or write a tensor
+    holding +-Inf or float32's extremes added to ``exclude_nodes``, and the
+    report's note on them ("" when there are none)."""
+    masks = {c.tensor: c for c in calibration.nonfinite if c.saturating}
+    if not masks:
+        return options, ""
+    nodes = [n.name for n in model.graph.node
+             if n.name and masks.keys() & {*n.input, *n.output}
+             and n.name not in options.exclude_nodes]
+    if not nodes:
+        return options, ""
+    shares = ", ".join(f"'{t}' ({100 * c.share:.1f} %)" for t, c in sorted(masks.items()))
+    note = (f"{len(nodes)} nodes kept float (masks='float') because they read or write "
+            f"tensors where calibration saw |x| >= 1e30 or +-Inf, as attention masks hold "
+            f"(share of values, left out of the range): {shares}. Nodes: "
+            f"{', '.join(nodes)}.")
+    return replace(options, exclude_nodes=(*options.exclude_nodes, *nodes)), note
 
 
 def _fixed_inputs_note(model: onnx.ModelProto) -> str:
