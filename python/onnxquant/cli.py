@@ -82,7 +82,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         quantize_activation_matmul=not args.float_activation_matmul,
         reduce_weight_range=args.reduce_weight_range, target=args.target,
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
-        power_of_two=args.power_of_two)
+        power_of_two=args.power_of_two, masks=args.masks)
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
@@ -226,6 +226,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation integer type: uint8 fuses into ONNX Runtime's CPU "
                         "integer kernels, int8 suits TFLite-style targets and NPUs, int16 "
                         "(W8A16) runs as DQ -> float op -> Q (default uint8)")
+    q.add_argument("--masks", choices=("float", "saturate"), default="float",
+                   help="nodes that read or write tensors where calibration saw |x| >= 1e30 "
+                        "or +-Inf (attention masks) stay float (default), or are quantized "
+                        "with those values saturating")
     q.add_argument("--power-of-two", choices=("off", "ceil", "mse"), default="off",
                    help="power-of-two scales for weights and activations (NPUs, DSPs); "
                         "with --no-per-channel the per-tensor power-of-two mode (default off)")

@@ -118,3 +118,19 @@ def test_saturated_masks_stop_masking(calibrated):
 def test_masks_option_is_checked():
     with pytest.raises(oq.InvalidArgumentError, match="masks"):
         oq.QuantOptions(masks="drop")
+
+
+@pytest.mark.parametrize("masks, quantized_mask", [("float", False), ("saturate", True)])
+def test_command_line_masks_option(tmp_path, masks, quantized_mask):
+    from onnxquant.cli import main
+
+    model_path, data = tmp_path / "m.onnx", tmp_path / "cal.npz"
+    onnx.save(_model(), str(model_path))
+    samples = _samples(np.random.default_rng(3), 8)
+    np.savez(data, x=np.stack([s["x"] for s in samples]),
+             m=np.stack([s["m"] for s in samples]))
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(model_path), "-o", str(out), "--calibration-data", str(data),
+                 "--masks", masks, "-q"]) == 0
+    tensors = _quantized_tensors(onnx.load(str(out)))
+    assert bool({"t", "t_float"} & tensors) == quantized_mask
