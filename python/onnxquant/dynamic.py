@@ -169,6 +169,17 @@ def quantize_weight(weight: np.ndarray, qmax: int, per_channel: bool
     return codes, scale
 
 
+def _read_names(graph: onnx.GraphProto) -> set[str]:
+    """The names the nodes of ``graph`` and of every body in it read."""
+    names: set[str] = set()
+    for node in graph.node:
+        names.update(node.input)
+        for attr in node.attribute:
+            for body in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
+                names |= _read_names(body)
+    return names
+
+
 class _Rewriter:
     """Writes the nodes of one graph anew, replacing MatMul/Gemm by the
     dynamic pattern."""
@@ -180,19 +191,18 @@ class _Rewriter:
         self.used |= set(self.initializers) | {i.name for i in graph.input}
         self.quantized_inputs: dict[str, tuple[str, str, str]] = {}
         self.new_initializers: list[TensorProto] = []
+        self.replaced: set[str] = set()
 
     def emit(self, node: onnx.NodeProto) -> None:
         self.graph.node.append(node)
 
     def finish(self) -> None:
-        """Adds the new initializers and drops those no node reads any more
-        (the float weights replaced)."""
+        """Adds the new initializers and drops the float weights replaced
+        that nothing reads any more (in any graph, bodies included)."""
         self.graph.initializer.extend(self.new_initializers)
-        read = {n for node in self.graph.node for n in node.input}
-        read |= {o.name for o in self.graph.output}
-        read |= {n for node in self.graph.node for a in node.attribute if a.g.node
-                 for inner in a.g.node for n in inner.input}
-        kept = [i for i in self.graph.initializer if i.name in read]
+        read = {o.name for o in self.graph.output} | _read_names(self.graph)
+        kept = [i for i in self.graph.initializer
+                if i.name in read or i.name not in self.replaced]
         del self.graph.initializer[:]
         self.graph.initializer.extend(kept)
 
@@ -258,6 +268,7 @@ class _Rewriter:
         else:
             codes, scale = quantize_weight(weight, self.qmax, self.per_channel)
             base = node.input[1]
+            self.replaced.add(base)
             b_codes = self._constant(f"{base}_quantized", codes)
             b_scale = self._constant(f"{base}_scale", scale)
             b_zero = self._constant(f"{base}_zero_point", np.zeros(scale.shape, np.int8))
@@ -277,6 +288,7 @@ class _Rewriter:
                                    name=self._fresh(f"{node.name}_Mul")))
         if bias is not None:
             bias_name = self._constant(f"{node.input[2]}_scaled", bias)
+            self.replaced.add(node.input[2])
             self.emit(helper.make_node("Add", [scaled, bias_name], [out],
                                        name=self._fresh(f"{node.name}_bias_Add")))
         return None

@@ -119,7 +119,7 @@ def test_structure_weights_and_fusion(tmp_path):
         # One zero point and (through the Mul) one scale per output column.
     zero_points = [init[n.input[3]] for n in integer if n.input[3] in init]
     assert all(z.shape == (_N,) and not z.any() for z in zero_points)
-    assert "w" not in init and "wt" not in init  # the float weights are gone
+    assert not {"w", "wt", "c"} & init.keys()  # the float weights are gone
     # ONNX Runtime fuses each pattern into one integer kernel with a float
     # output: DynamicQuantizeMatMul where the DynamicQuantizeLinear has one
     # reader, MatMulIntegerToFloat where it is shared.
@@ -177,3 +177,31 @@ def test_requires_a_normalised_model_and_refuses_a_quantized_one(tmp_path):
     path = os.path.join(tmp_path, "m.onnx")
     onnx.save(_model(), path)
     assert any(n.op_type == "MatMulInteger" for n in oq.quantize_dynamic(path).graph.node)
+
+
+def test_a_weight_a_body_also_reads_is_kept():
+    from onnx import TensorProto, helper
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(4, 3)).astype(np.float32)
+    branch = helper.make_graph(
+        [helper.make_node("Identity", ["w"], ["b_out"])], "then",
+        [], [helper.make_tensor_value_info("b_out", TensorProto.FLOAT, [4, 3])])
+    other = helper.make_graph(
+        [helper.make_node("Neg", ["w"], ["e_out"])], "else",
+        [], [helper.make_tensor_value_info("e_out", TensorProto.FLOAT, [4, 3])])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"]),
+         helper.make_node("If", ["cond"], ["z"], then_branch=branch, else_branch=other)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4]),
+              helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3]),
+         helper.make_tensor_value_info("z", TensorProto.FLOAT, [4, 3])],
+        [onh.from_array(w, "w")])
+    model = oq.optimize_model(helper.make_model(graph, opset_imports=[
+        helper.make_opsetid("", 17)]))
+    quantized = oq.quantize_dynamic(model)
+    x = rng.normal(size=(2, 4)).astype(np.float32)
+    y, z = _run(quantized, {"x": x, "cond": np.array(True)})
+    np.testing.assert_array_equal(z, w)
+    assert np.abs(y - x @ w).max() < 0.05 * np.abs(x @ w).max()
