@@ -50,6 +50,12 @@ class DynamicReport:
     float_nodes: tuple[tuple[str, str], ...] = ()
     weight_qmax: int = 127
 
+    def to_dict(self) -> dict:
+        """A JSON-serialisable dict of the report."""
+        return {"quantized": list(self.quantized),
+                "float_nodes": [{"node": n, "reason": r} for n, r in self.float_nodes],
+                "weight_qmax": self.weight_qmax}
+
     def __str__(self) -> str:
         lines = [f"Dynamic quantization: {len(self.quantized)} nodes as MatMulInteger, "
                  f"weights in [-{self.weight_qmax}, {self.weight_qmax}] per column"]

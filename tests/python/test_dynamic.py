@@ -205,3 +205,25 @@ def test_a_weight_a_body_also_reads_is_kept():
     y, z = _run(quantized, {"x": x, "cond": np.array(True)})
     np.testing.assert_array_equal(z, w)
     assert np.abs(y - x @ w).max() < 0.05 * np.abs(x @ w).max()
+
+
+def test_command_line_dynamic(tmp_path, capsys):
+    import json
+
+    from onnxquant.cli import main
+
+    path, out, report = tmp_path / "m.onnx", tmp_path / "q.onnx", tmp_path / "r.json"
+    onnx.save(_model(), str(path))
+    assert main(["quantize", str(path), "-o", str(out), "--dynamic", "--target", "exact",
+                 "--float-activation-matmul", "--report-json", str(report), "-q"]) == 0
+    quantized = onnx.load(str(out))
+    assert [n.op_type for n in quantized.graph.node].count("MatMulInteger") == 2
+    feed = _inputs()
+    h, _ = _run(quantized, feed)
+    np.testing.assert_allclose(h, _reference(feed, 127)[0], rtol=1e-4, atol=1e-3)
+    written = json.loads(report.read_text())["report"]
+    assert len(written["quantized"]) == 2 and written["weight_qmax"] == 127
+    assert "two activations" in written["float_nodes"][0]["reason"]
+    assert "MatMulInteger" in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # --dynamic and --calibration-data exclude each other
+        main(["quantize", str(path), "-o", str(out), "--dynamic", "--calibration-data", "x"])
