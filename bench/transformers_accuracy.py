@@ -16,8 +16,9 @@ the column stays empty); for the ViT also top-1 on 2 000 CIFAR-10 test
 images (calibrated on 256 others). ``int8 MACs`` is
 :func:`onnxquant.analysis.mac_share` of MatMul/Gemm; ``ms``: median latency
 of one batch on one thread, fused: the median of 40 interleaved rounds
-(every session once a round, best of 3), as other jobs share this machine. The MACs are counted on shapes from ONNX
-Runtime's symbolic shape inference. Modes:
+(every session once a round, best of 3), as other jobs share this machine.
+The MACs are counted on shapes from ONNX Runtime's symbolic shape
+inference. Modes:
 
 - ``static``: Calibrator (MIN_MAX_ASYM or the method given) and quantize with
   the defaults (``masks="float"``: the nodes that handle float32's extremes
