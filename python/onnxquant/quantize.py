@@ -116,17 +116,18 @@ class QuantOptions:
             QuantizeLinear). Measured on models/cifar's EfficientNet: 15 %
             faster on this project's CPU, top-1 within noise
             (docs/benchmarks.md).
-        masks: what becomes of the nodes that read or write a tensor in which
-            calibration saw float32's extremes or +-Inf (|x| >= 1e30: an
-            attention mask's ``finfo(float32).min`` at padded positions;
+        masks: what becomes of attention masks' nodes: those that read or
+            write a tensor in which calibration saw float32's extremes or
+            +-Inf (|x| >= 1e30: ``finfo(float32).min`` at padded positions;
             known from the ``calibrator`` or ``calibration_report`` given to
-            :func:`quantize`). Those values are left out of every range
-            either way. ``"float"`` (default): such nodes stay float (the
-            mask's Sub/Mul and the Add of scores and mask; they have no
-            multiply-adds), so the mask keeps its full effect, and the
-            report's notes name them; ``"saturate"``: they are quantized
-            too, and the extremes saturate to the end of the range, which
-            then masks no more than the smallest score does.
+            :func:`quantize`), and those :func:`mask_nodes` finds in the
+            graph (masks of any constant, -10000 or -1e9 too). Extremes are
+            left out of every range either way. ``"float"`` (default): such
+            nodes stay float (the mask's Cast/Sub/Mul and the Add of scores
+            and mask; they have no multiply-adds), so the mask keeps its full
+            effect, and the report's notes name them; ``"saturate"``: they
+            are quantized too, and the extremes saturate to the end of the
+            range, which then masks no more than the smallest score does.
     """
 
     activation_type: str = "uint8"
@@ -316,7 +317,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
     mask_note = ""
-    if options.masks == "float" and calibration_report is not None:
+    if options.masks == "float":
         options, mask_note = _keep_masks_float(work, options, calibration_report)
     # The calibrator inferred the types of this very model: reuse them.
     known = getattr(calibrator, "_dtypes_of", None)
@@ -379,24 +380,92 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
 
 
 def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
-                      calibration: CalibrationReport) -> tuple[QuantOptions, str]:
-    """``options`` with the main graph's nodes that read or write a tensor
-    holding +-Inf or float32's extremes added to ``exclude_nodes``, and the
-    report's note on them ("" when there are none)."""
-    masks = {c.tensor: c for c in calibration.nonfinite if c.saturating}
-    if not masks:
-        return options, ""
-    nodes = [n.name for n in model.graph.node
-             if n.name and masks.keys() & {*n.input, *n.output}
-             and n.name not in options.exclude_nodes]
+                      calibration: CalibrationReport | None) -> tuple[QuantOptions, str]:
+    """``options`` with the masks' nodes added to ``exclude_nodes``, and the
+    report's note on them ("" when there are none): the main graph's nodes
+    that read or write a tensor where calibration saw +-Inf or float32's
+    extremes, and those :func:`mask_nodes` finds in the graph."""
+    masks = {c.tensor: c for c in calibration.nonfinite if c.saturating} \
+        if calibration is not None else {}
+    seen = [n.name for n in model.graph.node
+            if n.name and masks.keys() & {*n.input, *n.output}]
+    found = [n for n in mask_nodes(model) if n not in seen]
+    nodes = [n for n in (*seen, *found) if n not in options.exclude_nodes]
     if not nodes:
         return options, ""
-    shares = ", ".join(f"'{t}' ({100 * c.share:.1f} %)" for t, c in sorted(masks.items()))
-    note = (f"{len(nodes)} nodes kept float (masks='float') because they read or write "
-            f"tensors where calibration saw |x| >= 1e30 or +-Inf, as attention masks hold "
-            f"(share of values, left out of the range): {shares}. Nodes: "
-            f"{', '.join(nodes)}.")
+    notes = []
+    if seen:
+        shares = ", ".join(f"'{t}' ({100 * c.share:.1f} %)" for t, c in sorted(masks.items()))
+        notes.append(f"{len(seen)} read or write tensors where calibration saw |x| >= 1e30 "
+                     f"or +-Inf, as attention masks hold (share of values, left out of the "
+                     f"range): {shares}")
+    if found:
+        notes.append(f"{len(found)} compute or add an attention mask (computed from the "
+                     "model's integer inputs, added to what a Softmax reads)")
+    note = (f"{len(nodes)} nodes kept float (masks='float'), so that masks keep masking: "
+            f"{'; '.join(notes)}. Nodes: {', '.join(nodes)}.")
     return replace(options, exclude_nodes=(*options.exclude_nodes, *nodes)), note
+
+
+# Ops that only move or convert values, between a mask's Add and the Softmax.
+_MOVES = frozenset(("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast",
+                    "Flatten", "Expand"))
+_MAC_OPS = frozenset(("Conv", "ConvTranspose", "Gemm", "MatMul"))
+
+
+def mask_nodes(model: onnx.ModelProto) -> list[str]:
+    """The names of the main graph's nodes that apply an attention mask,
+    whatever its constant (-10000, -1e9 or float32's lowest), found in the
+    graph alone: an Add, Sub or Mul that feeds a Softmax (through ops that
+    only move values) and whose other input is computed from the model's
+    non-float inputs (the attention mask) and constants only, with the nodes
+    that compute that input. None of them has multiply-adds."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}  # and tensors computed from them
+    fed = {i.name for i in graph.input if i.name not in constants}
+    # Tensors computed from non-float inputs (and constants) only.
+    from_mask = {i.name for i in graph.input if i.name in fed
+                 and i.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT,
+                                                         onnx.TensorProto.FLOAT16,
+                                                         onnx.TensorProto.DOUBLE)}
+    producer = {}
+    for node in graph.node:
+        for out in node.output:
+            producer[out] = node
+        inputs = [i for i in node.input if i]
+        if node.op_type in _MAC_OPS or not all(i in from_mask or i in constants
+                                               for i in inputs):
+            continue
+        if any(i in from_mask for i in inputs):
+            from_mask.update(o for o in node.output if o)
+        else:  # a causal mask's Trilu of constants, for one
+            constants.update(o for o in node.output if o)
+    marked: list[str] = []
+
+    def mark_computation(tensor: str) -> None:
+        stack = [tensor]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in marked or not node.name:
+                continue
+            marked.append(node.name)
+            stack.extend(i for i in node.input if i in from_mask)
+
+    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        node = producer.get(softmax.input[0])
+        while node is not None and node.op_type in _MOVES:
+            node = producer.get(node.input[0])
+        while node is not None and node.op_type in ("Add", "Sub", "Mul") and node.name:
+            masks = [i for i in node.input if i in from_mask]
+            others = [i for i in node.input if i not in from_mask and i not in constants]
+            if not masks or len(others) != 1:
+                break
+            if node.name not in marked:
+                marked.append(node.name)
+            for tensor in masks:
+                mark_computation(tensor)
+            node = producer.get(others[0])
+    return marked
 
 
 def _fixed_inputs_note(model: onnx.ModelProto) -> str:

@@ -13,11 +13,13 @@ import onnxruntime as ort
 import pytest
 
 import onnxquant as oq
+from onnxquant.quantize import mask_nodes
 
 LOWEST = float(np.finfo(np.float32).min)
 
 
-def _model() -> onnx.ModelProto:
+def _model(fill: float = LOWEST) -> onnx.ModelProto:
+    """Softmax(x @ w + (1 - m) * fill): an attention block's scores, masked."""
     rng = np.random.default_rng(0)
     model = onnx.parser.parse_model("""
         <ir_version: 8, opset_import: ["" : 17]>
@@ -32,7 +34,7 @@ def _model() -> onnx.ModelProto:
     model.graph.initializer.extend([
         onh.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w"),
         onh.from_array(np.array(1.0, np.float32), "one"),
-        onh.from_array(np.array(LOWEST, np.float32), "lowest")])
+        onh.from_array(np.array(fill, np.float32), "lowest")])
     return oq.optimize_model(model)
 
 
@@ -134,3 +136,40 @@ def test_command_line_masks_option(tmp_path, masks, quantized_mask):
                  "--masks", masks, "-q"]) == 0
     tensors = _quantized_tensors(onnx.load(str(out)))
     assert bool({"t", "t_float"} & tensors) == quantized_mask
+
+
+@pytest.mark.parametrize("fill", [-10000.0, -1e9])
+def test_masks_of_smaller_constants_are_found_in_the_graph(fill):
+    """-10000 and -1e9 are no extremes: calibration keeps them in the
+    mask's ranges, and the graph tells the mask's nodes apart; quantize keeps
+    them float even without a calibrator."""
+    model = _model(fill)
+    ops = {n.name: n.op_type for n in model.graph.node}
+    found = mask_nodes(model)
+    assert sorted(ops[n] for n in found) == ["Add", "Cast", "Mul", "Sub"]
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, batch_size=1)
+    calibrator.collect_data(_samples(np.random.default_rng(1), 6))
+    assert calibrator.report.nonfinite == ()
+    assert calibrator.compute_range()["t"][0] == pytest.approx(fill, rel=0.01)
+    quantized, report = oq.quantize(model, calibrator.compute_range(), return_report=True)
+    assert not {"t", "t_float", "additive", "additive_float"} & _quantized_tensors(quantized)
+    assert any("attention mask" in note for note in report.notes)
+    feeds = _samples(np.random.default_rng(2), 4)
+    for got, want, feed in zip(_run(quantized, feeds), _run(model, feeds), feeds):
+        assert np.all(got[feed["m"] == 0] < 1e-30)
+        np.testing.assert_allclose(got, want, atol=0.05)
+
+
+def test_a_constant_bias_before_softmax_is_no_mask():
+    rng = np.random.default_rng(0)
+    model = onnx.parser.parse_model("""
+        <ir_version: 8, opset_import: ["" : 17]>
+        g (float[4, 8] x) => (float[4, 8] y) {
+            s = MatMul(x, w)
+            t = Add(s, bias)
+            y = Softmax <axis = -1> (t)
+        }""")
+    model.graph.initializer.extend([
+        onh.from_array(rng.normal(size=(8, 8)).astype(np.float32), "w"),
+        onh.from_array(rng.normal(size=(8,)).astype(np.float32), "bias")])
+    assert mask_nodes(oq.optimize_model(model)) == []
