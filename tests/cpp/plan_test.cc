@@ -328,6 +328,19 @@ TEST(Plan, DecomposedGeluStaysFloat) {
   }
 }
 
+TEST(Plan, SoftmaxIsFloatWithAReason) {
+  GraphBuilder g;
+  g.Input("x", {1, 4}).Output("y", {1, 3});
+  g.Initializer("W", {4, 3}, std::vector<float>(12, 1.f));
+  g.Node("MatMul", {"x", "W"}, {"l"}, "mm");
+  g.Node("Softmax", {"l"}, {"y"}, "softmax");
+  const QuantPlan p = Plan(g);
+  ASSERT_NE(Floated(p, "softmax"), nullptr);
+  EXPECT_EQ(Floated(p, "softmax")->op_type, "Softmax");
+  EXPECT_TRUE(Contains(Floated(p, "softmax")->reason, "Softmax"));
+  EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "l<-l"}));
+}
+
 TEST(Plan, TanhGeluStaysFloat) {
   // 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as GPT-2's exporter
   // writes it (the 0.5 * x first), and with the 0.5 last.
@@ -363,19 +376,6 @@ TEST(Plan, TanhGeluStaysFloat) {
     EXPECT_EQ(Qdq(p),
               (std::vector<std::string>{"x<-x", "v<-v", "gelu<-gelu", "y<-y"}));
   }
-}
-
-TEST(Plan, SoftmaxIsFloatWithAReason) {
-  GraphBuilder g;
-  g.Input("x", {1, 4}).Output("y", {1, 3});
-  g.Initializer("W", {4, 3}, std::vector<float>(12, 1.f));
-  g.Node("MatMul", {"x", "W"}, {"l"}, "mm");
-  g.Node("Softmax", {"l"}, {"y"}, "softmax");
-  const QuantPlan p = Plan(g);
-  ASSERT_NE(Floated(p, "softmax"), nullptr);
-  EXPECT_EQ(Floated(p, "softmax")->op_type, "Softmax");
-  EXPECT_TRUE(Contains(Floated(p, "softmax")->reason, "Softmax"));
-  EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "l<-l"}));
 }
 
 TEST(Plan, UnknownOpIsFloatAndOtherSubgraphsAreNoted) {
