@@ -1,8 +1,8 @@
 """PyTorch to an INT8 ONNX model that ONNX Runtime runs: export, quantize, run.
 
 ``torch.onnx.export`` in torch 2.13 uses the dynamo-based exporter, which needs the
-``onnxscript`` package: ``pip install "onnxquant[torch]"`` installs both
-(torch==2.13.0, onnxscript==0.7.2).
+``onnxscript`` package: ``pip install "onnxquant[cpu,torch]"`` installs both
+(torch==2.13.0, onnxscript==0.7.2) with ONNX Runtime.
 
 Usage: python examples/torch_export.py [OUTPUT_FOLDER]   (default: the current folder)
 """

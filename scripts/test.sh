@@ -2,8 +2,12 @@
 # Sets everything up, then runs the whole test suite: the engine's
 # GoogleTests through CTest, the same GoogleTests built with AddressSanitizer
 # and UndefinedBehaviorSanitizer (-O1), a 60-second fuzz smoke of the engine's
-# entry points (bench/fuzz.sh), then pytest on the installed package.
-# Usage: bash scripts/test.sh
+# entry points (bench/fuzz.sh), then pytest on the installed package (with
+# the pinned latest dependencies, scripts/constraints/latest.txt), then the
+# smoke subset at the dependencies' lower bounds (scripts/test_lower_bounds.sh).
+# Run again, every step reuses its build: scripts/setup.sh and the CMake build
+# directories (build/ctest, build/asan, build/fuzz) recompile only what changed.
+# Usage: bash scripts/test.sh [pytest options]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh --test
@@ -27,3 +31,6 @@ PYTHON="$py" bash bench/fuzz.sh --smoke
 echo "== Python package: pytest"
 # The installed package is tested (python/ is not on the path).
 "$py" -m pytest tests/python "$@"
+
+echo "== Python package at the lower bounds of its dependencies: pytest -m smoke"
+bash scripts/test_lower_bounds.sh

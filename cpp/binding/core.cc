@@ -14,6 +14,7 @@
 #include "calibration.h"
 #include "kernel_check.h"
 #include "payloads.h"
+#include "recovery.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/model_io.h"
@@ -194,6 +195,10 @@ PYBIND11_MODULE(_core, m) {
       .value("CEIL", oq::PowerOfTwo::kCeil)
       .value("MSE", oq::PowerOfTwo::kMse);
 
+  py::enum_<oq::WeightRange>(m, "WeightRange")
+      .value("MIN_MAX", oq::WeightRange::kMinMax)
+      .value("MSE", oq::WeightRange::kMse);
+
   py::enum_<oq::WeightEncoding>(m, "WeightEncoding")
       .value("INT8", oq::WeightEncoding::kInt8)
       .value("UINT8_OFFSET", oq::WeightEncoding::kUint8Offset);
@@ -215,6 +220,7 @@ PYBIND11_MODULE(_core, m) {
                      &oq::QuantOptions::reduce_weight_range)
       .def_readwrite("quantize_silu", &oq::QuantOptions::quantize_silu)
       .def_readwrite("power_of_two", &oq::QuantOptions::power_of_two)
+      .def_readwrite("weight_range", &oq::QuantOptions::weight_range)
       .def_readwrite("weight_remedies", &oq::QuantOptions::weight_remedies)
       .def_readwrite("unreached_tensors",
                      &oq::QuantOptions::unreached_tensors);
@@ -277,4 +283,5 @@ PYBIND11_MODULE(_core, m) {
 
   onnxquant::binding::BindCalibration(m);
   onnxquant::binding::BindKernelCheck(m);
+  onnxquant::binding::BindRecovery(m);
 }

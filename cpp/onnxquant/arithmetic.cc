@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "onnxquant/error.h"
+#include "onnxquant/weight_range_search.h"
 
 namespace onnxquant {
 namespace {
@@ -130,7 +131,7 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int64_t>& dims, int axis,
                            int qmax, const std::vector<float>& min_scales,
                            const std::vector<int32_t>& channel_qmax,
-                           PowerOfTwo power_of_two) {
+                           PowerOfTwo power_of_two, WeightRange weight_range) {
   if (axis >= static_cast<int>(dims.size())) {
     throw InvalidArgument("weight axis " + std::to_string(axis) +
                           " out of range for a tensor of rank " +
@@ -176,8 +177,16 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
       }
     }
   }
+  std::vector<float> searched;
+  if (weight_range == WeightRange::kMse) {
+    std::vector<int32_t> limits(channels);
+    for (int64_t c = 0; c < channels; ++c) limits[c] = qmax_of(c);
+    searched = SearchWeightScales(w, dims, axis, limits,
+                                  power_of_two != PowerOfTwo::kOff);
+  }
   for (int64_t c = 0; c < channels; ++c) {
-    float scale = absmax[c] / static_cast<float>(qmax_of(c));
+    float scale = searched.empty() ? absmax[c] / static_cast<float>(qmax_of(c))
+                                   : searched[c];
     const float floor_scale =
         c < static_cast<int64_t>(min_scales.size()) ? min_scales[c] : 0.f;
     if (scale < floor_scale) {
@@ -188,7 +197,7 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
     if (power_of_two != PowerOfTwo::kOff) scale = PowerOfTwoCeil(scale);
     out.scales[c] = scale;
   }
-  if (power_of_two == PowerOfTwo::kMse) {
+  if (power_of_two == PowerOfTwo::kMse && searched.empty()) {
     // Per channel: the next lower power of two where it lowers the squared
     // error over the channel's values (and still fits the bias floor).
     std::vector<double> err_up(channels, 0.0), err_down(channels, 0.0);

@@ -59,11 +59,15 @@ struct WeightQuant {
 // [1, 127] instead of `qmax` (InvalidArgument for a wrong size or value).
 // `power_of_two` rounds each channel's scale to a power of two (kCeil: up;
 // kMse: up, or one lower where that lowers the channel's squared error).
+// `weight_range` kMse replaces max|w| by the per-channel squared-error
+// search of weight_range_search.h (over powers of two when power_of_two is
+// on); the bias floor still applies.
 WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int64_t>& dims, int axis,
                            int qmax, const std::vector<float>& min_scales,
                            const std::vector<int32_t>& channel_qmax = {},
-                           PowerOfTwo power_of_two = PowerOfTwo::kOff);
+                           PowerOfTwo power_of_two = PowerOfTwo::kOff,
+                           WeightRange weight_range = WeightRange::kMinMax);
 
 // Per channel, the smallest weight scale for which bias / (input_scale *
 // weight_scale) fits in int32 with a margin.

@@ -87,7 +87,7 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
   try {
     out.quant = QuantizeWeight(w, out.dims, q.weight_axis, qmax, min_scales,
                                RemedyOf(options, q.node).channel_qmax,
-                               options.power_of_two);
+                               options.power_of_two, options.weight_range);
   } catch (const Error& e) {
     if (e.kind() != ErrorKind::kInvalidArgument) throw;
     throw InvalidArgument("the weight remedy of node '" + q.node +

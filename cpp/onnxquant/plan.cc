@@ -216,6 +216,11 @@ Decision Planner::Decide(int i) const {
     return Float(std::string("part of a decomposed ") + block->second +
                  " (kept float)");
   }
+  if (patterns_.divisor_only.count(i) && n.output_size() > 0 &&
+      IsFloat(n.output(0))) {
+    return Float("computes only the divisor of a Div, which runs float: a "
+                 "quantized divisor near zero would make an unbounded error");
+  }
   if (patterns_.silu_sigmoid.count(i) && !options_.quantize_silu) {
     return Float("Sigmoid of a SiLU x*sigmoid(x): no QDQ inside the SiLU");
   }

@@ -32,6 +32,15 @@ enum class PowerOfTwo {
   kMse,
 };
 
+// How each weight channel's clipping range is chosen.
+enum class WeightRange {
+  // max|w| of the channel (no clipping; power_of_two then rounds it).
+  kMinMax,
+  // The clipping that minimises the channel's squared quantization error
+  // (weight_range_search.h); with power_of_two, the best power of two.
+  kMse,
+};
+
 // How a node's quantized weight is stored.
 enum class WeightEncoding {
   // int8 codes, zero point 0: ONNX Runtime's uint8 x int8 kernels.
@@ -68,6 +77,9 @@ struct QuantOptions {
   // Power-of-two scales for weights (per channel or per tensor, as
   // per_channel says) and activations; off by default.
   PowerOfTwo power_of_two = PowerOfTwo::kOff;
+  // Per weight channel (per tensor when per_channel is off), the clipping
+  // range: max|w| (default) or the squared-error minimum.
+  WeightRange weight_range = WeightRange::kMinMax;
   // x * sigmoid(x) (SiLU) gets Q/DQ between its Sigmoid and its Mul too, so
   // that ONNX Runtime runs both as integer ops (QLinearSigmoid, QLinearMul)
   // instead of in float; off by default (the Mul's output only).

@@ -130,6 +130,36 @@ void FindLayerNorm(const GraphIndex& index, PatternMatches* m) {
   }
 }
 
+// Reverse topological order: a node's consumers are decided before it.
+void FindDivisorOnly(const GraphIndex& index, PatternMatches* m) {
+  const auto& g = index.graph();
+  for (int i = g.node_size() - 1; i >= 0; --i) {
+    const auto& n = g.node(i);
+    bool only = n.output_size() > 0;
+    for (const auto& out : n.output()) {
+      if (!only) break;
+      const auto& cons = index.Consumers(out);
+      if (out.empty() || cons.empty() || index.IsGraphOutput(out) ||
+          index.ReadBySubgraph(out)) {
+        only = false;
+        break;
+      }
+      for (int c : cons) {
+        const auto& cn = g.node(c);
+        if (m->divisor_only.count(c)) continue;
+        const bool divisor = cn.op_type() == "Div" && cn.domain().empty() &&
+                             cn.input_size() == 2 && cn.input(1) == out &&
+                             cn.input(0) != out;
+        if (!divisor) {
+          only = false;
+          break;
+        }
+      }
+    }
+    if (only) m->divisor_only.insert(i);
+  }
+}
+
 }  // namespace
 
 PatternMatches FindPatterns(const GraphIndex& index) {
@@ -138,6 +168,7 @@ PatternMatches FindPatterns(const GraphIndex& index) {
   FindGelu(index, &m);
   FindTanhGelu(index, &m);
   FindLayerNorm(index, &m);
+  FindDivisorOnly(index, &m);
   return m;
 }
 

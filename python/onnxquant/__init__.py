@@ -19,10 +19,19 @@ The pipeline, in the style of FuriosaAI's quantizer, for control::
 # Set before the submodules are imported: they read it.
 __version__ = "0.1.0"
 
+# Before anything imports onnxruntime: a typed error naming the extras when it
+# is missing, a warning when two ORT distributions overwrite each other.
+from onnxquant._ort_check import (
+    OnnxRuntimeConflictWarning,
+    OnnxRuntimeMissingError,
+    check_onnxruntime,
+)
+
+check_onnxruntime()
+
 from onnxquant.calibrator import CalibrationMethod, Calibrator
 from onnxquant.analyze import (
     LayerAnalysis,
-    MissingExtraError,
     RangeWarning,
     TensorAnalysis,
     analyze,
@@ -31,6 +40,7 @@ from onnxquant.errors import (
     CalibrationDataError,
     InternalError,
     InvalidArgumentError,
+    MissingExtraError,
     ModelError,
     OnnxQuantError,
     QemuError,
@@ -51,6 +61,7 @@ from onnxquant.pipeline import quantize_model
 from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.dynamic import DynamicReport, quantize_dynamic
+from onnxquant import recovery
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
@@ -68,6 +79,8 @@ __all__ = [
     "ModelEditor",
     "ModelError",
     "OnnxQuantError",
+    "OnnxRuntimeConflictWarning",
+    "OnnxRuntimeMissingError",
     "QemuError",
     "QuantOptions",
     "QuantizationReport",

@@ -49,11 +49,13 @@ _DYNAMIC_OPS = frozenset({"DynamicQuantizeLinear", "DynamicQuantizeLSTM",
                           "DynamicQuantizeMatMul"})
 
 # The first IR version that allows each element type (onnx/onnx.proto3).
+# FLOAT4E2M1 (23) and FLOAT8E8M0 (24) by their values in the standard: the
+# onnx packages before 1.18 and 1.19, within onnxquant's range, lack the names.
 _DTYPE_IR = {
     onnx.TensorProto.FLOAT8E4M3FN: 9, onnx.TensorProto.FLOAT8E4M3FNUZ: 9,
     onnx.TensorProto.FLOAT8E5M2: 9, onnx.TensorProto.FLOAT8E5M2FNUZ: 9,
     onnx.TensorProto.UINT4: 10, onnx.TensorProto.INT4: 10,
-    onnx.TensorProto.FLOAT4E2M1: 11, onnx.TensorProto.FLOAT8E8M0: 12,
+    23: 11, 24: 12,
 }
 _DTYPE_IR_UNKNOWN = onnx.IR_VERSION  # types newer than this table: not lowered
 _MIN_IR_VERSION = 7

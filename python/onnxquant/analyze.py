@@ -40,7 +40,7 @@ from onnxquant import _core
 from onnxquant._model import NORMALIZED_KEY, ModelLike, get_metadata, load_model
 from onnxquant._samples import batch_samples, input_specs
 from onnxquant.calibrator import _BOUNDED_OUTPUT_OPS, CalibrationMethod, Calibrator
-from onnxquant.errors import InvalidArgumentError, OnnxQuantError
+from onnxquant.errors import InvalidArgumentError, MissingExtraError
 
 __all__ = [
     "LayerAnalysis",
@@ -66,11 +66,6 @@ class RangeWarning(UserWarning):
     the allowed share of a tensor, or (shared by a Concat) loses the
     resolution of one of its inputs. The message names the tensor and a
     remedy."""
-
-
-class MissingExtraError(OnnxQuantError, ImportError):
-    """An optional dependency (matplotlib, pandas) is missing; the message
-    names the extra that installs it."""
 
 
 def _require(module: str, what: str):

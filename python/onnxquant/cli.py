@@ -82,7 +82,7 @@ def run_quantize(args: argparse.Namespace) -> int:
         quantize_activation_matmul=not args.float_activation_matmul,
         reduce_weight_range=args.reduce_weight_range, target=args.target,
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
-        power_of_two=args.power_of_two, masks=args.masks)
+        power_of_two=args.power_of_two, weight_range=args.weight_range, masks=args.masks)
     times: dict[str, float] = {}
     if args.dynamic:
         return _run_dynamic(args, model_inputs, times)
@@ -270,6 +270,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--power-of-two", choices=("off", "ceil", "mse"), default="off",
                    help="power-of-two scales for weights and activations (NPUs, DSPs); "
                         "with --no-per-channel the per-tensor power-of-two mode (default off)")
+    q.add_argument("--weight-range", choices=("minmax", "mse"), default="minmax",
+                   help="each weight channel's clipping: max|w|, or the squared-error "
+                        "minimum (weight range search; default minmax)")
     q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
                    help="one scale per weight instead of one per output channel")
     q.add_argument("--exclude-node", action="append", default=[], metavar="NAME",

@@ -9,6 +9,7 @@ __all__ = [
     "CalibrationDataError",
     "InternalError",
     "InvalidArgumentError",
+    "MissingExtraError",
     "ModelError",
     "OnnxQuantError",
     "QemuError",
@@ -49,6 +50,12 @@ class InvalidArgumentError(OnnxQuantError, ValueError):
 class QemuError(OnnxQuantError, RuntimeError):
     """ONNX Runtime could not be run on emulated AVX2 kernels: ``qemu-x86_64``
     is not installed, the host is not x86-64, or the emulated run failed."""
+
+
+class MissingExtraError(OnnxQuantError, ImportError):
+    """An optional dependency is missing (matplotlib, pandas; ONNX Runtime,
+    which comes with the ``cpu`` or ``gpu`` extra); the message names the
+    extra that installs it."""
 
 
 class InternalError(OnnxQuantError, RuntimeError):

@@ -45,6 +45,7 @@ __all__ = ["QuantOptions", "quantize"]
 
 _ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8", "int16": "INT16"}
 _POWER_OF_TWO = {"off": "OFF", "ceil": "CEIL", "mse": "MSE"}
+_WEIGHT_RANGES = {"minmax": "MIN_MAX", "mse": "MSE"}
 _TARGETS = ("portable", "exact")
 _REMEDIES = ("auto", "channel_range", "uint8_weights", "float")
 
@@ -76,6 +77,14 @@ class QuantOptions:
             smaller squared error over their values (activations as ``"ceil"``:
             choose their clipping with the calibration method, e.g.
             MSE_SYM).
+        weight_range: how each weight channel's clipping range is chosen
+            (per tensor when ``per_channel=False``): ``"minmax"`` (default)
+            takes max|w|; ``"mse"`` searches the clipping that minimises the
+            squared quantization error of the channel's weights (10 % to
+            100 % of max|w| in 1 % steps, or, with ``power_of_two``, the
+            twelve powers of two from the one covering max|w| down), the
+            weight range search of the recovery techniques
+            (:mod:`onnxquant.recovery`).
         exclude_nodes: names of nodes kept in float (default none).
         op_types: the op types to quantize (default None: every op of the plan's
             table).
@@ -140,6 +149,7 @@ class QuantOptions:
     kernel_remedy: str = "auto"
     quantize_silu: bool = False
     power_of_two: str = "off"
+    weight_range: str = "minmax"
     masks: str = "float"
 
     def __post_init__(self) -> None:
@@ -149,6 +159,9 @@ class QuantOptions:
         if self.power_of_two not in _POWER_OF_TWO:
             raise InvalidArgumentError(
                 f"power_of_two must be 'off', 'ceil' or 'mse', got {self.power_of_two!r}.")
+        if self.weight_range not in _WEIGHT_RANGES:
+            raise InvalidArgumentError(
+                f"weight_range must be 'minmax' or 'mse', got {self.weight_range!r}.")
         if self.masks not in ("float", "saturate"):
             raise InvalidArgumentError(
                 f"masks must be 'float' or 'saturate', got {self.masks!r}.")
@@ -176,6 +189,7 @@ class QuantOptions:
                                          _ACTIVATION_TYPES[self.activation_type])
         native.per_channel = self.per_channel
         native.power_of_two = getattr(_core.PowerOfTwo, _POWER_OF_TWO[self.power_of_two])
+        native.weight_range = getattr(_core.WeightRange, _WEIGHT_RANGES[self.weight_range])
         native.exclude_nodes = list(self.exclude_nodes)
         native.op_types = list(self.op_types or ())
         native.quantize_activation_matmul = self.quantize_activation_matmul
@@ -234,7 +248,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
              target: str = "portable", kernel_remedy: str = "auto",
              quantize_silu: bool = False, power_of_two: str = "off",
-             masks: str = "float", options: QuantOptions | None = None,
+             weight_range: str = "minmax", masks: str = "float",
+             options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
              return_report: bool = False):
@@ -248,10 +263,10 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             tensor the plan calibrates.
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
-        kernel_remedy, quantize_silu, power_of_two, masks: see
-            :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None = all
-            planned ops, True, False, ``"portable"``, ``"auto"``, False,
-            ``"off"``, ``"float"``).
+        kernel_remedy, quantize_silu, power_of_two, weight_range, masks: see
+            :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None =
+            all planned ops, True, False, ``"portable"``, ``"auto"``, False,
+            ``"off"``, ``"minmax"``, ``"float"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -285,7 +300,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
-                            kernel_remedy, quantize_silu, power_of_two, masks)
+                            kernel_remedy, quantize_silu, power_of_two, weight_range,
+                            masks)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -497,6 +513,15 @@ def _unreached(model: onnx.ModelProto, data: bytes, dtypes: Mapping[str, int],
     return [t for t in plan["body_calibrated"] if t not in ranges]
 
 
+def _brief(value: object, shown: int = 3) -> str:
+    """An option's value for a message: a long sequence (exclude_nodes of a
+    whole block, say) shows its first ``shown`` entries and the count."""
+    if isinstance(value, (tuple, list)) and len(value) > shown:
+        head = ", ".join(repr(v) for v in value[:shown])
+        return f"({head}, ... {len(value)} in all)"
+    return repr(value)
+
+
 def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
                             ranges: Mapping[str, tuple[float, float]],
                             calibrator: Calibrator | None, unreached: list[str],
@@ -520,8 +545,8 @@ def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: Qua
         theirs = calibrator.options
         differ = [f for f in _PLAN_OPTIONS if getattr(theirs, f) != getattr(options, f)]
         if differ:
-            pairs = "; ".join(f"{f}={getattr(options, f)!r} here, {getattr(theirs, f)!r} in "
-                              "the Calibrator" for f in differ)
+            pairs = "; ".join(f"{f}={_brief(getattr(options, f))} here, "
+                              f"{_brief(getattr(theirs, f))} in the Calibrator" for f in differ)
             raise InvalidArgumentError(
                 f"quantize's options differ from the Calibrator's in {', '.join(differ)} "
                 f"({pairs}), and with them the plan needs tensor '{missing[0]}'{more}, "

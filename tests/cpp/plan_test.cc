@@ -328,6 +328,40 @@ TEST(Plan, DecomposedGeluStaysFloat) {
   }
 }
 
+// x / max(x * x, eps), the divisor through a Reshape: every node that only
+// computes the divisor stays float, so the divisor is never rounded.
+TEST(Plan, NodesComputingOnlyADivisorStayFloat) {
+  for (bool shared : {false, true}) {
+    SCOPED_TRACE(shared);
+    GraphBuilder g;
+    g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});
+    if (shared) g.Output("z", {1, 2, 4, 4});
+    g.Initializer("eps", {}, {1e-6f}).Initializer("big", {}, {1e6f});
+    g.Int64Initializer("shape", {4}, {1, 2, 4, 4});
+    AddConv(g, "conv1", "x", "c");
+    g.Node("Mul", {"c", "c"}, {"m"}, "mul");
+    g.Node("Clip", {"m", "eps", "big"}, {"k"}, "clip");
+    g.Node("Reshape", {"k", "shape"}, {"e"}, "reshape");
+    g.Node("Div", {"c", "e"}, {"d"}, "div");
+    AddConv(g, "conv2", "d", "y");
+    if (shared) AddConv(g, "conv3", "k", "z");  // the Clip's output feeds a Conv too
+    const QuantPlan p = Plan(g);
+    if (!shared) {
+      for (const char* name : {"mul", "clip", "reshape"}) {
+        ASSERT_NE(Floated(p, name), nullptr) << name;
+        EXPECT_TRUE(Contains(Floated(p, name)->reason, "divisor of a Div"))
+            << name << ": " << Floated(p, name)->reason;
+      }
+      EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "c<-c", "d<-d", "y<-y"}));
+    } else {
+      EXPECT_NE(Quantized(p, "clip"), nullptr);
+      EXPECT_NE(Quantized(p, "mul"), nullptr);
+      ASSERT_NE(Floated(p, "reshape"), nullptr);
+      EXPECT_TRUE(Contains(Floated(p, "reshape")->reason, "divisor of a Div"));
+    }
+  }
+}
+
 TEST(Plan, SoftmaxIsFloatWithAReason) {
   GraphBuilder g;
   g.Input("x", {1, 4}).Output("y", {1, 3});

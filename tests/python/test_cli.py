@@ -59,6 +59,34 @@ def test_options_reach_the_quantizer(files, capsys):
     assert all(len(t.dims) == 0 for t in quantized.graph.initializer if t.name in scales)
 
 
+@pytest.mark.parametrize("flag, scale", [([], 2.0 ** -6), (["--weight-range", "mse"], 2.0 ** -7)])
+def test_weight_range_reaches_the_quantizer(tmp_path, capsys, flag, scale):
+    # max|w| = 1.01 lies just above 127 * 2^-7: the ceiling scale is 2^-6, while 2^-7
+    # clips one value by 0.018 and halves every other value's rounding step.
+    w = np.random.default_rng(0).uniform(-1, 1, size=(4, 8, 3, 3)).astype(np.float32)
+    w[0, 0, 0, 0] = 1.01
+    graph = onnx.helper.make_graph(
+        [onnx.helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], "g",
+        [onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 8, 4, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 2, 2])],
+        [onnx.numpy_helper.from_array(w, "w")])
+    model = tmp_path / "m.onnx"
+    onnx.save(onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 13)]),
+              model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, x=np.random.default_rng(1).normal(size=(8, 8, 4, 4)).astype(np.float32))
+    out = tmp_path / "q.onnx"
+    assert main(["quantize", str(model), "-o", str(out), "--calibration-data", str(data), "-q",
+                 "--no-per-channel", "--power-of-two", "ceil", "--target", "exact",
+                 *flag]) == 0
+    quantized = onnx.load(out)
+    inits = {t.name: onnx.numpy_helper.to_array(t) for t in quantized.graph.initializer}
+    weight_dq = [n for n in quantized.graph.node if n.op_type == "DequantizeLinear"
+                 and inits.get(n.input[0], np.zeros(0)).dtype == np.int8]
+    assert len(weight_dq) == 1
+    assert float(inits[weight_dq[0].input[1]]) == scale
+
+
 @pytest.mark.parametrize("target, remedy", [("portable", "uint8_weights"), ("exact", None)])
 def test_kernel_target_reaches_the_quantizer(tmp_path, capsys, target, remedy):
     # A 1x1 Conv whose weights 1, 1 share one pair: saturates on AVX2 at codes 255.

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+pytestmark = pytest.mark.smoke  # also run at the lower bounds (scripts/test_lower_bounds.sh)
+
 SCRIPT = """
 import importlib, sys
 for name in sys.argv[1:]:

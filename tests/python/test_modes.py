@@ -14,6 +14,8 @@ from onnx import numpy_helper
 import onnxquant as oq
 from onnxquant.demo import default_demo_data
 
+pytestmark = pytest.mark.smoke  # also run at the lower bounds (scripts/test_lower_bounds.sh)
+
 
 @pytest.fixture(scope="module")
 def demo():

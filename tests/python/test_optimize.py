@@ -16,6 +16,8 @@ import onnxquant as oq
 from onnxquant._model import NORMALIZED_KEY, get_metadata, load_model, save_model_atomic
 from onnxquant._opset import default_opset
 
+pytestmark = pytest.mark.smoke  # also run at the lower bounds (scripts/test_lower_bounds.sh)
+
 # Opset 11, dynamic batch: the Reshape target is computed from Shape -> Gather,
 # the Softmax (12 -> 13 changes its semantics) needs the folded shape.
 SHAPE_CHAIN = """

@@ -62,6 +62,19 @@ def test_cnn_option_not_given_to_the_calibrator_is_named(cnn, option, value, ten
     assert "Pass the same options to both" in message and "collect='all'" in message
 
 
+def test_long_option_value_is_abbreviated_in_the_message(cnn):
+    """Excluding a whole block names a few nodes and the count, not every name."""
+    model, calibrator = cnn
+    names = ("Conv_0", "Relu_1", "Conv_2", "GlobalAveragePool_4")
+    with pytest.raises(oq.InvalidArgumentError) as info:
+        oq.quantize(model, calibrator.compute_range(), calibrator=calibrator,
+                    exclude_nodes=names)
+    message = str(info.value)
+    shown = ", ".join(repr(n) for n in names[:3])
+    assert f"exclude_nodes=({shown}, ... {len(names)} in all) here" in message
+    assert repr(names[3]) not in message.split(" here")[0]
+
+
 def test_quantize_silu_not_given_to_the_calibrator_is_named(parse_model):
     model, calibrator = _calibrated(parse_model(SILU), (1, 8))
     with pytest.raises(oq.InvalidArgumentError,

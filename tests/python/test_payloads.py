@@ -18,6 +18,8 @@ import onnxquant as oq
 from onnxquant import _payloads
 from onnxquant._model import save_model
 
+pytestmark = pytest.mark.smoke  # also run at the lower bounds (scripts/test_lower_bounds.sh)
+
 WIDTH = 64
 
 

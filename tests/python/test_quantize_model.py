@@ -40,6 +40,7 @@ def _steps(model_path, samples, method="MIN_MAX_ASYM", **options):
                        return_report=True)
 
 
+@pytest.mark.smoke
 def test_one_call_equals_the_steps(tmp_path, model_path, samples):
     out = tmp_path / "cnn.int8.onnx"
     report = oq.quantize_model(model_path, out, samples)
@@ -52,6 +53,7 @@ def test_one_call_equals_the_steps(tmp_path, model_path, samples):
         [n.node for n in expected_report.quantized_nodes]
 
 
+@pytest.mark.smoke
 def test_method_and_options_reach_the_steps(tmp_path, model_path, samples):
     out = tmp_path / "q.onnx"
     report = oq.quantize_model(model_path, out, samples, "PERCENTILE_SYM",
@@ -79,6 +81,7 @@ class _Reader:
         return next(self._samples, None)
 
 
+@pytest.mark.smoke
 def test_calibration_data_reader(tmp_path, model_path, samples):
     from onnxruntime.quantization import CalibrationDataReader
 
@@ -99,6 +102,7 @@ def test_calibration_data_reader(tmp_path, model_path, samples):
     assert first == onnx.load(tmp_path / "c.onnx").SerializeToString()
 
 
+@pytest.mark.smoke
 def test_importing_onnxquant_does_not_import_ort_quantization():
     code = ("import sys, onnxquant; "
             "print('onnxruntime.quantization' in sys.modules)")
@@ -109,6 +113,7 @@ def test_importing_onnxquant_does_not_import_ort_quantization():
     assert done.stdout.strip() == "False"
 
 
+@pytest.mark.smoke
 def test_model_proto_in(tmp_path, small_cnn_model, samples):
     out = tmp_path / "q.onnx"
     oq.quantize_model(small_cnn_model, out, samples)
@@ -116,6 +121,7 @@ def test_model_proto_in(tmp_path, small_cnn_model, samples):
     assert session.run(None, {"image": samples[0]["image"]})[0].shape == (1, 5)
 
 
+@pytest.mark.smoke
 def test_unknown_option_is_named_before_any_work(tmp_path, model_path, samples):
     reader = _Reader(samples)
     with pytest.raises(oq.InvalidArgumentError, match="unknown option 'activation_typ'"):
@@ -129,6 +135,7 @@ def test_unknown_option_is_named_before_any_work(tmp_path, model_path, samples):
     assert reader.calls == 0 and not (tmp_path / "q.onnx").exists()
 
 
+@pytest.mark.smoke
 @pytest.mark.parametrize("spelling", ["same", "dotted", "link"])
 def test_output_that_is_the_input_is_refused(tmp_path, model_path, samples, spelling):
     with open(model_path, "rb") as f:
@@ -157,6 +164,7 @@ def _save_external(model: onnx.ModelProto, path, location: str) -> None:
     onnx.save(copy, path, save_as_external_data=True, location=location, size_threshold=0)
 
 
+@pytest.mark.smoke
 def test_output_over_the_input_data_file_is_refused(tmp_path, small_cnn_model, samples):
     # The input keeps its weights in "q.onnx.data", which is where the output
     # "q.onnx" would put its own.
@@ -169,6 +177,7 @@ def test_output_over_the_input_data_file_is_refused(tmp_path, small_cnn_model, s
     assert not (tmp_path / "q.onnx").exists()
 
 
+@pytest.mark.smoke
 def test_external_data_in_gives_external_data_out(tmp_path):
     # A weight of 64 x 64: 16 KiB in float, 4 KiB in int8 (data files take 1 KiB or more).
     rng = np.random.default_rng(3)
@@ -190,6 +199,7 @@ def test_external_data_in_gives_external_data_out(tmp_path):
     assert session.run(None, {"x": samples[0]})[0].shape == (1, 64)
 
 
+@pytest.mark.smoke
 def test_no_samples_writes_nothing(tmp_path, model_path):
     with pytest.raises(oq.CalibrationDataError, match="empty"):
         oq.quantize_model(model_path, tmp_path / "q.onnx", [])
@@ -203,7 +213,7 @@ def test_torch_export_example(tmp_path):
         try:
             __import__(module)
         except ImportError:
-            message = f"{module} is not installed (pip install 'onnxquant[torch]')"
+            message = f"{module} is not installed (pip install 'onnxquant[cpu,torch]')"
             if os.environ.get("CI", "").lower() == "true":
                 pytest.fail(message)
             pytest.skip(message)

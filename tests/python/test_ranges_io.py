@@ -19,6 +19,8 @@ import onnxquant as oq
 from onnxquant.cli import main
 from onnxquant.ranges import RANGES_FORMAT, tensorrt_scale_hex
 
+pytestmark = pytest.mark.smoke  # also run at the lower bounds (scripts/test_lower_bounds.sh)
+
 
 @pytest.fixture()
 def normalised(small_cnn_model):
@@ -289,10 +291,12 @@ def test_ort_table_from_tensors_data(tmp_path):
     from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData
     from onnxruntime.quantization.quant_utils import write_calibration_table
 
-    values = {"a": (np.float32(-1.25), np.float32(3.5)), "b/c:0": (np.float32(0.0),
-                                                                   np.float32(0.1))}
+    # Arrays, as ONNX Runtime's calibrators give them (numpy scalars serialise
+    # only in versions after ONNX Runtime 1.22).
+    values = {"a": (np.array([-1.25], np.float32), np.array([3.5], np.float32)),
+              "b/c:0": (np.array(0.0, np.float32), np.array(0.1, np.float32))}
     write_calibration_table(TensorsData(CalibrationMethod.MinMax, values), dir=str(tmp_path))
-    expected = {k: (float(lo), float(hi)) for k, (lo, hi) in values.items()}
+    expected = {k: (float(lo.item()), float(hi.item())) for k, (lo, hi) in values.items()}
     assert oq.load_ort_calibration(tmp_path / "calibration.json") == expected
     assert oq.load_ort_calibration(tmp_path) == expected  # the directory it wrote to
 

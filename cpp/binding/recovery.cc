@@ -1,0 +1,160 @@
+#include "recovery.h"
+
+#include <pybind11/numpy.h>
+#include <pybind11/stl.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "calibration.h"
+#include "onnxquant/bias_correction.h"
+#include "onnxquant/cross_layer_equalization.h"
+#include "onnxquant/model_io.h"
+#include "onnxquant/weight_range_search.h"
+
+namespace py = pybind11;
+
+namespace onnxquant::binding {
+namespace {
+
+pb::ModelProto Parse(const py::bytes& b) {
+  std::string_view view = b;
+  return ParseModel(view);
+}
+
+py::bytes Serialize(const pb::ModelProto& m) {
+  return py::bytes(SerializeModel(m));
+}
+
+std::vector<int64_t> Shape(const py::array& a) {
+  return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+}  // namespace
+
+void BindRecovery(py::module_& m) {
+  m.def(
+      "equalize_cross_layer",
+      [](const py::bytes& model, int max_sweeps, double tolerance,
+         bool replace_clip, int power_of_two_qmax) {
+        auto proto = Parse(model);
+        EqualizationOptions o;
+        o.max_sweeps = max_sweeps;
+        o.tolerance = tolerance;
+        o.clip = replace_clip ? ClipHandling::kReplaceWithRelu
+                              : ClipHandling::kStop;
+        o.power_of_two_qmax = power_of_two_qmax;
+        EqualizationReport r;
+        {
+          py::gil_scoped_release release;
+          r = EqualizeCrossLayer(proto, o);
+        }
+        py::list pairs;
+        for (const auto& p : r.pairs) {
+          py::dict d;
+          d["first"] = p.first;
+          d["second"] = p.second;
+          d["activation"] = p.activation;
+          d["scales"] = p.scales;
+          d["spread_before"] = p.spread_before;
+          d["spread_after"] = p.spread_after;
+          pairs.append(d);
+        }
+        py::dict rep;
+        rep["pairs"] = pairs;
+        rep["clips_replaced"] = r.clips_replaced;
+        rep["clips_stopped"] = r.clips_stopped;
+        rep["sweeps"] = r.sweeps;
+        rep["converged"] = r.converged;
+        return py::make_tuple(Serialize(proto), rep);
+      },
+      py::arg("model"), py::arg("max_sweeps") = 100,
+      py::arg("tolerance") = 1e-4, py::arg("replace_clip") = false,
+      py::arg("power_of_two_qmax") = 0,
+      "Cross-layer equalization of Conv-act-Conv chains: (model bytes, report "
+      "dict with pairs, clips_replaced, clips_stopped, sweeps, converged).");
+
+  m.def(
+      "prepare_bias_correction",
+      [](const py::bytes& model, const DtypeMap& dtypes,
+         const QuantOptions& options) {
+        auto proto = Parse(model);
+        BiasPreparation prep;
+        {
+          py::gil_scoped_release release;
+          prep = PrepareBiasCorrection(proto, dtypes, options);
+        }
+        py::list layers;
+        for (const auto& l : prep.layers) {
+          py::dict d;
+          d["node"] = l.node;
+          d["output"] = l.output;
+          d["bias"] = l.bias;
+          d["channels"] = l.channels;
+          layers.append(d);
+        }
+        return py::make_tuple(Serialize(proto), layers, prep.skipped);
+      },
+      py::arg("model"), py::arg("dtypes"), py::arg("options"),
+      "(model bytes with one own per-channel bias initializer per "
+      "correctable layer, layers [dict node/output/bias/channels] in graph "
+      "order, skipped [(node, reason)]).");
+
+  m.def(
+      "emulate_quantized_weights",
+      [](const py::bytes& model, const DtypeMap& dtypes,
+         const QuantOptions& options) {
+        auto proto = Parse(model);
+        std::vector<std::string> changed;
+        {
+          py::gil_scoped_release release;
+          changed = EmulateQuantizedWeights(proto, dtypes, options);
+        }
+        return py::make_tuple(Serialize(proto), changed);
+      },
+      py::arg("model"), py::arg("dtypes"), py::arg("options"),
+      "(model bytes whose planned weights hold their dequantized values, "
+      "names of the nodes changed).");
+
+  m.def(
+      "channel_sums",
+      [](const py::handle& obj) {
+        py::array a = AsFloatArray("channel_sums input", obj);
+        const std::vector<int64_t> dims = Shape(a);
+        const float* data = static_cast<const float*>(a.data());
+        std::vector<double> sums;
+        {
+          py::gil_scoped_release release;
+          sums = ChannelSums(data, dims);
+        }
+        return py::array_t<double>(sums.size(), sums.data());
+      },
+      py::arg("array"),
+      "Per channel (axis 1) of a float32 array of rank >= 2, the sum of its "
+      "values (float64).");
+
+  m.def(
+      "search_weight_scales",
+      [](const py::handle& obj, int axis, int qmax, bool power_of_two) {
+        py::array a = AsFloatArray("weight", obj);
+        const std::vector<int64_t> dims = Shape(a);
+        const float* p = static_cast<const float*>(a.data());
+        std::vector<float> w(p, p + a.size());
+        const size_t channels = axis >= 0 && axis < a.ndim() ? dims[axis] : 1;
+        std::vector<float> s;
+        {
+          py::gil_scoped_release release;
+          s = SearchWeightScales(w, dims, axis,
+                                 std::vector<int32_t>(channels, qmax),
+                                 power_of_two);
+        }
+        return py::array_t<float>(s.size(), s.data());
+      },
+      py::arg("weight"), py::arg("axis"), py::arg("qmax") = 127,
+      py::arg("power_of_two") = false,
+      "Per channel along axis (-1: per tensor), the weight scale minimising "
+      "the squared quantization error (weight_range_search.h).");
+}
+
+}  // namespace onnxquant::binding
