@@ -107,6 +107,8 @@ py::dict Stats(const LockedHistogramSet& self) {
     d["nan"] = h.nan();
     d["pos_inf"] = h.pos_inf();
     d["neg_inf"] = h.neg_inf();
+    d["pos_extreme"] = h.pos_extreme();
+    d["neg_extreme"] = h.neg_extreme();
     d["bin_width"] = h.bin_width();
     d["bins"] = h.counts().size();
     out[py::str(self.names()[i])] = d;
@@ -179,8 +181,8 @@ void BindCalibration(py::module_& m) {
           },
           py::arg("data"))
       .def("stats", &Stats,
-           "{name: {min, max, count, zeros, nan, pos_inf, neg_inf, bin_width, "
-           "bins}}.")
+           "{name: {min, max, count, zeros, nan, pos_inf, neg_inf, "
+           "pos_extreme, neg_extreme, bin_width, bins}}.")
       .def("histogram", &Histogram, py::arg("name"),
            "(low edge of the first bin, bin width, counts) of one tensor.")
       .def("compute_ranges", &Ranges, py::arg("method"),

@@ -106,7 +106,10 @@ void Histogram::Add(const float* data, int64_t n,
     nan_ += s.nan;
     pos_inf_ += s.pos_inf;
     neg_inf_ += s.neg_inf;
-    const int64_t finite = size - s.nan - s.pos_inf - s.neg_inf;
+    pos_extreme_ += s.pos_extreme;
+    neg_extreme_ += s.neg_extreme;
+    const int64_t finite = size - s.nan - s.pos_inf - s.neg_inf -
+                           s.pos_extreme - s.neg_extreme;
     if (finite == 0) continue;
     count_ += finite;
     zeros_ += s.zeros;
@@ -204,6 +207,8 @@ void Histogram::Merge(const Histogram& other) {
   nan_ += other.nan_;
   pos_inf_ += other.pos_inf_;
   neg_inf_ += other.neg_inf_;
+  pos_extreme_ += other.pos_extreme_;
+  neg_extreme_ += other.neg_extreme_;
   if (other.count_ == 0) return;
   count_ += other.count_;
   zeros_ += other.zeros_;
@@ -227,7 +232,8 @@ bool Histogram::operator==(const Histogram& o) const {
   return exponent_ == o.exponent_ && first_bin_ == o.first_bin_ &&
          counts_ == o.counts_ && min_ == o.min_ && max_ == o.max_ &&
          count_ == o.count_ && zeros_ == o.zeros_ && nan_ == o.nan_ &&
-         pos_inf_ == o.pos_inf_ && neg_inf_ == o.neg_inf_;
+         pos_inf_ == o.pos_inf_ && neg_inf_ == o.neg_inf_ &&
+         pos_extreme_ == o.pos_extreme_ && neg_extreme_ == o.neg_extreme_;
 }
 
 }  // namespace onnxquant

@@ -12,8 +12,10 @@
 // second condition only ever binds when every finite value is the same.)
 // So the result does not depend on the order or size of the chunks, two
 // histograms merge exactly, and at least kMaxBins / 2 bins span the observed
-// range unless e == kMinExponent. NaN and +-Inf are counted and left out.
-// Counts are integers; every finite value, zeros included, is in a bin.
+// range unless e == kMinExponent. NaN, +-Inf and float32's extremes (finite
+// values of magnitude >= kExtremeMagnitude, 1e30, as attention masks hold)
+// are counted and left out: "finite" below excludes the extremes. Counts are
+// integers; every finite value, zeros included, is in a bin.
 #ifndef ONNXQUANT_HISTOGRAM_H_
 #define ONNXQUANT_HISTOGRAM_H_
 
@@ -65,6 +67,9 @@ class Histogram {
   int64_t nan() const { return nan_; }
   int64_t pos_inf() const { return pos_inf_; }
   int64_t neg_inf() const { return neg_inf_; }
+  // Finite values of magnitude >= histogram_kernels::kExtremeMagnitude.
+  int64_t pos_extreme() const { return pos_extreme_; }
+  int64_t neg_extreme() const { return neg_extreme_; }
 
   // A compact, versioned little-endian byte form ("OQH1", version, fields,
   // then the counts as LEB128 varints); Deserialize(Serialize()) == *this.
@@ -98,6 +103,7 @@ class Histogram {
   float min_ = std::numeric_limits<float>::infinity();
   float max_ = -std::numeric_limits<float>::infinity();
   int64_t count_ = 0, zeros_ = 0, nan_ = 0, pos_inf_ = 0, neg_inf_ = 0;
+  int64_t pos_extreme_ = 0, neg_extreme_ = 0;
 };
 
 // One histogram per planned tensor, updated in parallel.

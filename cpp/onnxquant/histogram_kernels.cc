@@ -39,12 +39,12 @@ float FromOrderKey(int32_t key) {
 struct Summary {
   static constexpr int32_t kNone = std::numeric_limits<int32_t>::max();
   int32_t lo = kNone, hi = -kNone;
-  int32_t special = 0, zeros = 0;  // special: NaN and +-Inf
+  int32_t special = 0, zeros = 0;  // special: NaN, +-Inf and extremes
 
   void Add(uint32_t bits) {
     const uint32_t magnitude = bits & 0x7fffffffu;
-    // All ones for NaN and +-Inf: their keys become kNone / -kNone.
-    const int32_t is_special = -static_cast<int32_t>(magnitude >= 0x7f800000u);
+    // All ones for NaN, +-Inf and extremes: their keys become kNone / -kNone.
+    const int32_t is_special = -static_cast<int32_t>(magnitude >= kExtremeBits);
     const int32_t key = OrderKey(bits) & ~is_special;
     lo = std::min(lo, key | (kNone & is_special));
     hi = std::max(hi, key | (-kNone & is_special));
@@ -52,8 +52,8 @@ struct Summary {
     zeros += magnitude == 0;
   }
 
-  // The summary of data[0, n), the values Add saw. NaN and +-Inf are rare:
-  // told apart by a second pass only when there are any.
+  // The summary of data[0, n), the values Add saw. NaN, +-Inf and extremes
+  // are rare: told apart by a second pass only when there are any.
   BlockSummary Result(const float* data, int64_t n) const {
     BlockSummary s{std::numeric_limits<float>::infinity(),
                    -std::numeric_limits<float>::infinity(), 0, 0, 0, zeros};
@@ -64,9 +64,14 @@ struct Summary {
     if (special > 0) {
       for (int64_t i = 0; i < n; ++i) {
         const uint32_t bits = FloatBits(data[i]);
-        s.nan += (bits & 0x7fffffffu) > 0x7f800000u;
+        const uint32_t magnitude = bits & 0x7fffffffu;
+        s.nan += magnitude > 0x7f800000u;
         s.pos_inf += bits == 0x7f800000u;
         s.neg_inf += bits == 0xff800000u;
+        const bool extreme =
+            magnitude >= kExtremeBits && magnitude < 0x7f800000u;
+        s.pos_extreme += extreme && bits == magnitude;
+        s.neg_extreme += extreme && bits != magnitude;
       }
     }
     return s;
@@ -99,7 +104,8 @@ namespace {
 
 // The slot of the value with bits `bits` on the grid of scale 2^-exponent
 // whose first bin is `first`: floor(v * scale) - first for finite v, `sink`
-// for NaN and +-Inf. Masks rather than branches, so that loops vectorise.
+// for NaN, +-Inf and extremes. Masks rather than branches, so that loops
+// vectorise.
 // Values outside the grid get a meaningless slot; the conversion stays
 // defined for them.
 inline int32_t FloatSlot(uint32_t bits, float scale, int32_t first,
@@ -110,7 +116,8 @@ inline int32_t FloatSlot(uint32_t bits, float scale, int32_t first,
   // slot `sink`. An integer compare: std::min and std::max on floats would
   // not vectorise.
   const uint32_t special =
-      0u - static_cast<uint32_t>((product & 0x7fffffffu) >= 0x4e800000u);
+      0u - static_cast<uint32_t>(((product & 0x7fffffffu) >= 0x4e800000u) |
+                                 ((bits & 0x7fffffffu) >= kExtremeBits));
   const float t = FloatFromBits(product & ~special);
   int32_t k = static_cast<int32_t>(t);  // toward zero
   k -= t < static_cast<float>(k);       // floor
@@ -156,7 +163,10 @@ void SlotsDouble(const float* data, int32_t n, const Grid& grid,
   const double sink = static_cast<double>(first + grid.sink);
   for (int32_t i = 0; i < n; ++i) {
     double t = static_cast<double>(data[i]) * scale;  // exact
-    t = std::fabs(t) <= 0x1p62 ? t : sink;  // finite: |t| <= 2^40 + 1
+    // Finite: |t| <= 2^40 + 1. NaN fails both tests.
+    t = std::fabs(t) <= 0x1p62 && std::fabs(data[i]) < kExtremeMagnitude
+            ? t
+            : sink;
     const int64_t k = static_cast<int64_t>(t);  // toward zero
     slots[i] = static_cast<int32_t>(k - (t < static_cast<double>(k)) - first);
   }

@@ -25,11 +25,24 @@ inline float FloatFromBits(uint32_t b) {
   return v;
 }
 
-// What one pass learns about a block of values.
+// Finite values of at least this magnitude are float32's extremes, as
+// attention masks hold them (torch.finfo(float32).min, -3.4e38): like NaN and
+// +-Inf they are counted apart and left out of the range and the bins, so
+// that they saturate when quantized instead of stretching the range. 1e30 is
+// far above any activation a model computes and far below what masks use.
+constexpr float kExtremeMagnitude = 1e30f;
+// The bits of kExtremeMagnitude: a magnitude's bits at or above these are
+// an extreme, an infinity or a NaN.
+inline constexpr uint32_t kExtremeBits = 0x7149f2cau;
+
+// What one pass learns about a block of values. "Finite" below means finite
+// and not an extreme.
 struct BlockSummary {
   float lo;  // finite minimum (never -0.0); +inf when none is finite
   float hi;  // finite maximum (never -0.0); -inf when none is finite
   int64_t nan, pos_inf, neg_inf, zeros;
+  // Finite values of magnitude >= kExtremeMagnitude, by sign.
+  int64_t pos_extreme = 0, neg_extreme = 0;
 };
 
 // Summarizes data[0, n). REQUIRES: 0 <= n <= 2^31 - 1.
@@ -37,7 +50,7 @@ BlockSummary Summarize(const float* data, int64_t n);
 
 // The grid a block is binned on: bin k covers [k * 2^exponent,
 // (k + 1) * 2^exponent); slot s counts bin first + s, and slot `sink`
-// counts NaN and +-Inf.
+// counts NaN, +-Inf and extremes.
 struct Grid {
   int exponent;
   int64_t first;
@@ -50,9 +63,9 @@ struct Grid {
 bool FloatSlotsExact(const Grid& grid);
 
 // Writes the slot of each of data[0, n) to slots[0, n): floor(v *
-// 2^-exponent) - first for finite v, `sink` for NaN and +-Inf. REQUIRES:
-// every finite value lies in bins first .. first + sink - 1, and (for
-// SlotsFloat) FloatSlotsExact(grid).
+// 2^-exponent) - first for finite v, `sink` for NaN, +-Inf and extremes.
+// REQUIRES: every finite value lies in bins first .. first + sink - 1, and
+// (for SlotsFloat) FloatSlotsExact(grid).
 void SlotsFloat(const float* data, int32_t n, const Grid& grid,
                 int32_t* slots);
 void SlotsDouble(const float* data, int32_t n, const Grid& grid,
@@ -73,13 +86,14 @@ enum class NonzeroPath { kAvx512, kAvx2, kNone };
 NonzeroPath BestNonzeroPath();
 
 // SummarizeWithSlots, leaving the zeros out, in one pass, for a block that
-// holds no NaN or +-Inf: writes to slots[0, kept) the slots of the values
-// that are not +-0, in order, sets *summary, and returns kept. The slots mean
-// what SummarizeWithSlots' do (nothing when a finite value lies outside the
-// grid's bins: the summary tells), and the zeros are to be counted from
-// summary->zeros (a ReLU's output is a third to three quarters zeros).
+// holds no NaN, +-Inf or extreme: writes to slots[0, kept) the slots of the
+// values that are not +-0, in order, sets *summary, and returns kept. The
+// slots mean what SummarizeWithSlots' do (nothing when a finite value lies
+// outside the grid's bins: the summary tells), and the zeros are to be
+// counted from summary->zeros (a ReLU's output is a third to three quarters
+// zeros).
 // Returns -1, leaving `slots` and *summary meaningless, when the block holds
-// NaN or +-Inf, or the best path is kNone: the caller then takes
+// NaN, +-Inf or an extreme, or the best path is kNone: the caller then takes
 // SummarizeWithSlots. `slots` has room for n values.
 // REQUIRES: FloatSlotsExact(grid).
 int32_t SummarizeNonzeroSlots(const float* data, int32_t n, const Grid& grid,

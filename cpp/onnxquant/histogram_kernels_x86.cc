@@ -23,7 +23,7 @@ namespace {
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
 // What a pass has gathered so far: lane-wise min and max, whether a lane saw
-// NaN or +-Inf, and the slots written.
+// NaN, +-Inf or an extreme, and the slots written.
 struct State512 {
   __m512 lo, hi;
   unsigned special;
@@ -35,7 +35,8 @@ struct State256 {
   int32_t kept;
 };
 
-// Ends a pass: -1 when NaN or +-Inf was seen, else the summary and kept.
+// Ends a pass: -1 when NaN, +-Inf or an extreme was seen, else the summary
+// and kept.
 int32_t Finish(const float* lo, const float* hi, int lanes, unsigned special,
                int32_t n, int32_t kept, BlockSummary* summary) {
   if (special != 0) return -1;
@@ -55,8 +56,11 @@ ONNXQUANT_AVX512 inline void Step512(const float* data, __mmask16 in,
                                      __m512 scale, __m512i first,
                                      int32_t* out, State512* p) {
   const __m512 v = _mm512_maskz_loadu_ps(in, data);
-  // fpclass categories: QNaN 0x01, +Inf 0x08, -Inf 0x10, SNaN 0x80.
-  p->special |= _mm512_mask_fpclass_ps_mask(in, v, 0x99);
+  // NaN, +-Inf and extremes: magnitudes at or above kExtremeBits.
+  const __m512i magnitude = _mm512_and_si512(_mm512_castps_si512(v),
+                                             _mm512_set1_epi32(0x7fffffff));
+  p->special |= _mm512_mask_cmpge_epu32_mask(
+      in, magnitude, _mm512_set1_epi32(static_cast<int32_t>(kExtremeBits)));
   p->lo = _mm512_mask_min_ps(p->lo, in, p->lo, v);
   p->hi = _mm512_mask_max_ps(p->hi, in, p->hi, v);
   const __mmask16 nonzero = _mm512_mask_test_epi32_mask(
@@ -129,8 +133,8 @@ ONNXQUANT_AVX2 inline void Step256(const float* data, __m256i in, __m256 scale,
       _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff));
   // The tail's buffer is zero-padded: the padding is neither special nor
   // non-zero, and only its min/max need the mask.
-  const __m256i special =
-      _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f7fffff));
+  const __m256i special = _mm256_cmpgt_epi32(
+      magnitude, _mm256_set1_epi32(static_cast<int32_t>(kExtremeBits - 1)));
   p->special |= static_cast<unsigned>(
       _mm256_movemask_ps(_mm256_castsi256_ps(special)));
   if (kTail) {

@@ -17,14 +17,16 @@ using histogram_kernels::FloatBits;
 using histogram_kernels::FloatFromBits;
 
 // Histogram, little-endian: "OQH1", u32 version, i32 exponent, f32 min,
-// f32 max, u64 count, zeros, nan, pos_inf, neg_inf, i64 first_bin, u32 bin
-// count, then each bin's count as an LEB128 varint.
+// f32 max, u64 count, zeros, nan, pos_inf, neg_inf, pos_extreme,
+// neg_extreme, i64 first_bin, u32 bin count, then each bin's count as an
+// LEB128 varint.
 constexpr char kHistogramMagic[4] = {'O', 'Q', 'H', '1'};
-constexpr size_t kHistogramHeaderBytes = 4 + 4 + 4 + 4 + 4 + 5 * 8 + 8 + 4;
+constexpr size_t kHistogramHeaderBytes = 4 + 4 + 4 + 4 + 4 + 7 * 8 + 8 + 4;
 // HistogramSet, little-endian: "OQS1", u32 version, u32 tensor count, then
 // per tensor u32 name length, name, u32 histogram length, histogram bytes.
 constexpr char kSetMagic[4] = {'O', 'Q', 'S', '1'};
-constexpr uint32_t kVersion = 1;  // of both forms
+// Of both forms; version 2 added the extremes' counts.
+constexpr uint32_t kVersion = 2;
 
 void PutFixed(uint64_t v, int bytes, std::string* out) {
   for (int i = 0; i < bytes; ++i) {
@@ -102,7 +104,8 @@ std::string Histogram::Serialize() const {
   PutFixed(static_cast<uint32_t>(exponent_), 4, &out);
   PutFixed(FloatBits(min_), 4, &out);
   PutFixed(FloatBits(max_), 4, &out);
-  for (int64_t v : {count_, zeros_, nan_, pos_inf_, neg_inf_}) {
+  for (int64_t v : {count_, zeros_, nan_, pos_inf_, neg_inf_, pos_extreme_,
+                    neg_extreme_}) {
     PutFixed(static_cast<uint64_t>(v), 8, &out);
   }
   PutFixed(static_cast<uint64_t>(first_bin_), 8, &out);
@@ -128,13 +131,15 @@ Histogram Histogram::Deserialize(std::string_view bytes) {
   const uint64_t version = r.Fixed(4);
   if (version != kVersion) {
     throw BadHistogram("of format version " + std::to_string(version) +
-                       ", and this onnxquant reads version 1");
+                       ", and this onnxquant reads version " +
+                       std::to_string(kVersion));
   }
   Histogram h;
   h.exponent_ = static_cast<int32_t>(static_cast<uint32_t>(r.Fixed(4)));
   h.min_ = FloatFromBits(static_cast<uint32_t>(r.Fixed(4)));
   h.max_ = FloatFromBits(static_cast<uint32_t>(r.Fixed(4)));
-  for (int64_t* v : {&h.count_, &h.zeros_, &h.nan_, &h.pos_inf_, &h.neg_inf_}) {
+  for (int64_t* v : {&h.count_, &h.zeros_, &h.nan_, &h.pos_inf_, &h.neg_inf_,
+                     &h.pos_extreme_, &h.neg_extreme_}) {
     *v = static_cast<int64_t>(r.Fixed(8));
     if (*v < 0) throw BadHistogram("inconsistent: a counter is negative");
   }
@@ -297,7 +302,8 @@ HistogramSet HistogramSet::Deserialize(std::string_view bytes) {
   const uint64_t version = r.Fixed(4);
   if (version != kVersion) {
     throw BadSet("of format version " + std::to_string(version) +
-                 ", and this onnxquant reads version 1");
+                 ", and this onnxquant reads version " +
+                 std::to_string(kVersion));
   }
   const uint64_t n = r.Fixed(4);
   // Each tensor takes at least 8 bytes: do not trust n before allocating.

@@ -38,6 +38,31 @@ void FindSilu(const GraphIndex& index, PatternMatches* m) {
   }
 }
 
+// Marks the GELU's tail from node `from` (its Erf or Tanh): single
+// consumers Add(., 1) -> Mul -> Mul, and the Mul(x, 0.5) feeding the last
+// Mul where the 0.5 * x comes first.
+void MarkGeluTail(const GraphIndex& index, int from, PatternMatches* m) {
+  const auto& g = index.graph();
+  int cur = from;
+  const char* chain[] = {"Add", "Mul", "Mul"};
+  for (const char* op : chain) {
+    const auto& cons = index.Consumers(g.node(cur).output(0));
+    if (cons.size() != 1 || g.node(cons[0]).op_type() != op) break;
+    cur = cons[0];
+    m->float_blocks[cur] = "GELU";
+  }
+  const auto& last = g.node(cur);
+  if (last.op_type() == "Mul") {
+    for (int k = 0; k < last.input_size(); ++k) {
+      const int p = ProducerOf(index, last, k, "Mul");
+      if (p >= 0 && index.Consumers(last.input(k)).size() == 1 &&
+          m->float_blocks.count(p) == 0) {
+        m->float_blocks[p] = "GELU";
+      }
+    }
+  }
+}
+
 // GELU: Div(x, c) -> Erf -> Add(., 1) -> Mul(x, .) -> Mul(., 0.5), in either
 // order of the two Muls. Marks the Erf's neighbours from the Div on.
 void FindGelu(const GraphIndex& index, PatternMatches* m) {
@@ -48,26 +73,32 @@ void FindGelu(const GraphIndex& index, PatternMatches* m) {
     if (div < 0) continue;
     m->float_blocks[div] = "GELU";
     m->float_blocks[i] = "GELU";
-    // Follow single consumers Add -> Mul -> Mul.
-    int cur = i;
-    const char* chain[] = {"Add", "Mul", "Mul"};
-    for (const char* op : chain) {
-      const auto& cons = index.Consumers(g.node(cur).output(0));
-      if (cons.size() != 1 || g.node(cons[0]).op_type() != op) break;
-      cur = cons[0];
-      m->float_blocks[cur] = "GELU";
-    }
-    // The 0.5 * x Mul may come first: Mul(x, 0.5) feeding the last Mul.
-    const auto& last = g.node(cur);
-    if (last.op_type() == "Mul") {
-      for (int k = 0; k < last.input_size(); ++k) {
-        const int p = ProducerOf(index, last, k, "Mul");
-        if (p >= 0 && index.Consumers(last.input(k)).size() == 1 &&
-            m->float_blocks.count(p) == 0) {
-          m->float_blocks[p] = "GELU";
-        }
-      }
-    }
+    MarkGeluTail(index, i, m);
+  }
+}
+
+// GELU's tanh form (GPT-2's gelu_new, BERT's "gelu_pytorch_tanh"): Pow(x, 3)
+// -> Mul(., 0.044715) -> Add(x, .) -> Mul(., sqrt(2 / pi)) -> Tanh ->
+// Add(., 1) -> Mul -> Mul, the 0.5 * x first or last. Anchored on the Tanh;
+// marks the chain back to the Pow and the tail. Quantized, the cube's wide
+// range costs the most SQNR of GPT-2's tensors.
+void FindTanhGelu(const GraphIndex& index, PatternMatches* m) {
+  const auto& g = index.graph();
+  for (int i = 0; i < g.node_size(); ++i) {
+    if (g.node(i).op_type() != "Tanh") continue;
+    const int scale = ProducerOf(index, g.node(i), 0, "Mul");
+    if (scale < 0) continue;
+    const int k_add = InputFrom(index, g.node(scale), "Add");
+    if (k_add < 0) continue;
+    const int add = index.Producer(g.node(scale).input(k_add));
+    const int k_cube = InputFrom(index, g.node(add), "Mul");
+    if (k_cube < 0) continue;
+    const int cube = index.Producer(g.node(add).input(k_cube));
+    const int k_pow = InputFrom(index, g.node(cube), "Pow");
+    if (k_pow < 0) continue;
+    const int pow = index.Producer(g.node(cube).input(k_pow));
+    for (int n : {pow, cube, add, scale, i}) m->float_blocks[n] = "GELU";
+    MarkGeluTail(index, i, m);
   }
 }
 
@@ -135,6 +166,7 @@ PatternMatches FindPatterns(const GraphIndex& index) {
   PatternMatches m;
   FindSilu(index, &m);
   FindGelu(index, &m);
+  FindTanhGelu(index, &m);
   FindLayerNorm(index, &m);
   FindDivisorOnly(index, &m);
   return m;

@@ -60,6 +60,7 @@ from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.pipeline import quantize_model
 from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
 from onnxquant.quantize import QuantOptions, quantize
+from onnxquant.dynamic import DynamicReport, quantize_dynamic
 from onnxquant import recovery
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
@@ -69,6 +70,7 @@ __all__ = [
     "CalibrationMethod",
     "CalibrationReport",
     "Calibrator",
+    "DynamicReport",
     "FixedShapeWarning",
     "InternalError",
     "InvalidArgumentError",
@@ -99,6 +101,7 @@ __all__ = [
     "optimize_model",
     "pixel_tensor_name",
     "quantize",
+    "quantize_dynamic",
     "quantize_model",
     "save_model",
     "save_ranges",

@@ -97,6 +97,8 @@ def tensor_sqnr(model: ModelLike, quantized: ModelLike, samples: Iterable[object
 
 #: The ops whose multiply-accumulates :func:`mac_counts` counts.
 MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+# Integer ops that replace a MAC node under its name (quantize_dynamic).
+_INTEGER_OPS = ("MatMulInteger", "ConvInteger")
 
 # Initializers up to this size keep their values for shape inference (shape
 # constants of Reshape, Slice, ...); larger ones travel as typed inputs.
@@ -214,12 +216,15 @@ def mac_counts(model: ModelLike) -> tuple[dict[str, int], tuple[str, ...]]:
 def _int8_nodes(quantized: onnx.ModelProto) -> set[str]:
     """The MAC nodes of a QDQ model whose data input and weight (inputs 0
     and 1) are both DequantizeLinear outputs: ONNX Runtime may run them on
-    integer kernels."""
+    integer kernels; and the MatMulInteger/ConvInteger nodes of a
+    dynamically quantized model."""
     dequantized = {n.output[0] for n in quantized.graph.node
                    if n.op_type == "DequantizeLinear"}
-    return {n.name for n in quantized.graph.node
-            if n.op_type in MAC_OPS and len(n.input) >= 2
-            and n.input[0] in dequantized and n.input[1] in dequantized}
+    qdq = {n.name for n in quantized.graph.node
+           if n.op_type in MAC_OPS and len(n.input) >= 2
+           and n.input[0] in dequantized and n.input[1] in dequantized}
+    # quantize_dynamic's MatMulInteger keeps the name of the node it replaces.
+    return qdq | {n.name for n in quantized.graph.node if n.op_type in _INTEGER_OPS}
 
 
 def _runs_integer(report) -> set[str] | None:
@@ -239,7 +244,9 @@ def mac_share(model: ModelLike, quantized: ModelLike, report=None) -> MacShare:
     :func:`~onnxquant.optimize_model`: node names must match); its shapes give
     each Conv, ConvTranspose, Gemm and MatMul node's MACs
     (:func:`mac_counts`). A node counts as INT8 when, in ``quantized``, its
-    input 0 and its weight (input 1) both come from a DequantizeLinear. With
+    input 0 and its weight (input 1) both come from a DequantizeLinear, or
+    a MatMulInteger or ConvInteger of the same name replaced it
+    (:func:`~onnxquant.quantize_dynamic`). With
     ``report`` (the :class:`~onnxquant.QuantizationReport` of ``quantize``),
     it must moreover be run on an integer kernel by ONNX Runtime's CPU
     provider (its ``runs_as``), unless the report could not tell.

@@ -36,8 +36,10 @@ __all__ = ["CalibrationMethod", "Calibrator", "default_threads"]
 
 # /3: the model fingerprint covers external data; a checksum of the body and
 # the model's inputs are in the header. /1 and /2 files are refused.
-_STATE_FORMAT = "onnxquant.calibrator/3"
-_OLD_STATE_FORMATS = ("onnxquant.calibrator/1", "onnxquant.calibrator/2")
+_STATE_FORMAT = "onnxquant.calibrator/4"
+# /4: histograms count float32's extremes apart (format version 2).
+_OLD_STATE_FORMATS = ("onnxquant.calibrator/1", "onnxquant.calibrator/2",
+                      "onnxquant.calibrator/3")
 
 
 def _feeds_to_bytes(feeds: Sequence[dict[str, np.ndarray]]) -> bytes:
@@ -626,8 +628,10 @@ class Calibrator:
         docs/calibration.md defines each method. Outputs of Sigmoid,
         HardSigmoid, Softmax and Tanh take the MIN_MAX range of the method's
         symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and
-        Inf in intermediate tensors are left out of the statistics and counted
-        in :attr:`report`;
+        Inf in intermediate tensors, and float32's extremes (finite values of
+        magnitude >= 1e30, as attention masks hold), are left out of the
+        statistics and counted in :attr:`report` (so that a mask's
+        -3.4e38 does not stretch the range of the scores beside it);
         a tensor without any finite value gets ``(0.0, 0.0)`` and is listed in
         ``report.degraded``. A tensor inside an If, Loop or Scan body that no
         sample reached (a branch no sample takes) has no range: it is left
@@ -664,11 +668,13 @@ class Calibrator:
             return frozenset()
         stats = self._stats.stats()
         return frozenset(t for t in self._in_bodies
-                         if not any(stats[t][k] for k in ("count", "nan", "pos_inf", "neg_inf")))
+                         if not any(stats[t][k] for k in ("count", "nan", "pos_inf", "neg_inf",
+                                                          "pos_extreme", "neg_extreme")))
 
     def statistics(self) -> dict[str, dict[str, float]]:
         """Per tensor: exact ``min`` and ``max`` of the finite values, ``count``,
-        ``zeros``, ``nan``, ``pos_inf``, ``neg_inf``, and the histogram's
+        ``zeros``, ``nan``, ``pos_inf``, ``neg_inf``, ``pos_extreme`` and
+        ``neg_extreme`` (finite, magnitude >= 1e30), and the histogram's
         ``bin_width`` and number of ``bins``."""
         self._flush()
         return self._stats.stats()
@@ -819,11 +825,11 @@ class Calibrator:
         a finite value."""
         self._flush()
         stats = self._stats.stats()
+        special = ("nan", "pos_inf", "neg_inf", "pos_extreme", "neg_extreme")
         nonfinite = tuple(
-            NonFiniteCount(t, int(stats[t]["nan"]), int(stats[t]["pos_inf"]),
-                           int(stats[t]["neg_inf"]))
-            for t in self._tensors
-            if stats[t]["nan"] or stats[t]["pos_inf"] or stats[t]["neg_inf"])
+            NonFiniteCount(t, *(int(stats[t][k]) for k in special),
+                           int(stats[t]["count"]) + sum(int(stats[t][k]) for k in special))
+            for t in self._tensors if any(stats[t][k] for k in special))
         degraded = tuple(t for t in self._tensors
                          if self._num_samples and stats[t]["count"] == 0)
         return CalibrationReport(self._num_samples, self._method.name, nonfinite, degraded)

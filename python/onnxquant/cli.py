@@ -83,8 +83,10 @@ def run_quantize(args: argparse.Namespace) -> int:
         reduce_weight_range=args.reduce_weight_range, target=args.target,
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
         power_of_two=args.power_of_two, weight_range=args.weight_range,
-        float_outputs=not args.quantized_outputs)
+        float_outputs=not args.quantized_outputs, masks=args.masks)
     times: dict[str, float] = {}
+    if args.dynamic:
+        return _run_dynamic(args, model_inputs, times)
     with _step("optimize", times):
         model = optimize_model(args.model)
     calibrator = None
@@ -116,6 +118,36 @@ def run_quantize(args: argparse.Namespace) -> int:
         if args.report_json:
             text = json.dumps({"report": report.to_dict(), "ranges": ranges,
                                "seconds": times}, indent=2)
+            write_bytes_atomic(args.report_json, (text + "\n").encode("utf-8"))
+    print(report)
+    print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _run_dynamic(args: argparse.Namespace, model_inputs: list[str],
+                 times: dict[str, float]) -> int:
+    """``quantize --dynamic``: optimize_model, quantize_dynamic, save."""
+    from onnxquant._model import save_model, write_bytes_atomic
+    from onnxquant.dynamic import quantize_dynamic
+    from onnxquant.optimize import optimize_model
+
+    if args.save_ranges:
+        raise InvalidArgumentError(
+            "--save-ranges writes calibrated ranges; --dynamic computes them at run time.")
+    with _step("optimize", times):
+        model = optimize_model(args.model)
+    with _step("quantize (dynamic)", times):
+        quantized, report = quantize_dynamic(
+            model, op_types=args.op_types or ("MatMul", "Gemm"),
+            exclude_nodes=args.exclude_node, per_channel=args.per_channel,
+            quantize_activation_matmul=not args.float_activation_matmul,
+            target=args.target, return_report=True)
+    with _step("save", times):
+        save_model(quantized, args.output, external_data=True if len(model_inputs) > 1
+                   else None, source=args.model)
+        if args.report_json:
+            text = json.dumps({"report": report.to_dict(), "seconds": times}, indent=2)
             write_bytes_atomic(args.report_json, (text + "\n").encode("utf-8"))
     print(report)
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
@@ -211,6 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "--save-ranges wrote for this model) instead of calibrating; "
                              "the calibration options are then unused, and --target "
                              "portable applies its rule for models without samples")
+    source.add_argument("--dynamic", action="store_true",
+                        help="no calibration: quantize MatMul/Gemm dynamically "
+                             "(DynamicQuantizeLinear + MatMulInteger, activation scales "
+                             "computed at run time); --exclude-node, --op-types, "
+                             "--no-per-channel, --float-activation-matmul and --target apply")
     q.add_argument("--method", default="MIN_MAX_ASYM",
                    choices=[m.name for m in CalibrationMethod],
                    help="how ranges are chosen from the statistics (default MIN_MAX_ASYM)")
@@ -227,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="activation integer type: uint8 fuses into ONNX Runtime's CPU "
                         "integer kernels, int8 suits TFLite-style targets and NPUs, int16 "
                         "(W8A16) runs as DQ -> float op -> Q (default uint8)")
+    q.add_argument("--masks", choices=("float", "saturate"), default="float",
+                   help="nodes that read or write tensors where calibration saw |x| >= 1e30 "
+                        "or +-Inf (attention masks) stay float (default), or are quantized "
+                        "with those values saturating")
     q.add_argument("--power-of-two", choices=("off", "ceil", "mse"), default="off",
                    help="power-of-two scales for weights and activations (NPUs, DSPs); "
                         "with --no-per-channel the per-tensor power-of-two mode (default off)")

@@ -133,6 +133,18 @@ class QuantOptions:
             logits). False quantizes it too, as a target with integer
             outputs needs (:class:`~onnxquant.ModelEditor`'s
             ``convert_output_type`` converts only a quantized output).
+        masks: what becomes of attention masks' nodes: those that read or
+            write a tensor in which calibration saw float32's extremes or
+            +-Inf (|x| >= 1e30: ``finfo(float32).min`` at padded positions;
+            known from the ``calibrator`` or ``calibration_report`` given to
+            :func:`quantize`), and those :func:`mask_nodes` finds in the
+            graph (masks of any constant, -10000 or -1e9 too). Extremes are
+            left out of every range either way. ``"float"`` (default): such
+            nodes stay float (the mask's Cast/Sub/Mul and the Add of scores
+            and mask; they have no multiply-adds), so the mask keeps its full
+            effect, and the report's notes name them; ``"saturate"``: they
+            are quantized too, and the extremes saturate to the end of the
+            range, which then masks no more than the smallest score does.
     """
 
     activation_type: str = "uint8"
@@ -147,6 +159,7 @@ class QuantOptions:
     power_of_two: str = "off"
     weight_range: str = "minmax"
     float_outputs: bool = True
+    masks: str = "float"
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
@@ -158,6 +171,9 @@ class QuantOptions:
         if self.weight_range not in _WEIGHT_RANGES:
             raise InvalidArgumentError(
                 f"weight_range must be 'minmax' or 'mse', got {self.weight_range!r}.")
+        if self.masks not in ("float", "saturate"):
+            raise InvalidArgumentError(
+                f"masks must be 'float' or 'saturate', got {self.masks!r}.")
         if self.target not in _TARGETS:
             raise InvalidArgumentError(
                 f"target must be 'portable' (every CPU) or 'exact' (kernels that accumulate "
@@ -243,6 +259,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              target: str = "portable", kernel_remedy: str = "auto",
              quantize_silu: bool = False, power_of_two: str = "off",
              weight_range: str = "minmax", float_outputs: bool = True,
+             masks: str = "float",
              options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
@@ -258,10 +275,10 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu, power_of_two, weight_range,
-        float_outputs: see
+        float_outputs, masks: see
             :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None =
             all planned ops, True, False, ``"portable"``, ``"auto"``, False,
-            ``"off"``, ``"minmax"``, True).
+            ``"off"``, ``"minmax"``, True, ``"float"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -296,7 +313,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
                             kernel_remedy, quantize_silu, power_of_two, weight_range,
-                            float_outputs)
+                            float_outputs, masks)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -325,6 +342,11 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
+    if calibration_report is None and calibrator is not None:
+        calibration_report = calibrator.report
+    mask_note = ""
+    if options.masks == "float":
+        options, mask_note = _keep_masks_float(work, options, calibration_report)
     # The calibrator inferred the types of this very model: reuse them.
     known = getattr(calibrator, "_dtypes_of", None)
     dtypes = known(work) if known is not None else None
@@ -374,16 +396,104 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     materialize(result)
     if not return_report:
         return result
-    if calibration_report is None and calibrator is not None:
-        calibration_report = calibrator.report
     runtime, note = _runtime_of(result)
     report = QuantizationReport.from_native(
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
-    if fixed:
-        report = replace(report, notes=(*report.notes, fixed))
+    notes = tuple(n for n in (fixed, mask_note) if n)
+    if notes:
+        report = replace(report, notes=(*report.notes, *notes))
     return result, report
+
+
+def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
+                      calibration: CalibrationReport | None) -> tuple[QuantOptions, str]:
+    """``options`` with the masks' nodes added to ``exclude_nodes``, and the
+    report's note on them ("" when there are none): the main graph's nodes
+    that read or write a tensor where calibration saw +-Inf or float32's
+    extremes, and those :func:`mask_nodes` finds in the graph."""
+    masks = {c.tensor: c for c in calibration.nonfinite if c.saturating} \
+        if calibration is not None else {}
+    seen = [n.name for n in model.graph.node
+            if n.name and masks.keys() & {*n.input, *n.output}]
+    found = [n for n in mask_nodes(model) if n not in seen]
+    nodes = [n for n in (*seen, *found) if n not in options.exclude_nodes]
+    if not nodes:
+        return options, ""
+    notes = []
+    if seen:
+        shares = ", ".join(f"'{t}' ({100 * c.share:.1f} %)" for t, c in sorted(masks.items()))
+        notes.append(f"{len(seen)} read or write tensors where calibration saw |x| >= 1e30 "
+                     f"or +-Inf, as attention masks hold (share of values, left out of the "
+                     f"range): {shares}")
+    if found:
+        notes.append(f"{len(found)} compute or add an attention mask (computed from the "
+                     "model's integer inputs, added to what a Softmax reads)")
+    note = (f"{len(nodes)} nodes kept float (masks='float'), so that masks keep masking: "
+            f"{'; '.join(notes)}. Nodes: {', '.join(nodes)}.")
+    return replace(options, exclude_nodes=(*options.exclude_nodes, *nodes)), note
+
+
+# Ops that only move or convert values, between a mask's Add and the Softmax.
+_MOVES = frozenset(("Reshape", "Transpose", "Squeeze", "Unsqueeze", "Identity", "Cast",
+                    "Flatten", "Expand"))
+_MAC_OPS = frozenset(("Conv", "ConvTranspose", "Gemm", "MatMul"))
+
+
+def mask_nodes(model: onnx.ModelProto) -> list[str]:
+    """The names of the main graph's nodes that apply an attention mask,
+    whatever its constant (-10000, -1e9 or float32's lowest), found in the
+    graph alone: an Add, Sub or Mul that feeds a Softmax (through ops that
+    only move values) and whose other input is computed from the model's
+    non-float inputs (the attention mask) and constants only, with the nodes
+    that compute that input. None of them has multiply-adds."""
+    graph = model.graph
+    constants = {i.name for i in graph.initializer}  # and tensors computed from them
+    fed = {i.name for i in graph.input if i.name not in constants}
+    # Tensors computed from non-float inputs (and constants) only.
+    from_mask = {i.name for i in graph.input if i.name in fed
+                 and i.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT,
+                                                         onnx.TensorProto.FLOAT16,
+                                                         onnx.TensorProto.DOUBLE)}
+    producer = {}
+    for node in graph.node:
+        for out in node.output:
+            producer[out] = node
+        inputs = [i for i in node.input if i]
+        if node.op_type in _MAC_OPS or not all(i in from_mask or i in constants
+                                               for i in inputs):
+            continue
+        if any(i in from_mask for i in inputs):
+            from_mask.update(o for o in node.output if o)
+        else:  # a causal mask's Trilu of constants, for one
+            constants.update(o for o in node.output if o)
+    marked: list[str] = []
+
+    def mark_computation(tensor: str) -> None:
+        stack = [tensor]
+        while stack:
+            node = producer.get(stack.pop())
+            if node is None or node.name in marked or not node.name:
+                continue
+            marked.append(node.name)
+            stack.extend(i for i in node.input if i in from_mask)
+
+    for softmax in (n for n in graph.node if n.op_type == "Softmax"):
+        node = producer.get(softmax.input[0])
+        while node is not None and node.op_type in _MOVES:
+            node = producer.get(node.input[0])
+        while node is not None and node.op_type in ("Add", "Sub", "Mul") and node.name:
+            masks = [i for i in node.input if i in from_mask]
+            others = [i for i in node.input if i not in from_mask and i not in constants]
+            if not masks or len(others) != 1:
+                break
+            if node.name not in marked:
+                marked.append(node.name)
+            for tensor in masks:
+                mark_computation(tensor)
+            node = producer.get(others[0])
+    return marked
 
 
 def _fixed_inputs_note(model: onnx.ModelProto) -> str:

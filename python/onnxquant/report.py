@@ -54,13 +54,35 @@ class AbsorbedActivation(NamedTuple):
 
 
 class NonFiniteCount(NamedTuple):
-    """NaN and +-Inf values seen in one intermediate tensor during calibration
-    (left out of its statistics, not raised)."""
+    """NaN, +-Inf and float32's extremes seen in one intermediate tensor during
+    calibration: left out of its statistics and its range, not raised.
+
+    ``pos_extreme`` and ``neg_extreme`` count finite values of magnitude at
+    least 1e30, as attention masks hold (``torch.finfo(float32).min`` at
+    padded positions): left out of the range, they saturate on purpose
+    where the tensor is quantized. ``values``: every value the tensor held;
+    :attr:`share`: the share of them left out (0 when unknown).
+    """
 
     tensor: str
     nan: int
     pos_inf: int
     neg_inf: int
+    pos_extreme: int = 0
+    neg_extreme: int = 0
+    values: int = 0
+
+    @property
+    def share(self) -> float:
+        """The share of the tensor's values left out of its range."""
+        left_out = self.nan + self.pos_inf + self.neg_inf + self.pos_extreme + self.neg_extreme
+        return left_out / self.values if self.values else 0.0
+
+    @property
+    def saturating(self) -> int:
+        """Values that saturate when the tensor is quantized: +-Inf and the
+        extremes (a mask's values)."""
+        return self.pos_inf + self.neg_inf + self.pos_extreme + self.neg_extreme
 
 
 class KernelRemedy(NamedTuple):
@@ -98,7 +120,9 @@ class CalibrationReport:
     """What a :class:`~onnxquant.Calibrator` saw.
 
     ``num_samples``: samples fed; ``method``: the calibration method's name;
-    ``nonfinite``: tensors that held NaN or Inf (counts); ``degraded``: tensors
+    ``nonfinite``: tensors that held NaN, Inf or float32's extremes (|x| >=
+    1e30, as attention masks hold), with counts and the share of the tensor's
+    values left out of its range; ``degraded``: tensors
     with no finite value at all, given the range (0, 0) (quantization floors
     their scale).
     """
@@ -113,14 +137,16 @@ class CalibrationReport:
         return {
             "num_samples": self.num_samples,
             "method": self.method,
-            "nonfinite": [c._asdict() for c in self.nonfinite],
+            "nonfinite": [{**c._asdict(), "share": c.share} for c in self.nonfinite],
             "degraded": list(self.degraded),
         }
 
     def __str__(self) -> str:
         lines = [f"Calibration: {self.num_samples} samples, {self.method}"]
-        lines += _table("Tensors with NaN/Inf (left out of the statistics)",
-                        ("tensor", "NaN", "+Inf", "-Inf"), list(self.nonfinite))
+        lines += _table("Tensors with NaN/Inf or |x| >= 1e30, e.g. masks (left out of the "
+                        "range; they saturate)",
+                        ("tensor", "NaN", "+Inf", "-Inf", ">=1e30", "<=-1e30", "share"),
+                        [(*c[:6], f"{100 * c.share:.2f} %") for c in self.nonfinite])
         if self.degraded:
             lines.append(f"Tensors without a finite value, range (0, 0): "
                          f"{', '.join(self.degraded)}")

@@ -142,10 +142,11 @@ TEST(SummarizeNonzeroSlots, SummarizesBlocksThatDoNotFitTheGrid) {
   ExpectPathsMatch(v, kEighths, /*check_slots=*/false);
 }
 
-TEST(SummarizeNonzeroSlots, DeclinesBlocksWithNaNOrInfinity) {
+TEST(SummarizeNonzeroSlots, DeclinesBlocksWithNaNInfinityOrExtremes) {
+  // 1e30 and float32's lowest: the extremes masks hold.
   for (float special : {std::numeric_limits<float>::quiet_NaN(),
                         std::numeric_limits<float>::signaling_NaN(), kInf,
-                        -kInf}) {
+                        -kInf, 1e30f, -std::numeric_limits<float>::max()}) {
     for (int at : {0, 5, 16, 39}) {  // 39: in a tail for both vector widths
       std::vector<float> v(40, 0.5f);
       v[at] = special;

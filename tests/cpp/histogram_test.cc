@@ -29,12 +29,12 @@ enum class Kind {
   kRelu,  // many exact zeros, some of them -0.0
   kAllEqual,
   kSingleValue,
-  kHuge,  // ~1e30
+  kHuge,  // ~1e29, below the extremes
   kTiny,  // ~1e-30
   kNegativeOnly,
   kWithSpecials,  // NaN and +-Inf among Gaussian values
   kGrowing,       // magnitudes growing along the data: many coarsenings
-  kExtremes,      // +-FLT_MAX, the smallest denormal, zeros
+  kExtremes,      // +-FLT_MAX (left out), the smallest denormal, zeros
   // Bins wider than 1 and values so small (subnormal, both signs) that
   // scaling them to bin units underflows: negative ones are in bin -1.
   kUnderflow,
@@ -64,7 +64,7 @@ std::vector<float> Make(Kind kind, int n, uint64_t seed) {
       case Kind::kSingleValue:
         return {42.5f};
       case Kind::kHuge:
-        v[i] = 1e30f * normal(rng);
+        v[i] = 1e29f * normal(rng);
         break;
       case Kind::kTiny:
         v[i] = 1e-30f * normal(rng);
@@ -120,7 +120,12 @@ struct Reference {
   std::vector<int64_t> counts;
   float min = kInf, max = -kInf;
   int64_t count = 0, zeros = 0, nan = 0, pos_inf = 0, neg_inf = 0;
+  int64_t pos_extreme = 0, neg_extreme = 0;
 };
+
+// Finite values this large are float32's extremes (attention masks): counted
+// apart and left out of the bins.
+bool IsExtreme(float x) { return std::isfinite(x) && std::fabs(x) >= 1e30f; }
 
 double FloorBin(double v, int e) { return std::floor(std::ldexp(v, -e)); }
 
@@ -131,6 +136,8 @@ Reference MakeReference(const std::vector<float>& v) {
       ++r.nan;
     } else if (std::isinf(x)) {
       ++(x > 0 ? r.pos_inf : r.neg_inf);
+    } else if (IsExtreme(x)) {
+      ++(x > 0 ? r.pos_extreme : r.neg_extreme);
     } else {
       ++r.count;
       r.zeros += x == 0;
@@ -152,7 +159,7 @@ Reference MakeReference(const std::vector<float>& v) {
   r.counts.assign(
       static_cast<int64_t>(FloorBin(r.max, r.exponent)) - r.first_bin + 1, 0);
   for (float x : v) {
-    if (std::isfinite(x)) {
+    if (std::isfinite(x) && !IsExtreme(x)) {
       ++r.counts[static_cast<int64_t>(FloorBin(x, r.exponent)) - r.first_bin];
     }
   }
@@ -171,6 +178,8 @@ void ExpectMatches(const Histogram& h, const Reference& r) {
   EXPECT_EQ(h.nan(), r.nan);
   EXPECT_EQ(h.pos_inf(), r.pos_inf);
   EXPECT_EQ(h.neg_inf(), r.neg_inf);
+  EXPECT_EQ(h.pos_extreme(), r.pos_extreme);
+  EXPECT_EQ(h.neg_extreme(), r.neg_extreme);
 }
 
 Histogram OneChunk(const std::vector<float>& v) {
@@ -295,7 +304,7 @@ TEST(Histogram, KeepsAtLeastHalfTheBinsOverANonDegenerateRange) {
 }
 
 TEST(Histogram, BoundsTheBinIndexOfASingleValue) {
-  for (float x : {1e38f, -kFloatMax, 0.5f, 3e-40f, 0.f}) {
+  for (float x : {9.9e29f, -9.9e29f, 0.5f, 3e-40f, 0.f}) {
     SCOPED_TRACE(x);
     const Histogram h = OneChunk({x});
     ASSERT_EQ(h.counts(), std::vector<int64_t>{1});
@@ -304,6 +313,37 @@ TEST(Histogram, BoundsTheBinIndexOfASingleValue) {
     EXPECT_GT(h.BinLow(h.first_bin() + 1), x);
     ExpectMatches(h, MakeReference({x}));
   }
+}
+
+TEST(Histogram, LeavesFloat32ExtremesOutOfTheBinsAsMasksHoldThem) {
+  // An attention mask's Add: scores, and float32's lowest where padded. In
+  // long inputs (the vector paths) and short ones, in every position.
+  for (int64_t n : {int64_t{7}, int64_t{4096 * 3 + 5}, int64_t{40000}}) {
+    SCOPED_TRACE(n);
+    std::vector<float> v(static_cast<size_t>(n));
+    std::mt19937 rng(5);
+    std::normal_distribution<float> normal;
+    for (int64_t i = 0; i < n; ++i) {
+      v[static_cast<size_t>(i)] = i % 3 == 1 ? -kFloatMax : normal(rng);
+    }
+    v[0] = 1e30f;    // the threshold itself is an extreme
+    v[2] = -1e30f;
+    v[5] = 9.9e29f;  // just below: kept
+    const Histogram h = OneChunk(v);
+    ExpectMatches(h, MakeReference(v));
+    EXPECT_EQ(h.pos_extreme(), 1);
+    EXPECT_EQ(h.neg_extreme(), 1 + (n + 1) / 3);
+    EXPECT_EQ(h.max(), 9.9e29f);
+    EXPECT_GT(h.min(), -10.f);
+    EXPECT_EQ(h.count() + h.pos_extreme() + h.neg_extreme(), n);
+  }
+  // Without the large value, the bins are fine enough for the scores.
+  std::vector<float> v(40000, -kFloatMax);
+  for (size_t i = 0; i < v.size(); i += 2) v[i] = static_cast<float>(i % 7);
+  const Histogram h = OneChunk(v);
+  ExpectMatches(h, MakeReference(v));
+  EXPECT_EQ(h.max(), 6.f);
+  EXPECT_LE(h.bin_width(), 6.0 / (Histogram::kMaxBins / 2));
 }
 
 TEST(Histogram, CountsSpecialValuesAndLeavesThemOut) {
@@ -380,7 +420,7 @@ TEST(Histogram, SerializeRoundTrips) {
     EXPECT_EQ(bytes.substr(0, 4), "OQH1");
     EXPECT_EQ(Histogram::Deserialize(bytes), h);
     // Compact: the varint counts take far less than 8 bytes a bin.
-    EXPECT_LE(bytes.size(), 72 + 3 * h.counts().size());
+    EXPECT_LE(bytes.size(), 88 + 3 * h.counts().size());
   }
 }
 
@@ -408,8 +448,8 @@ TEST(Histogram, DeserializeRejectsBadBytes) {
   }
   EXPECT_NE(message("XQH1" + good.substr(4)).find("OQH1"), std::string::npos);
   std::string bad = good;
-  bad[4] = 2;  // version 2
-  EXPECT_NE(message(bad).find("version 2"), std::string::npos);
+  bad[4] = 3;  // version 3
+  EXPECT_NE(message(bad).find("version 3"), std::string::npos);
   EXPECT_NE(message(good + "x").find("trailing"), std::string::npos);
   bad = good;
   bad[8] ^= 1;  // the exponent
@@ -423,7 +463,7 @@ TEST(Histogram, DeserializeRejectsBadBytes) {
   bad = good;
   bad[59] = static_cast<char>(0x80);  // neg_inf's top byte: negative
   EXPECT_NE(message(bad).find("negative"), std::string::npos);
-  std::string huge_varint = good.substr(0, 72) + std::string(10, '\xff');
+  std::string huge_varint = good.substr(0, 88) + std::string(10, '\xff');
   EXPECT_FALSE(message(huge_varint).empty());
 }
 

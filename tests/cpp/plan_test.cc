@@ -415,6 +415,43 @@ TEST(Plan, SoftmaxIsFloatWithAReason) {
   EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "l<-l"}));
 }
 
+TEST(Plan, TanhGeluStaysFloat) {
+  // 0.5 x (1 + tanh(sqrt(2 / pi) (x + 0.044715 x^3))), as GPT-2's exporter
+  // writes it (the 0.5 * x first), and with the 0.5 last.
+  for (bool half_first : {true, false}) {
+    SCOPED_TRACE(half_first);
+    GraphBuilder g;
+    g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});
+    g.Initializer("three", {}, {3.f}).Initializer("c", {}, {0.044715f});
+    g.Initializer("s", {}, {0.7978846f}).Initializer("one", {}, {1.f});
+    g.Initializer("half", {}, {0.5f});
+    AddConv(g, "conv1", "x", "v");
+    g.Node("Pow", {"v", "three"}, {"p"}, "pow");
+    g.Node("Mul", {"p", "c"}, {"pc"}, "cube");
+    g.Node("Add", {"v", "pc"}, {"inner"}, "inner_add");
+    g.Node("Mul", {"inner", "s"}, {"scaled"}, "scale");
+    g.Node("Tanh", {"scaled"}, {"t"}, "tanh");
+    g.Node("Add", {"t", "one"}, {"a"}, "add1");
+    if (half_first) {
+      g.Node("Mul", {"v", "half"}, {"h"}, "mul1");
+      g.Node("Mul", {"h", "a"}, {"gelu"}, "mul2");
+    } else {
+      g.Node("Mul", {"v", "a"}, {"h"}, "mul1");
+      g.Node("Mul", {"h", "half"}, {"gelu"}, "mul2");
+    }
+    AddConv(g, "conv2", "gelu", "y");
+    const QuantPlan p = Plan(g);
+    for (const char* name :
+         {"pow", "cube", "inner_add", "scale", "tanh", "add1", "mul1", "mul2"}) {
+      ASSERT_NE(Floated(p, name), nullptr) << name;
+      EXPECT_TRUE(Contains(Floated(p, name)->reason, "GELU"))
+          << name << ": " << Floated(p, name)->reason;
+    }
+    EXPECT_EQ(Qdq(p),
+              (std::vector<std::string>{"x<-x", "v<-v", "gelu<-gelu", "y<-y"}));
+  }
+}
+
 TEST(Plan, UnknownOpIsFloatAndOtherSubgraphsAreNoted) {
   GraphBuilder g;
   g.Input("x", {4}).Input("cond", {}, pb::TensorProto::BOOL);
