@@ -82,7 +82,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         quantize_activation_matmul=not args.float_activation_matmul,
         reduce_weight_range=args.reduce_weight_range, target=args.target,
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
-        power_of_two=args.power_of_two)
+        power_of_two=args.power_of_two, weight_type=args.weight_type,
+        block_size=args.block_size)
     times: dict[str, float] = {}
     with _step("optimize", times):
         model = optimize_model(args.model)
@@ -229,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--power-of-two", choices=("off", "ceil", "mse"), default="off",
                    help="power-of-two scales for weights and activations (NPUs, DSPs); "
                         "with --no-per-channel the per-tensor power-of-two mode (default off)")
+    q.add_argument("--weight-type", choices=("int8", "int4"), default="int8",
+                   help="weight integer type: int4 ([-7, 7], converts the model to opset 21; "
+                        "ONNX Runtime runs DQ -> float op) (default int8)")
+    q.add_argument("--block-size", type=int, default=0, metavar="N",
+                   help="with --weight-type int4: one scale per block of N rows of a MatMul "
+                        "weight (blocks along the reduction axis); 0: per channel (default)")
     q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
                    help="one scale per weight instead of one per output channel")
     q.add_argument("--exclude-node", action="append", default=[], metavar="NAME",
