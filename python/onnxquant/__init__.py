@@ -46,6 +46,7 @@ from onnxquant.editor import (
     get_pure_input_names,
     io_quantization,
 )
+from onnxquant.mixed_precision import MixedPrecisionResult, Promotion, mixed_precision
 from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.pipeline import quantize_model
 from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
@@ -63,9 +64,11 @@ __all__ = [
     "InvalidArgumentError",
     "LayerAnalysis",
     "MissingExtraError",
+    "MixedPrecisionResult",
     "ModelEditor",
     "ModelError",
     "OnnxQuantError",
+    "Promotion",
     "QemuError",
     "QuantOptions",
     "QuantizationReport",
@@ -78,6 +81,7 @@ __all__ = [
     "analyze",
     "fold_preprocessing",
     "get_output_names",
+    "mixed_precision",
     "get_pure_input_names",
     "io_quantization",
     "load_ort_calibration",

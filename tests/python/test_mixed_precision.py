@@ -1,0 +1,110 @@
+"""Mixed precision driven by sensitivity (issue 11, item 3): on a model built
+with one layer that int4 weights ruin, that layer is the one promoted and the
+budget is met."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import onnxquant as oq
+
+WIDTH, LAYERS, SENSITIVE = 32, 4, 2
+
+
+def _on_int4_grid(rng, rows: int, cols: int) -> np.ndarray:
+    """A weight int4 per-channel quantization leaves exact: per column, codes
+    in [-7, 7] times a scale, with a 7 in every column (so max|w| / 7 is the
+    scale)."""
+    codes = rng.integers(-7, 8, (rows, cols)).astype(np.float32)
+    codes[0, :] = 7
+    return codes * rng.uniform(0.02, 0.05, cols).astype(np.float32)
+
+
+def _model() -> onnx.ModelProto:
+    """LAYERS MatMul+Relu layers (the last without Relu); layer SENSITIVE has
+    Gaussian weights with one large weight per column, so that int4's
+    max|w| / 7 step rounds the others to zero."""
+    rng = np.random.default_rng(0)
+    nodes, inits, x = [], [], "x"
+    for i in range(LAYERS):
+        if i == SENSITIVE:
+            w = rng.normal(0, 0.05, (WIDTH, WIDTH)).astype(np.float32)
+            w[rng.integers(0, WIDTH, WIDTH), np.arange(WIDTH)] = 1.0
+        else:
+            w = _on_int4_grid(rng, WIDTH, WIDTH)
+        inits.append(numpy_helper.from_array(w, f"w{i}"))
+        nodes.append(helper.make_node("MatMul", [x, f"w{i}"], [f"h{i}"], name=f"layer{i}"))
+        x = f"h{i}"
+        if i < LAYERS - 1:
+            nodes.append(helper.make_node("Relu", [x], [f"r{i}"], name=f"relu{i}"))
+            x = f"r{i}"
+    nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
+    graph = helper.make_graph(
+        nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", WIDTH])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = oq.optimize_model(_model())
+    x = np.abs(np.random.default_rng(1).normal(0, 1, (700, WIDTH))).astype(np.float32)
+    options = oq.QuantOptions(weight_type="int4")
+    cal = oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
+    cal.collect_data([x[i:i + 1] for i in range(200)])
+    held_out = x[200:]
+    s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    labels = s.run(None, {"x": held_out})[0].argmax(1)
+
+    def agreement(m: onnx.ModelProto) -> float:
+        """Top-1 agreement with FP32 on held-out inputs, in %."""
+        q = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+        return 100.0 * float(np.mean(q.run(None, {"x": held_out})[0].argmax(1) == labels))
+
+    return model, cal, [x[i:i + 1] for i in range(64)], options, agreement
+
+
+def test_the_sensitive_layer_is_promoted_and_the_budget_met(setup):
+    model, cal, samples, options, agreement = setup
+    result = oq.mixed_precision(model, cal, samples, agreement, budget=2.0, max_share=1.0,
+                                options=options)
+    # Without promotion, int4 costs far more than the budget.
+    assert result.fp32_metric == 100.0
+    assert result.base_metric < 90.0, result.base_metric
+    assert result.budget_met and result.final_metric >= 98.0, str(result)
+    assert [p.node for p in result.promoted] == [f"layer{SENSITIVE}"], str(result)
+    assert result.ranking[0].node == f"layer{SENSITIVE}"
+    assert "dB" in result.promoted[0].reason
+    # The result model: that layer's weight is int8 and its input int16; the
+    # others keep int4 weights; ONNX Runtime ran it (the metric above).
+    inits = {t.name: t for t in result.model.graph.initializer}
+    layer = next(n for n in result.model.graph.node if n.name == f"layer{SENSITIVE}")
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    assert inits[producers[layer.input[1]].input[0]].data_type == TensorProto.INT8
+    assert inits[producers[layer.input[0]].input[2]].data_type == TensorProto.INT16
+    int4 = [n for n in result.model.graph.node if n.op_type == "DequantizeLinear"
+            and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.INT4]
+    assert len(int4) == LAYERS - 1
+    # The options reproduce the model.
+    again = oq.quantize(model, cal.compute_range(), options=result.options, calibrator=cal)
+    assert agreement(again) == result.final_metric
+
+
+def test_share_budget_without_metric_promotes_the_top_of_the_ranking(setup):
+    model, cal, samples, options, _ = setup
+    result = oq.mixed_precision(model, cal, samples, budget=1.0, max_share=0.25,
+                                options=options)
+    assert [p.node for p in result.promoted] == [f"layer{SENSITIVE}"]
+    assert result.final_metric is None and result.budget_met
+
+
+def test_bad_arguments_are_typed_errors(setup):
+    model, cal, samples, options, agreement = setup
+    with pytest.raises(oq.InvalidArgumentError, match="promote_to"):
+        oq.mixed_precision(model, cal, samples, agreement, promote_to="int32")
+    with pytest.raises(oq.InvalidArgumentError, match="max_share"):
+        oq.mixed_precision(model, cal, samples, agreement, max_share=1.5)
