@@ -1,12 +1,22 @@
 """Mixed precision driven by sensitivity: :func:`mixed_precision`.
 
 The layers (quantized Conv, ConvTranspose, Gemm and MatMul nodes) are ranked
-by the SQNR each loses in the base quantized model, from :func:`onnxquant.analyze`:
-``sensitivity_db = accumulated SQNR of the layer's input - accumulated SQNR of
-its output``, the error the layer itself adds (its weights' rounding and its
-output's). The most sensitive are promoted one at a time (``promote_to``:
-``"int16"``, 16-bit activations around the layer and int8 weights; or
-``"float"``) until the budget is met:
+by sensitivity, measured on a few samples in one of two ways:
+
+- ``sensitivity="promote"`` (default): the SQNR of the model's outputs
+  against FP32 gained by promoting that layer alone in the base quantized
+  model (one quantized model and one run of the samples per layer; an output
+  made by Softmax, LogSoftmax or Sigmoid is compared at its input, the
+  logits, since probabilities saturate);
+- ``sensitivity="analyze"``: the SQNR the layer loses in the base quantized
+  model, from :func:`onnxquant.analyze` (one run): accumulated SQNR of its
+  input minus that of its output. Cheaper, but once the error has built up
+  (int4 weights everywhere), later layers lose little in dB whatever their
+  share of the error, and the ranking misleads (ResNet8 W4A8: docs/accuracy.md).
+
+The most sensitive are promoted one at a time (``promote_to``:
+``"int16"``, 16-bit activations around the layer and int8 weights; ``"int8"``,
+int8 weights in place of int4; or ``"float"``) until the budget is met:
 
 - with a ``metric`` (a callable scoring a model, higher is better, e.g. top-1
   on held-out data): until ``metric(fp32) - metric(quantized) <= budget``,
@@ -15,8 +25,9 @@ output's). The most sensitive are promoted one at a time (``promote_to``:
 - without one: the ``max_share`` most sensitive layers are promoted.
 
 This follows the automatic mixed precision of TI's TIDL and the search of AMD
-Quark, in its simplest form: a greedy walk down one ranking, which costs one
-analysis and one metric call per promotion (plus two).
+Quark, in its simplest form: a greedy walk down one ranking, which costs the
+ranking and one quantization and metric call per promotion (plus two metric
+calls).
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 
+import numpy as np
 import onnx
 
 from onnxquant.errors import InvalidArgumentError
@@ -33,15 +45,22 @@ __all__ = ["LayerSensitivity", "MixedPrecisionResult", "Promotion", "mixed_preci
            "rank_layers"]
 
 _LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-_PROMOTIONS = ("int16", "float")
+_PROMOTIONS = ("int16", "int8", "float")
+_SENSITIVITIES = ("promote", "analyze")
+# An exact tensor (no quantization noise, e.g. integer pixels at scale 1) has
+# an infinite SQNR; rankings and reasons use this instead.
+_EXACT_DB = 100.0
 # Activations a layer's output range may absorb: their output is the layer's.
 _ABSORBED_OPS = ("Relu", "Clip")
 
 
 @dataclass(frozen=True)
 class LayerSensitivity:
-    """One layer's rank figures: the accumulated SQNR (dB) of its input and
-    output in the base quantized model, and their difference."""
+    """One layer's rank figures. With ``sensitivity="analyze"``: the
+    accumulated SQNR (dB) of its input and output in the base quantized
+    model, and ``sensitivity_db`` their difference. With ``"promote"``:
+    ``input_db`` the base model's output SQNR, ``output_db`` the output SQNR
+    with this layer alone promoted, ``sensitivity_db`` the gain."""
 
     node: str
     op_type: str
@@ -123,11 +142,76 @@ def rank_layers(model: onnx.ModelProto, analysis) -> tuple[LayerSensitivity, ...
                 output = by_tensor.get(after[0].output[0])
         if output is None:
             continue  # not quantized, or its output stays float
-        out_db = _finite(output.accumulated_db, 200.0)
+        out_db = _finite(output.accumulated_db, _EXACT_DB)
         inputs = [by_tensor[i] for i in node.input if i in by_tensor]
-        in_db = _finite(inputs[0].accumulated_db, 200.0) if inputs else out_db + 60.0
+        in_db = _finite(inputs[0].accumulated_db, _EXACT_DB) if inputs else out_db + 60.0
         out.append((index, LayerSensitivity(node.name, node.op_type, in_db, out_db,
                                             in_db - out_db)))
+    out.sort(key=lambda p: (-p[1].sensitivity_db, p[0]))
+    return tuple(s for _, s in out)
+
+
+# Outputs of these ops saturate (probabilities): their SQNR says little about
+# the scores a metric reads; the SQNR is taken on their input instead.
+_SATURATING_OPS = ("Softmax", "LogSoftmax", "Sigmoid")
+
+
+def compared_tensors(model: onnx.ModelProto) -> list[str]:
+    """The tensors whose SQNR stands for the model's output: each graph
+    output, or the input of the Softmax/LogSoftmax/Sigmoid that produces it
+    (the logits)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    out = []
+    for o in model.graph.output:
+        node = producer.get(o.name)
+        out.append(node.input[0] if node is not None and node.op_type in _SATURATING_OPS
+                   else o.name)
+    return out
+
+
+def _run_tensors(model: onnx.ModelProto, names: list[str], feeds: list[dict]):
+    import onnxruntime as ort
+
+    from onnxquant.analysis import _session_with_outputs
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = _session_with_outputs(model, names, options)
+    return [session.run(names, feed) for feed in feeds]
+
+
+def _output_sqnr_db(reference: list[list[np.ndarray]], model: onnx.ModelProto,
+                    names: list[str], feeds: list[dict]) -> float:
+    """SQNR (dB) of ``model``'s tensors ``names`` on ``feeds`` against
+    ``reference`` (the FP32 ones), all tensors and samples together, run as
+    deployed (ONNX Runtime's default session)."""
+    signal = noise = 0.0
+    for want, got in zip(reference, _run_tensors(model, names, feeds)):
+        for w, g in zip(want, got):
+            w64, g64 = np.asarray(w, np.float64), np.asarray(g, np.float64)
+            signal += float(np.sum(w64 * w64))
+            noise += float(np.sum((w64 - g64) ** 2))
+    if noise == 0.0:
+        return _EXACT_DB
+    return min(_EXACT_DB, 10.0 * math.log10(max(signal, 1e-300) / noise))
+
+
+def rank_by_promotion(model: onnx.ModelProto, base: onnx.ModelProto, layers, samples,
+                      build) -> tuple[LayerSensitivity, ...]:
+    """``layers`` ((node, op_type, override) triples) ranked by the output
+    SQNR (:func:`compared_tensors`) that promoting each alone in ``base``
+    gains (``build(node, override)`` returns that model), most first (ties in
+    the given order)."""
+    from onnxquant._samples import batch_samples, input_specs
+
+    feeds = [feed for feed, _ in batch_samples(samples, input_specs(model), 32, 0)]
+    names = compared_tensors(model)
+    reference = _run_tensors(model, names, feeds)
+    base_db = _output_sqnr_db(reference, base, names, feeds)
+    out = []
+    for index, (node, op_type, override) in enumerate(layers):
+        db = _output_sqnr_db(reference, build(node, override), names, feeds)
+        out.append((index, LayerSensitivity(node, op_type, base_db, db, db - base_db)))
     out.sort(key=lambda p: (-p[1].sensitivity_db, p[0]))
     return tuple(s for _, s in out)
 
@@ -136,16 +220,23 @@ def _override(node: onnx.NodeProto, promote_to: str,
               initializers: set[str]) -> dict[str, str]:
     if promote_to == "float":
         return {"activation_type": "float"}
+    if promote_to == "int8":
+        return {"weight_type": "int8"}
     entry = {"activation_type": "int16"}
     if any(i in initializers for i in node.input[:2]):
         entry["weight_type"] = "int8"
     return entry
 
 
+def _position(model: onnx.ModelProto, node: str) -> int:
+    return next(i for i, n in enumerate(model.graph.node) if n.name == node)
+
+
 def mixed_precision(model, calibrator, samples: Iterable[object],
                     metric: Callable[[onnx.ModelProto], float] | None = None, *,
                     budget: float = 1.0, max_share: float = 0.25,
                     options=None, promote_to: str = "int16",
+                    sensitivity: str = "promote",
                     ranges: Mapping[str, tuple[float, float]] | None = None
                     ) -> MixedPrecisionResult:
     """Promotes the most sensitive layers of a quantized model to higher
@@ -168,7 +259,11 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         options: the base :class:`~onnxquant.QuantOptions` (default: the
             calibrator's), e.g. ``QuantOptions(weight_type="int4")``.
         promote_to: ``"int16"`` (default: int16 activations read and written
-            by the layer, int8 weights) or ``"float"``.
+            by the layer, int8 weights), ``"int8"`` (int8 weights only, for a
+            base with int4 weights: the layer stays in integer kernels) or
+            ``"float"``.
+        sensitivity: ``"promote"`` (default) or ``"analyze"``: how layers
+            are ranked (module docstring).
         ranges: the ranges to quantize with (default:
             ``calibrator.compute_range()``).
 
@@ -181,9 +276,12 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     from onnxquant.analyze import analyze
     from onnxquant.quantize import QuantOptions, quantize
 
+    if sensitivity not in _SENSITIVITIES:
+        raise InvalidArgumentError(
+            f"sensitivity must be 'promote' or 'analyze', got {sensitivity!r}.")
     if promote_to not in _PROMOTIONS:
         raise InvalidArgumentError(
-            f"promote_to must be 'int16' or 'float', got {promote_to!r}.")
+            f"promote_to must be 'int16', 'int8' or 'float', got {promote_to!r}.")
     if isinstance(max_share, bool) or not isinstance(max_share, (int, float)) or \
             not 0.0 <= max_share <= 1.0:
         raise InvalidArgumentError(f"max_share must be a share in [0, 1], got {max_share!r}.")
@@ -202,6 +300,10 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     elif not isinstance(options, QuantOptions):
         raise InvalidArgumentError(
             f"options must be a QuantOptions, got {type(options).__name__}.")
+    if promote_to == "int8" and not options.uses_int4:
+        raise InvalidArgumentError(
+            "promote_to='int8' promotes int4 weights to int8; the options have none "
+            "(pass options=QuantOptions(weight_type='int4', ...), or promote to 'int16').")
     if ranges is None:
         ranges = calibrator.compute_range()
     samples = list(samples)
@@ -210,10 +312,17 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         return quantize(model, ranges, options=opts, calibrator=calibrator)
 
     base = build(options)
-    analysis = analyze(model, base, samples, calibrator=calibrator, methods=(), warn=False)
-    ranking = rank_layers(model, analysis)
     nodes = {n.name: n for n in model.graph.node}
     initializers = {t.name for t in model.graph.initializer}
+    analysis = analyze(model, base, samples, calibrator=calibrator, methods=(), warn=False)
+    ranking = rank_layers(model, analysis)
+    if sensitivity == "promote":
+        def alone(node: str, override: dict[str, str]) -> onnx.ModelProto:
+            return build(replace(options, overrides={**options.overrides, node: override}))
+
+        layers = [(r.node, r.op_type, _override(nodes[r.node], promote_to, initializers))
+                  for r in sorted(ranking, key=lambda r: _position(model, r.node))]
+        ranking = rank_by_promotion(model, base, layers, samples, alone)
     limit = math.ceil(max_share * len(ranking) - 1e-9)
     fp32_metric = float(metric(model)) if metric is not None else None
     base_metric = float(metric(base)) if metric is not None else None
@@ -231,8 +340,13 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         opts = replace(options, overrides=dict(overrides))
         current = build(opts)
         current_metric = float(metric(current)) if metric is not None else None
-        why = (f"rank {rank} of {len(ranking)}: loses {layer.sensitivity_db:.1f} dB of SQNR "
-               f"({layer.input_db:.1f} dB in, {layer.output_db:.1f} dB out)")
+        if sensitivity == "promote":
+            why = (f"rank {rank} of {len(ranking)}: promoting it alone raises the output SQNR "
+                   f"by {layer.sensitivity_db:.1f} dB ({layer.input_db:.1f} -> "
+                   f"{layer.output_db:.1f} dB)")
+        else:
+            why = (f"rank {rank} of {len(ranking)}: loses {layer.sensitivity_db:.1f} dB of "
+                   f"SQNR ({layer.input_db:.1f} dB in, {layer.output_db:.1f} dB out)")
         if metric is not None:
             why += (f"; promoted to {promote_to} because the drop was "
                     f"{fp32_metric - (promoted[-1].metric_after if promoted else base_metric):.3g}"

@@ -68,10 +68,33 @@ def setup():
     return model, cal, [x[i:i + 1] for i in range(64)], options, agreement
 
 
-def test_the_sensitive_layer_is_promoted_and_the_budget_met(setup):
+@pytest.mark.parametrize("sensitivity", ["promote", "analyze"])
+def test_the_sensitive_layer_is_promoted_and_the_budget_met(setup, sensitivity):
     model, cal, samples, options, agreement = setup
     result = oq.mixed_precision(model, cal, samples, agreement, budget=2.0, max_share=1.0,
-                                options=options)
+                                options=options, sensitivity=sensitivity)
+    _check_one_promotion(result, agreement)
+    # Its input is int16 now.
+    inits = {t.name: t for t in result.model.graph.initializer}
+    layer = next(n for n in result.model.graph.node if n.name == f"layer{SENSITIVE}")
+    producers = {o: n for n in result.model.graph.node for o in n.output}
+    assert inits[producers[layer.input[0]].input[2]].data_type == TensorProto.INT16
+    # The options reproduce the model.
+    again = oq.quantize(model, cal.compute_range(), options=result.options, calibrator=cal)
+    assert agreement(again) == result.final_metric
+
+
+def test_promotion_to_int8_weights_keeps_8_bit_activations(setup):
+    model, cal, samples, options, agreement = setup
+    result = oq.mixed_precision(model, cal, samples, agreement, budget=2.0, max_share=1.0,
+                                options=options, promote_to="int8")
+    _check_one_promotion(result, agreement)
+    inits = {t.name: t for t in result.model.graph.initializer}
+    assert all(inits[n.input[2]].data_type == TensorProto.UINT8
+               for n in result.model.graph.node if n.op_type == "QuantizeLinear")
+
+
+def _check_one_promotion(result, agreement):
     # Without promotion, int4 costs far more than the budget.
     assert result.fp32_metric == 100.0
     assert result.base_metric < 90.0, result.base_metric
@@ -79,19 +102,15 @@ def test_the_sensitive_layer_is_promoted_and_the_budget_met(setup):
     assert [p.node for p in result.promoted] == [f"layer{SENSITIVE}"], str(result)
     assert result.ranking[0].node == f"layer{SENSITIVE}"
     assert "dB" in result.promoted[0].reason
-    # The result model: that layer's weight is int8 and its input int16; the
-    # others keep int4 weights; ONNX Runtime ran it (the metric above).
+    # The result model: that layer's weight is int8, the others keep int4
+    # weights; ONNX Runtime ran it (the metric above).
     inits = {t.name: t for t in result.model.graph.initializer}
     layer = next(n for n in result.model.graph.node if n.name == f"layer{SENSITIVE}")
     producers = {o: n for n in result.model.graph.node for o in n.output}
     assert inits[producers[layer.input[1]].input[0]].data_type == TensorProto.INT8
-    assert inits[producers[layer.input[0]].input[2]].data_type == TensorProto.INT16
     int4 = [n for n in result.model.graph.node if n.op_type == "DequantizeLinear"
             and n.input[0] in inits and inits[n.input[0]].data_type == TensorProto.INT4]
     assert len(int4) == LAYERS - 1
-    # The options reproduce the model.
-    again = oq.quantize(model, cal.compute_range(), options=result.options, calibrator=cal)
-    assert agreement(again) == result.final_metric
 
 
 def test_share_budget_without_metric_promotes_the_top_of_the_ranking(setup):
@@ -106,5 +125,7 @@ def test_bad_arguments_are_typed_errors(setup):
     model, cal, samples, options, agreement = setup
     with pytest.raises(oq.InvalidArgumentError, match="promote_to"):
         oq.mixed_precision(model, cal, samples, agreement, promote_to="int32")
+    with pytest.raises(oq.InvalidArgumentError, match="sensitivity"):
+        oq.mixed_precision(model, cal, samples, agreement, sensitivity="guess")
     with pytest.raises(oq.InvalidArgumentError, match="max_share"):
         oq.mixed_precision(model, cal, samples, agreement, max_share=1.5)
