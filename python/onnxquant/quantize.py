@@ -461,7 +461,12 @@ def upgrade_for_int4(model: onnx.ModelProto) -> onnx.ModelProto:
 
     if default_opset(model) >= INT4_OPSET:
         return model
+    from onnxquant.optimize import name_nodes
+
     converted = convert_opset(model, INT4_OPSET)
+    # The converter's new nodes (Constants for attributes that became
+    # inputs) may be unnamed or share a name: the plan needs unique names.
+    name_nodes(converted)
     # ONNX Runtime refuses the skeletons' absolute payload paths: the check
     # runs on copies holding their weights.
     copies = []

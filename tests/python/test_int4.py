@@ -154,3 +154,28 @@ def test_int4_options_are_checked():
         oq.QuantOptions(weight_type="int4", block_size=1)
     with pytest.raises(oq.InvalidArgumentError, match="block_size"):
         oq.QuantOptions(block_size=32)
+
+
+def test_int4_conversion_names_the_converters_new_nodes():
+    """ReduceMean's axes become an input at opset 18: the converter adds
+    Constant nodes, which must get unique names for the plan."""
+    rng = np.random.default_rng(5)
+    w = rng.normal(0, 0.3, (K, HIDDEN)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+         helper.make_node("ReduceMean", ["h"], ["m1"], name="mean1", axes=[1]),
+         helper.make_node("ReduceMean", ["x"], ["m2"], name="mean2", axes=[1]),
+         helper.make_node("Add", ["m1", "m2"], ["y"], name="add")],
+        "means", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", K])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(w, "w")])
+    model = oq.optimize_model(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = rng.normal(0, 1, (64, K)).astype(np.float32)
+    cal = oq.Calibrator(model, "MIN_MAX_ASYM")
+    cal.collect_data([x[i:i + 1] for i in range(64)])
+    q = oq.quantize(model, cal.compute_range(), weight_type="int4", calibrator=cal)
+    names = [n.name for n in q.graph.node]
+    assert len(names) == len(set(names)) and all(names)
+    want, got = _run(model, x), _run(q, x)
+    assert np.abs(got - want).max() < 0.1 * np.abs(want).max()
