@@ -216,14 +216,24 @@ def rank_by_promotion(model: onnx.ModelProto, base: onnx.ModelProto, layers, sam
     return tuple(s for _, s in out)
 
 
-def _override(node: onnx.NodeProto, promote_to: str,
-              initializers: set[str]) -> dict[str, str]:
+def weighted_layers(quantized: onnx.ModelProto) -> set[str]:
+    """The nodes of ``quantized`` that read a quantized weight: an input made
+    by a DequantizeLinear of an initializer (not a bias: an int32 one)."""
+    inits = {t.name: t.data_type for t in quantized.graph.initializer}
+    weights = {n.output[0] for n in quantized.graph.node
+               if n.op_type == "DequantizeLinear" and n.input[0] in inits
+               and inits[n.input[0]] != onnx.TensorProto.INT32}
+    return {n.name for n in quantized.graph.node
+            if n.op_type in _LAYER_OPS and any(i in weights for i in n.input)}
+
+
+def _override(node: str, promote_to: str, weighted: set[str]) -> dict[str, str]:
     if promote_to == "float":
         return {"activation_type": "float"}
     if promote_to == "int8":
         return {"weight_type": "int8"}
     entry = {"activation_type": "int16"}
-    if any(i in initializers for i in node.input[:2]):
+    if node in weighted:
         entry["weight_type"] = "int8"
     return entry
 
@@ -312,15 +322,16 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         return quantize(model, ranges, options=opts, calibrator=calibrator)
 
     base = build(options)
-    nodes = {n.name: n for n in model.graph.node}
-    initializers = {t.name for t in model.graph.initializer}
+    weighted = weighted_layers(base)
     analysis = analyze(model, base, samples, calibrator=calibrator, methods=(), warn=False)
     ranking = rank_layers(model, analysis)
+    if promote_to == "int8":  # only layers with a weight can be promoted
+        ranking = tuple(r for r in ranking if r.node in weighted)
     if sensitivity == "promote":
         def alone(node: str, override: dict[str, str]) -> onnx.ModelProto:
             return build(replace(options, overrides={**options.overrides, node: override}))
 
-        layers = [(r.node, r.op_type, _override(nodes[r.node], promote_to, initializers))
+        layers = [(r.node, r.op_type, _override(r.node, promote_to, weighted))
                   for r in sorted(ranking, key=lambda r: _position(model, r.node))]
         ranking = rank_by_promotion(model, base, layers, samples, alone)
     limit = math.ceil(max_share * len(ranking) - 1e-9)
@@ -336,7 +347,7 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     for rank, layer in enumerate(ranking[:limit], start=1):
         if metric is not None and within(current_metric):
             break
-        overrides[layer.node] = _override(nodes[layer.node], promote_to, initializers)
+        overrides[layer.node] = _override(layer.node, promote_to, weighted)
         opts = replace(options, overrides=dict(overrides))
         current = build(opts)
         current_metric = float(metric(current)) if metric is not None else None

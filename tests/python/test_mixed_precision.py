@@ -129,3 +129,28 @@ def test_bad_arguments_are_typed_errors(setup):
         oq.mixed_precision(model, cal, samples, agreement, sensitivity="guess")
     with pytest.raises(oq.InvalidArgumentError, match="max_share"):
         oq.mixed_precision(model, cal, samples, agreement, max_share=1.5)
+
+
+def test_a_matmul_of_two_activations_is_promoted_without_a_weight_type():
+    """Attention's MatMul of two activations has no weight: its promotion
+    changes activations only."""
+    rng = np.random.default_rng(2)
+    w = rng.normal(0, 0.3, (WIDTH, WIDTH)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="proj"),
+         helper.make_node("Transpose", ["h"], ["ht"], name="t", perm=[1, 0]),
+         helper.make_node("MatMul", ["h", "ht"], ["y"], name="scores")],
+        "attn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [4, WIDTH])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [4, 4])],
+        [numpy_helper.from_array(w, "w")])
+    model = oq.optimize_model(helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 13)]))
+    x = rng.normal(0, 1, (40, 4, WIDTH)).astype(np.float32)
+    options = oq.QuantOptions(weight_type="int4")
+    cal = oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
+    cal.collect_data(list(x))
+    result = oq.mixed_precision(model, cal, list(x[:8]), max_share=1.0, options=options)
+    assert {p.node for p in result.promoted} == {"proj", "scores"}
+    assert result.options.overrides["scores"] == {"activation_type": "int16"}
+    assert result.options.overrides["proj"] == {"activation_type": "int16",
+                                                "weight_type": "int8"}
