@@ -342,7 +342,10 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     promoted: list[Promotion] = []
 
     def within(value: float | None) -> bool:
-        return value is not None and fp32_metric - value <= budget
+        # Scores such as 61.1 and 60.1 (a drop of exactly 1 in decimal) differ
+        # by a little more than 1 in binary: a relative tolerance absorbs it.
+        tolerance = 1e-9 * max(1.0, abs(fp32_metric)) if value is not None else 0.0
+        return value is not None and fp32_metric - value <= budget + tolerance
 
     for rank, layer in enumerate(ranking[:limit], start=1):
         if metric is not None and within(current_metric):

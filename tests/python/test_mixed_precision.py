@@ -154,3 +154,14 @@ def test_a_matmul_of_two_activations_is_promoted_without_a_weight_type():
     assert result.options.overrides["scores"] == {"activation_type": "int16"}
     assert result.options.overrides["proj"] == {"activation_type": "int16",
                                                 "weight_type": "int8"}
+
+
+def test_a_drop_of_exactly_the_budget_in_decimal_meets_it(setup):
+    model, cal, samples, options, _ = setup
+
+    def metric(m: onnx.ModelProto) -> float:  # 61.1 - 60.1 > 1.0 in binary
+        return 60.1 if any(n.op_type == "QuantizeLinear" for n in m.graph.node) else 61.1
+
+    result = oq.mixed_precision(model, cal, samples, metric, budget=1.0, max_share=1.0,
+                                options=options)
+    assert result.budget_met and not result.promoted
