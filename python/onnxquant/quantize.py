@@ -136,7 +136,8 @@ class QuantOptions:
             a constant [K, N] second operand gets one scale per block of
             ``block_size`` rows of each column (blocks along the reduction
             axis K); 0 (default): per channel. Conv and Gemm stay per
-            channel.
+            channel. Block scales are not rounded to powers of two
+            (``power_of_two`` applies to per-channel and per-tensor weights).
         overrides: ``{node or tensor name: {"activation_type": ...,
             "method": ..., "weight_type": ...}}`` (default none): precision
             and calibration method per node or tensor (see
