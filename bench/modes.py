@@ -9,6 +9,7 @@ bench/accuracy.py), one calibration (500 samples, MIN_MAX_ASYM), then each mode:
 - W8A8 pow2 mse: the same with ``power_of_two="mse"`` (weights' power chosen by MSE);
 - W8A16: int16 activations (``activation_type="int16"``);
 - W4A8: int4 weights per channel (``weight_type="int4"``; the model goes to opset 21);
+- W4A8 blk32: the same with MatMul weights blockwise, 32 rows a block (``block_size=32``);
 - W4A8 MP: W4A8 with the sensitivity-driven mixed precision (``oq.mixed_precision``):
   layers ranked by the SQNR they lose (``oq.analyze`` on 64 calibration samples), the most
   sensitive promoted to int16 activations and int8 weights until top-1 on the validation
@@ -51,6 +52,7 @@ MODES = {
     "W8A8 pow2 mse": {"per_channel": False, "power_of_two": "mse"},
     "W8A16": {"activation_type": "int16"},
     "W4A8": {"weight_type": "int4"},
+    "W4A8 blk32": {"weight_type": "int4", "block_size": 32},
     "W4A8 MP": {"weight_type": "int4"},  # then oq.mixed_precision
     "W4A8 MP int8": {"weight_type": "int4"},  # promoted layers to W8A8
 }
@@ -61,6 +63,7 @@ RUNS_AS = {
     "W8A8 pow2 mse": "fused (integer kernels)",
     "W8A16": "DQ -> float op -> Q (no int16 kernels)",
     "W4A8": "DQ(int4) -> float op (no int4 kernels); Add/pool fused",
+    "W4A8 blk32": "as W4A8",
     "W4A8 MP": "as W4A8; promoted layers DQ -> float op -> Q",
     "W4A8 MP int8": "as W4A8; promoted layers fused (integer kernels)",
 }
