@@ -7,14 +7,24 @@ bench/accuracy.py), one calibration (500 samples, MIN_MAX_ASYM), then each mode:
 - W8A8 pow2: per-tensor power-of-two symmetric scales (``per_channel=False,
   power_of_two="ceil"``; NPUs and DSPs);
 - W8A8 pow2 mse: the same with ``power_of_two="mse"`` (weights' power chosen by MSE);
-- W8A16: int16 activations (``activation_type="int16"``).
+- W8A16: int16 activations (``activation_type="int16"``);
+- W4A8: int4 weights per channel (``weight_type="int4"``; the model goes to opset 21);
+- W4A8 blk32: the same with MatMul weights blockwise, 32 rows a block (``block_size=32``);
+- W4A8 MP: W4A8 with the sensitivity-driven mixed precision (``oq.mixed_precision``):
+  layers ranked by the SQNR they lose (``oq.analyze`` on 64 calibration samples), the most
+  sensitive promoted to int16 activations and int8 weights until top-1 on the validation
+  set is within ``--budget`` points of FP32's there (at most ``--max-share`` of the layers);
+- W4A8 MP int8: the same, the promoted layers getting int8 weights only (W8A8, fused).
 
 Top-1 on a drawn subset of the test set, with ONNX Runtime's default session options (as
-deployed: W8A8 modes fuse into integer kernels; W8A16 runs DQ -> float op -> Q). Latency:
+deployed: W8A8 modes fuse into integer kernels; W8A16 runs DQ -> float op -> Q; W4A8 runs
+DQ(int4) -> float Conv/Gemm/MatMul, its Add and pooling nodes in integer kernels; the
+"runs as" column says which). Latency:
 batch 1, the default session, interleaved rounds, median time per run and the median of the
 per-round ratios to FP32.
 
     PYTHONPATH=python .venv/bin/python bench/modes.py [--models resnet8 cifar-resnet ...]
+        [--modes W8A8 W4A8 "W4A8 MP"] [--calibration-images 200] [--batch 100]
 """
 
 from __future__ import annotations
@@ -41,6 +51,21 @@ MODES = {
     "W8A8 pow2": {"per_channel": False, "power_of_two": "ceil"},
     "W8A8 pow2 mse": {"per_channel": False, "power_of_two": "mse"},
     "W8A16": {"activation_type": "int16"},
+    "W4A8": {"weight_type": "int4"},
+    "W4A8 blk32": {"weight_type": "int4", "block_size": 32},
+    "W4A8 MP": {"weight_type": "int4"},  # then oq.mixed_precision
+    "W4A8 MP int8": {"weight_type": "int4"},  # promoted layers to W8A8
+}
+RUNS_AS = {
+    "FP32": "float",
+    "W8A8": "fused (integer kernels)",
+    "W8A8 pow2": "fused (integer kernels)",
+    "W8A8 pow2 mse": "fused (integer kernels)",
+    "W8A16": "DQ -> float op -> Q (no int16 kernels)",
+    "W4A8": "DQ(int4) -> float op (no int4 kernels); Add/pool fused",
+    "W4A8 blk32": "as W4A8",
+    "W4A8 MP": "as W4A8; promoted layers DQ -> float op -> Q",
+    "W4A8 MP int8": "as W4A8; promoted layers fused (integer kernels)",
 }
 DEFAULT_MODELS = ("resnet8", "cifar-resnet", "cifar-mobilenetv2", "cifar-efficientnet",
                   "cifar-convnext", "cifar-vit")
@@ -50,9 +75,9 @@ def session(model) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
 
 
-def top1(s: ort.InferenceSession, x: np.ndarray, y: np.ndarray) -> float:
+def top1(s: ort.InferenceSession, x: np.ndarray, y: np.ndarray, batch: int = 1) -> float:
     name = s.get_inputs()[0].name
-    out = [s.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))]
+    out = [s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
     return 100.0 * float(np.mean(np.concatenate(out).argmax(axis=1) == y))
 
 
@@ -84,30 +109,66 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=15)
     p.add_argument("--zoo", default=DEFAULT_ZOO)
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    p.add_argument("--calibration-images", type=int, default=500,
+                   help="the first N of the entry's calibration images (default 500)")
+    p.add_argument("--batch", type=int, default=1, help="images per run for top-1 (default 1)")
+    p.add_argument("--validation-images", type=int, default=1000,
+                   help="validation images W4A8 MP's metric runs on (drawn; default 1000)")
+    p.add_argument("--budget", type=float, default=1.0,
+                   help="W4A8 MP: top-1 points below FP32 allowed on the validation set")
+    p.add_argument("--max-share", type=float, default=0.5,
+                   help="W4A8 MP: the largest share of layers promoted (default 0.5)")
     args = p.parse_args()
     print(f"command: python bench/modes.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
           f"onnxquant {oq.__version__}, onnxruntime {ort.__version__}")
-    print("calibration: 500 samples, MIN_MAX_ASYM; top-1 % on the drawn test subset, "
-          "default session (fused); latency batch 1, default session\n")
-    print("| model | mode | top-1 % | INT8 - FP32 | ms / run | × FP32 |")
-    print("|---|---|---:|---:|---:|---:|")
+    print(f"calibration: {args.calibration_images} samples, MIN_MAX_ASYM; top-1 % on "
+          f"{args.test_images} drawn test images, default session (fused where ORT has "
+          "integer kernels); latency batch 1, default session\n")
+    print("| model | mode | top-1 % | INT8 - FP32 | ms / run | × FP32 | runs as |")
+    print("|---|---|---:|---:|---:|---:|---|")
     for key in args.models:
         entry = MODELS[key](args.zoo)
         test = entry.test.subset(args.test_images)
         model = oq.optimize_model(entry.path)
+        calibration = entry.calibration[:args.calibration_images]
         cal = oq.Calibrator(model, "MIN_MAX_ASYM")
-        cal.collect_data([entry.calibration[i:i + 1] for i in range(len(entry.calibration))])
+        cal.collect_data([calibration[i:i + 1] for i in range(len(calibration))])
         ranges = cal.compute_range()
         sessions = {"FP32": session(model)}
-        for mode, options in MODES.items():
-            sessions[mode] = session(oq.quantize(model, ranges, calibrator=cal, **options))
-        acc = {k: top1(s, test.x, test.y) for k, s in sessions.items()}
+        notes = []
+        for mode in args.modes:
+            options = MODES[mode]
+            if mode.startswith("W4A8 MP"):
+                result = mixed(model, cal, calibration, entry, args, oq.QuantOptions(**options),
+                               "int8" if mode.endswith("int8") else "int16")
+                sessions[mode] = session(result.model)
+                notes.append(f"{entry.name}, {mode}: {result}")
+            else:
+                sessions[mode] = session(oq.quantize(model, ranges, calibrator=cal, **options))
+        acc = {k: top1(s, test.x, test.y, args.batch) for k, s in sessions.items()}
         lat = latencies(sessions, test.x, args.rounds)
         for k in sessions:
             diff = "" if k == "FP32" else f"{acc[k] - acc['FP32']:+.2f}"
             print(f"| {entry.name} | {k} | {acc[k]:.2f} | {diff} | {lat[k][0]:.3f} "
-                  f"| {lat[k][1]:.2f} |", flush=True)
+                  f"| {lat[k][1]:.2f} | {RUNS_AS[k]} |", flush=True)
+        for note in notes:
+            print(f"\n{note}\n", flush=True)
+
+
+def mixed(model, cal, calibration: np.ndarray, entry, args, options, promote_to: str):
+    """oq.mixed_precision on W4A8 with top-1 on the validation set as the metric."""
+    if entry.validation is None:
+        raise SystemExit(f"{entry.name} has no validation set for W4A8 MP's metric")
+    val = entry.validation.subset(args.validation_images)
+
+    def metric(m) -> float:
+        return top1(session(m), val.x, val.y, args.batch)
+
+    samples = [calibration[i:i + 1] for i in range(min(64, len(calibration)))]
+    return oq.mixed_precision(model, cal, samples, metric, budget=args.budget,
+                              max_share=args.max_share, options=options, promote_to=promote_to)
 
 
 if __name__ == "__main__":

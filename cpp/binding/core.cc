@@ -208,6 +208,10 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("encoding", &oq::WeightRemedy::encoding)
       .def_readwrite("channel_qmax", &oq::WeightRemedy::channel_qmax);
 
+  py::enum_<oq::WeightType>(m, "WeightType")
+      .value("INT8", oq::WeightType::kInt8)
+      .value("INT4", oq::WeightType::kInt4);
+
   py::class_<oq::QuantOptions>(m, "QuantOptions")
       .def(py::init<>())
       .def_readwrite("activation_type", &oq::QuantOptions::activation_type)
@@ -223,6 +227,12 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("power_of_two", &oq::QuantOptions::power_of_two)
       .def_readwrite("weight_range", &oq::QuantOptions::weight_range)
       .def_readwrite("weight_remedies", &oq::QuantOptions::weight_remedies)
+      .def_readwrite("weight_type", &oq::QuantOptions::weight_type)
+      .def_readwrite("block_size", &oq::QuantOptions::block_size)
+      .def_readwrite("node_weight_types",
+                     &oq::QuantOptions::node_weight_types)
+      .def_readwrite("tensor_types", &oq::QuantOptions::tensor_types)
+      .def_readwrite("float_tensors", &oq::QuantOptions::float_tensors)
       .def_readwrite("unreached_tensors",
                      &oq::QuantOptions::unreached_tensors);
 

@@ -53,19 +53,24 @@ void CheckRange(float rmin, float rmax) {
 
 ActivationParams ActivationQuantParams(float rmin, float rmax,
                                        const QuantOptions& options) {
+  return ActivationQuantParams(rmin, rmax, options, options.activation_type);
+}
+
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       const QuantOptions& options,
+                                       ActivationType type) {
   if (options.power_of_two == PowerOfTwo::kOff) {
-    return ActivationQuantParams(rmin, rmax, options.activation_type);
+    return ActivationQuantParams(rmin, rmax, type);
   }
   CheckRange(rmin, rmax);
-  const auto [qmin, qmax] = ActivationCodeRange(options.activation_type);
+  const auto [qmin, qmax] = ActivationCodeRange(type);
   ActivationParams p;
   if (rmin < 0.f) {
     // Symmetric: zero point in the middle of the type, (qmax - qmin) / 2
     // steps each side.
     const float a = std::max(-rmin, rmax);
     const int32_t half = (qmax - qmin) / 2;  // 127, or 32767
-    p.zero_point =
-        options.activation_type == ActivationType::kUint8 ? 128 : 0;
+    p.zero_point = type == ActivationType::kUint8 ? 128 : 0;
     p.scale = PowerOfTwoCeil(a / static_cast<float>(half));
   } else {
     p.zero_point = qmin;
@@ -231,6 +236,48 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
         const double limit = qmax_of(c);
         out.values[base + i] = static_cast<int8_t>(std::clamp(q, -limit, limit));
       }
+    }
+  }
+  return out;
+}
+
+WeightQuant QuantizeWeightBlocked(const std::vector<float>& w,
+                                  const std::vector<int64_t>& dims,
+                                  int64_t block_size, int qmax) {
+  if (dims.size() != 2 || block_size < 1 || qmax < 1) {
+    throw InvalidArgument("blockwise weights need a 2-D weight, a block size "
+                          ">= 1 and qmax >= 1 (rank " +
+                          std::to_string(dims.size()) + ", block size " +
+                          std::to_string(block_size) + ")");
+  }
+  const int64_t rows = dims[0], cols = dims[1];
+  if (rows * cols != static_cast<int64_t>(w.size())) {
+    throw InvalidArgument("a weight of " + std::to_string(w.size()) +
+                          " values for dims [" + std::to_string(rows) + ", " +
+                          std::to_string(cols) + "]");
+  }
+  const int64_t blocks = (rows + block_size - 1) / block_size;
+  WeightQuant out;
+  out.values.resize(w.size());
+  out.scales.assign(blocks * cols, 0.f);
+  out.scale_dims = {blocks, cols};
+  out.block_size = block_size;
+  for (int64_t r = 0; r < rows; ++r) {
+    float* s = out.scales.data() + (r / block_size) * cols;
+    const float* p = w.data() + r * cols;
+    for (int64_t c = 0; c < cols; ++c) s[c] = std::max(s[c], std::fabs(p[c]));
+  }
+  for (float& s : out.scales) {
+    s = s > 0.f ? s / static_cast<float>(qmax) : 1.f;
+  }
+  const double limit = qmax;
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* s = out.scales.data() + (r / block_size) * cols;
+    for (int64_t c = 0; c < cols; ++c) {
+      const double q = RoundHalfEven(static_cast<double>(w[r * cols + c]) /
+                                     static_cast<double>(s[c]));
+      out.values[r * cols + c] =
+          static_cast<int8_t>(std::clamp(q, -limit, limit));
     }
   }
   return out;

@@ -39,6 +39,12 @@ ActivationParams ActivationQuantParams(float rmin, float rmax,
 ActivationParams ActivationQuantParams(float rmin, float rmax,
                                        const QuantOptions& options);
 
+// The same for a tensor of activation type `type` (a per-tensor override)
+// instead of the options' own.
+ActivationParams ActivationQuantParams(float rmin, float rmax,
+                                       const QuantOptions& options,
+                                       ActivationType type);
+
 // The smallest power of two >= x (x > 0, finite); 2^-126 below that.
 float PowerOfTwoCeil(float x);
 
@@ -47,8 +53,12 @@ std::pair<int32_t, int32_t> ActivationCodeRange(ActivationType type);
 
 struct WeightQuant {
   std::vector<int8_t> values;  // same layout as the float weight
-  std::vector<float> scales;   // one per channel (or one)
+  std::vector<float> scales;   // one per channel (or one), or per block
   bool enlarged = false;       // some channel's scale was enlarged for bias
+  // Blockwise only: the scales' dims (the weight's, with the blocked axis
+  // divided by the block size, rounded up) and the block size; 0 otherwise.
+  std::vector<int64_t> scale_dims;
+  int64_t block_size = 0;
 };
 
 // Symmetric int8 weights in [-qmax, qmax] (qmax 127, or 63 for a reduced
@@ -68,6 +78,17 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
                            const std::vector<int32_t>& channel_qmax = {},
                            PowerOfTwo power_of_two = PowerOfTwo::kOff,
                            WeightRange weight_range = WeightRange::kMinMax);
+
+// Symmetric weights of a 2-D [K, N] weight (a MatMul's B), one scale per
+// block of `block_size` consecutive rows of a column (blocks along the
+// reduction axis 0; the last block is shorter when K is not a multiple):
+// scale = max|w| / qmax over the block (1 for an all-zero block), codes in
+// [-qmax, qmax], scales in row-major [ceil(K / block_size), N] order.
+// REQUIRES: dims of rank 2, block_size >= 1, qmax >= 1 (InvalidArgument
+// otherwise).
+WeightQuant QuantizeWeightBlocked(const std::vector<float>& w,
+                                  const std::vector<int64_t>& dims,
+                                  int64_t block_size, int qmax);
 
 // Per channel, the smallest weight scale for which bias / (input_scale *
 // weight_scale) fits in int32 with a margin.

@@ -39,7 +39,8 @@ pb::TensorProto CodeTensor(const std::string& name,
 pb::NodeProto MakeNode(const std::string& op, const std::string& name,
                        std::vector<std::string> inputs,
                        const std::string& output, int axis = -1,
-                       const std::string& domain = "") {
+                       const std::string& domain = "",
+                       int64_t block_size = 0) {
   pb::NodeProto n;
   n.set_op_type(op);
   if (!domain.empty()) n.set_domain(domain);
@@ -51,6 +52,12 @@ pb::NodeProto MakeNode(const std::string& op, const std::string& name,
     a->set_name("axis");
     a->set_type(pb::AttributeProto::INT);
     a->set_i(axis);
+  }
+  if (block_size > 0) {
+    auto* a = n.add_attribute();
+    a->set_name("block_size");
+    a->set_type(pb::AttributeProto::INT);
+    a->set_i(block_size);
   }
   return n;
 }
@@ -67,9 +74,9 @@ struct Shared {
   // Initializers some writer replaced by a quantized copy; each graph drops
   // those of its own that nothing reads any more.
   std::unordered_set<std::string> replaced;
-  // The domain of the activations' Q/DQ nodes: "com.microsoft" for 16-bit
-  // codes below opset 21 (as ONNX Runtime's quantizer writes them).
-  std::string activation_domain;
+  // The domain of the Q/DQ nodes of 16-bit activations: "com.microsoft"
+  // below opset 21 (as ONNX Runtime's quantizer writes them), else "".
+  std::string int16_domain;
 };
 
 // Writes the plan of one graph (the main graph or one body).
@@ -80,7 +87,7 @@ class QdqWriter {
             const RangeMap& ranges, Shared* shared, QuantizeReport* report)
       : graph_(*graph), outer_(outer), plan_(plan), names_(*shared->names),
         options_(options), ranges_(ranges), replaced_(shared->replaced),
-        domain_(shared->activation_domain), report_(report) {}
+        int16_domain_(shared->int16_domain), report_(report) {}
 
   void Run();
 
@@ -115,7 +122,14 @@ class QdqWriter {
   const QuantOptions& options_;
   const RangeMap& ranges_;
   std::unordered_set<std::string>& replaced_;  // initializers quantized
-  const std::string domain_;  // of the activations' Q/DQ nodes
+  const std::string int16_domain_;  // of 16-bit activations' Q/DQ nodes
+  // The activation type of a calibrated tensor, and its Q/DQ nodes' domain.
+  ActivationType TypeOf(const std::string& source) const {
+    return ActivationTypeOf(options_, source);
+  }
+  std::string DomainOf(ActivationType type) const {
+    return type == ActivationType::kInt16 ? int16_domain_ : "";
+  }
   QuantizeReport* report_;
   // The editing index of graph_: made once absorbed activations are gone
   // (no node is added or removed after that until Run() rebuilds the node
@@ -140,7 +154,8 @@ const ActivationParams& QdqWriter::Params(const std::string& source) {
   }
   ActivationParams p;
   try {
-    p = ActivationQuantParams(r->second.first, r->second.second, options_);
+    p = ActivationQuantParams(r->second.first, r->second.second, options_,
+                              TypeOf(source));
   } catch (const Error& e) {
     throw RangeError("Invalid range for tensor '" + source + "': " +
                      e.what() + ". Pass (min, max) with min <= max, finite.");
@@ -162,8 +177,7 @@ std::pair<std::string, std::string> QdqWriter::NewParamTensors(
   const std::string scale = names_.Make(source + "_scale");
   const std::string zp = names_.Make(source + "_zero_point");
   index_->AddInitializer(FloatTensor(scale, {}, {p.scale}));
-  index_->AddInitializer(
-      CodeTensor(zp, {}, {p.zero_point}, options_.activation_type));
+  index_->AddInitializer(CodeTensor(zp, {}, {p.zero_point}, TypeOf(source)));
   return {scale, zp};
 }
 
@@ -203,19 +217,31 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
     if (q.weight_input < 0) continue;
     const int at = NodeByName(q.node);
     const pb::NodeProto& node = graph_.node(at);
-    const WeightEncoding encoding = RemedyOf(options_, q.node).encoding;
-    const float in_scale =
-        q.bias_input >= 0 ? Params(SourceOf(node.input(0))).scale : 0.f;
-    NodeWeights nw = QuantizeNodeWeights(*index_, node, q, in_scale, options_);
+    const bool int4 = WeightTypeOf(options_, q.node) == WeightType::kInt4;
+    const WeightEncoding encoding =
+        int4 ? WeightEncoding::kInt8 : RemedyOf(options_, q.node).encoding;
+    // A bias is quantized only where the input is: a float input (a
+    // float_tensors override) keeps the bias float.
+    QuantizedNode planned = q;
+    if (q.bias_input >= 0 && !source_.count(node.input(0))) {
+      planned.bias_input = -1;
+    }
+    const float in_scale = planned.bias_input >= 0
+                               ? Params(SourceOf(node.input(0))).scale
+                               : 0.f;
+    NodeWeights nw =
+        QuantizeNodeWeights(*index_, node, planned, in_scale, options_);
     const std::string& wname = nw.weight_name;
     const std::vector<int64_t>& dims = nw.dims;
     const std::vector<float>& bias = nw.bias;
     const WeightQuant& wq = nw.quant;
     const size_t channels = wq.scales.size();
     if (wq.enlarged) report_->enlarged.push_back(wname);
+    const bool blocked = wq.block_size > 0;
     const std::vector<int64_t> sdims =
-        q.weight_axis >= 0 ? std::vector<int64_t>{int64_t(channels)}
-                           : std::vector<int64_t>{};
+        blocked ? wq.scale_dims
+        : q.weight_axis >= 0 ? std::vector<int64_t>{int64_t(channels)}
+                             : std::vector<int64_t>{};
     const std::string wq_name = names_.Make(wname + "_quantized");
     const std::string ws_name = names_.Make(wname + "_scale");
     const std::string wz_name = names_.Make(wname + "_zero_point");
@@ -228,18 +254,24 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
       index_->AddInitializer(Uint8Tensor(wq_name, dims, offset));
       index_->AddInitializer(
           Uint8Tensor(wz_name, sdims, std::vector<uint8_t>(channels, 128)));
+    } else if (int4) {
+      index_->AddInitializer(Int4Tensor(wq_name, dims, wq.values));
+      index_->AddInitializer(
+          Int4Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0)));
     } else {
       index_->AddInitializer(Int8Tensor(wq_name, dims, wq.values));
       index_->AddInitializer(
           Int8Tensor(wz_name, sdims, std::vector<int8_t>(channels, 0)));
     }
     index_->AddInitializer(FloatTensor(ws_name, sdims, wq.scales));
+    // Blocks run along the reduction axis 0 of a MatMul's [K, N] weight.
     head->push_back(MakeNode("DequantizeLinear", names_.Make(wdq + "_node"),
                              {wq_name, ws_name, wz_name}, wdq,
-                             q.weight_axis));
+                             blocked ? 0 : q.weight_axis, "",
+                             wq.block_size));
     index_->SetInput(at, q.weight_input, wdq);
     replaced_.insert(wname);
-    if (bias.empty()) continue;
+    if (bias.empty() || planned.bias_input < 0) continue;
     std::vector<float> bias_scales;
     std::vector<int32_t> bq = QuantizeBias(bias, in_scale, wq.scales,
                                            &bias_scales);
@@ -300,7 +332,8 @@ void QdqWriter::QuantizeConstants(std::vector<pb::NodeProto>* head) {
         CodeTensor(zn, {}, {p.zero_point}, options_.activation_type));
     index_->AddInitializer(FloatTensor(sn, {}, {p.scale}));
     head->push_back(MakeNode("DequantizeLinear", names_.Make(dq + "_node"),
-                             {qn, sn, zn}, dq, -1, domain_));
+                             {qn, sn, zn}, dq, -1,
+                             DomainOf(options_.activation_type)));
     // The quantized nodes among its readers read the dequantized copy
     // (copied: the edits change the list).
     const std::vector<int> readers = index_->Consumers(c.tensor);
@@ -317,17 +350,18 @@ void QdqWriter::AddPair(const std::string& input, const std::string& output,
   const auto [scale, zp] =
       own_params ? NewParamTensors(source) : ParamTensors(source);
   const std::string q = names_.Make(output + "_quantized");
+  const std::string domain = DomainOf(TypeOf(source));
   out->push_back(MakeNode("QuantizeLinear", names_.Make(q + "_node"),
-                          {input, scale, zp}, q, -1, domain_));
+                          {input, scale, zp}, q, -1, domain));
   out->push_back(MakeNode("DequantizeLinear", names_.Make(output + "_node"),
-                          {q, scale, zp}, output, -1, domain_));
+                          {q, scale, zp}, output, -1, domain));
 }
 
 void QdqWriter::QuantizeActivations(std::vector<pb::NodeProto>* head) {
-  const bool per_consumer = options_.activation_type == ActivationType::kInt8;
   for (const auto& entry : plan_.qdq) {
     const std::string& t = entry.tensor;
     const std::string& src = entry.source;
+    const bool per_consumer = TypeOf(src) == ActivationType::kInt8;
     std::vector<int> consumers;  // direct readers (not only through a body)
     for (int c : index_->Consumers(t)) {
       const auto& in = graph_.node(c).input();
@@ -482,9 +516,12 @@ QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
   const auto plans = ByScope(report.plan);
   NameAllocator names(model.graph());
   Shared shared{&names, {}, ""};
-  if (options.activation_type == ActivationType::kInt16 &&
-      DefaultOpset(model) < 21) {
-    shared.activation_domain = "com.microsoft";
+  bool int16 = options.activation_type == ActivationType::kInt16;
+  for (const auto& [tensor, type] : options.tensor_types) {
+    int16 = int16 || type == ActivationType::kInt16;
+  }
+  if (int16 && DefaultOpset(model) < 21) {
+    shared.int16_domain = "com.microsoft";
     bool imported = false;
     for (const auto& o : model.opset_import()) {
       imported = imported || o.domain() == "com.microsoft";

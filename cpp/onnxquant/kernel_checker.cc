@@ -134,7 +134,8 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     }
     try {
       return ActivationQuantParams(range->second.first, range->second.second,
-                                   options);
+                                   options,
+                                   ActivationTypeOf(options, src->second));
     } catch (const Error& e) {
       throw RangeError("Invalid range for tensor '" + src->second +
                        "': " + e.what() +
@@ -152,6 +153,15 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     const int act = q.weight_input == 0 ? 1 : 0;
     r.input = node.input(act);
     Node n;
+    if (!source.count(r.input)) {  // a float_tensors override
+      r.kind = KernelKind::kNotFused;
+      r.detail = "its input stays float";
+      results_.push_back(std::move(r));
+      nodes_.push_back(std::move(n));
+      continue;
+    }
+    const ActivationType type =
+        ActivationTypeOf(options, source.at(r.input));
     const ActivationParams p = params_of(r.input);
     n.scale = p.scale;
     std::string output = node.output(0);
@@ -162,16 +172,19 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     if (source.count(output)) n.output_scale = params_of(output).scale;
     // ONNX Runtime turns int8 activations into uint8 ones (+128) before
     // its integer kernels.
-    n.zero_point = options.activation_type == ActivationType::kInt8
+    n.zero_point = type == ActivationType::kInt8
                        ? p.zero_point + 128
                        : p.zero_point;
     const WeightEncoding encoding = RemedyOf(options, q.node).encoding;
     const NodeWeights w = QuantizeNodeWeights(
         index, node, q, q.bias_input >= 0 ? p.scale : 0.f, options);
     r.per_channel = w.quant.scales.size() > 1;
-    if (options.activation_type == ActivationType::kInt16) {
+    if (type == ActivationType::kInt16) {
       r.kind = KernelKind::kNotFused;
       r.detail = "int16 activations: ONNX Runtime runs DQ -> float op -> Q";
+    } else if (WeightTypeOf(options, q.node) == WeightType::kInt4) {
+      r.kind = KernelKind::kNotFused;
+      r.detail = "int4 weights: ONNX Runtime runs DQ -> float op";
     } else if (q.op_type == "ConvTranspose") {
       r.kind = KernelKind::kNotFused;
       r.detail = "ONNX Runtime runs ConvTranspose in float";

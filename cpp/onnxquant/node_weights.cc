@@ -83,6 +83,17 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
       min_scales.assign(channels, m);
     }
   }
+  if (WeightTypeOf(options, q.node) == WeightType::kInt4) {
+    // int4: [-7, 7]; no kernel remedy applies (no integer kernels).
+    if (options.block_size > 0 && q.op_type == "MatMul" &&
+        q.weight_input == 1 && out.dims.size() == 2) {
+      out.quant = QuantizeWeightBlocked(w, out.dims, options.block_size, 7);
+    } else {
+      out.quant = QuantizeWeight(w, out.dims, q.weight_axis, 7, min_scales, {},
+                                 options.power_of_two);
+    }
+    return out;
+  }
   const int qmax = options.reduce_weight_range ? 63 : 127;
   try {
     out.quant = QuantizeWeight(w, out.dims, q.weight_axis, qmax, min_scales,

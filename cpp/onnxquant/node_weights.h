@@ -28,7 +28,9 @@ const WeightRemedy& RemedyOf(const QuantOptions& options,
 // activation input has scale `input_scale` (used only when it has a bias: the
 // int32 bias must fit, which may enlarge a channel's weight scale), with the
 // range `options` give it (reduce_weight_range, and its remedy's per-channel
-// qmax). Throws InternalError when the weight initializer is missing, and
+// qmax; for an int4 weight, [-7, 7] per channel, or per block of
+// options.block_size rows for the [K, N] weight of a MatMul). Throws
+// InternalError when the weight initializer is missing, and
 // InvalidArgument naming the node for a remedy that does not fit it, and
 // Error(kModel) naming the node for a weight of too low a rank for its axis
 // or a bias whose length is neither 1 nor the channel count, or a weight or

@@ -9,6 +9,7 @@
 #include "onnxquant/graph_edit.h"
 #include "onnxquant/graph_index.h"
 #include "onnxquant/op_table.h"
+#include "onnxquant/plan_overrides.h"
 #include "onnxquant/plan_patterns.h"
 #include "onnxquant/tensor_util.h"
 #include "onnxquant/validate_model.h"
@@ -686,10 +687,12 @@ QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,
         "; quantization needs opset 13 or later. Run "
         "onnxquant.optimize_model first, which converts it.");
   }
+  CheckWeightOptions(options, opset);
   const std::unordered_set<std::string> excluded(
       options.exclude_nodes.begin(), options.exclude_nodes.end());
   Planner planner(model.graph(), nullptr, "", dtypes, options, excluded);
   QuantPlan plan = planner.Run();
+  DropFloatTensors(model.graph(), options, &plan);
   // Tensors of the main graph are observed by every sample; the others only
   // by the samples that reach their body.
   std::unordered_set<std::string> main;

@@ -51,6 +51,16 @@ enum class WeightEncoding {
   kUint8Offset,
 };
 
+// The type of quantized weights.
+enum class WeightType {
+  // int8 codes in [-127, 127] (or a kernel remedy's range), zero point 0.
+  kInt8,
+  // int4 codes in [-7, 7], zero point 0 (ONNX's INT4, opset 21): symmetric
+  // like the int8 codes, so -8 is never used. ONNX Runtime's CPU provider
+  // runs such a weight as DequantizeLinear -> float op.
+  kInt4,
+};
+
 // A change to one node's weight quantization (quantize()'s kernel remedies).
 struct WeightRemedy {
   WeightEncoding encoding = WeightEncoding::kInt8;
@@ -93,11 +103,35 @@ struct QuantOptions {
   // Per node name, a change to its weight quantization (the kernel remedies
   // quantize() chooses; names of nodes without a weight are ignored).
   std::unordered_map<std::string, WeightRemedy> weight_remedies;
+  // Weight type of every quantized weight (default int8); kInt4 needs a model
+  // at opset 21 or later (Error(kUnsupportedModel) otherwise).
+  WeightType weight_type = WeightType::kInt8;
+  // With kInt4: MatMul weights [K, N] get one scale per block of
+  // `block_size` rows of a column (blocks along the reduction axis K, the
+  // last one shorter when K is not a multiple); 0 (default): per channel.
+  // Conv and Gemm weights stay per channel. REQUIRES: 0 or >= 2.
+  int64_t block_size = 0;
+  // Per node name, its weight type instead of `weight_type`.
+  std::unordered_map<std::string, WeightType> node_weight_types;
+  // Per calibrated tensor (a plan's `calibrated` name: the source of a
+  // shared set of parameters), its activation type instead of
+  // `activation_type`.
+  std::unordered_map<std::string, ActivationType> tensor_types;
+  // Calibrated tensors that get no Q/DQ pair (their readers and writers see
+  // float; the int32 bias of a node whose input stays float is kept float).
+  std::vector<std::string> float_tensors;
   // Tensors of subgraph bodies (If, Loop, Scan) that no calibration sample
   // reached (a branch no sample takes): each body whose plan calibrates one
   // stays float, its nodes reported with the reason.
   std::vector<std::string> unreached_tensors;
 };
+
+// The activation type of the calibrated tensor `source` under `options`.
+ActivationType ActivationTypeOf(const QuantOptions& options,
+                                const std::string& source);
+
+// The weight type of node `node` under `options`.
+WeightType WeightTypeOf(const QuantOptions& options, const std::string& node);
 
 // Tensor name -> ONNX element type (TensorProto.DataType), as shape
 // inference found it. Tensors absent from the map are treated as unknown and

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstring>
 #include <fstream>
+#include <utility>
 
 #include "onnxquant/error.h"
 #include "onnxquant/validate_model.h"
@@ -233,6 +234,22 @@ pb::TensorProto Int16Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,
                             const std::vector<int16_t>& values) {
   return MakeRaw(name, dims, values, pb::TensorProto::INT16);
+}
+pb::TensorProto Int4Tensor(const std::string& name,
+                           const std::vector<int64_t>& dims,
+                           const std::vector<int8_t>& values) {
+  pb::TensorProto t;
+  t.set_name(name);
+  t.set_data_type(pb::TensorProto::INT4);
+  for (int64_t d : dims) t.add_dims(d);
+  std::string raw((values.size() + 1) / 2, '\0');
+  for (size_t i = 0; i < values.size(); ++i) {
+    const uint8_t nibble = static_cast<uint8_t>(values[i]) & 0x0F;
+    raw[i / 2] = static_cast<char>(static_cast<uint8_t>(raw[i / 2]) |
+                                   (i % 2 == 0 ? nibble : nibble << 4));
+  }
+  t.set_raw_data(std::move(raw));
+  return t;
 }
 pb::TensorProto Int32Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,

@@ -48,6 +48,11 @@ pb::TensorProto Uint8Tensor(const std::string& name,
 pb::TensorProto Int16Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,
                             const std::vector<int16_t>& values);
+// INT4: two values a byte, the first in the low nibble (ONNX's packing).
+// REQUIRES: values in [-8, 7].
+pb::TensorProto Int4Tensor(const std::string& name,
+                           const std::vector<int64_t>& dims,
+                           const std::vector<int8_t>& values);
 pb::TensorProto Int32Tensor(const std::string& name,
                             const std::vector<int64_t>& dims,
                             const std::vector<int32_t>& values);

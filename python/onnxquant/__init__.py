@@ -56,6 +56,7 @@ from onnxquant.editor import (
     get_pure_input_names,
     io_quantization,
 )
+from onnxquant.mixed_precision import MixedPrecisionResult, Promotion, mixed_precision
 from onnxquant.optimize import FixedShapeWarning, optimize_model
 from onnxquant.pipeline import quantize_model
 from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
@@ -76,11 +77,13 @@ __all__ = [
     "InvalidArgumentError",
     "LayerAnalysis",
     "MissingExtraError",
+    "MixedPrecisionResult",
     "ModelEditor",
     "ModelError",
     "OnnxQuantError",
     "OnnxRuntimeConflictWarning",
     "OnnxRuntimeMissingError",
+    "Promotion",
     "QemuError",
     "QuantOptions",
     "QuantizationReport",
@@ -93,6 +96,7 @@ __all__ = [
     "analyze",
     "fold_preprocessing",
     "get_output_names",
+    "mixed_precision",
     "get_pure_input_names",
     "io_quantization",
     "load_ort_calibration",

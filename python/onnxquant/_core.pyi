@@ -28,6 +28,10 @@ class WeightEncoding(Enum):
     INT8 = ...
     UINT8_OFFSET = ...
 
+class WeightType(Enum):
+    INT8 = ...
+    INT4 = ...
+
 class WeightRemedy:
     encoding: WeightEncoding
     channel_qmax: list[int]
@@ -45,6 +49,11 @@ class QuantOptions:
     quantize_silu: bool
     float_outputs: bool
     weight_remedies: dict[str, WeightRemedy]
+    weight_type: WeightType
+    block_size: int
+    node_weight_types: dict[str, WeightType]
+    tensor_types: dict[str, ActivationType]
+    float_tensors: list[str]
     unreached_tensors: list[str]
     def __init__(self) -> None: ...
 

@@ -647,7 +647,9 @@ def _guard(r: TensorAnalysis, group, consumers, histogram, stats, clip_limit: fl
             "they quantize to 0 or one step; no calibration method helps, since the shared "
             f"range must cover every input: keep the Concat float with "
             f"exclude_nodes=[{concat.name!r}] (each input then keeps its own range), or use "
-            "16-bit activations (activation_type='int16': 256 times finer steps)")
+            "16-bit activations (activation_type='int16': 256 times finer steps), for this "
+            f"Concat alone with QuantOptions(overrides={{{concat.name!r}: "
+            "{'activation_type': 'int16'}})")
     if "clips_output" in flags or "clips" in flags:
         limit = 0.0 if "clips_output" in flags else clip_limit
         for m, (lo, hi) in r.method_ranges.items():
@@ -663,7 +665,9 @@ def _guard(r: TensorAnalysis, group, consumers, histogram, stats, clip_limit: fl
         whose = "it" if r.range_of == r.tensor else \
             f"'{r.range_of}' (whose range it takes)"
         if better:
-            text += f"; calibrate {whose} with a method that does not: {', '.join(better)}"
+            text += (f"; calibrate {whose} with a method that does not: {', '.join(better)}"
+                     f" (for this tensor alone: QuantOptions(overrides={{{r.range_of!r}: "
+                     f"{{'method': {better[0]!r}}}}}))")
         text += f"; or keep it float with exclude_nodes={nodes!r}"
         remedies.append(text)
     text = "; ".join(remedies)

@@ -383,7 +383,13 @@ class Calibrator:
         self._fingerprint = skeleton.fingerprint
         self._dtypes = dtypes
         self._graph_sha = hashlib.sha256(canonical_bytes(work)).hexdigest()
-        plan = _core.make_plan(data, dtypes, self._options.to_native())
+        # Weight types change no calibrated tensor (and int4 is planned on
+        # the opset-21 model quantize converts to): planned as int8 here.
+        native, resolved = self._options.resolve(data, dtypes, work)
+        native.weight_type = _core.WeightType.INT8
+        native.node_weight_types = {}
+        self._tensor_methods = {t: _method(m) for t, m in resolved.tensor_methods.items()}
+        plan = _core.make_plan(data, dtypes, native)
         self._tensors = tuple(plan["calibrated"])
         if self._collect == "all":
             self._tensors = _float_tensors(work, dtypes, self._tensors)
@@ -625,6 +631,8 @@ class Calibrator:
         method reads the same histograms, so ranges for several methods come
         from one :meth:`collect_data` without running the model again.
         ``percentage`` overrides the calibrator's for PERCENTILE methods.
+        Tensors given a ``"method"`` by the options' ``overrides`` take that
+        method's range instead.
         docs/calibration.md defines each method. Outputs of Sigmoid,
         HardSigmoid, Softmax and Tanh take the MIN_MAX range of the method's
         symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and
@@ -649,6 +657,21 @@ class Calibrator:
                 "sample before compute_range().")
         chosen = self._method if method is None else _method(method)
         pct = self._percentage if percentage is None else _percentage(percentage)
+        ranges = self._ranges_of(chosen, pct)
+        # The options' per-tensor methods (QuantOptions.overrides).
+        for other in sorted(set(self._tensor_methods.values())):
+            if other == chosen:
+                continue
+            theirs = self._ranges_of(other, pct)
+            ranges.update({t: theirs[t] for t, m in self._tensor_methods.items()
+                           if m == other and t in theirs})
+        unreached = self._unreached()
+        return {name: (float(ranges[name][0]), float(ranges[name][1]))
+                for name in self._tensors if name not in unreached}
+
+    def _ranges_of(self, chosen: CalibrationMethod, pct: float) -> dict:
+        """Every observed tensor's range by ``chosen`` (bounded outputs as
+        compute_range says)."""
         ranges = self._stats.compute_ranges(int(chosen), pct, self._ignore_zero_spike,
                                             self._threads)
         if self._bounded and not self._clip_bounded_outputs and \
@@ -658,9 +681,7 @@ class Calibrator:
             whole = self._stats.compute_ranges(int(full), pct, self._ignore_zero_spike,
                                                self._threads)
             ranges.update({t: whole[t] for t in self._bounded})
-        unreached = self._unreached()
-        return {name: (float(ranges[name][0]), float(ranges[name][1]))
-                for name in self._tensors if name not in unreached}
+        return ranges
 
     def _unreached(self) -> frozenset[str]:
         """The tensors of bodies that no sample reached (no value at all)."""

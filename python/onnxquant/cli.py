@@ -83,7 +83,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         reduce_weight_range=args.reduce_weight_range, target=args.target,
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
         power_of_two=args.power_of_two, weight_range=args.weight_range,
-        float_outputs=not args.quantized_outputs, masks=args.masks)
+        float_outputs=not args.quantized_outputs, masks=args.masks,
+        weight_type=args.weight_type, block_size=args.block_size)
     times: dict[str, float] = {}
     if args.dynamic:
         return _run_dynamic(args, model_inputs, times)
@@ -274,6 +275,12 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--weight-range", choices=("minmax", "mse"), default="minmax",
                    help="each weight channel's clipping: max|w|, or the squared-error "
                         "minimum (weight range search; default minmax)")
+    q.add_argument("--weight-type", choices=("int8", "int4"), default="int8",
+                   help="weight integer type: int4 ([-7, 7], converts the model to opset 21; "
+                        "ONNX Runtime runs DQ -> float op) (default int8)")
+    q.add_argument("--block-size", type=int, default=0, metavar="N",
+                   help="with --weight-type int4: one scale per block of N rows of a MatMul "
+                        "weight (blocks along the reduction axis); 0: per channel (default)")
     q.add_argument("--no-per-channel", dest="per_channel", action="store_false",
                    help="one scale per weight instead of one per output channel")
     q.add_argument("--exclude-node", action="append", default=[], metavar="NAME",

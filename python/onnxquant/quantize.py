@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
 
 import onnx
@@ -36,6 +36,7 @@ from onnxquant.kernel_check import (
     check_kernels,
     choose_remedies,
 )
+from onnxquant.overrides import ResolvedOverrides, check_overrides, resolve_overrides
 from onnxquant.report import CalibrationReport, QuantizationReport, kernel_summary
 
 if TYPE_CHECKING:
@@ -44,6 +45,9 @@ if TYPE_CHECKING:
 __all__ = ["QuantOptions", "quantize"]
 
 _ACTIVATION_TYPES = {"uint8": "UINT8", "int8": "INT8", "int16": "INT16"}
+_WEIGHT_TYPES = {"int8": "INT8", "int4": "INT4"}
+# DequantizeLinear of INT4 (and its block_size attribute) came with opset 21.
+INT4_OPSET = 21
 _POWER_OF_TWO = {"off": "OFF", "ceil": "CEIL", "mse": "MSE"}
 _WEIGHT_RANGES = {"minmax": "MIN_MAX", "mse": "MSE"}
 _TARGETS = ("portable", "exact")
@@ -145,6 +149,34 @@ class QuantOptions:
             effect, and the report's notes name them; ``"saturate"``: they
             are quantized too, and the extremes saturate to the end of the
             range, which then masks no more than the smallest score does.
+        weight_type: ``"int8"`` (default) or ``"int4"``: int4 weights in
+            [-7, 7] (symmetric, zero point 0; -8 is left unused so that the
+            codes are symmetric as the int8 ones are, and a scale is
+            max|w| / 7), per channel (or per tensor with
+            ``per_channel=False``), or blockwise for MatMul with
+            ``block_size``. INT4 needs opset 21: :func:`quantize` converts
+            a model below it up (ONNX's version converter, checked with ONNX
+            Runtime) only in this mode. ONNX Runtime's CPU provider runs int4
+            weights as DequantizeLinear -> float op (no integer kernels; with
+            the activations' Q/DQ around it, not even the blockwise MatMul
+            becomes MatMulNBits, checked with onnxruntime 1.23). The portable
+            kernel check does not apply to int4 nodes.
+        block_size: with ``weight_type="int4"``, the weight of a MatMul with
+            a constant [K, N] second operand gets one scale per block of
+            ``block_size`` rows of each column (blocks along the reduction
+            axis K); 0 (default): per channel. Conv and Gemm stay per
+            channel. Block scales are not rounded to powers of two
+            (``power_of_two`` applies to per-channel and per-tensor weights).
+        overrides: ``{node or tensor name: {"activation_type": ...,
+            "method": ..., "weight_type": ...}}`` (default none): precision
+            and calibration method per node or tensor (see
+            :mod:`onnxquant.overrides`). ``activation_type`` is ``"uint8"``,
+            ``"int8"``, ``"int16"`` or ``"float"`` (no Q/DQ on that tensor;
+            on a node, the node stays float); ``method`` a
+            :class:`~onnxquant.CalibrationMethod` name, used by the
+            Calibrator for those tensors; ``weight_type`` (nodes only)
+            ``"int8"`` or ``"int4"``. Names are those of the normalised
+            model; an unknown one raises InvalidArgumentError naming it.
     """
 
     activation_type: str = "uint8"
@@ -160,11 +192,28 @@ class QuantOptions:
     weight_range: str = "minmax"
     float_outputs: bool = True
     masks: str = "float"
+    weight_type: str = "int8"
+    block_size: int = 0
+    overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
             raise InvalidArgumentError(
-                f"activation_type must be 'uint8' or 'int8', got {self.activation_type!r}.")
+                f"activation_type must be 'uint8', 'int8' or 'int16', got "
+                f"{self.activation_type!r}" +
+                (" (int4 is a weight type: weight_type='int4')."
+                 if self.activation_type == "int4" else "."))
+        if self.weight_type not in _WEIGHT_TYPES:
+            raise InvalidArgumentError(
+                f"weight_type must be 'int8' or 'int4', got {self.weight_type!r}.")
+        if isinstance(self.block_size, bool) or not isinstance(self.block_size, int) or \
+                self.block_size < 0 or self.block_size == 1:
+            raise InvalidArgumentError(
+                f"block_size must be 0 (per channel) or an int >= 2, got {self.block_size!r}.")
+        if self.block_size and self.weight_type != "int4":
+            raise InvalidArgumentError(
+                "block_size applies to int4 weights: pass weight_type='int4' with it.")
+        object.__setattr__(self, "overrides", check_overrides(self.overrides))
         if self.power_of_two not in _POWER_OF_TWO:
             raise InvalidArgumentError(
                 f"power_of_two must be 'off', 'ceil' or 'mse', got {self.power_of_two!r}.")
@@ -191,8 +240,40 @@ class QuantOptions:
         if self.op_types is not None:
             object.__setattr__(self, "op_types", _names("op_types", self.op_types))
 
-    def to_native(self) -> _core.QuantOptions:
-        """The engine's form of these options."""
+    @property
+    def uses_int4(self) -> bool:
+        """Whether any weight is int4 (by default or by an override)."""
+        return self.weight_type == "int4" or any(
+            e.get("weight_type") == "int4" for e in self.overrides.values())
+
+    def to_native(self, data: bytes | None = None, dtypes: Mapping[str, int] | None = None,
+                  model: onnx.ModelProto | None = None) -> _core.QuantOptions:
+        """The engine's form of these options, with the overrides resolved
+        against the normalised model ``data`` (its bytes) and its ``dtypes``,
+        which options with overrides require."""
+        return self.resolve(data, dtypes, model)[0]
+
+    def resolve(self, data: bytes | None, dtypes: Mapping[str, int] | None,
+                model: onnx.ModelProto | None = None
+                ) -> tuple[_core.QuantOptions, ResolvedOverrides]:
+        """(The engine's options, the overrides resolved per tensor) for the
+        normalised model ``data`` with ``dtypes``. Raises InvalidArgumentError
+        naming an override's unknown node or tensor."""
+        native = self._base_native()
+        if not self.overrides:
+            return native, ResolvedOverrides()
+        if data is None or dtypes is None:
+            raise InternalError("options with overrides need the model to resolve them")
+        resolved = resolve_overrides(self.overrides, data, dtypes, native, model)
+        native.exclude_nodes = list(self.exclude_nodes) + list(resolved.exclude_nodes)
+        native.tensor_types = {t: getattr(_core.ActivationType, _ACTIVATION_TYPES[v])
+                               for t, v in resolved.tensor_types.items()}
+        native.float_tensors = list(resolved.float_tensors)
+        native.node_weight_types = {n: getattr(_core.WeightType, _WEIGHT_TYPES[v])
+                                    for n, v in resolved.node_weight_types.items()}
+        return native, resolved
+
+    def _base_native(self) -> _core.QuantOptions:
         native = _core.QuantOptions()
         native.activation_type = getattr(_core.ActivationType,
                                          _ACTIVATION_TYPES[self.activation_type])
@@ -205,6 +286,8 @@ class QuantOptions:
         native.reduce_weight_range = self.reduce_weight_range
         native.quantize_silu = self.quantize_silu
         native.float_outputs = self.float_outputs
+        native.weight_type = getattr(_core.WeightType, _WEIGHT_TYPES[self.weight_type])
+        native.block_size = self.block_size
         return native
 
 
@@ -260,6 +343,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              quantize_silu: bool = False, power_of_two: str = "off",
              weight_range: str = "minmax", float_outputs: bool = True,
              masks: str = "float",
+             weight_type: str = "int8", block_size: int = 0,
+             overrides: Mapping[str, Mapping[str, str]] | None = None,
              options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
@@ -275,10 +360,10 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu, power_of_two, weight_range,
-        float_outputs, masks: see
+        float_outputs, masks, weight_type, block_size, overrides: see
             :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None =
             all planned ops, True, False, ``"portable"``, ``"auto"``, False,
-            ``"off"``, ``"minmax"``, True, ``"float"``).
+            ``"off"``, ``"minmax"``, True, ``"float"``, ``"int8"``, 0, none).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -313,7 +398,7 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
                             kernel_remedy, quantize_silu, power_of_two, weight_range,
-                            float_outputs, masks)
+                            float_outputs, masks, weight_type, block_size, overrides or {})
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -342,6 +427,8 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     work = skeleton.model
     require_normalized(work, "quantize")
     native_ranges = _native_ranges(ranges)
+    if options.uses_int4:
+        work = upgrade_for_int4(work)
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
     mask_note = ""
@@ -355,8 +442,8 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     replay = calibrator._replay if dtypes is not None else None
     if dtypes is None:
         dtypes = infer_dtypes(work, workspace=workspace)
-    native = options.to_native()
     data = model_to_bytes(work)
+    native = options.to_native(data, dtypes, work)
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.
     unreached = _unreached(work, data, dtypes, native, native_ranges)
@@ -371,7 +458,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
                                 workspace=workspace, spill=skeleton.large, model_bytes=data,
                                 replay=replay)
         remedies = choose_remedies(kernels, options.kernel_remedy)
-        native = _with_remedies(options, kernels, remedies)
+        native = _with_remedies(options, kernels, remedies, data, dtypes, work)
         native.unreached_tensors = unreached
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
@@ -494,6 +581,35 @@ def mask_nodes(model: onnx.ModelProto) -> list[str]:
                 mark_computation(tensor)
             node = producer.get(others[0])
     return marked
+def upgrade_for_int4(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` at opset 21 at least (INT4 DequantizeLinear), converted with
+    ONNX's version converter when below it and checked with ONNX Runtime (it
+    must compute what ``model`` did); ``model`` itself when already there.
+    Raises UnsupportedModelError naming the node that blocks the conversion,
+    or when the converted model computes something else."""
+    from onnxquant._opset import (
+        convert_opset,
+        default_opset,
+        verify_same_outputs,
+    )
+
+    if default_opset(model) >= INT4_OPSET:
+        return model
+    from onnxquant.optimize import name_nodes
+
+    converted = convert_opset(model, INT4_OPSET)
+    # The converter's new nodes (Constants for attributes that became
+    # inputs) may be unnamed or share a name: the plan needs unique names.
+    name_nodes(converted)
+    # ONNX Runtime refuses the skeletons' absolute payload paths: the check
+    # runs on copies holding their weights.
+    copies = []
+    for m in (model, converted):
+        copy = onnx.ModelProto()
+        copy.CopyFrom(m)
+        copies.append(materialize(copy))
+    verify_same_outputs(*copies, {}, f"conversion to opset {INT4_OPSET} for int4 weights")
+    return converted
 
 
 def _fixed_inputs_note(model: onnx.ModelProto) -> str:
@@ -511,7 +627,8 @@ def _fixed_inputs_note(model: onnx.ModelProto) -> str:
 
 # The options that change which tensors the plan calibrates.
 _PLAN_OPTIONS = ("activation_type", "exclude_nodes", "op_types",
-                 "quantize_activation_matmul", "quantize_silu", "float_outputs")
+                 "quantize_activation_matmul", "quantize_silu", "float_outputs",
+                 "overrides")
 
 
 def _unreached(model: onnx.ModelProto, data: bytes, dtypes: Mapping[str, int],
@@ -547,7 +664,7 @@ def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: Qua
             all(getattr(calibrator.options, f) == getattr(options, f) for f in _PLAN_OPTIONS) \
             and all(t in ranges or t in unreached for t in calibrator.tensors):
         return  # the same plan as the calibrator's, whose every tensor has a range
-    native = options.to_native()
+    native = options.to_native(data, dtypes)
     native.unreached_tensors = unreached
     missing = _missing_ranges(data, dtypes, native, ranges)
     if not missing:
@@ -611,11 +728,12 @@ def _runtime_of(model: onnx.ModelProto):
 
 
 def _with_remedies(options: QuantOptions, kernels: KernelCheckResult,
-                   remedies: Mapping[str, str]) -> _core.QuantOptions:
+                   remedies: Mapping[str, str], data: bytes, dtypes: Mapping[str, int],
+                   model: onnx.ModelProto) -> _core.QuantOptions:
     """The engine's options with ``remedies`` (node -> remedy) applied to the
     nodes ``kernels`` found saturating."""
-    native = options.to_native()
-    native.exclude_nodes = list(options.exclude_nodes) + sorted(
+    native = options.to_native(data, dtypes, model)
+    native.exclude_nodes = list(native.exclude_nodes) + sorted(
         node for node, remedy in remedies.items() if remedy == "float")
     weights = {}
     for node, remedy in remedies.items():

@@ -302,3 +302,26 @@ def test_cli_prints_the_table_and_writes_the_figures(cnn, tmp_path):
                  "--figures", str(figures), "--histogram", "r1"]) == 0
     assert (figures / "sqnr.png").stat().st_size > 1000
     assert (figures / "histogram_r1.png").stat().st_size > 1000
+
+
+def test_the_concat_int16_override_the_guard_names_restores_the_scores(parse_model):
+    model, rng = _detector(parse_model)
+    samples = rng.normal(size=(64, 1, 8)).astype(np.float32)
+    test_x = rng.normal(size=(200, 8)).astype(np.float32)
+    cal = oq.Calibrator(model, "MIN_MAX_ASYM", batch_size=16)
+    cal.collect_data(samples)
+    quantized = oq.quantize(model, cal.compute_range(), calibrator=cal)
+    with pytest.warns(oq.RangeWarning) as caught:
+        result = oq.analyze(model, quantized, samples, calibrator=cal)
+    concat = result.record("scores").remedy_exclude_nodes[0]
+    override = f"QuantOptions(overrides={{{concat!r}: {{'activation_type': 'int16'}}}})"
+    assert any(override in str(w.message) for w in caught)
+    options = oq.QuantOptions(overrides={concat: {"activation_type": "int16"}})
+    cal16 = oq.Calibrator(model, "MIN_MAX_ASYM", batch_size=16, options=options)
+    cal16.collect_data(samples)
+    fixed = oq.quantize(model, cal16.compute_range(), options=options, calibrator=cal16)
+    fp32 = _session(model).run(None, {"x": test_x})[0]
+    out = _session(fixed).run(None, {"x": test_x})[0]  # as deployed
+    # The scores keep only the error of their logits' 8-bit range.
+    np.testing.assert_allclose(out[:, 4:], fp32[:, 4:], atol=0.03)
+    assert np.abs(out[:, 4:] - fp32[:, 4:]).mean() < 0.01

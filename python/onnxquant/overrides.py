@@ -1,0 +1,186 @@
+"""Per-node and per-tensor overrides of precision and calibration method.
+
+``QuantOptions(overrides={name: {...}})`` names a node or a tensor of the
+normalised model and gives it, instead of the model-wide options:
+
+- ``"activation_type"``: ``"uint8"``, ``"int8"``, ``"int16"`` or ``"float"``.
+  On a tensor, its Q/DQ pair (and that of every tensor sharing its
+  parameters) takes that type, or is left out for ``"float"``. On a node, the
+  quantized tensors it reads and writes take that type; ``"float"`` keeps the
+  node float, as ``exclude_nodes`` does.
+- ``"method"``: a :class:`~onnxquant.CalibrationMethod` name: the calibrator
+  computes the range of that tensor (of the tensors a node reads and writes)
+  with it instead of its own method.
+- ``"weight_type"`` (nodes only): ``"int8"`` or ``"int4"``.
+
+This module resolves the names against a model's plan into the engine's
+per-tensor form (:func:`resolve_overrides`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import onnx
+
+from onnxquant import _core
+from onnxquant.errors import InvalidArgumentError
+
+__all__ = ["OVERRIDE_KEYS", "ResolvedOverrides", "check_overrides", "resolve_overrides"]
+
+_ACTIVATION = ("uint8", "int8", "int16", "float")
+_WEIGHT = ("int8", "int4")
+OVERRIDE_KEYS = ("activation_type", "method", "weight_type")
+
+
+def check_overrides(overrides: object) -> dict[str, dict[str, str]]:
+    """Validates an ``overrides`` option and returns a copy of it; raises
+    InvalidArgumentError naming the entry at fault."""
+    if not isinstance(overrides, Mapping):
+        raise InvalidArgumentError(
+            f"overrides must be a dict {{node or tensor name: {{'activation_type': ..., "
+            f"'method': ..., 'weight_type': ...}}}}, got {type(overrides).__name__}.")
+    out: dict[str, dict[str, str]] = {}
+    for name, entry in overrides.items():
+        if not isinstance(name, str) or not name:
+            raise InvalidArgumentError(f"overrides holds the key {name!r}, which is not a name.")
+        if not isinstance(entry, Mapping) or not entry:
+            raise InvalidArgumentError(
+                f"overrides['{name}'] must be a non-empty dict with keys among "
+                f"{', '.join(OVERRIDE_KEYS)}, got {entry!r}.")
+        checked = {}
+        for key, value in entry.items():
+            if key not in OVERRIDE_KEYS:
+                raise InvalidArgumentError(
+                    f"overrides['{name}'] has the key {key!r}; the keys are "
+                    f"{', '.join(OVERRIDE_KEYS)}.")
+            if key == "activation_type" and value not in _ACTIVATION:
+                raise InvalidArgumentError(
+                    f"overrides['{name}']['activation_type'] must be one of "
+                    f"{', '.join(map(repr, _ACTIVATION))}, got {value!r}.")
+            if key == "weight_type" and value not in _WEIGHT:
+                raise InvalidArgumentError(
+                    f"overrides['{name}']['weight_type'] must be 'int8' or 'int4', "
+                    f"got {value!r}.")
+            if key == "method":
+                from onnxquant.calibrator import CalibrationMethod
+
+                if isinstance(value, CalibrationMethod):
+                    value = value.name
+                if not isinstance(value, str) or value.upper() not in CalibrationMethod.__members__:
+                    raise InvalidArgumentError(
+                        f"overrides['{name}']['method'] must be a calibration method name "
+                        f"({', '.join(CalibrationMethod.__members__)}), got {value!r}.")
+                value = value.upper()
+            checked[key] = value
+        out[name] = checked
+    return out
+
+
+@dataclass(frozen=True)
+class ResolvedOverrides:
+    """The overrides of one model, per calibrated tensor and per node.
+
+    ``tensor_types``: calibrated tensor -> ``"uint8"``/``"int8"``/``"int16"``;
+    ``float_tensors``: calibrated tensors left without Q/DQ;
+    ``tensor_methods``: calibrated tensor -> method name;
+    ``node_weight_types``: node -> ``"int8"``/``"int4"``;
+    ``exclude_nodes``: nodes kept float.
+    """
+
+    tensor_types: dict[str, str] = field(default_factory=dict)
+    float_tensors: tuple[str, ...] = ()
+    tensor_methods: dict[str, str] = field(default_factory=dict)
+    node_weight_types: dict[str, str] = field(default_factory=dict)
+    exclude_nodes: tuple[str, ...] = ()
+
+
+def _set(target: dict[str, str], key: str, value: str, what: str, name: str) -> None:
+    if target.get(key, value) != value:
+        raise InvalidArgumentError(
+            f"overrides give tensor '{key}' two {what}s ({target[key]!r} and {value!r}, the "
+            f"latter through '{name}'); tensors that share parameters (a Concat's inputs "
+            "and output, a MaxPool's input and output) take one: give them one.")
+    target[key] = value
+
+
+def resolve_overrides(overrides: Mapping[str, Mapping[str, str]], data: bytes,
+                      dtypes: Mapping[str, int], native: _core.QuantOptions,
+                      model: onnx.ModelProto | None = None) -> ResolvedOverrides:
+    """Resolves ``overrides`` (as :func:`check_overrides` returns them) on the
+    normalised model ``data`` (its bytes; ``model``: the same, parsed, if at
+    hand) under the engine options ``native`` (without overrides).
+
+    Raises:
+        InvalidArgumentError: a name that is neither a node nor a tensor of
+            the model's main graph, a tensor the plan does not quantize, a
+            node that has no quantized tensor (or no weight, for
+            ``weight_type``), or two overrides that give a tensor two types or
+            methods. The message names the node or tensor.
+    """
+    if model is None:
+        model = onnx.ModelProto()
+        model.ParseFromString(data)
+    nodes = {n.name: n for n in model.graph.node if n.name}
+    excluded = tuple(name for name, e in overrides.items()
+                     if name in nodes and e.get("activation_type") == "float")
+    native.exclude_nodes = list(native.exclude_nodes) + list(excluded)
+    plan = _core.make_plan(data, dict(dtypes), native)
+    source = {tensor: src for tensor, src, _ in plan["qdq"]}
+    for src in plan["calibrated"]:
+        source.setdefault(src, src)
+    absorbed_into = {producer: node for node, producer in plan["absorbed"]}
+    weighted = {q["node"] for q in plan["quantized_nodes"] if q["weight_input"] >= 0}
+    tensors = {o for n in model.graph.node for o in n.output}
+    tensors.update(i.name for i in model.graph.input)
+    tensors.update(i.name for i in model.graph.initializer)
+    types: dict[str, str] = {}
+    methods: dict[str, str] = {}
+    weights: dict[str, str] = {}
+    for name, entry in overrides.items():
+        if name in nodes:
+            if name in excluded:
+                continue
+            node = nodes[name]
+            names = list(node.input) + list(node.output)
+            if name in absorbed_into:
+                names += list(nodes[absorbed_into[name]].output)
+            sources = list(dict.fromkeys(source[t] for t in names if t in source))
+            if "weight_type" in entry:
+                if name not in weighted:
+                    raise InvalidArgumentError(
+                        f"overrides['{name}'] gives a weight_type, but node '{name}' "
+                        f"({node.op_type}) has no quantized weight.")
+                weights[name] = entry["weight_type"]
+            if ("activation_type" in entry or "method" in entry) and not sources:
+                raise InvalidArgumentError(
+                    f"overrides['{name}'] names node '{name}' ({node.op_type}), which reads "
+                    "and writes no quantized tensor: name a quantized node or tensor (see "
+                    "the report's quantized nodes).")
+        elif name in tensors:
+            if name not in source:
+                raise InvalidArgumentError(
+                    f"overrides['{name}'] names tensor '{name}', which the plan does not "
+                    "quantize (it stays float, or is a weight): name a tensor that gets a "
+                    "QuantizeLinear/DequantizeLinear pair.")
+            if "weight_type" in entry:
+                raise InvalidArgumentError(
+                    f"overrides['{name}'] gives a weight_type to tensor '{name}'; "
+                    "weight_type goes on the node that reads the weight.")
+            sources = [source[name]]
+        else:
+            raise InvalidArgumentError(
+                f"overrides names '{name}', which is neither a node nor a tensor of the "
+                "model's main graph: use the names of the normalised model "
+                "(onnxquant.optimize_model's output).")
+        for src in sources:
+            if "activation_type" in entry:
+                _set(types, src, entry["activation_type"], "activation type", name)
+            if "method" in entry:
+                _set(methods, src, entry["method"], "method", name)
+    floats = tuple(t for t, v in types.items() if v == "float")
+    return ResolvedOverrides(
+        tensor_types={t: v for t, v in types.items() if v != "float"},
+        float_tensors=floats, tensor_methods=methods, node_weight_types=weights,
+        exclude_nodes=excluded)
