@@ -38,7 +38,8 @@ def _mlp(opset: int = 13) -> onnx.ModelProto:
 def mlp():
     model = oq.optimize_model(_mlp())
     x = np.random.default_rng(4).normal(0, 1, (300, K)).astype(np.float32)
-    cal = oq.Calibrator(model, "MIN_MAX_ASYM")
+    # The output y quantized too (float_outputs=False), as the numpy reference has it.
+    cal = oq.Calibrator(model, "MIN_MAX_ASYM", options=oq.QuantOptions(float_outputs=False))
     cal.collect_data([x[i:i + 1] for i in range(200)])
     return model, cal, x[200:]
 
@@ -88,7 +89,8 @@ def _weight_dqs(q: onnx.ModelProto):
 def test_int4_weights_match_a_numpy_reference(mlp, block_size):
     model, cal, x = mlp
     ranges = cal.compute_range()
-    q = oq.quantize(model, ranges, weight_type="int4", block_size=block_size, calibrator=cal)
+    q = oq.quantize(model, ranges, weight_type="int4", block_size=block_size, calibrator=cal,
+                    float_outputs=False)
     assert oq._opset.default_opset(q) == 21  # converted up for INT4
     dqs = _weight_dqs(q)
     assert len(dqs) == 2
