@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -215,9 +216,12 @@ class KernelReport:
 def _remedy_reason(check: Any, samples: int) -> str:
     if check.observed:
         share = 100.0 * check.saturated / max(check.pair_sums, 1)
+        # A float output (float_outputs) has no rounding noise to compare with.
+        error = "its output is float" if math.isinf(check.error_ratio) else \
+            f"error {check.error_ratio:.3g} x the output's rounding noise"
         return (f"{_count(check.saturated)} of {_count(check.pair_sums)} pair sums "
                 f"({share:.3g} %) saturated on {samples} samples (peak {_count(check.peak)} "
-                f"> 32 767; error {check.error_ratio:.3g} x the output's rounding noise)")
+                f"> 32 767; {error})")
     return f"could reach {_count(check.bound)} > 32 767 (no sample reached it)"
 
 
