@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from onnxquant._model import QUANTIZED_KEY, ModelLike, load_model, set_metadata
 from onnxquant.errors import InvalidArgumentError
-from onnxquant.quantize import require_normalized
+from onnxquant.quantize import _names, require_normalized
 
 __all__ = ["DynamicReport", "quantize_dynamic"]
 
@@ -148,18 +148,6 @@ def quantize_dynamic(model: ModelLike, *, op_types: Iterable[str] = _OP_TYPES,
 def _version() -> str:
     from onnxquant import __version__
     return __version__
-
-
-def _names(option: str, values: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(values, str):
-        raise InvalidArgumentError(
-            f"{option} takes a list of names, not the string {values!r}; write "
-            f"{option}=[{values!r}].")
-    values = tuple(values)
-    bad = [v for v in values if not isinstance(v, str) or not v]
-    if bad:
-        raise InvalidArgumentError(f"{option} holds {bad[0]!r}, which is not a name.")
-    return values
 
 
 def quantize_weight(weight: np.ndarray, qmax: int, per_channel: bool
