@@ -403,7 +403,8 @@ def _search_entry(model: onnx.ModelProto, options: QuantOptions) -> TechniqueEnt
     share = clipped / channels if channels else 0.0
     return TechniqueEntry(
         "weight_range_search",
-        f"{clipped} of {channels} weight channels clipped below max|w| ({100 * share:.1f} %)",
+        f"{clipped} of {channels} weight {'channels' if options.per_channel else 'tensors'} "
+        f"clipped below max|w| ({100 * share:.1f} %)",
         {"channels_clipped": clipped, "channels": channels}, None,
         time.perf_counter() - start)
 

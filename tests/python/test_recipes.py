@@ -186,6 +186,26 @@ def test_weight_search_entry_counts_the_clipped_channels():
     assert clipped >= 4
 
 
+def test_weight_search_applies_to_int4_weights():
+    model = _chain_model()
+    scales = {}
+    for rule in ("minmax", "mse"):
+        recipe = oq.Recipe(options=oq.QuantOptions(weight_type="int4", weight_range=rule))
+        result = oq.apply_recipe(model, _samples(), recipe)
+        q = _inits(result.model)
+        dq = next(n for n in result.model.graph.node if n.op_type == "DequantizeLinear"
+                  and n.output[0] == _node(result.model, "conv_b").input[1])
+        scales[rule] = q[dq.input[1]]
+    w = _inits(oq.optimize_model(model))["wb"]
+    top = np.abs(w.reshape(len(w), -1)).max(axis=1)
+    np.testing.assert_allclose(scales["minmax"], top / 7, rtol=1e-6)
+    # At 4 bits the squared-error optimum clips the heavy-tailed channels.
+    clipped = int(np.sum(top > 7 * scales["mse"] * (1 + 1e-6)))
+    assert clipped > 0
+    entry = result.report.techniques[0]
+    assert entry.values["channels_clipped"] >= clipped
+
+
 # --- JSON and errors ------------------------------------------------------------
 
 def test_json_round_trip(tmp_path):
