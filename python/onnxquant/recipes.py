@@ -141,6 +141,8 @@ class Recipe:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
+        if not isinstance(self.name, str):
+            raise InvalidArgumentError(f"Recipe name must be a string, got {self.name!r}.")
         if not isinstance(self.options, QuantOptions):
             raise InvalidArgumentError(
                 f"Recipe options must be a QuantOptions, got {type(self.options).__name__}.")
@@ -420,8 +422,10 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
     Args:
         model: ModelProto, bytes or path (never modified).
         samples: calibration samples as :meth:`~onnxquant.Calibrator.collect_data`
-            takes them (a list, read by both bias correction and calibration);
-            an iterator is read once into a list.
+            takes them (a list of samples, one array with samples on axis 0 for
+            a one-input model, or an ONNX Runtime ``CalibrationDataReader``);
+            read by both bias correction and calibration, so an iterator is
+            read once into a list.
         recipe: a :class:`Recipe`, a preset's name, or a JSON file's path.
         input_shapes: passed to :func:`~onnxquant.optimize_model`.
         percentage: the percentile of PERCENTILE methods (default 99.99).
@@ -450,7 +454,9 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
                 f"recipe must be a Recipe, a preset's name or a JSON path, got "
                 f"{type(recipe).__name__}.")
         recipe = Recipe.load(recipe)
-    feed = list(_samples(samples))
+    # One array (samples on axis 0) is taken as it is; anything else is read
+    # into a list, since bias correction and calibration both read it.
+    feed = samples if isinstance(samples, np.ndarray) else list(_samples(samples))
     float_model = optimize_model(model, input_shapes=input_shapes)
     if recipe.options.uses_int4:
         # INT4 DequantizeLinear needs opset 21, which bias correction's

@@ -93,6 +93,18 @@ def test_preset_runs_end_to_end_and_ort_runs_the_result(name):
     assert name in str(result.report)
 
 
+def test_samples_as_one_array_or_a_generator_give_the_same_model():
+    model = _chain_model()
+    listed = oq.apply_recipe(model, _samples(), "npu_pow2").model
+    # One axis more than the input [N, 3, 8, 8]: samples along axis 0.
+    array = oq.apply_recipe(model, np.stack(_samples()), "npu_pow2").model
+    generated = oq.apply_recipe(model, (s for s in _samples()), "npu_pow2").model
+    assert _inits(array).keys() == _inits(listed).keys() == _inits(generated).keys()
+    for name, value in _inits(listed).items():
+        np.testing.assert_array_equal(_inits(array)[name], value)
+        np.testing.assert_array_equal(_inits(generated)[name], value)
+
+
 def test_presets_are_listed_and_set_their_modes():
     presets = oq.recipes()
     assert set(presets) == {"cpu_default", "npu_pow2", "w4a8"}
