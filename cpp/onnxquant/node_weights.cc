@@ -90,7 +90,7 @@ NodeWeights QuantizeNodeWeights(const GraphIndex& index,
       out.quant = QuantizeWeightBlocked(w, out.dims, options.block_size, 7);
     } else {
       out.quant = QuantizeWeight(w, out.dims, q.weight_axis, 7, min_scales, {},
-                                 options.power_of_two);
+                                 options.power_of_two, options.weight_range);
     }
     return out;
   }

@@ -63,10 +63,26 @@ from onnxquant.preprocessing import fold_preprocessing, pixel_tensor_name
 from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.dynamic import DynamicReport, quantize_dynamic
 from onnxquant import recovery
+from onnxquant.recipes import (
+    BiasCorrection,
+    CrossLayerEqualization,
+    Recipe,
+    RecipeReport,
+    RecipeResult,
+    apply_recipe,
+    recipes,
+)
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
 __all__ = [
+    "BiasCorrection",
+    "CrossLayerEqualization",
+    "Recipe",
+    "RecipeReport",
+    "RecipeResult",
+    "apply_recipe",
+    "recipes",
     "CalibrationDataError",
     "CalibrationMethod",
     "CalibrationReport",

@@ -86,6 +86,8 @@ def run_quantize(args: argparse.Namespace) -> int:
         float_outputs=not args.quantized_outputs, masks=args.masks,
         weight_type=args.weight_type, block_size=args.block_size)
     times: dict[str, float] = {}
+    if args.recipe is not None:
+        return _run_recipe(args, model_inputs, times)
     if args.dynamic:
         return _run_dynamic(args, model_inputs, times)
     with _step("optimize", times):
@@ -121,6 +123,58 @@ def run_quantize(args: argparse.Namespace) -> int:
                                "seconds": times}, indent=2)
             write_bytes_atomic(args.report_json, (text + "\n").encode("utf-8"))
     print(report)
+    print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
+    print(f"wrote {args.output}")
+    return 0
+
+
+# The flags a recipe sets (dest, flag): refused beside --recipe.
+_RECIPE_FLAGS = (
+    ("method", "--method"), ("activation_type", "--activation-type"),
+    ("masks", "--masks"), ("power_of_two", "--power-of-two"),
+    ("weight_range", "--weight-range"), ("weight_type", "--weight-type"),
+    ("block_size", "--block-size"), ("per_channel", "--no-per-channel"),
+    ("exclude_node", "--exclude-node"), ("op_types", "--op-types"),
+    ("float_activation_matmul", "--float-activation-matmul"),
+    ("reduce_weight_range", "--reduce-weight-range"), ("quantize_silu", "--quantize-silu"),
+    ("quantized_outputs", "--quantized-outputs"), ("target", "--target"),
+    ("kernel_remedy", "--kernel-remedy"), ("ranges", "--ranges"),
+    ("dynamic", "--dynamic"), ("save_ranges", "--save-ranges"))
+
+
+def _run_recipe(args: argparse.Namespace, model_inputs: list[str],
+                times: dict[str, float]) -> int:
+    """``quantize --recipe``: apply_recipe on the samples, save."""
+    from onnxquant._model import save_model, write_bytes_atomic
+    from onnxquant.data import load_samples
+    from onnxquant.optimize import optimize_model
+    from onnxquant.recipes import Recipe, apply_recipe
+
+    defaults = build_parser().parse_args(["quantize", "m", "-o", "o",
+                                          "--calibration-data", "c"])
+    given = [flag for dest, flag in _RECIPE_FLAGS
+             if getattr(args, dest) != getattr(defaults, dest)]
+    if given:
+        raise InvalidArgumentError(
+            f"--recipe sets the method and the quantization options; {given[0]} cannot be "
+            "given with it: write it in a recipe JSON file instead.")
+    if args.calibration_data is None:
+        raise CalibrationDataError("--recipe needs --calibration-data (its techniques and "
+                                   "calibration run on those samples).")
+    recipe = Recipe.load(args.recipe)
+    with _step("read samples", times):
+        samples = list(load_samples(args.calibration_data, optimize_model(args.model),
+                                    max_samples=args.max_samples))
+    with _step(f"recipe {recipe.name or args.recipe} ({len(samples)} samples)", times):
+        result = apply_recipe(args.model, samples, recipe, percentage=args.percentage,
+                              progress=not args.quiet)
+    with _step("save", times):
+        save_model(result.model, args.output,
+                   external_data=True if len(model_inputs) > 1 else None, source=args.model)
+        if args.report_json:
+            text = json.dumps({"report": result.report.to_dict(), "seconds": times}, indent=2)
+            write_bytes_atomic(args.report_json, (text + "\n").encode("utf-8"))
+    print(result.report)
     print("time: " + ", ".join(f"{k} {v:.2f} s" for k, v in times.items()))
     print(f"wrote {args.output}")
     return 0
@@ -249,6 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
                              "(DynamicQuantizeLinear + MatMulInteger, activation scales "
                              "computed at run time); --exclude-node, --op-types, "
                              "--no-per-channel, --float-activation-matmul and --target apply")
+    q.add_argument("--recipe", default=None, metavar="NAME_OR_JSON",
+                   help="a recipe: a preset (cpu_default, npu_pow2, w4a8) or a recipe JSON "
+                        "file; it sets the method and the quantization options and runs its "
+                        "techniques (cross-layer equalization, bias correction) before "
+                        "calibration, so it takes none of the method and option flags")
     q.add_argument("--method", default="MIN_MAX_ASYM",
                    choices=[m.name for m in CalibrationMethod],
                    help="how ranges are chosen from the statistics (default MIN_MAX_ASYM)")

@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING
 
 from onnxquant._model import ModelLike, data_file_name, model_files, save_model
 from onnxquant.errors import InvalidArgumentError
 from onnxquant.report import QuantizationReport
+
+if TYPE_CHECKING:
+    from onnxquant.recipes import RecipeReport
 
 __all__ = ["quantize_model"]
 
@@ -71,7 +75,8 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
                    method: object = "MIN_MAX_ASYM", *,
                    input_shapes: Mapping[str, object] | None = None,
                    percentage: float = 99.99, progress: bool = False,
-                   **options) -> QuantizationReport:
+                   recipe: object = None,
+                   **options) -> QuantizationReport | RecipeReport:
     """Quantizes a float model in one call and writes the result.
 
     Runs :func:`~onnxquant.optimize_model`, a :class:`~onnxquant.Calibrator`
@@ -101,6 +106,12 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
             None).
         percentage: the percentile of PERCENTILE methods (default 99.99).
         progress: show a progress bar while calibrating (default False).
+        recipe: a :class:`~onnxquant.Recipe`, a preset's name or a recipe
+            JSON file's path (default None): run through
+            :func:`~onnxquant.apply_recipe`, which takes the method and the
+            options from the recipe (``method`` and ``**options`` must then
+            be left at their defaults), and return its
+            :class:`~onnxquant.RecipeReport`.
         **options: :class:`~onnxquant.QuantOptions` fields
             (``activation_type``, ``per_channel``, ``exclude_nodes``,
             ``op_types``, ``quantize_activation_matmul``,
@@ -109,7 +120,7 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
 
     Returns:
         The :class:`~onnxquant.QuantizationReport`, with the calibration's
-        report inside.
+        report inside; with ``recipe``, the :class:`~onnxquant.RecipeReport`.
 
     Raises:
         InvalidArgumentError: an option that is not a QuantOptions field (named)
@@ -129,12 +140,25 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
     method = _method(method)
     feed = _samples(samples)
     external = _refuse_overwrite(model, output)
-    normalised = optimize_model(model, input_shapes=input_shapes)
-    calibrator = Calibrator(normalised, method, percentage=percentage, options=opts)
-    calibrator.collect_data(feed, progress=progress)
-    ranges = calibrator.compute_range()
-    quantized, report = quantize(normalised, ranges, options=opts, calibrator=calibrator,
-                                 return_report=True)
+    if recipe is not None:
+        from onnxquant.recipes import apply_recipe
+
+        if options or method.name != "MIN_MAX_ASYM":
+            given = ", ".join(list(options) + (["method"] if method.name != "MIN_MAX_ASYM"
+                                                else []))
+            raise InvalidArgumentError(
+                f"quantize_model got a recipe and also {given}; the recipe sets the method "
+                "and the options: change them in the recipe instead.")
+        result = apply_recipe(model, feed, recipe, input_shapes=input_shapes,
+                              percentage=percentage, progress=progress)
+        quantized, report = result.model, result.report
+    else:
+        normalised = optimize_model(model, input_shapes=input_shapes)
+        calibrator = Calibrator(normalised, method, percentage=percentage, options=opts)
+        calibrator.collect_data(feed, progress=progress)
+        ranges = calibrator.compute_range()
+        quantized, report = quantize(normalised, ranges, options=opts, calibrator=calibrator,
+                                     return_report=True)
     source = model if isinstance(model, (str, os.PathLike)) else None
     save_model(quantized, output, external_data=True if external else None, source=source)
     return report

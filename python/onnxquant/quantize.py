@@ -88,7 +88,8 @@ class QuantOptions:
             100 % of max|w| in 1 % steps, or, with ``power_of_two``, the
             twelve powers of two from the one covering max|w| down), the
             weight range search of the recovery techniques
-            (:mod:`onnxquant.recovery`).
+            (:mod:`onnxquant.recovery`). It applies to int8 and int4 weights
+            (codes [-7, 7]), not to blockwise int4 (``block_size``).
         exclude_nodes: names of nodes kept in float (default none).
         op_types: the op types to quantize (default None: every op of the plan's
             table).

@@ -1,0 +1,85 @@
+"""A recipe preset against plain PTQ in the preset's mode, top-1 as deployed.
+
+For each model (entries of bench/accuracy.py): plain is optimize_model, MIN_MAX_ASYM
+calibration and quantize with the preset's QuantOptions and no technique (weight_range
+"minmax": the search is one of the techniques); the preset
+column is ``oq.apply_recipe(model, samples, preset)``. Same images as bench/recovery.py:
+the first ``--calibration`` images of each entry's calibration set calibrate (and feed
+bias correction); top-1 on ``--test-images`` test images drawn with
+numpy.random.default_rng(0), ONNX Runtime's default session options (fused integer
+kernels). In brackets: the paired difference to plain ± its standard error (points). The
+column "without weight search" runs the preset's steps with weight_range="minmax".
+
+    PYTHONPATH=python .venv/bin/python bench/recipes.py [--preset npu_pow2] [--models ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import platform
+import sys
+import time
+
+import onnxruntime as ort
+
+ort.set_default_logger_severity(3)
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import onnxquant as oq  # noqa: E402
+from accuracy_lib.classifiers import MODELS  # noqa: E402
+from accuracy_lib.common import DEFAULT_ZOO  # noqa: E402
+from recovery import cell, correct, quantized  # noqa: E402
+
+DEFAULT_MODELS = ("resnet8", "cifar-resnet", "cifar-mobilenetv2")
+
+
+def run_model(key: str, args) -> None:
+    entry = MODELS[key](args.zoo)
+    test = entry.test.subset(args.test_images)
+    samples = [entry.calibration[i:i + 1] for i in range(args.calibration)]
+    recipe = oq.Recipe.preset(args.preset)
+    model = oq.optimize_model(entry.path)
+    fp32 = correct(model, test.x, test.y)
+    # Plain: the preset's mode without any technique (weight range search off too).
+    options = dataclasses.replace(recipe.options, weight_range="minmax")
+    plain = correct(quantized(model, samples, options), test.x, test.y)
+    start = time.perf_counter()
+    result = oq.apply_recipe(entry.path, samples, recipe)
+    seconds = time.perf_counter() - start
+    hits = correct(result.model, test.x, test.y)
+    no_search = "—"
+    if recipe.options.weight_range == "mse":
+        without = dataclasses.replace(recipe, options=options)
+        no_search = cell(correct(oq.apply_recipe(entry.path, samples, without).model,
+                                 test.x, test.y), plain)
+    changed = "; ".join(t.summary for t in result.report.techniques).replace("|", "\\|")
+    print(f"| {entry.name} | {100.0 * fp32.mean():.2f} | {100.0 * plain.mean():.2f} | "
+          f"{cell(hits, plain)} | {no_search} | {seconds:.1f} | {changed} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--preset", default="npu_pow2", choices=sorted(oq.recipes()))
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
+    p.add_argument("--test-images", type=int, default=2000)
+    p.add_argument("--calibration", type=int, default=200)
+    p.add_argument("--zoo", default=DEFAULT_ZOO)
+    args = p.parse_args()
+    print(f"command: python bench/recipes.py {' '.join(sys.argv[1:])}")
+    print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
+          f"onnxquant {oq.__version__}, onnxruntime {ort.__version__}")
+    print(f"preset {args.preset}: {oq.Recipe.preset(args.preset).to_dict()}")
+    print(f"{args.calibration} calibration images; top-1 % on {args.test_images} drawn test "
+          "images, default session (fused)\n")
+    print(f"| model | FP32 | plain | {args.preset} | {args.preset} without weight search | "
+          "recipe s | what the recipe changed |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for key in args.models:
+        run_model(key, args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Recipes: an ordered list of accuracy-recovery techniques with their
+settings, plus the quantization options, applied in one call.
+
+    recipe = oq.Recipe.preset("npu_pow2")
+    result = oq.apply_recipe("model.onnx", samples, recipe)
+    print(result.report)            # what each technique changed
+    onnx.save(result.model, "model.int8.onnx")
+
+A recipe is plain data: :meth:`Recipe.to_json` / :meth:`Recipe.from_json`
+write and read it as a JSON file, and :func:`recipes` lists the named
+presets. The steps run on the float model, in order, after
+:func:`~onnxquant.optimize_model`; then the model is calibrated and
+quantized with the recipe's options (``options.weight_range="mse"`` is the
+weight range search, which runs inside quantization).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import onnx
+import onnx.numpy_helper
+
+from onnxquant._model import ModelLike, model_to_bytes
+from onnxquant.errors import InvalidArgumentError
+from onnxquant.quantize import QuantOptions
+from onnxquant.report import QuantizationReport
+
+__all__ = [
+    "BiasCorrection",
+    "CrossLayerEqualization",
+    "Recipe",
+    "RecipeReport",
+    "RecipeResult",
+    "TechniqueEntry",
+    "apply_recipe",
+    "recipes",
+]
+
+
+@dataclass(frozen=True)
+class CrossLayerEqualization:
+    """The step :func:`onnxquant.recovery.equalize_cross_layer`, with its
+    arguments (same defaults)."""
+
+    replace_relu6: bool = False
+    power_of_two: bool = False
+    max_sweeps: int = 100
+    tolerance: float = 1e-4
+
+    kind = "cross_layer_equalization"
+
+
+@dataclass(frozen=True)
+class BiasCorrection:
+    """The step :func:`onnxquant.recovery.correct_bias`, run with the
+    recipe's quantization options on the recipe's samples."""
+
+    batch_size: int = 32
+
+    kind = "bias_correction"
+
+
+_STEPS = {cls.kind: cls for cls in (CrossLayerEqualization, BiasCorrection)}
+
+
+def _check_fields(cls: type, values: Mapping[str, Any], where: str) -> None:
+    """Raises InvalidArgumentError naming the first key of ``values`` that
+    is not a field of ``cls``, or a value of the wrong type."""
+    if not isinstance(values, Mapping):
+        raise InvalidArgumentError(f"{where} must be a JSON object, got {values!r}.")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in values.items():
+        if key not in fields:
+            raise InvalidArgumentError(
+                f"{where} has an unknown key '{key}'; its keys are: "
+                f"{', '.join(fields)}.")
+        default = fields[key].default
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise InvalidArgumentError(f"{where} key '{key}' must be true or false, "
+                                       f"got {value!r}.")
+        if isinstance(default, (int, float)) and not isinstance(default, bool) and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise InvalidArgumentError(f"{where} key '{key}' must be a number, got {value!r}.")
+
+
+def _check_step(step: object, index: int) -> None:
+    where = f"recipe step {index}"
+    if isinstance(step, CrossLayerEqualization):
+        if not isinstance(step.max_sweeps, int) or step.max_sweeps < 1:
+            raise InvalidArgumentError(
+                f"{where} (cross_layer_equalization) key 'max_sweeps' must be an integer "
+                f">= 1, got {step.max_sweeps!r}.")
+        if not step.tolerance >= 0:
+            raise InvalidArgumentError(
+                f"{where} (cross_layer_equalization) key 'tolerance' must be >= 0, got "
+                f"{step.tolerance!r}.")
+    elif isinstance(step, BiasCorrection):
+        if not isinstance(step.batch_size, int) or step.batch_size < 1:
+            raise InvalidArgumentError(
+                f"{where} (bias_correction) key 'batch_size' must be an integer >= 1, got "
+                f"{step.batch_size!r}.")
+    else:
+        raise InvalidArgumentError(
+            f"{where} is a {type(step).__name__}; a step is CrossLayerEqualization or "
+            "BiasCorrection.")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Techniques in order, and the options the model is quantized with.
+
+    Attributes:
+        steps: :class:`CrossLayerEqualization` and :class:`BiasCorrection`,
+            each at most once, run in this order on the float model;
+            bias correction, which measures the error of the quantized
+            weights, must come after equalization, which changes them.
+        options: the :class:`~onnxquant.QuantOptions` of calibration, bias
+            correction and quantization (``weight_range="mse"`` is the
+            weight range search).
+        method: the calibration method's name (default ``"MIN_MAX_ASYM"``).
+        name: a label, printed in the report (default ``""``).
+
+    Raises:
+        InvalidArgumentError: a step of another type, a step twice, bias
+            correction before equalization, an option out of its domain, or
+            an unknown method (each named).
+    """
+
+    steps: tuple[object, ...] = ()
+    options: QuantOptions = field(default_factory=QuantOptions)
+    method: str = "MIN_MAX_ASYM"
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "steps", tuple(self.steps))
+        if not isinstance(self.name, str):
+            raise InvalidArgumentError(f"Recipe name must be a string, got {self.name!r}.")
+        if not isinstance(self.options, QuantOptions):
+            raise InvalidArgumentError(
+                f"Recipe options must be a QuantOptions, got {type(self.options).__name__}.")
+        from onnxquant.calibrator import CalibrationMethod
+
+        methods = [m.name for m in CalibrationMethod]
+        if self.method not in methods:
+            raise InvalidArgumentError(
+                f"Recipe method {self.method!r} is not a calibration method; use one of "
+                f"{', '.join(methods)}.")
+        kinds = []
+        for i, step in enumerate(self.steps):
+            _check_step(step, i)
+            if step.kind in kinds:
+                raise InvalidArgumentError(f"recipe step {i} repeats {step.kind}; give each "
+                                           "technique once.")
+            kinds.append(step.kind)
+        if kinds == ["bias_correction", "cross_layer_equalization"]:
+            raise InvalidArgumentError(
+                "recipe puts bias_correction before cross_layer_equalization, which would "
+                "change the weights it corrected for; put cross_layer_equalization first.")
+
+    @classmethod
+    def preset(cls, name: str) -> Recipe:
+        """The named preset (see :func:`recipes`). Raises
+        InvalidArgumentError naming an unknown one."""
+        if name not in _PRESETS:
+            raise InvalidArgumentError(
+                f"No recipe preset named {name!r}; the presets are: {', '.join(_PRESETS)}.")
+        return _PRESETS[name]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data: ``{"name", "method", "options": {...}, "steps":
+        [{"technique": ..., settings...}]}``; options list only the fields
+        that differ from QuantOptions' defaults."""
+        defaults = QuantOptions()
+        options = {}
+        for f in dataclasses.fields(QuantOptions):
+            value = getattr(self.options, f.name)
+            if value != getattr(defaults, f.name):
+                options[f.name] = (list(value) if isinstance(value, tuple) else
+                                   {k: dict(v) for k, v in value.items()}
+                                   if f.name == "overrides" else value)
+        steps = [{"technique": s.kind, **dataclasses.asdict(s)} for s in self.steps]
+        return {"name": self.name, "method": self.method, "options": options, "steps": steps}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
+        """The recipe of :meth:`to_dict`'s form. Raises InvalidArgumentError
+        naming an unknown or mistyped key."""
+        _check_fields(_RecipeKeys, data, "recipe")
+        options = data.get("options", {})
+        _check_fields(QuantOptions, options, "recipe 'options'")
+        steps = []
+        for i, entry in enumerate(data.get("steps", [])):
+            if not isinstance(entry, Mapping) or "technique" not in entry:
+                raise InvalidArgumentError(
+                    f"recipe step {i} must be an object with a 'technique' key (one of "
+                    f"{', '.join(_STEPS)}), got {entry!r}.")
+            kind = entry["technique"]
+            if kind not in _STEPS:
+                raise InvalidArgumentError(
+                    f"recipe step {i} has an unknown technique {kind!r}; the techniques are: "
+                    f"{', '.join(_STEPS)}.")
+            settings = {k: v for k, v in entry.items() if k != "technique"}
+            _check_fields(_STEPS[kind], settings, f"recipe step {i} ({kind})")
+            steps.append(_STEPS[kind](**settings))
+        try:
+            opts = QuantOptions(**options)
+        except TypeError as e:  # a value QuantOptions cannot take
+            raise InvalidArgumentError(f"recipe 'options': {e}") from None
+        return cls(steps=tuple(steps), options=opts,
+                   method=data.get("method", "MIN_MAX_ASYM"), name=data.get("name", ""))
+
+    def to_json(self, path: str | os.PathLike) -> None:
+        """Writes :meth:`to_dict` as JSON to ``path``."""
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+
+    @classmethod
+    def from_json(cls, path: str | os.PathLike) -> Recipe:
+        """The recipe in the JSON file ``path``. Raises InvalidArgumentError
+        for a missing file, invalid JSON (with its line), or a bad key."""
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            raise InvalidArgumentError(f"Recipe file '{os.fspath(path)}' does not exist; "
+                                       f"name a JSON file or a preset ({', '.join(_PRESETS)}).")\
+                from None
+        except json.JSONDecodeError as e:
+            raise InvalidArgumentError(f"Recipe file '{os.fspath(path)}' is not valid JSON: "
+                                       f"{e.msg} at line {e.lineno}.") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def load(cls, name_or_path: str | os.PathLike) -> Recipe:
+        """A preset by name, else the JSON file at that path."""
+        if isinstance(name_or_path, str) and name_or_path in _PRESETS:
+            return _PRESETS[name_or_path]
+        return cls.from_json(name_or_path)
+
+
+@dataclass(frozen=True)
+class _RecipeKeys:  # the keys of a recipe file, for _check_fields
+    name: str = ""
+    method: str = ""
+    options: dict = field(default_factory=dict)
+    steps: list = field(default_factory=list)
+
+
+_PRESETS: dict[str, Recipe] = {
+    "cpu_default": Recipe(name="cpu_default"),
+    "npu_pow2": Recipe(
+        steps=(CrossLayerEqualization(power_of_two=True), BiasCorrection()),
+        options=QuantOptions(per_channel=False, power_of_two="ceil", weight_range="mse"),
+        name="npu_pow2"),
+    "w4a8": Recipe(
+        steps=(CrossLayerEqualization(), BiasCorrection()),
+        options=QuantOptions(weight_type="int4", weight_range="mse"),
+        name="w4a8"),
+}
+
+
+def recipes() -> dict[str, Recipe]:
+    """The named presets: ``"cpu_default"`` (W8A8, per-channel weights, no
+    technique), ``"npu_pow2"`` (per-tensor power-of-two scales, CLE aligned
+    to powers of two, weight range search, bias correction) and ``"w4a8"``
+    (int4 per-channel weights, weight range search, CLE, bias correction)."""
+    return dict(_PRESETS)
+
+
+@dataclass(frozen=True)
+class TechniqueEntry:
+    """What one technique changed: ``technique`` its name, ``summary`` one
+    line, ``values`` the figures (``pairs`` and ``mean_abs_log_scale`` for
+    CLE; ``biases_corrected`` and ``mean_abs_delta`` for bias correction;
+    ``channels_clipped`` and ``channels`` for the weight range search),
+    ``record`` the technique's own record (or None), ``seconds`` its time."""
+
+    technique: str
+    summary: str
+    values: Mapping[str, float]
+    record: object
+    seconds: float
+
+
+@dataclass(frozen=True)
+class RecipeReport:
+    """The recipe applied: one :class:`TechniqueEntry` per technique, in
+    order, and the quantization's report."""
+
+    recipe: Recipe
+    techniques: tuple[TechniqueEntry, ...]
+    quantization: QuantizationReport
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"recipe": self.recipe.to_dict(),
+                "techniques": [{"technique": t.technique, "summary": t.summary,
+                                "values": dict(t.values), "seconds": t.seconds}
+                               for t in self.techniques],
+                "quantization": self.quantization.to_dict()}
+
+    def __str__(self) -> str:
+        lines = [f"recipe {self.recipe.name or '(unnamed)'}:"]
+        lines += [f"  {t.technique}: {t.summary} ({t.seconds:.2f} s)" for t in self.techniques]
+        if not self.techniques:
+            lines.append("  no technique")
+        return "\n".join(lines) + "\n" + str(self.quantization)
+
+
+@dataclass(frozen=True)
+class RecipeResult:
+    """:func:`apply_recipe`'s result: the quantized ``model``, the
+    ``float_model`` the techniques produced (what was calibrated), and the
+    ``report``."""
+
+    model: onnx.ModelProto
+    float_model: onnx.ModelProto
+    report: RecipeReport
+
+
+def _equalization_entry(record, seconds: float) -> TechniqueEntry:
+    logs = [float(np.mean(np.abs(np.log(p.scales)))) for p in record.pairs]
+    mean = float(np.mean(logs)) if logs else 0.0
+    summary = (f"{len(record.pairs)} pairs rescaled, mean |log scale| {mean:.4f}, "
+               f"{record.sweeps} sweeps" + ("" if record.converged else " (not converged)"))
+    if record.clips_replaced:
+        summary += f", {len(record.clips_replaced)} Clip -> Relu"
+    if record.clips_stopped:
+        summary += f", {len(record.clips_stopped)} Clip ended a chain"
+    return TechniqueEntry("cross_layer_equalization", summary,
+                          {"pairs": len(record.pairs), "mean_abs_log_scale": mean},
+                          record, seconds)
+
+
+def _bias_entry(record, seconds: float) -> TechniqueEntry:
+    deltas = [np.abs(d) for d in record.corrections.values()]
+    mean = float(np.mean(np.concatenate(deltas))) if deltas else 0.0
+    summary = (f"{len(record.corrections)} biases corrected, mean |delta| {mean:.3g}, "
+               f"{record.rounds} runs x {record.samples} samples")
+    if record.skipped:
+        summary += f", {len(record.skipped)} skipped"
+    return TechniqueEntry("bias_correction", summary,
+                          {"biases_corrected": len(record.corrections),
+                           "mean_abs_delta": mean}, record, seconds)
+
+
+def _channel_axis(node: onnx.NodeProto, ndim: int) -> int:
+    if node.op_type == "Gemm":
+        trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+        return 0 if trans_b else 1
+    if node.op_type == "ConvTranspose":
+        return 1
+    if node.op_type == "MatMul":
+        return ndim - 1
+    return 0
+
+
+def _channel_max(w: np.ndarray, axis: int | None) -> np.ndarray:
+    if axis is None:
+        return np.array([np.abs(w).max()]) if w.size else np.zeros(0)
+    return np.abs(np.moveaxis(w, axis, 0).reshape(w.shape[axis], -1)).max(axis=1)
+
+
+def _search_entry(model: onnx.ModelProto, options: QuantOptions) -> TechniqueEntry:
+    """The channels whose range the weight range search set below the
+    min-max range: the largest |value| of each weight channel quantized
+    (emulated) with the search, against the same without it."""
+    from onnxquant import _core
+    from onnxquant._shapes import infer_dtypes
+
+    start = time.perf_counter()
+    data, dtypes = model_to_bytes(model), infer_dtypes(model)
+    plain = dataclasses.replace(options, weight_range="minmax")
+    emulated = []
+    for opts in (options, plain):
+        out, _ = _core.emulate_quantized_weights(data, dtypes, opts.to_native(data, dtypes,
+                                                                              model))
+        proto = onnx.ModelProto()
+        proto.ParseFromString(out)
+        emulated.append({t.name: t for t in proto.graph.initializer})
+    searched, minmax = emulated
+    clipped = channels = 0
+    for node in model.graph.node:
+        if len(node.input) < 2 or node.input[1] not in searched:
+            continue
+        name = node.input[1]
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            continue
+        a = onnx.numpy_helper.to_array(searched[name]).astype(np.float32)
+        b = onnx.numpy_helper.to_array(minmax[name]).astype(np.float32)
+        if np.array_equal(a, b) and options.weight_range == "minmax":
+            continue
+        axis = _channel_axis(node, a.ndim) if options.per_channel else None
+        ma, mb = _channel_max(a, axis), _channel_max(b, axis)
+        channels += len(ma)
+        clipped += int(np.sum(ma < mb * (1 - 1e-6)))
+    share = clipped / channels if channels else 0.0
+    return TechniqueEntry(
+        "weight_range_search",
+        f"{clipped} of {channels} weight {'channels' if options.per_channel else 'tensors'} "
+        f"clipped below max|w| ({100 * share:.1f} %)",
+        {"channels_clipped": clipped, "channels": channels}, None,
+        time.perf_counter() - start)
+
+
+def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
+                 input_shapes: Mapping[str, object] | None = None,
+                 percentage: float = 99.99, progress: bool = False) -> RecipeResult:
+    """Runs ``recipe`` on ``model``: :func:`~onnxquant.optimize_model`, each
+    step on the float model in order (equalization, then bias correction on
+    ``samples`` with the recipe's options), calibration on ``samples`` with
+    the recipe's method, and :func:`~onnxquant.quantize` with its options.
+
+    Args:
+        model: ModelProto, bytes or path (never modified).
+        samples: calibration samples as :meth:`~onnxquant.Calibrator.collect_data`
+            takes them (a list of samples, one array with samples on axis 0 for
+            a one-input model, or an ONNX Runtime ``CalibrationDataReader``);
+            read by both bias correction and calibration, so an iterator is
+            read once into a list.
+        recipe: a :class:`Recipe`, a preset's name, or a JSON file's path.
+        input_shapes: passed to :func:`~onnxquant.optimize_model`.
+        percentage: the percentile of PERCENTILE methods (default 99.99).
+        progress: progress bar while calibrating (default False).
+
+    Returns:
+        :class:`RecipeResult`: the quantized model, the float model the
+        steps produced, and the :class:`RecipeReport` (one entry per
+        technique, the weight range search included when
+        ``options.weight_range="mse"``).
+
+    Raises:
+        InvalidArgumentError: an unknown preset, a bad recipe file or key.
+        CalibrationDataError, ModelError, UnsupportedModelError: as the
+            steps, the calibrator and quantize raise them.
+    """
+    from onnxquant.calibrator import Calibrator
+    from onnxquant.optimize import optimize_model
+    from onnxquant.pipeline import _samples
+    from onnxquant.quantize import quantize, upgrade_for_int4
+    from onnxquant.recovery import correct_bias, equalize_cross_layer
+
+    if not isinstance(recipe, Recipe):
+        if not isinstance(recipe, (str, os.PathLike)):
+            raise InvalidArgumentError(
+                f"recipe must be a Recipe, a preset's name or a JSON path, got "
+                f"{type(recipe).__name__}.")
+        recipe = Recipe.load(recipe)
+    # One array (samples on axis 0) is taken as it is; anything else is read
+    # into a list, since bias correction and calibration both read it.
+    feed = samples if isinstance(samples, np.ndarray) else list(_samples(samples))
+    float_model = optimize_model(model, input_shapes=input_shapes)
+    if recipe.options.uses_int4:
+        # INT4 DequantizeLinear needs opset 21, which bias correction's
+        # emulated weights need too: convert before the steps.
+        float_model = upgrade_for_int4(float_model)
+    entries = []
+    for step in recipe.steps:
+        start = time.perf_counter()
+        if isinstance(step, CrossLayerEqualization):
+            float_model, rec = equalize_cross_layer(
+                float_model, replace_relu6=step.replace_relu6, power_of_two=step.power_of_two,
+                max_sweeps=step.max_sweeps, tolerance=step.tolerance)
+            entries.append(_equalization_entry(rec, time.perf_counter() - start))
+        else:
+            float_model, rec = correct_bias(float_model, feed, options=recipe.options,
+                                            batch_size=step.batch_size)
+            entries.append(_bias_entry(rec, time.perf_counter() - start))
+    calibrator = Calibrator(float_model, recipe.method, percentage=percentage,
+                            options=recipe.options)
+    calibrator.collect_data(feed, progress=progress)
+    ranges = calibrator.compute_range()
+    quantized, qreport = quantize(float_model, ranges, options=recipe.options,
+                                  calibrator=calibrator, return_report=True)
+    if recipe.options.weight_range == "mse":
+        entries.append(_search_entry(float_model, recipe.options))
+    return RecipeResult(quantized, float_model, RecipeReport(recipe, tuple(entries), qreport))
