@@ -39,4 +39,5 @@ def test_notebook_runs(path, tmp_path):
 def test_there_is_a_notebook():
     assert any(p.endswith("01_start_to_finish.ipynb") for p in NOTEBOOKS)
     assert any(p.endswith("02_calibration_methods.ipynb") for p in NOTEBOOKS)
+    assert any(p.endswith("03_accuracy_recovery.ipynb") for p in NOTEBOOKS)
     assert any(p.endswith("04_deploy.ipynb") for p in NOTEBOOKS)
