@@ -218,8 +218,7 @@ Decision Planner::Decide(int i) const {
     return Float(std::string("part of a decomposed ") + block->second +
                  " (kept float)");
   }
-  if (patterns_.divisor_only.count(i) && n.output_size() > 0 &&
-      IsFloat(n.output(0))) {
+  if (patterns_.divisor_only.count(i) && IsFloat(n.output(0))) {
     return Float("computes only the divisor of a Div, which runs float: a "
                  "quantized divisor near zero would make an unbounded error");
   }

@@ -1,5 +1,6 @@
 #include "onnxquant/plan_patterns.h"
 
+#include <algorithm>
 #include <string>
 
 namespace onnxquant {
@@ -130,33 +131,37 @@ void FindLayerNorm(const GraphIndex& index, PatternMatches* m) {
   }
 }
 
+// Whether `tensor` is read, and read only as the divisor of a Div or by
+// nodes already found to compute only a divisor.
+bool ReadOnlyAsDivisor(const GraphIndex& index, const std::string& tensor,
+                       const PatternMatches& m) {
+  const auto& cons = index.Consumers(tensor);
+  if (tensor.empty() || cons.empty() || index.IsGraphOutput(tensor) ||
+      index.ReadBySubgraph(tensor)) {
+    return false;
+  }
+  for (int c : cons) {
+    if (m.divisor_only.count(c)) continue;
+    const auto& cn = index.graph().node(c);
+    const bool divisor = cn.op_type() == "Div" && cn.domain().empty() &&
+                         cn.input_size() == 2 && cn.input(1) == tensor &&
+                         cn.input(0) != tensor;
+    if (!divisor) return false;
+  }
+  return true;
+}
+
 // Reverse topological order: a node's consumers are decided before it.
 void FindDivisorOnly(const GraphIndex& index, PatternMatches* m) {
   const auto& g = index.graph();
   for (int i = g.node_size() - 1; i >= 0; --i) {
-    const auto& n = g.node(i);
-    bool only = n.output_size() > 0;
-    for (const auto& out : n.output()) {
-      if (!only) break;
-      const auto& cons = index.Consumers(out);
-      if (out.empty() || cons.empty() || index.IsGraphOutput(out) ||
-          index.ReadBySubgraph(out)) {
-        only = false;
-        break;
-      }
-      for (int c : cons) {
-        const auto& cn = g.node(c);
-        if (m->divisor_only.count(c)) continue;
-        const bool divisor = cn.op_type() == "Div" && cn.domain().empty() &&
-                             cn.input_size() == 2 && cn.input(1) == out &&
-                             cn.input(0) != out;
-        if (!divisor) {
-          only = false;
-          break;
-        }
-      }
+    const auto& outputs = g.node(i).output();
+    if (!outputs.empty() &&
+        std::all_of(outputs.begin(), outputs.end(), [&](const std::string& o) {
+          return ReadOnlyAsDivisor(index, o, *m);
+        })) {
+      m->divisor_only.insert(i);
     }
-    if (only) m->divisor_only.insert(i);
   }
 }
 
