@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING
@@ -582,6 +581,8 @@ def mask_nodes(model: onnx.ModelProto) -> list[str]:
                 mark_computation(tensor)
             node = producer.get(others[0])
     return marked
+
+
 def upgrade_for_int4(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` at opset 21 at least (INT4 DequantizeLinear), converted with
     ONNX's version converter when below it and checked with ONNX Runtime (it
