@@ -431,9 +431,9 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         work = upgrade_for_int4(work)
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
-    mask_note = ""
+    masked, mask_note = [], ""
     if options.masks == "float":
-        options, mask_note = _keep_masks_float(work, options, calibration_report)
+        masked, mask_note = _masks_kept_float(work, options, calibration_report)
     # The calibrator inferred the types of this very model: reuse them.
     known = getattr(calibrator, "_dtypes_of", None)
     dtypes = known(work) if known is not None else None
@@ -443,12 +443,15 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     if dtypes is None:
         dtypes = infer_dtypes(work, workspace=workspace)
     data = model_to_bytes(work)
+    # The overrides are resolved once (each resolution plans the model); the
+    # checks and the remedies below work on this one native form.
     native = options.to_native(data, dtypes, work)
+    native.mask_nodes = masked
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.
     unreached = _unreached(work, data, dtypes, native, native_ranges)
     native.unreached_tensors = unreached
-    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator, unreached,
+    _require_planned_ranges(data, dtypes, options, native, native_ranges, calibrator,
                             same_graph=replay is not None)
     kernels, remedies = None, {}
     if options.target == "portable":
@@ -458,8 +461,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
                                 workspace=workspace, spill=skeleton.large, model_bytes=data,
                                 replay=replay)
         remedies = choose_remedies(kernels, options.kernel_remedy)
-        native = _with_remedies(options, kernels, remedies, data, dtypes, work)
-        native.unreached_tensors = unreached
+        _apply_remedies(native, kernels, remedies)
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
     data, native_report = _core.quantize(data, dtypes, native, native_ranges,
@@ -494,12 +496,14 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     return result, report
 
 
-def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
-                      calibration: CalibrationReport | None) -> tuple[QuantOptions, str]:
-    """``options`` with the masks' nodes added to ``exclude_nodes``, and the
-    report's note on them ("" when there are none): the main graph's nodes
-    that read or write a tensor where calibration saw +-Inf or float32's
-    extremes, and those :func:`mask_nodes` finds in the graph."""
+def _masks_kept_float(model: onnx.ModelProto, options: QuantOptions,
+                      calibration: CalibrationReport | None) -> tuple[list[str], str]:
+    """The masks' nodes that ``masks="float"`` keeps float (those the user
+    did not exclude already), and the report's note on them ("" when there
+    are none): the main graph's nodes that read or write a tensor where
+    calibration saw +-Inf or float32's extremes, and those :func:`mask_nodes`
+    finds in the graph. They go to the engine's own ``mask_nodes`` option,
+    never into ``options.exclude_nodes``, which stay what the user passed."""
     masks = {c.tensor: c for c in calibration.nonfinite if c.saturating} \
         if calibration is not None else {}
     seen = [n.name for n in model.graph.node
@@ -507,7 +511,7 @@ def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
     found = [n for n in mask_nodes(model) if n not in seen]
     nodes = [n for n in (*seen, *found) if n not in options.exclude_nodes]
     if not nodes:
-        return options, ""
+        return [], ""
     notes = []
     if seen:
         shares = ", ".join(f"'{t}' ({100 * c.share:.1f} %)" for t, c in sorted(masks.items()))
@@ -519,7 +523,7 @@ def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
                      "model's integer inputs, added to what a Softmax reads)")
     note = (f"{len(nodes)} nodes kept float (masks='float'), so that masks keep masking: "
             f"{'; '.join(notes)}. Nodes: {', '.join(nodes)}.")
-    return replace(options, exclude_nodes=(*options.exclude_nodes, *nodes)), note
+    return nodes, note
 
 
 # Ops that only move or convert values, between a mask's Add and the Softmax.
@@ -654,20 +658,22 @@ def _brief(value: object, shown: int = 3) -> str:
 
 
 def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
+                            native: _core.QuantOptions,
                             ranges: Mapping[str, tuple[float, float]],
-                            calibrator: Calibrator | None, unreached: list[str],
-                            same_graph: bool = False) -> None:
-    """Raises when the plan for ``options`` calibrates a tensor ``ranges``
-    lacks: InvalidArgumentError naming the options that differ from the
-    calibrator's, when they do; RangeMissingError naming the tensor otherwise.
-    ``same_graph``: the calibrator was made for this very graph (its plan for
-    the same options is this plan, so no plan needs computing)."""
-    if calibrator is not None and same_graph and \
+                            calibrator: Calibrator | None, same_graph: bool = False) -> None:
+    """Raises when the plan for ``native`` (the engine's form of ``options``,
+    with the nodes ``masks="float"`` keeps float in its ``mask_nodes``)
+    calibrates a tensor ``ranges`` lacks: InvalidArgumentError naming the
+    options that differ from the calibrator's, when they do, or the mask
+    nodes, when they alone plan it; RangeMissingError naming the tensor
+    otherwise. ``same_graph``: the calibrator was made for this very graph
+    (its plan for the same options is this plan, so no plan needs computing,
+    unless mask nodes are kept float: the calibrator's plan had them)."""
+    unreached = list(native.unreached_tensors)
+    if calibrator is not None and same_graph and not native.mask_nodes and \
             all(getattr(calibrator.options, f) == getattr(options, f) for f in _PLAN_OPTIONS) \
             and all(t in ranges or t in unreached for t in calibrator.tensors):
         return  # the same plan as the calibrator's, whose every tensor has a range
-    native = options.to_native(data, dtypes)
-    native.unreached_tensors = unreached
     missing = _missing_ranges(data, dtypes, native, ranges)
     if not missing:
         return
@@ -685,6 +691,12 @@ def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: Qua
                 "(Calibrator(..., options=opts) and quantize(..., options=opts)), or "
                 "build the Calibrator with collect='all' so that any options work after "
                 "it.")
+        if native.mask_nodes and missing[0] not in calibrator.tensors:
+            raise InvalidArgumentError(
+                f"masks='float' keeps the attention mask's nodes float: "
+                f"{_brief(list(native.mask_nodes))}; and then the plan needs tensor "
+                f"'{missing[0]}'{more}, which the Calibrator did not observe. Build the "
+                "Calibrator with collect='all', or pass masks='saturate'.")
     raise RangeMissingError(
         f"No range for planned tensor '{missing[0]}'{more}. Pass every range "
         "Calibrator.compute_range() returns, from a Calibrator built with the same "
@@ -729,12 +741,11 @@ def _runtime_of(model: onnx.ModelProto):
                       "fuses into integer kernels cannot be told")
 
 
-def _with_remedies(options: QuantOptions, kernels: KernelCheckResult,
-                   remedies: Mapping[str, str], data: bytes, dtypes: Mapping[str, int],
-                   model: onnx.ModelProto) -> _core.QuantOptions:
-    """The engine's options with ``remedies`` (node -> remedy) applied to the
-    nodes ``kernels`` found saturating."""
-    native = options.to_native(data, dtypes, model)
+def _apply_remedies(native: _core.QuantOptions, kernels: KernelCheckResult,
+                    remedies: Mapping[str, str]) -> None:
+    """Applies ``remedies`` (node -> remedy) for the nodes ``kernels`` found
+    saturating to ``native``, the engine's options with the overrides already
+    resolved (so that they are not resolved again)."""
     native.exclude_nodes = list(native.exclude_nodes) + sorted(
         node for node, remedy in remedies.items() if remedy == "float")
     weights = {}
@@ -748,4 +759,3 @@ def _with_remedies(options: QuantOptions, kernels: KernelCheckResult,
             change.channel_qmax = list(kernels.channel_qmax[node])
         weights[node] = change
     native.weight_remedies = weights
-    return native
