@@ -51,6 +51,27 @@ _POWER_OF_TWO = {"off": "OFF", "ceil": "CEIL", "mse": "MSE"}
 _WEIGHT_RANGES = {"minmax": "MIN_MAX", "mse": "MSE"}
 _TARGETS = ("portable", "exact")
 _REMEDIES = ("auto", "channel_range", "uint8_weights", "float")
+_MODES = ("static", "dynamic")
+# The op types mode="dynamic" quantizes.
+_DYNAMIC_OPS = ("MatMul", "Gemm")
+# Options that mean nothing in mode="dynamic", each with why: leaving them
+# at their default is the only value it takes.
+_STATIC_ONLY = {
+    "activation_type": "activations are quantized at run time to uint8 "
+                       "(DynamicQuantizeLinear writes no other type)",
+    "weight_type": "dynamic weights are int8 (MatMulInteger takes no int4)",
+    "block_size": "dynamic weights are int8 per column (MatMulInteger takes no int4 blocks)",
+    "power_of_two": "run-time activation scales are not powers of two",
+    "weight_range": "dynamic weights take max|w| per column",
+    "kernel_remedy": "there is no per-node kernel check: target='portable' gives every "
+                     "weight [-63, 63], which no kernel saturates",
+    "quantize_silu": "only MatMul and Gemm are quantized",
+    "float_outputs": "every dynamic MatMul/Gemm writes float (there is no output scale)",
+    "masks": "there are no calibrated ranges for a mask to saturate; mask nodes "
+             "(no MatMul/Gemm) stay float",
+    "overrides": "there is no per-tensor precision or method; keep nodes float with "
+                 "exclude_nodes",
+}
 
 
 @dataclass(frozen=True)
@@ -177,6 +198,23 @@ class QuantOptions:
             Calibrator for those tensors; ``weight_type`` (nodes only)
             ``"int8"`` or ``"int4"``. Names are those of the normalised
             model; an unknown one raises InvalidArgumentError naming it.
+        mode: ``"static"`` (default): activations get fixed scales from
+            calibrated ranges (QuantizeLinear/DequantizeLinear pairs);
+            ``"dynamic"``: only MatMul and Gemm are quantized, weights to int8
+            per column once, activations at run time with the scale and zero
+            point of the values at hand (``DynamicQuantizeLinear`` +
+            ``MatMulInteger``, which ONNX Runtime fuses into
+            ``DynamicQuantizeMatMul``; :mod:`onnxquant.dynamic`). Dynamic
+            mode needs no calibration: :func:`quantize` takes ``ranges=None``
+            and no calibrator, :class:`~onnxquant.Calibrator` refuses such
+            options (there is nothing to observe), and
+            :func:`~onnxquant.quantize_model` and
+            :func:`~onnxquant.apply_recipe` skip calibration. In it,
+            ``per_channel``, ``exclude_nodes``, ``op_types`` (``"MatMul"``,
+            ``"Gemm"``), ``quantize_activation_matmul``, ``target`` and
+            ``reduce_weight_range`` apply (``"portable"`` or
+            ``reduce_weight_range``: weights in [-63, 63]); every other
+            option must keep its default (InvalidArgumentError naming it).
     """
 
     activation_type: str = "uint8"
@@ -195,6 +233,7 @@ class QuantOptions:
     weight_type: str = "int8"
     block_size: int = 0
     overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    mode: str = "static"
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
@@ -239,12 +278,38 @@ class QuantOptions:
         object.__setattr__(self, "exclude_nodes", _names("exclude_nodes", self.exclude_nodes))
         if self.op_types is not None:
             object.__setattr__(self, "op_types", _names("op_types", self.op_types))
+        if self.mode not in _MODES:
+            raise InvalidArgumentError(
+                f"mode must be 'static' (calibrated ranges) or 'dynamic' (MatMul/Gemm with "
+                f"activation scales computed at run time), got {self.mode!r}.")
+        if self.mode == "dynamic":
+            self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        """Raises InvalidArgumentError naming the first option that means
+        nothing in mode="dynamic"."""
+        for name, why in _STATIC_ONLY.items():
+            value, default = getattr(self, name), getattr(_DEFAULTS, name)
+            if value != default:
+                raise InvalidArgumentError(
+                    f"{name}={_brief(value)} does not apply to mode='dynamic': {why}. Leave "
+                    f"{name} at its default ({default!r}), or use mode='static'.")
+        other = [t for t in self.op_types or () if t not in _DYNAMIC_OPS]
+        if other:
+            raise InvalidArgumentError(
+                f"mode='dynamic' quantizes MatMul and Gemm; op_types holds {other[0]!r}. "
+                "Quantize other ops with mode='static'.")
 
     @property
     def uses_int4(self) -> bool:
         """Whether any weight is int4 (by default or by an override)."""
         return self.weight_type == "int4" or any(
             e.get("weight_type") == "int4" for e in self.overrides.values())
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether ``mode == "dynamic"``."""
+        return self.mode == "dynamic"
 
     def to_native(self, data: bytes | None = None, dtypes: Mapping[str, int] | None = None,
                   model: onnx.ModelProto | None = None) -> _core.QuantOptions:
@@ -259,6 +324,8 @@ class QuantOptions:
         """(The engine's options, the overrides resolved per tensor) for the
         normalised model ``data`` with ``dtypes``. Raises InvalidArgumentError
         naming an override's unknown node or tensor."""
+        if self.dynamic:
+            raise InternalError("mode='dynamic' has no plan: it never reaches the engine")
         native = self._base_native()
         if not self.overrides:
             return native, ResolvedOverrides()
@@ -335,7 +402,7 @@ def _native_ranges(ranges: Mapping[str, object]) -> dict[str, tuple[float, float
 _DEFAULTS = QuantOptions()
 
 
-def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
+def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]] | None, *,
              activation_type: str = "uint8", per_channel: bool = True,
              exclude_nodes: Iterable[str] = (), op_types: Iterable[str] | None = None,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
@@ -345,25 +412,30 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              masks: str = "float",
              weight_type: str = "int8", block_size: int = 0,
              overrides: Mapping[str, Mapping[str, str]] | None = None,
+             mode: str = "static",
              options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
              return_report: bool = False):
-    """Returns the QDQ-quantized form of a normalised model.
+    """Returns the quantized form of a normalised model: QDQ with calibrated
+    ranges (``mode="static"``, the default), or MatMul/Gemm quantized
+    dynamically (``mode="dynamic"``: no ranges, no calibrator).
 
     Args:
         model: the output of :func:`~onnxquant.optimize_model` (ModelProto,
             bytes or path; never modified).
         ranges: ``{tensor name: (min, max)}`` as
             :meth:`~onnxquant.Calibrator.compute_range` returns it, for every
-            tensor the plan calibrates.
+            tensor the plan calibrates; with ``mode="dynamic"``, None (a
+            mapping given there is not read: scales are computed at run time).
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu, power_of_two, weight_range,
-        float_outputs, masks, weight_type, block_size, overrides: see
+        float_outputs, masks, weight_type, block_size, overrides, mode: see
             :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None =
             all planned ops, True, False, ``"portable"``, ``"auto"``, False,
-            ``"off"``, ``"minmax"``, True, ``"float"``, ``"int8"``, 0, none).
+            ``"off"``, ``"minmax"``, True, ``"float"``, ``"int8"``, 0, none,
+            ``"static"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -380,8 +452,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
 
     Returns:
         The quantized ``onnx.ModelProto``, or ``(model, report)`` with
-        ``return_report=True``. The model carries a ``metadata_props`` entry
-        ``onnxquant.quantized``.
+        ``return_report=True`` (with ``mode="dynamic"``, the report is a
+        :class:`~onnxquant.dynamic.DynamicReport`). The model carries a
+        ``metadata_props`` entry ``onnxquant.quantized``.
 
     Raises:
         ModelError: the model was not normalised by optimize_model.
@@ -393,12 +466,15 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             or op type the model does not contain; or options that plan a
             tensor the ``calibrator`` did not observe because its options
             differ (the message names those options: pass the same to both,
-            or build the Calibrator with ``collect="all"``).
+            or build the Calibrator with ``collect="all"``); ``ranges=None``
+            in static mode; a calibrator or a calibration report in dynamic
+            mode, or an option that means nothing there (named).
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
                             kernel_remedy, quantize_silu, power_of_two, weight_range,
-                            float_outputs, masks, weight_type, block_size, overrides or {})
+                            float_outputs, masks, weight_type, block_size, overrides or {},
+                            mode)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -410,12 +486,42 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     elif not isinstance(options, QuantOptions):
         raise InvalidArgumentError(
             f"options must be a QuantOptions, got {type(options).__name__}.")
+    if options.dynamic:
+        return _quantize_dynamic(model, ranges, options, calibrator, calibration_report,
+                                 return_report)
+    if ranges is None:
+        raise InvalidArgumentError(
+            "quantize needs ranges in mode='static' (Calibrator.compute_range() returns "
+            "them); only mode='dynamic' quantizes without calibration.")
     if calibrator is not None and not hasattr(calibrator, "kernel_check_feeds"):
         raise InvalidArgumentError(
             f"calibrator must be an onnxquant.Calibrator, got {type(calibrator).__name__}.")
     with Workspace() as workspace:
         return _quantize(model, ranges, options, calibrator, calibration_report,
                          return_report, workspace)
+
+
+def _quantize_dynamic(model, ranges, options: QuantOptions, calibrator, calibration_report,
+                      return_report: bool):
+    """quantize in mode="dynamic": :func:`onnxquant.dynamic.quantize_dynamic`
+    with the options that apply there."""
+    from onnxquant.dynamic import quantize_dynamic
+
+    if calibrator is not None or calibration_report is not None:
+        given = "calibrator" if calibrator is not None else "calibration_report"
+        raise InvalidArgumentError(
+            f"quantize got a {given} with mode='dynamic', which computes activation scales "
+            f"at run time and uses no calibration; drop the {given}, or use mode='static'.")
+    if ranges is not None and not isinstance(ranges, Mapping):
+        raise InvalidArgumentError(
+            f"ranges must be None (or a dict, unused) with mode='dynamic', got "
+            f"{type(ranges).__name__}.")
+    target = "portable" if options.reduce_weight_range else options.target
+    return quantize_dynamic(model, op_types=options.op_types or _DYNAMIC_OPS,
+                            exclude_nodes=options.exclude_nodes,
+                            per_channel=options.per_channel,
+                            quantize_activation_matmul=options.quantize_activation_matmul,
+                            target=target, return_report=return_report)
 
 
 def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_report,
