@@ -28,6 +28,20 @@ This follows the automatic mixed precision of TI's TIDL and the search of AMD
 Quark, in its simplest form: a greedy walk down one ranking, which costs the
 ranking and one quantization and metric call per promotion (plus two metric
 calls).
+
+With ``candidates="auto"``, the analysis also nominates tensors: the quantized
+tensors that LayerNormalization and Softmax read or write (those ops stay
+float in the plan; their neighbours carry Q/DQ pairs), where the analysis
+shows that they dominate the error: a tensor whose accumulated SQNR drop (that of its
+nearest quantized ancestors minus that of its nearest quantized descendants:
+what its Q/DQ pair costs as its readers see it) is at least ``dominance``
+times the largest drop of any quantized tensor (its ancestors' accumulated
+SQNR minus its own). Such a tensor competes in the same ranking as the
+layers; promoted, it gets int16 (or, with ``promote_to="float"``, no Q/DQ
+pair) through a tensor override, and its promotion's reason gives its drop.
+Transformers' LayerNorm outlier channels and sharp attention probabilities
+are where this happens (a uint8 range over a few channels 20-50 times the
+others, or over probabilities in [0, 1] that are mostly near 0).
 """
 
 from __future__ import annotations
@@ -47,6 +61,9 @@ __all__ = ["LayerSensitivity", "MixedPrecisionResult", "Promotion", "mixed_preci
 _LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _PROMOTIONS = ("int16", "int8", "float")
 _SENSITIVITIES = ("promote", "analyze")
+_CANDIDATES = ("layers", "auto")
+# Float ops whose quantized neighbours candidates="auto" considers.
+_NEIGHBOURED_OPS = ("LayerNormalization", "Softmax")
 # An exact tensor (no quantization noise, e.g. integer pixels at scale 1) has
 # an infinite SQNR; rankings and reasons use this instead.
 _EXACT_DB = 100.0
@@ -67,18 +84,23 @@ class LayerSensitivity:
     input_db: float
     output_db: float
     sensitivity_db: float
+    kind: str = "layer"
 
 
 @dataclass(frozen=True)
 class Promotion:
     """A promoted layer: its sensitivity, the metric after promoting it (None
-    without a metric), and why it was promoted, in words."""
+    without a metric), and why it was promoted, in words. ``kind``:
+    ``"layer"`` (``node`` is a node name) or ``"tensor"`` (with
+    ``candidates="auto"``: ``node`` is a tensor that a LayerNormalization or
+    Softmax reads or writes, ``op_type`` that op's type)."""
 
     node: str
     op_type: str
     sensitivity_db: float
     metric_after: float | None
     reason: str
+    kind: str = "layer"
 
 
 @dataclass(frozen=True)
@@ -110,8 +132,9 @@ class MixedPrecisionResult:
             lines.append(f"metric: FP32 {self.fp32_metric:.4g}, base {self.base_metric:.4g}, "
                          f"final {self.final_metric:.4g} (budget "
                          f"{'met' if self.budget_met else 'not met'})")
-        lines.append(f"{len(self.promoted)} of {len(self.ranking)} layers promoted")
-        lines += [f"  {p.node} ({p.op_type}): {p.reason}" for p in self.promoted]
+        lines.append(f"{len(self.promoted)} of {len(self.ranking)} candidates promoted")
+        lines += [f"  {p.node} ({p.op_type}{' neighbour' if p.kind == 'tensor' else ''}): "
+                  f"{p.reason}" for p in self.promoted]
         return "\n".join(lines)
 
 
@@ -149,6 +172,88 @@ def rank_layers(model: onnx.ModelProto, analysis) -> tuple[LayerSensitivity, ...
                                             in_db - out_db)))
     out.sort(key=lambda p: (-p[1].sensitivity_db, p[0]))
     return tuple(s for _, s in out)
+
+
+def _reach(model: onnx.ModelProto, by_tensor: Mapping[str, float]) -> dict[str, float]:
+    """Per tensor of ``model``: the lowest accumulated SQNR (``by_tensor``)
+    of its nearest quantized ancestors, found through float nodes; absent
+    for a tensor with none (a graph input, a tensor of constants only)."""
+    constants = {i.name for i in model.graph.initializer}
+    reach: dict[str, float] = {}
+    for node in model.graph.node:  # in topological order
+        levels = [by_tensor[i] if i in by_tensor else reach[i]
+                  for i in node.input if i and i not in constants
+                  and (i in by_tensor or i in reach)]
+        if levels:
+            for o in node.output:
+                reach[o] = min(levels)
+    return reach
+
+
+def tensor_drops(model: onnx.ModelProto, analysis) -> dict[str, float]:
+    """Per quantized tensor of ``analysis`` (:func:`onnxquant.analyze` of a
+    quantized form of ``model``, the normalised FP32 model) that has a
+    quantized ancestor: how much accumulated SQNR (dB) it loses against the
+    nearest ones (the lowest of theirs minus its own; ancestors found
+    through float nodes): the error the node computing it and its own Q/DQ
+    pair add on the way."""
+    by_tensor = {r.tensor: _finite(r.accumulated_db, _EXACT_DB) for r in analysis}
+    reach = _reach(model, by_tensor)
+    return {t: reach[t] - db for t, db in by_tensor.items() if t in reach}
+
+
+def _descendants(model: onnx.ModelProto, tensor: str, quantized: Mapping[str, float]
+                 ) -> list[str]:
+    """The nearest quantized tensors computed from ``tensor`` (through float
+    nodes)."""
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    found, seen, stack = [], {tensor}, [tensor]
+    while stack:
+        for node in readers.get(stack.pop(), ()):
+            for o in node.output:
+                if o in seen or not o:
+                    continue
+                seen.add(o)
+                (found if o in quantized else stack).append(o)
+    return found
+
+
+def dominant_neighbours(model: onnx.ModelProto, analysis, dominance: float
+                        ) -> tuple[LayerSensitivity, ...]:
+    """The quantized tensors that a LayerNormalization or Softmax of
+    ``model`` reads or writes whose error dominates, largest first, as
+    ``LayerSensitivity(tensor, op type, dB before, dB after, drop,
+    kind="tensor")``. A neighbour's drop is the accumulated SQNR lost from
+    its nearest quantized ancestors to its nearest quantized descendants
+    (so that it counts what its Q/DQ pair costs as its readers see it: a
+    LayerNorm output whose outlier channels set the range looks fine as a
+    whole, and its readers, whose weights scale those channels down, lose
+    the rest); it dominates when that is at least ``dominance`` times the
+    largest drop of any quantized tensor (:func:`tensor_drops`)."""
+    by_tensor = {r.tensor: _finite(r.accumulated_db, _EXACT_DB) for r in analysis}
+    drops = tensor_drops(model, analysis)
+    reach = _reach(model, by_tensor)
+    if not drops:
+        return ()
+    largest = max(drops.values())
+    out, seen = [], set()
+    for node in model.graph.node:
+        if node.op_type not in _NEIGHBOURED_OPS:
+            continue
+        for t in (*node.input, *node.output):
+            if t not in drops or t in seen:
+                continue
+            seen.add(t)
+            after = [by_tensor[d] for d in _descendants(model, t, by_tensor)]
+            low = min(after) if after else by_tensor[t]
+            drop = reach[t] - low
+            if drop > 0 and drop >= dominance * largest:
+                out.append(LayerSensitivity(t, node.op_type, reach[t], low, drop,
+                                            kind="tensor"))
+    return tuple(sorted(out, key=lambda r: -r.sensitivity_db))
 
 
 # Outputs of these ops saturate (probabilities): their SQNR says little about
@@ -228,6 +333,8 @@ def weighted_layers(quantized: onnx.ModelProto) -> set[str]:
 
 
 def _override(node: str, promote_to: str, weighted: set[str]) -> dict[str, str]:
+    """The override promoting ``node`` (a node, or a candidate tensor: never
+    in ``weighted``)."""
     if promote_to == "float":
         return {"activation_type": "float"}
     if promote_to == "int8":
@@ -238,8 +345,11 @@ def _override(node: str, promote_to: str, weighted: set[str]) -> dict[str, str]:
     return entry
 
 
-def _position(model: onnx.ModelProto, node: str) -> int:
-    return next(i for i, n in enumerate(model.graph.node) if n.name == node)
+def _position(model: onnx.ModelProto, name: str) -> int:
+    """The index of node ``name``, or of the first node that reads tensor
+    ``name``."""
+    return next(i for i, n in enumerate(model.graph.node)
+                if n.name == name or name in n.input or name in n.output)
 
 
 def mixed_precision(model, calibrator, samples: Iterable[object],
@@ -247,7 +357,8 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
                     budget: float = 1.0, max_share: float = 0.25,
                     options=None, promote_to: str = "int16",
                     sensitivity: str = "promote",
-                    ranges: Mapping[str, tuple[float, float]] | None = None
+                    ranges: Mapping[str, tuple[float, float]] | None = None,
+                    candidates: str = "layers", dominance: float = 0.5
                     ) -> MixedPrecisionResult:
     """Promotes the most sensitive layers of a quantized model to higher
     precision until a budget is met (module docstring).
@@ -276,6 +387,15 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
             are ranked (module docstring).
         ranges: the ranges to quantize with (default:
             ``calibrator.compute_range()``).
+        candidates: what may be promoted: ``"layers"`` (default: the
+            quantized Conv, ConvTranspose, Gemm and MatMul nodes) or
+            ``"auto"``: those and the tensors that LayerNormalization and
+            Softmax read or write whose accumulated SQNR drop dominates
+            (module docstring; not with ``promote_to="int8"``, which
+            promotes weights).
+        dominance: with ``candidates="auto"``, the share of the largest
+            drop of any quantized tensor that a neighbour's drop must reach
+            (default 0.5), in (0, 1].
 
     Returns:
         A :class:`MixedPrecisionResult`.
@@ -286,6 +406,16 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     from onnxquant.analyze import analyze
     from onnxquant.quantize import QuantOptions, quantize
 
+    if candidates not in _CANDIDATES:
+        raise InvalidArgumentError(
+            f"candidates must be 'layers' or 'auto', got {candidates!r}.")
+    if isinstance(dominance, bool) or not isinstance(dominance, (int, float)) or \
+            not 0.0 < dominance <= 1.0:
+        raise InvalidArgumentError(f"dominance must be a share in (0, 1], got {dominance!r}.")
+    if candidates == "auto" and promote_to == "int8":
+        raise InvalidArgumentError(
+            "candidates='auto' nominates activation tensors, which promote_to='int8' "
+            "(int4 weights to int8) cannot promote; promote to 'int16' or 'float'.")
     if sensitivity not in _SENSITIVITIES:
         raise InvalidArgumentError(
             f"sensitivity must be 'promote' or 'analyze', got {sensitivity!r}.")
@@ -327,13 +457,26 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     ranking = rank_layers(model, analysis)
     if promote_to == "int8":  # only layers with a weight can be promoted
         ranking = tuple(r for r in ranking if r.node in weighted)
-    if sensitivity == "promote":
+    neighbours = dominant_neighbours(model, analysis, dominance) \
+        if candidates == "auto" else ()
+    drops = {r.node: r for r in neighbours}
+    if sensitivity == "analyze":
+        # The neighbours that dominate the error go first, largest drop first.
+        ranking = (*neighbours, *ranking)
+    else:
         def alone(node: str, override: dict[str, str]) -> onnx.ModelProto:
             return build(replace(options, overrides={**options.overrides, node: override}))
 
         layers = [(r.node, r.op_type, _override(r.node, promote_to, weighted))
-                  for r in sorted(ranking, key=lambda r: _position(model, r.node))]
-        ranking = rank_by_promotion(model, base, layers, samples, alone)
+                  for r in sorted((*ranking, *neighbours),
+                                  key=lambda r: _position(model, r.node))]
+        gains = [replace(r, kind="tensor") if r.node in drops else r
+                 for r in rank_by_promotion(model, base, layers, samples, alone)]
+        # The dominating neighbours whose promotion alone helps go first,
+        # largest drop first; the rest by their gain.
+        first = sorted((r for r in gains if r.kind == "tensor" and r.sensitivity_db > 0),
+                       key=lambda r: -drops[r.node].sensitivity_db)
+        ranking = (*first, *(r for r in gains if r not in first))
     limit = math.ceil(max_share * len(ranking) - 1e-9)
     fp32_metric = float(metric(model)) if metric is not None else None
     base_metric = float(metric(base)) if metric is not None else None
@@ -358,6 +501,17 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
             why = (f"rank {rank} of {len(ranking)}: promoting it alone raises the output SQNR "
                    f"by {layer.sensitivity_db:.1f} dB ({layer.input_db:.1f} -> "
                    f"{layer.output_db:.1f} dB)")
+            if layer.kind == "tensor":
+                drop = drops[layer.node]
+                why += (f"; a {layer.op_type} neighbour whose Q/DQ loses "
+                        f"{drop.sensitivity_db:.1f} dB of accumulated SQNR "
+                        f"({drop.input_db:.1f} -> {drop.output_db:.1f} dB), which "
+                        f"dominates the error (>= {dominance:g} x the largest drop)")
+        elif layer.kind == "tensor":
+            why = (f"rank {rank} of {len(ranking)}: a {layer.op_type} neighbour whose Q/DQ "
+                   f"loses {layer.sensitivity_db:.1f} dB of accumulated SQNR "
+                   f"({layer.input_db:.1f} -> {layer.output_db:.1f} dB), which dominates "
+                   f"the error (>= {dominance:g} x the largest drop)")
         else:
             why = (f"rank {rank} of {len(ranking)}: loses {layer.sensitivity_db:.1f} dB of "
                    f"SQNR ({layer.input_db:.1f} dB in, {layer.output_db:.1f} dB out)")
@@ -368,7 +522,7 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         else:
             why += f"; promoted to {promote_to} (within max_share {max_share:g})"
         promoted.append(Promotion(layer.node, layer.op_type, layer.sensitivity_db,
-                                  current_metric, why))
+                                  current_metric, why, kind=layer.kind))
         options_now = opts
     final_options = options_now if promoted else options
     return MixedPrecisionResult(
