@@ -35,8 +35,9 @@ float in the plan; their neighbours carry Q/DQ pairs), where the analysis
 shows that they dominate the error: a tensor whose accumulated SQNR drop (that of its
 nearest quantized ancestors minus that of its nearest quantized descendants:
 what its Q/DQ pair costs as its readers see it) is at least ``dominance``
-times the largest drop of any quantized tensor (its ancestors' accumulated
-SQNR minus its own). Such a tensor competes in the same ranking as the
+times the largest such drop of any quantized tensor. The nominated tensors
+whose promotion alone raises the output SQNR by at least 0.1 dB are promoted
+first, largest drop first. Such a tensor competes in the same ranking as the
 layers; promoted, it gets int16 (or, with ``promote_to="float"``, no Q/DQ
 pair) through a tensor override, and its promotion's reason gives its drop.
 Transformers' LayerNorm outlier channels and sharp attention probabilities
@@ -64,6 +65,9 @@ _SENSITIVITIES = ("promote", "analyze")
 _CANDIDATES = ("layers", "auto")
 # Float ops whose quantized neighbours candidates="auto" considers.
 _NEIGHBOURED_OPS = ("LayerNormalization", "Softmax")
+# A nominated neighbour goes before the layers when promoting it alone gains
+# at least this much output SQNR (dB); below it, it ranks by its gain.
+_HELPS_DB = 0.1
 # An exact tensor (no quantization noise, e.g. integer pixels at scale 1) has
 # an infinite SQNR; rankings and reasons use this instead.
 _EXACT_DB = 100.0
@@ -190,55 +194,49 @@ def _reach(model: onnx.ModelProto, by_tensor: Mapping[str, float]) -> dict[str, 
     return reach
 
 
-def tensor_drops(model: onnx.ModelProto, analysis) -> dict[str, float]:
-    """Per quantized tensor of ``analysis`` (:func:`onnxquant.analyze` of a
-    quantized form of ``model``, the normalised FP32 model) that has a
-    quantized ancestor: how much accumulated SQNR (dB) it loses against the
-    nearest ones (the lowest of theirs minus its own; ancestors found
-    through float nodes): the error the node computing it and its own Q/DQ
-    pair add on the way."""
+def through_drops(model: onnx.ModelProto, analysis) -> dict[str, LayerSensitivity]:
+    """Per quantized tensor of ``analysis`` that has a quantized ancestor:
+    the accumulated SQNR (dB) lost from its nearest quantized ancestors (the
+    lowest of theirs) to its nearest quantized descendants (the lowest of
+    theirs; its own when it has none), both found through float nodes, as
+    ``LayerSensitivity(tensor, "", dB before, dB after, drop)``. It counts
+    what the tensor's Q/DQ pair costs as its readers see it: a LayerNorm
+    output whose outlier channels set the range looks fine as a whole
+    tensor, while the MatMuls reading it, whose weights scale those channels
+    down, lose what the other channels lost."""
     by_tensor = {r.tensor: _finite(r.accumulated_db, _EXACT_DB) for r in analysis}
     reach = _reach(model, by_tensor)
-    return {t: reach[t] - db for t, db in by_tensor.items() if t in reach}
-
-
-def _descendants(model: onnx.ModelProto, tensor: str, quantized: Mapping[str, float]
-                 ) -> list[str]:
-    """The nearest quantized tensors computed from ``tensor`` (through float
-    nodes)."""
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in model.graph.node:
         for i in node.input:
             readers.setdefault(i, []).append(node)
-    found, seen, stack = [], {tensor}, [tensor]
-    while stack:
-        for node in readers.get(stack.pop(), ()):
-            for o in node.output:
-                if o in seen or not o:
-                    continue
-                seen.add(o)
-                (found if o in quantized else stack).append(o)
-    return found
+    out = {}
+    for tensor in by_tensor:
+        if tensor not in reach:
+            continue
+        after, seen, stack = [], {tensor}, [tensor]
+        while stack:  # the nearest quantized descendants
+            for node in readers.get(stack.pop(), ()):
+                for o in node.output:
+                    if o and o not in seen:
+                        seen.add(o)
+                        (after if o in by_tensor else stack).append(o)
+        low = min((by_tensor[d] for d in after), default=by_tensor[tensor])
+        out[tensor] = LayerSensitivity(tensor, "", reach[tensor], low, reach[tensor] - low)
+    return out
 
 
 def dominant_neighbours(model: onnx.ModelProto, analysis, dominance: float
                         ) -> tuple[LayerSensitivity, ...]:
     """The quantized tensors that a LayerNormalization or Softmax of
-    ``model`` reads or writes whose error dominates, largest first, as
-    ``LayerSensitivity(tensor, op type, dB before, dB after, drop,
-    kind="tensor")``. A neighbour's drop is the accumulated SQNR lost from
-    its nearest quantized ancestors to its nearest quantized descendants
-    (so that it counts what its Q/DQ pair costs as its readers see it: a
-    LayerNorm output whose outlier channels set the range looks fine as a
-    whole, and its readers, whose weights scale those channels down, lose
-    the rest); it dominates when that is at least ``dominance`` times the
-    largest drop of any quantized tensor (:func:`tensor_drops`)."""
-    by_tensor = {r.tensor: _finite(r.accumulated_db, _EXACT_DB) for r in analysis}
-    drops = tensor_drops(model, analysis)
-    reach = _reach(model, by_tensor)
+    ``model`` reads or writes whose drop (:func:`through_drops`) is positive
+    and at least ``dominance`` times the largest drop of any quantized
+    tensor, largest first, as ``LayerSensitivity(tensor, op type, dB before,
+    dB after, drop, kind="tensor")``."""
+    drops = through_drops(model, analysis)
     if not drops:
         return ()
-    largest = max(drops.values())
+    largest = max(d.sensitivity_db for d in drops.values())
     out, seen = [], set()
     for node in model.graph.node:
         if node.op_type not in _NEIGHBOURED_OPS:
@@ -247,12 +245,9 @@ def dominant_neighbours(model: onnx.ModelProto, analysis, dominance: float
             if t not in drops or t in seen:
                 continue
             seen.add(t)
-            after = [by_tensor[d] for d in _descendants(model, t, by_tensor)]
-            low = min(after) if after else by_tensor[t]
-            drop = reach[t] - low
-            if drop > 0 and drop >= dominance * largest:
-                out.append(LayerSensitivity(t, node.op_type, reach[t], low, drop,
-                                            kind="tensor"))
+            d = drops[t]
+            if d.sensitivity_db > 0 and d.sensitivity_db >= dominance * largest:
+                out.append(replace(d, op_type=node.op_type, kind="tensor"))
     return tuple(sorted(out, key=lambda r: -r.sensitivity_db))
 
 
@@ -474,7 +469,8 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
                  for r in rank_by_promotion(model, base, layers, samples, alone)]
         # The dominating neighbours whose promotion alone helps go first,
         # largest drop first; the rest by their gain.
-        first = sorted((r for r in gains if r.kind == "tensor" and r.sensitivity_db > 0),
+        first = sorted((r for r in gains
+                        if r.kind == "tensor" and r.sensitivity_db >= _HELPS_DB),
                        key=lambda r: -drops[r.node].sensitivity_db)
         ranking = (*first, *(r for r in gains if r not in first))
     limit = math.ceil(max_share * len(ranking) - 1e-9)

@@ -113,6 +113,8 @@ def test_auto_promotes_the_dominating_layer_norm_neighbour_first(setup):
     first = result.promoted[0]
     assert (first.kind, first.node, first.op_type) == ("tensor", "ln", "LayerNormalization")
     assert len(result.promoted) == 1
+    # The LayerNorm's input, whose drop is half the output's, is not nominated.
+    assert [r.node for r in result.ranking if r.kind == "tensor"] == ["ln"]
     assert "LayerNormalization" in first.reason and "dominates" in first.reason
     assert result.options.overrides == {"ln": {"activation_type": "int16"}}
     # The promoted tensor is int16 in the written model, the others 8-bit.
