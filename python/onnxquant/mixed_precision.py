@@ -65,6 +65,8 @@ _SENSITIVITIES = ("promote", "analyze")
 _CANDIDATES = ("layers", "auto")
 # Float ops whose quantized neighbours candidates="auto" considers.
 _NEIGHBOURED_OPS = ("LayerNormalization", "Softmax")
+# The ops of a decomposed LayerNorm (besides its Div, Sqrt and eps Add).
+_LAYER_NORM_OPS = frozenset(("ReduceMean", "Sub", "Pow", "Add", "Sqrt", "Div", "Mul", "Cast"))
 # A nominated neighbour goes before the layers when promoting it alone gains
 # at least this much output SQNR (dB); below it, it ranks by its gain.
 _HELPS_DB = 0.1
@@ -226,28 +228,73 @@ def through_drops(model: onnx.ModelProto, analysis) -> dict[str, LayerSensitivit
     return out
 
 
+def _decomposed_layer_norms(model: onnx.ModelProto, quantized: Iterable[str]
+                            ) -> list[list[onnx.NodeProto]]:
+    """The nodes of each decomposed LayerNorm of ``model`` (the plan's
+    pattern: a Div whose divisor is Sqrt(Add(ReduceMean(...), eps))), with
+    the nodes of its ops (ReduceMean, Sub, Pow, Add, Sqrt, Div, Mul, Cast)
+    connected to it through tensors without a Q/DQ pair (not in
+    ``quantized``): the mean, the centring, the variance, gamma and beta."""
+    quantized = set(quantized)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    constants = {i.name for i in model.graph.initializer}
+
+    def made_by(tensor: str, op_type: str) -> onnx.NodeProto | None:
+        node = producer.get(tensor)
+        return node if node is not None and node.op_type == op_type else None
+
+    groups, taken = [], set()
+    for div in model.graph.node:
+        if div.op_type != "Div" or len(div.input) < 2 or div.name in taken:
+            continue
+        sqrt = made_by(div.input[1], "Sqrt")
+        add = made_by(sqrt.input[0], "Add") if sqrt is not None else None
+        if add is None or not any(made_by(i, "ReduceMean") for i in add.input):
+            continue
+        group, stack = {div.name: div}, [div]
+        while stack and len(group) < 32:  # a LayerNorm has about ten nodes
+            node = stack.pop()
+            for t in (*node.input, *node.output):
+                if not t or t in quantized or t in constants:
+                    continue
+                for other in (producer.get(t), *readers.get(t, ())):
+                    if other is not None and other.name not in group and \
+                            other.op_type in _LAYER_NORM_OPS:
+                        group[other.name] = other
+                        stack.append(other)
+        taken.update(group)
+        groups.append(list(group.values()))
+    return groups
+
+
 def dominant_neighbours(model: onnx.ModelProto, analysis, dominance: float
                         ) -> tuple[LayerSensitivity, ...]:
-    """The quantized tensors that a LayerNormalization or Softmax of
-    ``model`` reads or writes whose drop (:func:`through_drops`) is positive
-    and at least ``dominance`` times the largest drop of any quantized
-    tensor, largest first, as ``LayerSensitivity(tensor, op type, dB before,
-    dB after, drop, kind="tensor")``."""
+    """The quantized tensors that a LayerNormalization (single or decomposed)
+    or Softmax of ``model`` reads or writes whose drop
+    (:func:`through_drops`) is positive and at least ``dominance`` times the
+    largest drop of any quantized tensor, largest first, as
+    ``LayerSensitivity(tensor, op type, dB before, dB after, drop,
+    kind="tensor")``."""
     drops = through_drops(model, analysis)
     if not drops:
         return ()
     largest = max(d.sensitivity_db for d in drops.values())
+    groups = [(n.op_type, [n]) for n in model.graph.node if n.op_type in _NEIGHBOURED_OPS]
+    groups += [("LayerNormalization", nodes)
+               for nodes in _decomposed_layer_norms(model, (r.tensor for r in analysis))]
     out, seen = [], set()
-    for node in model.graph.node:
-        if node.op_type not in _NEIGHBOURED_OPS:
-            continue
-        for t in (*node.input, *node.output):
+    for op_type, nodes in groups:
+        for t in (t for n in nodes for t in (*n.input, *n.output)):
             if t not in drops or t in seen:
                 continue
             seen.add(t)
             d = drops[t]
             if d.sensitivity_db > 0 and d.sensitivity_db >= dominance * largest:
-                out.append(replace(d, op_type=node.op_type, kind="tensor"))
+                out.append(replace(d, op_type=op_type, kind="tensor"))
     return tuple(sorted(out, key=lambda r: -r.sensitivity_db))
 
 

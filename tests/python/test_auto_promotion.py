@@ -18,23 +18,42 @@ D, T, OUT = 32, 8, 16
 OUTLIERS = (3, 17)  # gamma channels x50
 
 
-def _model() -> onnx.ModelProto:
-    """x -> MatMul -> LayerNormalization (two gamma channels x50) -> two
-    MatMuls (the weights' rows for the outlier channels /50, so that those
-    channels weigh as much as the others downstream) -> Add -> MatMul."""
+def _layer_norm_nodes(decomposed: bool) -> list[onnx.NodeProto]:
+    """LayerNorm of h into ln: one LayerNormalization, or its decomposed form
+    as exporters write it (ReduceMean, Sub, Pow, ReduceMean, Add, Sqrt, Div,
+    Mul, Add)."""
+    if not decomposed:
+        return [helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["ln"],
+                                 name="norm", axis=-1)]
+    make = helper.make_node
+    return [make("ReduceMean", ["h"], ["mean"], name="mean", axes=[-1]),
+            make("Sub", ["h", "mean"], ["centred"], name="centre"),
+            make("Pow", ["centred", "two"], ["squared"], name="square"),
+            make("ReduceMean", ["squared"], ["var"], name="variance", axes=[-1]),
+            make("Add", ["var", "eps"], ["var_eps"], name="add_eps"),
+            make("Sqrt", ["var_eps"], ["std"], name="std"),
+            make("Div", ["centred", "std"], ["normed"], name="normalize"),
+            make("Mul", ["normed", "gamma"], ["scaled"], name="gamma_mul"),
+            make("Add", ["scaled", "beta"], ["ln"], name="beta_add")]
+
+
+def _model(decomposed: bool = False) -> onnx.ModelProto:
+    """x -> MatMul -> LayerNorm (two gamma channels x50) -> two MatMuls (the
+    weights' rows for the outlier channels /50, so that those channels weigh
+    as much as the others downstream) -> Add -> MatMul."""
     rng = np.random.default_rng(0)
     gamma = np.ones(D, np.float32)
     gamma[list(OUTLIERS)] = 50.0
     inits = {"w0": rng.normal(0, D ** -0.5, (D, D)), "gamma": gamma,
-             "beta": np.zeros(D), "wo": rng.normal(0, D ** -0.5, (D, OUT))}
+             "beta": np.zeros(D), "wo": rng.normal(0, D ** -0.5, (D, OUT)),
+             "two": np.array(2.0), "eps": np.array(1e-5)}
     for name in ("wq", "wv"):
         w = rng.normal(0, D ** -0.5, (D, D))
         w[list(OUTLIERS)] /= 50.0
         inits[name] = w
     nodes = [
         helper.make_node("MatMul", ["x", "w0"], ["h"], name="proj"),
-        helper.make_node("LayerNormalization", ["h", "gamma", "beta"], ["ln"], name="norm",
-                         axis=-1),
+        *_layer_norm_nodes(decomposed),
         helper.make_node("MatMul", ["ln", "wq"], ["q"], name="query"),
         helper.make_node("MatMul", ["ln", "wv"], ["v"], name="value"),
         helper.make_node("Add", ["q", "v"], ["s"], name="sum"),
@@ -63,9 +82,9 @@ def _sqnr_db(x: np.ndarray, levels: int) -> float:
     return float(10 * np.log10(np.sum(x ** 2) / np.sum((x - q) ** 2)))
 
 
-@pytest.fixture(scope="module")
-def setup():
-    model = _model()
+@pytest.fixture(scope="module", params=[False, True], ids=["LayerNormalization", "decomposed"])
+def setup(request):
+    model = _model(request.param)
     rng = np.random.default_rng(1)
     x = rng.normal(0, 1, (400, 1, T, D)).astype(np.float32)
     cal = oq.Calibrator(model, "MIN_MAX_ASYM")
