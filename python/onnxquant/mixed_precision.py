@@ -30,7 +30,8 @@ ranking and one quantization and metric call per promotion (plus two metric
 calls).
 
 With ``candidates="auto"``, the analysis also nominates tensors: the quantized
-tensors that LayerNormalization and Softmax read or write (those ops stay
+tensors that LayerNormalization (single, or decomposed as the plan finds it:
+ReduceMean ... Sqrt, Div, Mul, Add) and Softmax read or write (those ops stay
 float in the plan; their neighbours carry Q/DQ pairs), where the analysis
 shows that they dominate the error: a tensor whose accumulated SQNR drop (that of its
 nearest quantized ancestors minus that of its nearest quantized descendants:
