@@ -34,6 +34,14 @@ inference. Modes:
 - ``static, MatMul/Gemm only``: ``op_types=("MatMul", "Gemm")``: the
   residual Adds that feed LayerNormalization (and the bias Adds) stay float
   as well;
+- ``static, SmoothQuant``: :func:`onnxquant.recovery.smooth_quant` (alpha
+  searched per group, on the calibration batches) before ``static``; where
+  an activation cannot absorb the factors (a post-LN BERT's LayerNorm
+  outputs also feed the residual Add) the group is skipped;
+- ``static, MatMul/Gemm only, SmoothQuant (Mul inserted)``: the same with
+  ``insert_mul=True`` before ``static, MatMul/Gemm only``: the inserted
+  Muls stay float with the Adds, so X reaches the MatMuls' quantization
+  already divided by s;
 - ``dynamic``: :func:`onnxquant.quantize_dynamic` (portable weights,
   [-63, 63]);
 - ``dynamic, attention float``: the same with
@@ -314,6 +322,13 @@ def measure(name: str, fp32_path: Path, sets: dict, method: str, workdir: Path,
         if "static, MatMul/Gemm only" in wanted:
             modes["static, MatMul/Gemm only"] = _static(model, calib, method,
                                                         op_types=("MatMul", "Gemm"))[:2]
+        if "static, SmoothQuant" in wanted:
+            smoothed, _ = oq.recovery.smooth_quant(model, calib)
+            modes["static, SmoothQuant"] = _static(smoothed, calib, method)[:2]
+        key = "static, MatMul/Gemm only, SmoothQuant (Mul inserted)"
+        if key in wanted:
+            smoothed, _ = oq.recovery.smooth_quant(model, calib, insert_mul=True)
+            modes[key] = _static(smoothed, calib, method, op_types=("MatMul", "Gemm"))[:2]
         if "dynamic" in wanted:
             modes["dynamic"] = (oq.quantize_dynamic(model), None)
         if "dynamic, attention float" in wanted:
@@ -363,7 +378,9 @@ def markdown(rows: list[dict]) -> str:
 
 
 MODES = ["static", "static, masks saturate", "static, attention float",
-         "static, MatMul/Gemm only", "dynamic", "dynamic, attention float", "ORT dynamic"]
+         "static, MatMul/Gemm only", "static, SmoothQuant",
+         "static, MatMul/Gemm only, SmoothQuant (Mul inserted)", "dynamic",
+         "dynamic, attention float", "ORT dynamic"]
 
 
 def main(argv: list[str] | None = None) -> None:
