@@ -3,7 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <map>
+#include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "onnxquant/error.h"
 #include "onnxquant/graph_edit.h"
@@ -220,14 +222,16 @@ SmoothGroups FindSmoothGroups(const pb::ModelProto& model, bool insert_mul) {
   return out;
 }
 
-std::vector<std::vector<float>> GroupWeights(const pb::ModelProto& model,
-                                             const SmoothGroup& group) {
-  GraphIndex index(model.graph());
+namespace {
+
+// GroupWeights on an index of the model.
+std::vector<std::vector<float>> WeightsOf(const GraphIndex& index,
+                                          const SmoothGroup& group) {
   std::vector<std::vector<float>> out;
   for (const std::string& name : group.nodes) {
     const int n = index.NodeNamed(name);
     if (n < 0) throw ModelError("SmoothQuant: node '" + name + "' is gone.");
-    const pb::NodeProto& node = model.graph().node(n);
+    const pb::NodeProto& node = index.graph().node(n);
     const std::vector<int64_t> d = SmoothableWeight(index, node);
     if (d.empty()) {
       throw ModelError("SmoothQuant: the weight of node '" + name +
@@ -246,6 +250,14 @@ std::vector<std::vector<float>> GroupWeights(const pb::ModelProto& model,
   return out;
 }
 
+}  // namespace
+
+std::vector<std::vector<float>> GroupWeights(const pb::ModelProto& model,
+                                             const SmoothGroup& group) {
+  const GraphIndex index(model.graph());
+  return WeightsOf(index, group);
+}
+
 void ApplySmoothing(pb::ModelProto& model,
                     const std::vector<SmoothGroup>& groups,
                     const std::vector<std::vector<float>>& scales) {
@@ -253,11 +265,9 @@ void ApplySmoothing(pb::ModelProto& model,
     throw InvalidArgument("SmoothQuant: one set of factors per group needed.");
   }
   pb::GraphProto* g = model.mutable_graph();
-  struct Insert {
-    size_t group;
-    std::string first_node;
-  };
-  std::vector<Insert> inserts;
+  std::unordered_map<std::string, pb::TensorProto*> inits;
+  for (auto& t : *g->mutable_initializer()) inits.emplace(t.name(), &t);
+  std::vector<size_t> inserts;  // groups that get a Mul
   std::unordered_set<std::string> replaced;  // constants copied, maybe unused
   {
     GraphIndex index(g);
@@ -282,57 +292,63 @@ void ApplySmoothing(pb::ModelProto& model,
         const int n = index.NodeNamed(name);
         if (n < 0) throw ModelError("SmoothQuant: node '" + name + "' is gone.");
         const pb::NodeProto& node = g->node(n);
-        const pb::TensorProto* t = index.Initializer(node.input(1));
-        if (t == nullptr) {
+        auto it = inits.find(node.input_size() > 1 ? node.input(1) : "");
+        if (it == inits.end()) {
           throw ModelError("SmoothQuant: the weight of node '" + name +
                            "' is gone.");
         }
+        pb::TensorProto* t = it->second;
         const std::vector<int64_t> d = Dims(*t);
+        if (d.size() != 2) {
+          throw ModelError("SmoothQuant: the weight of node '" + name +
+                           "' is not of rank 2.");
+        }
         std::vector<float> w = ToFloats(*t);
         const bool trans = IsOnnxOp(node, "Gemm") &&
                            IntAttribute(node, "transB", 0) != 0;
         for (int64_t r = 0; r < d[0]; ++r) {
           for (int64_t c = 0; c < d[1]; ++c) w[r * d[1] + c] *= s[trans ? c : r];
         }
-        const std::string weight = node.input(1);
-        pb::TensorProto* target = nullptr;
-        for (auto& init : *g->mutable_initializer()) {
-          if (init.name() == weight) target = &init;
-        }
-        *target = FloatTensor(weight, d, w);
+        *t = FloatTensor(t->name(), d, w);
       }
-      if (group.absorbers.empty()) inserts.push_back({i, group.nodes[0]});
+      if (group.absorbers.empty()) inserts.push_back(i);
     }
   }
   RemoveUnusedInitializers(replaced, g);
-  // Inserted Muls: X * (1 / s), placed before the group's first node.
+  if (inserts.empty()) return;
+  // Inserted Muls: X * (1 / s), each placed before its group's first node;
+  // the node list is rebuilt once.
   NameAllocator names(*g);
-  for (const Insert& ins : inserts) {
-    const SmoothGroup& group = groups[ins.group];
-    std::vector<float> inv(scales[ins.group].size());
-    for (size_t j = 0; j < inv.size(); ++j) inv[j] = 1.f / scales[ins.group][j];
+  std::unordered_map<std::string, std::vector<pb::NodeProto>> before;
+  std::unordered_map<std::string, std::pair<std::string, std::string>> rewire;
+  for (const size_t i : inserts) {
+    const SmoothGroup& group = groups[i];
+    std::vector<float> inv(scales[i].size());
+    for (size_t j = 0; j < inv.size(); ++j) inv[j] = 1.f / scales[i][j];
     const std::string c = names.Make(group.activation + "_smooth_factor");
     const std::string y = names.Make(group.activation + "_smoothed");
     *g->add_initializer() = FloatTensor(c, {group.channels}, inv);
-    int at = -1;
-    for (int n = 0; n < g->node_size(); ++n) {
-      auto& node = *g->mutable_node(n);
-      if (std::find(group.nodes.begin(), group.nodes.end(), node.name()) ==
-          group.nodes.end()) {
-        continue;
-      }
-      if (at < 0) at = n;
-      node.set_input(0, y);
+    pb::NodeProto mul;
+    mul.set_op_type("Mul");
+    mul.set_name(names.Make(group.activation + "_smooth"));
+    mul.add_input(group.activation);
+    mul.add_input(c);
+    mul.add_output(y);
+    before[group.nodes[0]].push_back(std::move(mul));
+    for (const std::string& n : group.nodes) rewire[n] = {group.activation, y};
+  }
+  google::protobuf::RepeatedPtrField<pb::NodeProto> nodes;
+  nodes.Swap(g->mutable_node());
+  for (pb::NodeProto& node : nodes) {
+    auto b = before.find(node.name());
+    if (b != before.end()) {
+      for (pb::NodeProto& mul : b->second) *g->add_node() = std::move(mul);
     }
-    pb::NodeProto* mul = g->add_node();
-    mul->set_op_type("Mul");
-    mul->set_name(names.Make(group.activation + "_smooth"));
-    mul->add_input(group.activation);
-    mul->add_input(c);
-    mul->add_output(y);
-    for (int n = g->node_size() - 1; n > at; --n) {
-      g->mutable_node()->SwapElements(n, n - 1);
+    auto r = rewire.find(node.name());
+    if (r != rewire.end() && node.input(0) == r->second.first) {
+      node.set_input(0, r->second.second);
     }
+    *g->add_node() = std::move(node);
   }
 }
 
@@ -345,6 +361,7 @@ SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
   out.skipped = std::move(found.skipped);
   std::vector<SmoothGroup> kept;
   std::vector<std::vector<float>> scales;
+  const GraphIndex index(model.graph());  // read only; gone before the edit
   for (SmoothGroup& group : found.groups) {
     auto it = stats.find(group.activation);
     if (it == stats.end() || it->second.channels != group.channels) {
@@ -354,7 +371,7 @@ SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
           "' (read by node '" + group.nodes[0] +
           "'); gather them with the model the groups came from.");
     }
-    const std::vector<std::vector<float>> w = GroupWeights(model, group);
+    const std::vector<std::vector<float>> w = WeightsOf(index, group);
     std::vector<WeightView> views;
     for (const auto& v : w) {
       views.push_back({v.data(), static_cast<int64_t>(v.size()) /
