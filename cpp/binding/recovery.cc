@@ -191,7 +191,8 @@ void BindRecovery(py::module_& m) {
   m.def(
       "smooth_quant",
       [](const py::bytes& model, bool insert_mul, const py::dict& stats,
-         const std::vector<double>& grid, bool only_if_better) {
+         const std::vector<double>& grid, bool only_if_better,
+         int weight_qmax, bool per_channel) {
         auto proto = Parse(model);
         std::map<std::string, ActivationSample> samples;
         std::vector<py::array> keep;
@@ -219,7 +220,8 @@ void BindRecovery(py::module_& m) {
         SmoothResult r;
         {
           py::gil_scoped_release release;
-          r = SmoothQuant(proto, insert_mul, samples, grid, only_if_better);
+          r = SmoothQuant(proto, insert_mul, samples, grid, only_if_better,
+                          WeightEmulation{weight_qmax, per_channel});
         }
         py::list records;
         for (const auto& rec : r.records) {
@@ -237,7 +239,8 @@ void BindRecovery(py::module_& m) {
         return py::make_tuple(Serialize(proto), records, r.skipped);
       },
       py::arg("model"), py::arg("insert_mul"), py::arg("stats"),
-      py::arg("grid"), py::arg("only_if_better"),
+      py::arg("grid"), py::arg("only_if_better"), py::arg("weight_qmax") = 127,
+      py::arg("per_channel") = true,
       "SmoothQuant: (model bytes, records [dict per group: activation, "
       "nodes, channels, producer, absorb, alpha, error_before, error_after, "
       "scales, grid, errors, applied], skipped [(activation, reason)]); "

@@ -354,8 +354,8 @@ void ApplySmoothing(pb::ModelProto& model,
 
 SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
                          const std::map<std::string, ActivationSample>& stats,
-                         const std::vector<double>& grid,
-                         bool only_if_better) {
+                         const std::vector<double>& grid, bool only_if_better,
+                         const WeightEmulation& emulation) {
   SmoothGroups found = FindSmoothGroups(model, insert_mul);
   SmoothResult out;
   out.skipped = std::move(found.skipped);
@@ -378,7 +378,7 @@ SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
                                      group.channels});
     }
     SmoothRecord rec;
-    rec.search = SearchAlpha(it->second, views, grid);
+    rec.search = SearchAlpha(it->second, views, grid, emulation);
     rec.applied =
         !only_if_better || rec.search.error_after < rec.search.error_before;
     rec.group = group;

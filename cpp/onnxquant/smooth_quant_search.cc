@@ -11,7 +11,11 @@ namespace onnxquant {
 namespace {
 
 void CheckSample(const ActivationSample& x,
-                 const std::vector<WeightView>& weights, size_t scales) {
+                 const std::vector<WeightView>& weights, size_t scales,
+                 const WeightEmulation& e) {
+  if (e.qmax < 1) {
+    throw InvalidArgument("SmoothQuant: the weights' qmax must be >= 1.");
+  }
   const size_t k = static_cast<size_t>(x.channels);
   if (x.channels < 1 || x.count < 0 || (x.count > 0 && x.rows == nullptr) ||
       x.min.size() != k || x.max.size() != k || scales != k) {
@@ -66,10 +70,11 @@ std::vector<float> FakeQuantActivation(const ActivationSample& x,
   return out;
 }
 
-// s W quantized per output channel (int8 symmetric, [-127, 127]) and
-// dequantized.
+// s W quantized per output channel or per tensor (symmetric, [-qmax,
+// qmax]) and dequantized.
 std::vector<float> FakeQuantWeight(const WeightView& w, int64_t channels,
-                                   const std::vector<float>& s) {
+                                   const std::vector<float>& s,
+                                   const WeightEmulation& e) {
   std::vector<float> scaled(channels * w.cols);
   std::vector<float> amax(w.cols, 0.f);
   for (int64_t k = 0; k < channels; ++k) {
@@ -79,11 +84,16 @@ std::vector<float> FakeQuantWeight(const WeightView& w, int64_t channels,
       amax[n] = std::max(amax[n], std::fabs(v));
     }
   }
+  if (!e.per_channel) {
+    const float m = *std::max_element(amax.begin(), amax.end());
+    std::fill(amax.begin(), amax.end(), m);
+  }
+  const float q = static_cast<float>(e.qmax);
   for (int64_t k = 0; k < channels; ++k) {
     for (int64_t n = 0; n < w.cols; ++n) {
-      const float scale = amax[n] > 0.f ? amax[n] / 127.f : 1.f;
+      const float scale = amax[n] > 0.f ? amax[n] / q : 1.f;
       float& v = scaled[k * w.cols + n];
-      v = std::min(127.f, std::max(-127.f, std::nearbyint(v / scale))) * scale;
+      v = std::min(q, std::max(-q, std::nearbyint(v / scale))) * scale;
     }
   }
   return scaled;
@@ -103,12 +113,12 @@ std::vector<std::vector<double>> FloatProducts(
 double ErrorAgainst(const ActivationSample& x,
                     const std::vector<WeightView>& weights,
                     const std::vector<std::vector<double>>& ys,
-                    const std::vector<float>& s) {
+                    const std::vector<float>& s, const WeightEmulation& e) {
   const std::vector<float> xq = FakeQuantActivation(x, s);
   double num = 0.0, den = 0.0;
   for (size_t j = 0; j < weights.size(); ++j) {
     const std::vector<double>& y = ys[j];
-    const std::vector<float> wq = FakeQuantWeight(weights[j], x.channels, s);
+    const std::vector<float> wq = FakeQuantWeight(weights[j], x.channels, s, e);
     const std::vector<double> yq =
         Product(xq.data(), x.count, x.channels, wq.data(), weights[j].cols);
     for (size_t i = 0; i < y.size(); ++i) {
@@ -188,27 +198,30 @@ std::vector<float> SmoothingScales(const std::vector<float>& x_min,
 
 double QuantizedMatMulError(const ActivationSample& x,
                             const std::vector<WeightView>& weights,
-                            const std::vector<float>& s) {
-  CheckSample(x, weights, s.size());
-  return ErrorAgainst(x, weights, FloatProducts(x, weights), s);
+                            const std::vector<float>& s,
+                            const WeightEmulation& emulation) {
+  CheckSample(x, weights, s.size(), emulation);
+  return ErrorAgainst(x, weights, FloatProducts(x, weights), s, emulation);
 }
 
 AlphaSearch SearchAlpha(const ActivationSample& x,
                         const std::vector<WeightView>& weights,
-                        const std::vector<double>& grid) {
+                        const std::vector<double>& grid,
+                        const WeightEmulation& emulation) {
   if (grid.empty()) {
     throw InvalidArgument("SmoothQuant: the alpha grid is empty.");
   }
-  CheckSample(x, weights, x.min.size());
+  CheckSample(x, weights, x.min.size(), emulation);
   const std::vector<float> wmax = WeightChannelAbsMax(weights, x.channels);
   AlphaSearch out;
   const std::vector<std::vector<double>> ys = FloatProducts(x, weights);
   out.error_before =
-      ErrorAgainst(x, weights, ys, std::vector<float>(x.channels, 1.f));
+      ErrorAgainst(x, weights, ys, std::vector<float>(x.channels, 1.f),
+                   emulation);
   bool first = true;
   for (const double alpha : grid) {
     std::vector<float> s = SmoothingScales(x.min, x.max, wmax, alpha);
-    const double e = ErrorAgainst(x, weights, ys, s);
+    const double e = ErrorAgainst(x, weights, ys, s, emulation);
     out.grid.push_back(alpha);
     out.errors.push_back(e);
     if (first || e < out.error_after) {

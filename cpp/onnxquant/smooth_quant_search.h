@@ -35,6 +35,13 @@ struct ActivationSample {
   std::vector<float> min, max;  // per channel
 };
 
+// How the search emulates the weights: symmetric, codes in [-qmax, qmax]
+// (127: int8; 7: int4), per output channel or one scale per weight.
+struct WeightEmulation {
+  int qmax = 127;
+  bool per_channel = true;
+};
+
 // Per channel (the last axis of `count` rows of `channels` values), the
 // minimum and maximum of the finite values, merged into *min and *max
 // (which start as +inf / -inf, or hold earlier chunks' values; resized to
@@ -61,12 +68,14 @@ std::vector<float> SmoothingScales(const std::vector<float>& x_min,
 // unsmoothed layer): X / s quantized per tensor as uint8 asymmetric over
 // [min(0, min_j min_j / s_j), max(0, max_j max_j / s_j)] (zero point
 // rounded half to even), each s W quantized per output channel int8
-// symmetric in [-127, 127], their product against the float X W. Returns
-// sum ||Yq - Y||^2 / sum ||Y||^2 over the weights (0 when Y is 0).
-// Throws InvalidArgument for sizes that do not match.
+// symmetric in [-127, 127] (or as `emulation` says), their product
+// against the float X W. Returns sum ||Yq - Y||^2 / sum ||Y||^2 over the
+// weights (0 when Y is 0). Throws InvalidArgument for sizes that do not
+// match or qmax < 1.
 double QuantizedMatMulError(const ActivationSample& x,
                             const std::vector<WeightView>& weights,
-                            const std::vector<float>& s);
+                            const std::vector<float>& s,
+                            const WeightEmulation& emulation = {});
 
 struct AlphaSearch {
   double alpha = 0.0;          // the best of the grid
@@ -81,7 +90,8 @@ struct AlphaSearch {
 // InvalidArgument for an empty grid or an alpha outside [0, 1].
 AlphaSearch SearchAlpha(const ActivationSample& x,
                         const std::vector<WeightView>& weights,
-                        const std::vector<double>& grid);
+                        const std::vector<double>& grid,
+                        const WeightEmulation& emulation = {});
 
 }  // namespace onnxquant
 

@@ -73,7 +73,8 @@ class BiasCorrection:
 class SmoothQuant:
     """The step :func:`onnxquant.recovery.smooth_quant` on the recipe's
     samples, with its arguments (same defaults: ``alpha=None`` searches
-    alpha per group)."""
+    alpha per group) and the recipe's options (which decide how the search
+    emulates the weights)."""
 
     alpha: float | None = None
     alpha_steps: int = 20
@@ -526,7 +527,7 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
             float_model, rec = smooth_quant(
                 float_model, feed, alpha=step.alpha, alpha_steps=step.alpha_steps,
                 insert_mul=step.insert_mul, search_rows=step.search_rows,
-                batch_size=step.batch_size)
+                batch_size=step.batch_size, options=recipe.options)
             entries.append(_smooth_entry(rec, time.perf_counter() - start))
         else:
             float_model, rec = correct_bias(float_model, feed, options=recipe.options,

@@ -448,7 +448,9 @@ def _activation_stats(model: onnx.ModelProto, activations: dict[str, int],
 def smooth_quant(model: ModelLike, samples: Iterable[object], *,
                  alpha: float | None = None, alpha_steps: int = 20,
                  insert_mul: bool = False, search_rows: int = 512,
-                 batch_size: int = 32) -> tuple[onnx.ModelProto, SmoothQuantRecord]:
+                 batch_size: int = 32,
+                 options: QuantOptions | None = None
+                 ) -> tuple[onnx.ModelProto, SmoothQuantRecord]:
     """SmoothQuant: moves the per-channel outliers of MatMul inputs into the
     weights.
 
@@ -472,8 +474,10 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
 
     ``alpha=None`` searches it per group over ``alpha_steps + 1`` values in
     [0, 1] by the output error of the group's MatMuls quantized in the
-    engine (int8 per-channel symmetric weights, uint8 per-tensor activations
-    over the calibration min and max, as MIN_MAX_ASYM chooses them) on up to
+    engine (symmetric weights as ``options`` quantize them: int8 or, with
+    ``weight_type="int4"``, codes [-7, 7]; per output channel, or per tensor
+    with ``per_channel=False``; uint8 per-tensor activations over the
+    calibration min and max, as MIN_MAX_ASYM chooses them) on up to
     ``search_rows`` rows of X drawn from the samples; a group for which no
     alpha lowers that error is left unchanged (``applied=False``). A float
     alpha is applied to every group.
@@ -493,6 +497,11 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
             512; the ranges use every row).
         batch_size: samples stacked per run where the batch dim is dynamic
             (default 32).
+        options: the :class:`~onnxquant.QuantOptions` the model will be
+            quantized with (default ``QuantOptions()``): ``weight_type`` and
+            ``per_channel`` decide how the search emulates the weights
+            (power-of-two scales, blockwise int4, the weight range search and
+            the remedies of ``target="portable"`` are not emulated).
 
     Returns:
         (the smoothed FP32 model, normalised, :class:`SmoothQuantRecord`).
@@ -500,7 +509,7 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
     Raises:
         CalibrationDataError: no samples, or samples that do not fit the model.
         InvalidArgumentError: alpha outside [0, 1], alpha_steps, search_rows
-            or batch_size < 1.
+            or batch_size < 1, options that are not a QuantOptions.
         ModelError: MatMuls that read one activation with different channel
             counts (names them).
         UnsupportedModelError: an already quantized model.
@@ -513,6 +522,11 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
                         ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}.")
+    if options is None:
+        options = QuantOptions()
+    if not isinstance(options, QuantOptions):
+        raise InvalidArgumentError(
+            f"options must be a QuantOptions, got {type(options).__name__}.")
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "smooth_quant")
     feeds = [feed for feed, _ in batch_samples(samples, input_specs(proto), batch_size)]
@@ -526,8 +540,9 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
              if activations else {})
     grid = ([float(alpha)] if alpha is not None else
             [i / alpha_steps for i in range(alpha_steps + 1)])
-    out, records, skipped = _core.smooth_quant(data, bool(insert_mul), stats, grid,
-                                               alpha is None)
+    out, records, skipped = _core.smooth_quant(
+        data, bool(insert_mul), stats, grid, alpha is None,
+        7 if options.weight_type == "int4" else 127, bool(options.per_channel))
     result = onnx.ModelProto()
     result.ParseFromString(out)
     rows = max((len(v[0]) for v in stats.values()), default=0)

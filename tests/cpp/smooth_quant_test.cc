@@ -260,7 +260,8 @@ TEST(SmoothQuant, AnActivationAlsoReadElsewhereIsSkippedOrGetsAMul) {
 
 double FakeQuantError(const Matrix& x, const std::vector<std::vector<float>>& ws,
                       const std::vector<int>& cols,
-                      const std::vector<double>& s) {
+                      const std::vector<double>& s, double qmax = 127,
+                      bool per_channel = true) {
   const size_t k = s.size();
   double lo = 0, hi = 0;
   for (const auto& r : x) {
@@ -277,8 +278,12 @@ double FakeQuantError(const Matrix& x, const std::vector<std::vector<float>>& ws
     std::vector<double> wscale(n, 0.0);
     for (size_t j = 0; j < k; ++j) {
       for (int o = 0; o < n; ++o) {
-        wscale[o] = std::max(wscale[o], std::fabs(ws[w][j * n + o] * s[j]) / 127);
+        wscale[o] = std::max(wscale[o], std::fabs(ws[w][j * n + o] * s[j]) / qmax);
       }
+    }
+    if (!per_channel) {
+      const double m = *std::max_element(wscale.begin(), wscale.end());
+      std::fill(wscale.begin(), wscale.end(), m);
     }
     for (const auto& r : x) {
       for (int o = 0; o < n; ++o) {
@@ -368,6 +373,20 @@ TEST(SmoothQuantSearch, PicksTheAlphaABruteForceFinds) {
   const double plain =
       FakeQuantError(l.x, l.ws, l.cols, std::vector<double>(16, 1.0));
   EXPECT_NEAR(r.error_before, plain, 1e-3 * plain);
+}
+
+TEST(SmoothQuantSearch, EmulatesInt4AndPerTensorWeightsAsAsked) {
+  std::mt19937 gen(8);
+  const Layer l = OutlierLayer(&gen, 20.f);
+  for (const bool per_channel : {true, false}) {
+    const WeightEmulation e{7, per_channel};
+    const AlphaSearch r = SearchAlpha(l.sample(), l.views(), {0.0, 0.5, 1.0}, e);
+    for (size_t i = 0; i < r.grid.size(); ++i) {
+      const double want = FakeQuantError(l.x, l.ws, l.cols,
+                                         BruteScales(l, r.grid[i]), 7, per_channel);
+      EXPECT_NEAR(r.errors[i], want, 1e-2 * want) << per_channel << r.grid[i];
+    }
+  }
 }
 
 TEST(SmoothQuantSearch, QuantizedErrorDropsWithOutlierChannels) {

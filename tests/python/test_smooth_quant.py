@@ -166,8 +166,23 @@ def test_insert_mul_smooths_an_activation_read_elsewhere():
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-4 * np.abs(a).max())
 
 
+def test_the_search_emulates_the_weights_the_options_give():
+    rng = np.random.default_rng(8)
+    model = _block(rng)
+    samples = _samples(rng, 8)
+    errors = {}
+    for label, options in (("int8", None), ("int4", oq.QuantOptions(weight_type="int4")),
+                           ("per tensor", oq.QuantOptions(per_channel=False))):
+        _, rec = recovery.smooth_quant(model, samples, alpha=0.5, options=options)
+        errors[label] = next(g for g in rec.groups if g.activation == "h").error_after
+    # 15 levels lose far more than 255; one scale per weight more than one per column.
+    assert errors["int4"] > 10 * errors["int8"], errors
+    assert errors["per tensor"] > errors["int8"], errors
+
+
 @pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"alpha": -0.1}, {"alpha": True},
-                                    {"alpha_steps": 0}, {"search_rows": 0}])
+                                    {"alpha_steps": 0}, {"search_rows": 0},
+                                    {"options": "int8"}])
 def test_bad_arguments_are_typed_errors(kwargs):
     rng = np.random.default_rng(5)
     with pytest.raises(oq.InvalidArgumentError):
