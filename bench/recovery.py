@@ -28,7 +28,9 @@ search less quantize without).
 quantized (emulated, activations float), for plain, WRS and CLE.
 
 ``--smooth-quant``: SmoothQuant instead, in W8A8 as deployed (``QuantOptions()``: per-channel
-weights, the default portable target), for MatMul models (default: ``cifar-vit``): plain PTQ
+weights, the default portable target; ``--mode pow2`` or ``w4a8`` for per-tensor power-of-two
+or int4 weights, which the alpha search then emulates), for MatMul models (default:
+``cifar-vit``): plain PTQ
 against ``recovery.smooth_quant`` with alpha searched and with each ``--alphas`` value,
 calibrated with ``--method`` (default MSE_ASYM, the ViT's best in docs/accuracy.md) on the
 same images as the plain model; top-1 fused and emulated (diagnostic), and the pass's run
@@ -190,13 +192,18 @@ def emulated_correct(model, x: np.ndarray, y: np.ndarray, batch: int = 100) -> n
     return np.concatenate(out).argmax(axis=1) == y
 
 
+SMOOTH_MODES = {"w8a8": oq.QuantOptions(),
+                "pow2": oq.QuantOptions(per_channel=False, power_of_two="ceil"),
+                "w4a8": oq.QuantOptions(weight_type="int4")}
+
+
 def run_smooth_quant(key: str, args) -> None:
     """One model: plain W8A8 against SmoothQuant (searched, then each fixed alpha)."""
     entry = MODELS[key](args.zoo)
     test = entry.test.subset(args.test_images)
     samples = [entry.calibration[i:i + 1] for i in range(args.calibration)]
     model = oq.optimize_model(entry.path)
-    options = oq.QuantOptions()
+    options = SMOOTH_MODES[args.mode]
     fp32 = correct(model, test.x, test.y)
 
     def quantize(m):
@@ -207,10 +214,10 @@ def run_smooth_quant(key: str, args) -> None:
     plain_q = quantize(model)
     plain = correct(plain_q, test.x, test.y)
     plain_emulated = emulated_correct(plain_q, test.x, test.y)
-    print(f"| {entry.name} | plain | — | — | {100 * fp32.mean():.2f} | {100 * plain.mean():.2f} "
-          f"| {100 * plain_emulated.mean():.2f} | — |", flush=True)
+    print(f"| {entry.name} | plain | — | — | {100 * fp32.mean():.2f} "
+          f"| {100 * plain.mean():.2f} | {100 * plain_emulated.mean():.2f} | — |", flush=True)
     for alpha in [None] + list(args.alphas):
-        smoothed, rec = recovery.smooth_quant(model, samples, alpha=alpha)
+        smoothed, rec = recovery.smooth_quant(model, samples, alpha=alpha, options=options)
         q = quantize(smoothed)
         hits = correct(q, test.x, test.y)
         applied = [g for g in rec.groups if g.applied]
@@ -248,6 +255,9 @@ def main() -> None:
     p.add_argument("--alphas", nargs="*", type=float, default=[0.25, 0.5, 0.75],
                    help="fixed alphas tried beside the search (--smooth-quant)")
     p.add_argument("--method", default="MSE_ASYM", help="calibration method (--smooth-quant)")
+    p.add_argument("--mode", default="w8a8", choices=list(SMOOTH_MODES),
+                   help="--smooth-quant: w8a8 (QuantOptions()), pow2 (per_channel=False, "
+                        "power_of_two='ceil') or w4a8 (weight_type='int4')")
     args = p.parse_args()
     if args.smooth_quant:
         if args.models == list(DEFAULT_MODELS):
@@ -255,7 +265,11 @@ def main() -> None:
         print(f"command: python bench/recovery.py {' '.join(sys.argv[1:])}")
         print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
               f"onnxquant {oq.__version__}, onnxruntime {ort.__version__}")
-        print(f"W8A8 (QuantOptions()), {args.method}, {args.calibration} calibration images; "
+        described = {"w8a8": "QuantOptions()",
+                     "pow2": "QuantOptions(per_channel=False, power_of_two='ceil')",
+                     "w4a8": "QuantOptions(weight_type='int4')"}[args.mode]
+        print(f"{args.mode} ({described}), {args.method}, "
+              f"{args.calibration} calibration images; "
               f"top-1 % on {args.test_images} drawn test images, default session (fused); "
               "in brackets: paired difference to plain ± its standard error (points); "
               "emulated: disable_quant_qdq (diagnostic); error: the groups' mean relative "

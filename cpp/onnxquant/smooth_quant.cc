@@ -285,12 +285,16 @@ void ApplySmoothing(pb::ModelProto& model,
       }
       for (const auto& [node, slot] : group.absorbers) {
         const int n = index.NodeNamed(node);
-        if (n < 0) throw ModelError("SmoothQuant: node '" + node + "' is gone.");
+        if (n < 0) {
+          throw ModelError("SmoothQuant: node '" + node + "' is gone.");
+        }
         DivideConstant(&index, &names, n, slot, s, &replaced);
       }
       for (const std::string& name : group.nodes) {
         const int n = index.NodeNamed(name);
-        if (n < 0) throw ModelError("SmoothQuant: node '" + name + "' is gone.");
+        if (n < 0) {
+          throw ModelError("SmoothQuant: node '" + name + "' is gone.");
+        }
         const pb::NodeProto& node = g->node(n);
         auto it = inits.find(node.input_size() > 1 ? node.input(1) : "");
         if (it == inits.end()) {
@@ -307,7 +311,9 @@ void ApplySmoothing(pb::ModelProto& model,
         const bool trans = IsOnnxOp(node, "Gemm") &&
                            IntAttribute(node, "transB", 0) != 0;
         for (int64_t r = 0; r < d[0]; ++r) {
-          for (int64_t c = 0; c < d[1]; ++c) w[r * d[1] + c] *= s[trans ? c : r];
+          for (int64_t c = 0; c < d[1]; ++c) {
+            w[r * d[1] + c] *= s[trans ? c : r];
+          }
         }
         *t = FloatTensor(t->name(), d, w);
       }

@@ -84,12 +84,12 @@ struct SmoothResult {
 };
 
 // The whole pass: FindSmoothGroups, then per group SearchAlpha over `grid`
-// on the statistics of its activation (`stats`, keyed by tensor name), then
-// ApplySmoothing of the groups kept (weights emulated as `emulation` says). With `only_if_better`, a group whose
-// best error is not below its unsmoothed error is left as it is (applied =
-// false). Throws InvalidArgument naming a group's activation that has no
-// statistics or statistics of another channel count, and as the functions
-// above.
+// (weights emulated as `emulation` says) on the statistics of its
+// activation (`stats`, keyed by tensor name), then ApplySmoothing of the
+// groups kept. With `only_if_better`, a group whose best error is not below
+// its unsmoothed error is left as it is (applied = false). Throws
+// InvalidArgument naming a group's activation that has no statistics or
+// statistics of another channel count, and as the functions above.
 SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
                          const std::map<std::string, ActivationSample>& stats,
                          const std::vector<double>& grid, bool only_if_better,

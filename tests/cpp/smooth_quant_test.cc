@@ -258,7 +258,8 @@ TEST(SmoothQuant, AnActivationAlsoReadElsewhereIsSkippedOrGetsAMul) {
 
 // ---- the search, against a brute force written here
 
-double FakeQuantError(const Matrix& x, const std::vector<std::vector<float>>& ws,
+double FakeQuantError(const Matrix& x,
+                      const std::vector<std::vector<float>>& ws,
                       const std::vector<int>& cols,
                       const std::vector<double>& s, double qmax = 127,
                       bool per_channel = true) {
@@ -278,7 +279,8 @@ double FakeQuantError(const Matrix& x, const std::vector<std::vector<float>>& ws
     std::vector<double> wscale(n, 0.0);
     for (size_t j = 0; j < k; ++j) {
       for (int o = 0; o < n; ++o) {
-        wscale[o] = std::max(wscale[o], std::fabs(ws[w][j * n + o] * s[j]) / qmax);
+        const double v = std::fabs(ws[w][j * n + o] * s[j]) / qmax;
+        wscale[o] = std::max(wscale[o], v);
       }
     }
     if (!per_channel) {
@@ -344,7 +346,8 @@ std::vector<double> BruteScales(const Layer& l, double alpha) {
     for (const auto& r : l.x) xm = std::max(xm, std::fabs(r[j]));
     for (size_t w = 0; w < l.ws.size(); ++w) {
       for (int o = 0; o < l.cols[w]; ++o) {
-        wm = std::max(wm, std::fabs(static_cast<double>(l.ws[w][j * l.cols[w] + o])));
+        const double v = l.ws[w][j * l.cols[w] + o];
+        wm = std::max(wm, std::fabs(v));
       }
     }
     s[j] = std::pow(xm, alpha) / std::pow(wm, 1 - alpha);
@@ -380,10 +383,11 @@ TEST(SmoothQuantSearch, EmulatesInt4AndPerTensorWeightsAsAsked) {
   const Layer l = OutlierLayer(&gen, 20.f);
   for (const bool per_channel : {true, false}) {
     const WeightEmulation e{7, per_channel};
-    const AlphaSearch r = SearchAlpha(l.sample(), l.views(), {0.0, 0.5, 1.0}, e);
+    const AlphaSearch r =
+        SearchAlpha(l.sample(), l.views(), {0.0, 0.5, 1.0}, e);
     for (size_t i = 0; i < r.grid.size(); ++i) {
-      const double want = FakeQuantError(l.x, l.ws, l.cols,
-                                         BruteScales(l, r.grid[i]), 7, per_channel);
+      const double want = FakeQuantError(
+          l.x, l.ws, l.cols, BruteScales(l, r.grid[i]), 7, per_channel);
       EXPECT_NEAR(r.errors[i], want, 1e-2 * want) << per_channel << r.grid[i];
     }
   }
