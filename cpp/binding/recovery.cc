@@ -192,7 +192,7 @@ void BindRecovery(py::module_& m) {
       "smooth_quant",
       [](const py::bytes& model, bool insert_mul, const py::dict& stats,
          const std::vector<double>& grid, bool only_if_better,
-         int weight_qmax, bool per_channel) {
+         int weight_qmax, bool per_channel, bool per_model) {
         auto proto = Parse(model);
         std::map<std::string, ActivationSample> samples;
         std::vector<py::array> keep;
@@ -221,7 +221,8 @@ void BindRecovery(py::module_& m) {
         {
           py::gil_scoped_release release;
           r = SmoothQuant(proto, insert_mul, samples, grid, only_if_better,
-                          WeightEmulation{weight_qmax, per_channel});
+                          WeightEmulation{weight_qmax, per_channel},
+                          per_model ? AlphaScope::kModel : AlphaScope::kGroup);
         }
         py::list records;
         for (const auto& rec : r.records) {
@@ -240,7 +241,7 @@ void BindRecovery(py::module_& m) {
       },
       py::arg("model"), py::arg("insert_mul"), py::arg("stats"),
       py::arg("grid"), py::arg("only_if_better"), py::arg("weight_qmax") = 127,
-      py::arg("per_channel") = true,
+      py::arg("per_channel") = true, py::arg("per_model") = false,
       "SmoothQuant: (model bytes, records [dict per group: activation, "
       "nodes, channels, producer, absorb, alpha, error_before, error_after, "
       "scales, grid, errors, applied], skipped [(activation, reason)]); "

@@ -358,41 +358,92 @@ void ApplySmoothing(pb::ModelProto& model,
   }
 }
 
-SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
-                         const std::map<std::string, ActivationSample>& stats,
-                         const std::vector<double>& grid, bool only_if_better,
-                         const WeightEmulation& emulation) {
-  SmoothGroups found = FindSmoothGroups(model, insert_mul);
-  SmoothResult out;
-  out.skipped = std::move(found.skipped);
-  std::vector<SmoothGroup> kept;
-  std::vector<std::vector<float>> scales;
-  const GraphIndex index(model.graph());  // read only; gone before the edit
-  for (SmoothGroup& group : found.groups) {
+namespace {
+
+struct Searched {
+  SmoothRecord record;
+  const ActivationSample* x = nullptr;
+  std::vector<float> weight_abs_max;  // per input channel, over the group
+};
+
+// SearchAlpha for every group, on a read-only index of `model`.
+std::vector<Searched> SearchGroups(
+    const pb::ModelProto& model, const std::vector<SmoothGroup>& groups,
+    const std::map<std::string, ActivationSample>& stats,
+    const std::vector<double>& grid, const WeightEmulation& emulation) {
+  const GraphIndex index(model.graph());
+  std::vector<Searched> out;
+  for (const SmoothGroup& group : groups) {
     auto it = stats.find(group.activation);
     if (it == stats.end() || it->second.channels != group.channels) {
       throw InvalidArgument(
           "SmoothQuant: no statistics with " + std::to_string(group.channels) +
-          " channels for '" + group.activation +
-          "' (read by node '" + group.nodes[0] +
+          " channels for '" + group.activation + "' (read by node '" +
+          group.nodes[0] +
           "'); gather them with the model the groups came from.");
     }
     const std::vector<std::vector<float>> w = WeightsOf(index, group);
     std::vector<WeightView> views;
     for (const auto& v : w) {
-      views.push_back({v.data(), static_cast<int64_t>(v.size()) /
-                                     group.channels});
+      views.push_back(
+          {v.data(), static_cast<int64_t>(v.size()) / group.channels});
     }
-    SmoothRecord rec;
-    rec.search = SearchAlpha(it->second, views, grid, emulation);
-    rec.applied =
-        !only_if_better || rec.search.error_after < rec.search.error_before;
-    rec.group = group;
-    if (rec.applied) {
-      kept.push_back(group);
-      scales.push_back(rec.search.scales);
+    Searched s;
+    s.record.group = group;
+    s.record.search = SearchAlpha(it->second, views, grid, emulation);
+    s.x = &it->second;
+    s.weight_abs_max = WeightChannelAbsMax(views, group.channels);
+    out.push_back(std::move(s));
+  }
+  return out;
+}
+
+}  // namespace
+
+SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
+                         const std::map<std::string, ActivationSample>& stats,
+                         const std::vector<double>& grid, bool only_if_better,
+                         const WeightEmulation& emulation, AlphaScope scope) {
+  SmoothGroups found = FindSmoothGroups(model, insert_mul);
+  std::vector<Searched> searched =
+      SearchGroups(model, found.groups, stats, grid, emulation);
+  if (scope == AlphaScope::kModel && !searched.empty()) {
+    // One alpha for all: the grid value with the lowest summed error.
+    std::vector<double> total(grid.size(), 0.0);
+    double before = 0.0;
+    for (const Searched& s : searched) {
+      for (size_t i = 0; i < grid.size(); ++i) {
+        total[i] += s.record.search.errors[i];
+      }
+      before += s.record.search.error_before;
     }
-    out.records.push_back(std::move(rec));
+    const size_t best =
+        std::min_element(total.begin(), total.end()) - total.begin();
+    const bool better = total[best] < before;
+    for (Searched& s : searched) {
+      AlphaSearch& r = s.record.search;
+      r.alpha = grid[best];
+      r.error_after = r.errors[best];
+      r.scales = SmoothingScales(s.x->min, s.x->max, s.weight_abs_max,
+                                 grid[best]);
+      s.record.applied = !only_if_better || better;
+    }
+  } else {
+    for (Searched& s : searched) {
+      s.record.applied = !only_if_better || s.record.search.error_after <
+                                                s.record.search.error_before;
+    }
+  }
+  SmoothResult out;
+  out.skipped = std::move(found.skipped);
+  std::vector<SmoothGroup> kept;
+  std::vector<std::vector<float>> scales;
+  for (Searched& s : searched) {
+    if (s.record.applied) {
+      kept.push_back(s.record.group);
+      scales.push_back(s.record.search.scales);
+    }
+    out.records.push_back(std::move(s.record));
   }
   ApplySmoothing(model, kept, scales);
   return out;

@@ -83,17 +83,24 @@ struct SmoothResult {
   std::vector<std::pair<std::string, std::string>> skipped;
 };
 
+// Where alpha is chosen: per group, or one for the whole model (the grid
+// value with the lowest sum of the groups' errors).
+enum class AlphaScope { kGroup, kModel };
+
 // The whole pass: FindSmoothGroups, then per group SearchAlpha over `grid`
 // (weights emulated as `emulation` says) on the statistics of its
-// activation (`stats`, keyed by tensor name), then ApplySmoothing of the
-// groups kept. With `only_if_better`, a group whose best error is not below
-// its unsmoothed error is left as it is (applied = false). Throws
+// activation (`stats`, keyed by tensor name), alpha chosen per `scope`,
+// then ApplySmoothing of the groups kept. With `only_if_better`, a group
+// whose chosen error is not below its unsmoothed error is left as it is
+// (applied = false); with kModel, all groups are kept or none, by the sum
+// of their errors. Throws
 // InvalidArgument naming a group's activation that has no statistics or
 // statistics of another channel count, and as the functions above.
 SmoothResult SmoothQuant(pb::ModelProto& model, bool insert_mul,
                          const std::map<std::string, ActivationSample>& stats,
                          const std::vector<double>& grid, bool only_if_better,
-                         const WeightEmulation& emulation = {});
+                         const WeightEmulation& emulation = {},
+                         AlphaScope scope = AlphaScope::kGroup);
 
 }  // namespace onnxquant
 

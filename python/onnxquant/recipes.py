@@ -81,6 +81,7 @@ class SmoothQuant:
     insert_mul: bool = False
     search_rows: int = 512
     batch_size: int = 32
+    alpha_scope: str = "group"
 
     kind = "smooth_quant"
 
@@ -136,6 +137,10 @@ def _check_step(step: object, index: int) -> None:
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise InvalidArgumentError(
                     f"{where} (smooth_quant) key '{key}' must be an integer >= 1, got {v!r}.")
+        if step.alpha_scope not in ("group", "model"):
+            raise InvalidArgumentError(
+                f"{where} (smooth_quant) key 'alpha_scope' must be \"group\" or \"model\", "
+                f"got {step.alpha_scope!r}.")
         if not isinstance(step.insert_mul, bool):
             raise InvalidArgumentError(
                 f"{where} (smooth_quant) key 'insert_mul' must be true or false, got "
@@ -527,7 +532,8 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
             float_model, rec = smooth_quant(
                 float_model, feed, alpha=step.alpha, alpha_steps=step.alpha_steps,
                 insert_mul=step.insert_mul, search_rows=step.search_rows,
-                batch_size=step.batch_size, options=recipe.options)
+                batch_size=step.batch_size, options=recipe.options,
+                alpha_scope=step.alpha_scope)
             entries.append(_smooth_entry(rec, time.perf_counter() - start))
         else:
             float_model, rec = correct_bias(float_model, feed, options=recipe.options,

@@ -386,8 +386,8 @@ class SmoothQuantGroup:
     ``"inserted Mul"``. ``alpha`` is the one chosen (searched or given);
     ``error_before`` and ``error_after`` the relative squared output error
     (sum |Yq - Y|^2 / sum |Y|^2 on the sampled rows) of the group's MatMuls
-    quantized (int8 per-channel symmetric weights, uint8 per-tensor MIN_MAX
-    activations) without and with the factors; ``applied`` is False where
+    quantized (symmetric weights as the options quantize them, uint8
+    per-tensor MIN_MAX activations) without and with the factors; ``applied`` is False where
     the search found no alpha that lowers the error and left the group as it
     was. ``scale_min`` and ``scale_max``: the range of the factors."""
 
@@ -449,7 +449,8 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
                  alpha: float | None = None, alpha_steps: int = 20,
                  insert_mul: bool = False, search_rows: int = 512,
                  batch_size: int = 32,
-                 options: QuantOptions | None = None
+                 options: QuantOptions | None = None,
+                 alpha_scope: str = "group"
                  ) -> tuple[onnx.ModelProto, SmoothQuantRecord]:
     """SmoothQuant: moves the per-channel outliers of MatMul inputs into the
     weights.
@@ -479,8 +480,10 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
     with ``per_channel=False``; uint8 per-tensor activations over the
     calibration min and max, as MIN_MAX_ASYM chooses them) on up to
     ``search_rows`` rows of X drawn from the samples; a group for which no
-    alpha lowers that error is left unchanged (``applied=False``). A float
-    alpha is applied to every group.
+    alpha lowers that error is left unchanged (``applied=False``). With
+    ``alpha_scope="model"`` one alpha serves every group: the grid value
+    with the lowest sum of the groups' errors (all groups applied, or none
+    when no alpha lowers the sum). A float alpha is applied to every group.
 
     Args:
         model: ModelProto, bytes or path (never modified); normalised first
@@ -502,6 +505,8 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
             ``per_channel`` decide how the search emulates the weights
             (power-of-two scales, blockwise int4, the weight range search and
             the remedies of ``target="portable"`` are not emulated).
+        alpha_scope: ``"group"`` (default: alpha searched per group) or
+            ``"model"`` (one alpha for all).
 
     Returns:
         (the smoothed FP32 model, normalised, :class:`SmoothQuantRecord`).
@@ -509,7 +514,8 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
     Raises:
         CalibrationDataError: no samples, or samples that do not fit the model.
         InvalidArgumentError: alpha outside [0, 1], alpha_steps, search_rows
-            or batch_size < 1, options that are not a QuantOptions.
+            or batch_size < 1, options that are not a QuantOptions, an
+            alpha_scope other than "group" or "model".
         ModelError: MatMuls that read one activation with different channel
             counts (names them).
         UnsupportedModelError: an already quantized model.
@@ -522,6 +528,9 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
                         ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise InvalidArgumentError(f"{name} must be an integer >= 1, got {value!r}.")
+    if alpha_scope not in ("group", "model"):
+        raise InvalidArgumentError(
+            f"alpha_scope must be 'group' or 'model', got {alpha_scope!r}.")
     if options is None:
         options = QuantOptions()
     if not isinstance(options, QuantOptions):
@@ -542,7 +551,8 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
             [i / alpha_steps for i in range(alpha_steps + 1)])
     out, records, skipped = _core.smooth_quant(
         data, bool(insert_mul), stats, grid, alpha is None,
-        7 if options.weight_type == "int4" else 127, bool(options.per_channel))
+        7 if options.weight_type == "int4" else 127, bool(options.per_channel),
+        alpha_scope == "model")
     result = onnx.ModelProto()
     result.ParseFromString(out)
     rows = max((len(v[0]) for v in stats.values()), default=0)

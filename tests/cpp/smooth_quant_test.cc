@@ -422,6 +422,69 @@ TEST(SmoothQuantSearch, RejectsBadArguments) {
   }
 }
 
+TEST(SmoothQuant, OneAlphaPerModelMinimisesTheSummedError) {
+  // Two groups (b: the decomposed LayerNorm's output, c: a scaled x), their
+  // activations computed by the evaluator, the errors by the brute force.
+  std::mt19937 gen(9);
+  GraphBuilder g;
+  g.Input("x", {64, 16}).Output("y", {64, 12}).Output("z", {64, 7});
+  std::vector<float> gamma = Random(16, &gen);
+  gamma[3] *= 25.f;
+  g.Initializer("gamma", {16}, gamma);
+  g.Initializer("beta", {16}, Random(16, &gen));
+  g.Initializer("half", {16}, Random(16, &gen));
+  g.Initializer("w1", {16, 12}, Random(16 * 12, &gen, 0.1f));
+  g.Initializer("w2", {16, 7}, Random(16 * 7, &gen, 0.1f));
+  g.Node("Mul", {"x", "gamma"}, {"a"}, "mul_gamma");
+  g.Node("Add", {"a", "beta"}, {"b"}, "add_beta");
+  g.Node("MatMul", {"b", "w1"}, {"y"}, "m1");
+  g.Node("Mul", {"x", "half"}, {"c"}, "mul_half");
+  g.Node("MatMul", {"c", "w2"}, {"z"}, "m2");
+  g.Output("b", {64, 16}).Output("c", {64, 16});
+  pb::ModelProto m = g.Build();
+  const auto acts = Evaluate(m, RandomRows(64, 16, &gen, {11}, 10.f));
+  std::vector<Layer> layers(2);
+  std::map<std::string, ActivationSample> stats;
+  const char* names[] = {"b", "c"};
+  const char* weights[] = {"w1", "w2"};
+  const int cols[] = {12, 7};
+  for (int i = 0; i < 2; ++i) {
+    layers[i].x = acts.at(names[i]);
+    for (const auto& r : layers[i].x) {
+      for (double v : r) layers[i].flat.push_back(static_cast<float>(v));
+    }
+    layers[i].ws = {Constant(m, weights[i])};
+    layers[i].cols = {cols[i]};
+  }
+  for (int i = 0; i < 2; ++i) stats[names[i]] = layers[i].sample();
+  // b and c are graph outputs here: drop them so that the groups can fold.
+  m.mutable_graph()->mutable_output()->DeleteSubrange(2, 2);
+  const std::vector<double> grid = {0.0, 0.2, 0.4, 0.6, 0.8, 1.0};
+  pb::ModelProto per_group = m;
+  const SmoothResult g2 = SmoothQuant(per_group, false, stats, grid, false);
+  ASSERT_EQ(g2.records.size(), 2u);
+  // Per group the two choose differently, so one alpha is a real choice.
+  EXPECT_NE(g2.records[0].search.alpha, g2.records[1].search.alpha);
+  const SmoothResult r =
+      SmoothQuant(m, false, stats, grid, false, {}, AlphaScope::kModel);
+  ASSERT_EQ(r.records.size(), 2u);
+  double best = 1e300, best_alpha = -1;
+  for (double alpha : grid) {
+    double sum = 0;
+    for (const Layer& l : layers) {
+      sum += FakeQuantError(l.x, l.ws, l.cols, BruteScales(l, alpha));
+    }
+    if (sum < best) {
+      best = sum;
+      best_alpha = alpha;
+    }
+  }
+  for (const SmoothRecord& rec : r.records) {
+    EXPECT_DOUBLE_EQ(rec.search.alpha, best_alpha);
+    EXPECT_TRUE(rec.applied);
+  }
+}
+
 TEST(SmoothQuant, MissingStatisticsNameTheActivation) {
   std::mt19937 gen(7);
   pb::ModelProto m = Attention(&gen).Build();

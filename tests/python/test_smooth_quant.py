@@ -180,9 +180,22 @@ def test_the_search_emulates_the_weights_the_options_give():
     assert errors["per tensor"] > errors["int8"], errors
 
 
+def test_one_alpha_per_model_minimises_the_summed_error():
+    rng = np.random.default_rng(9)
+    model = _block(rng)
+    samples = _samples(rng, 16)
+    _, rec = recovery.smooth_quant(model, samples, alpha_steps=4, alpha_scope="model")
+    assert len({g.alpha for g in rec.groups}) == 1
+    sums = {a: sum(g.error_after for g in
+                   recovery.smooth_quant(model, samples, alpha=a)[1].groups)
+            for a in (0.0, 0.25, 0.5, 0.75, 1.0)}
+    assert rec.groups[0].alpha == min(sums, key=sums.get)
+    assert sum(g.error_after for g in rec.groups) == pytest.approx(min(sums.values()))
+
+
 @pytest.mark.parametrize("kwargs", [{"alpha": 1.5}, {"alpha": -0.1}, {"alpha": True},
                                     {"alpha_steps": 0}, {"search_rows": 0},
-                                    {"options": "int8"}])
+                                    {"options": "int8"}, {"alpha_scope": "layer"}])
 def test_bad_arguments_are_typed_errors(kwargs):
     rng = np.random.default_rng(5)
     with pytest.raises(oq.InvalidArgumentError):
@@ -200,7 +213,7 @@ def test_recipe_step_round_trips_and_reports(tmp_path):
     path = tmp_path / "sq.json"
     recipe.to_json(path)
     assert oq.Recipe.from_json(path) == recipe
-    searched = oq.Recipe(steps=(oq.SmoothQuant(),))
+    searched = oq.Recipe(steps=(oq.SmoothQuant(alpha_scope="model"),))
     assert oq.Recipe.from_dict(searched.to_dict()) == searched
     result = oq.apply_recipe(_block(rng), _samples(rng, 16), recipe)
     entry = result.report.techniques[0]
@@ -214,6 +227,7 @@ def test_recipe_step_round_trips_and_reports(tmp_path):
 @pytest.mark.parametrize("data,words", [
     ({"steps": [{"technique": "smooth_quant", "alpha": 2}]}, "'alpha'"),
     ({"steps": [{"technique": "smooth_quant", "insert_mul": 1}]}, "'insert_mul'"),
+    ({"steps": [{"technique": "smooth_quant", "alpha_scope": "all"}]}, "'alpha_scope'"),
     ({"steps": [{"technique": "bias_correction"}, {"technique": "smooth_quant"}]},
      "before smooth_quant"),
 ])
