@@ -33,8 +33,8 @@ or int4 weights, which the alpha search then emulates), for MatMul models (defau
 ``cifar-vit``): plain PTQ
 against ``recovery.smooth_quant`` with alpha searched and with each ``--alphas`` value,
 calibrated with ``--method`` (default MSE_ASYM, the ViT's best in docs/accuracy.md) on the
-same images as the plain model; top-1 fused and emulated (diagnostic), and the pass's run
-time:
+same images as the plain model (``--model-scope``: also one alpha searched for the whole
+model); top-1 fused and emulated (diagnostic), and the pass's run time:
 
     PYTHONPATH=python nice -n 10 .venv/bin/python bench/recovery.py --smooth-quant \
         --calibration 500 --test-images 10000
@@ -216,8 +216,11 @@ def run_smooth_quant(key: str, args) -> None:
     plain_emulated = emulated_correct(plain_q, test.x, test.y)
     print(f"| {entry.name} | plain | — | — | {100 * fp32.mean():.2f} "
           f"| {100 * plain.mean():.2f} | {100 * plain_emulated.mean():.2f} | — |", flush=True)
-    for alpha in [None] + list(args.alphas):
-        smoothed, rec = recovery.smooth_quant(model, samples, alpha=alpha, options=options)
+    for alpha in [None] + (["model"] if args.model_scope else []) + list(args.alphas):
+        scope = "model" if alpha == "model" else "group"
+        alpha = None if alpha == "model" else alpha
+        smoothed, rec = recovery.smooth_quant(model, samples, alpha=alpha, options=options,
+                                              alpha_scope=scope)
         q = quantize(smoothed)
         hits = correct(q, test.x, test.y)
         applied = [g for g in rec.groups if g.applied]
@@ -226,12 +229,13 @@ def run_smooth_quant(key: str, args) -> None:
                 f"{alphas[0]:.2f}" if alphas else "—")
         before = np.mean([g.error_before for g in applied]) if applied else 0.0
         after = np.mean([g.error_after for g in applied]) if applied else 0.0
-        label = "SmoothQuant, alpha searched" if alpha is None else f"SmoothQuant, alpha {alpha}"
+        label = ("SmoothQuant, alpha searched" + (" per model" if scope == "model" else "")
+                 if alpha is None else f"SmoothQuant, alpha {alpha}")
         print(f"| {entry.name} | {label} | {len(applied)} of {len(rec.groups)} ({span}) "
               f"| {before:.2e} → {after:.2e} | {100 * fp32.mean():.2f} | {cell(hits, plain)} "
               f"| {100 * emulated_correct(q, test.x, test.y).mean():.2f} | {rec.seconds:.2f} |",
               flush=True)
-        if alpha is None:
+        if alpha is None and scope == "group":
             for g in rec.groups:
                 print(f"<!-- {g.activation}: {g.absorb}, alpha {g.alpha:.2f}, applied "
                       f"{g.applied}, s {g.scale_min:.3g}..{g.scale_max:.3g}, error "
@@ -255,6 +259,8 @@ def main() -> None:
     p.add_argument("--alphas", nargs="*", type=float, default=[0.25, 0.5, 0.75],
                    help="fixed alphas tried beside the search (--smooth-quant)")
     p.add_argument("--method", default="MSE_ASYM", help="calibration method (--smooth-quant)")
+    p.add_argument("--model-scope", action="store_true",
+                   help="--smooth-quant: also one alpha searched for the whole model")
     p.add_argument("--mode", default="w8a8", choices=list(SMOOTH_MODES),
                    help="--smooth-quant: w8a8 (QuantOptions()), pow2 (per_channel=False, "
                         "power_of_two='ceil') or w4a8 (weight_type='int4')")
