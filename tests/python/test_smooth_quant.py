@@ -3,6 +3,8 @@ against ONNX Runtime running the models and against numpy written here."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import onnx
 import onnx.helper as oh
@@ -12,6 +14,7 @@ import pytest
 
 import onnxquant as oq
 from onnxquant import recovery
+from onnxquant.cli import main
 
 K = 32
 OUTLIERS = (3, 7, 20)
@@ -234,3 +237,20 @@ def test_recipe_step_round_trips_and_reports(tmp_path):
 def test_bad_smooth_quant_steps_are_typed_errors(data, words):
     with pytest.raises(oq.InvalidArgumentError, match=words):
         oq.Recipe.from_dict(data)
+
+
+def test_cli_runs_a_recipe_file_with_smooth_quant(tmp_path, capsys):
+    rng = np.random.default_rng(10)
+    model, out = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    onnx.save(_block(rng), model)
+    data = tmp_path / "cal.npz"
+    np.savez(data, x=np.concatenate(_samples(rng, 16)))
+    oq.Recipe(steps=(oq.SmoothQuant(),), name="sq").to_json(tmp_path / "r.json")
+    report = tmp_path / "report.json"
+    assert main(["quantize", str(model), "-o", str(out), "--calibration-data", str(data),
+                 "-q", "--recipe", str(tmp_path / "r.json"), "--report-json", str(report)]) == 0
+    assert "smooth_quant: 2 of 2 MatMul groups smoothed" in capsys.readouterr().out
+    entry = json.loads(report.read_text())["report"]["techniques"][0]
+    assert entry["technique"] == "smooth_quant" and entry["values"]["groups_smoothed"] == 2
+    x = rng.normal(size=(2, 16, K)).astype(np.float32)
+    assert _session(onnx.load(out)).run(None, {"x": x})[0].shape == (2, 16, K)
