@@ -26,6 +26,18 @@ search less quantize without).
 
 ``--weights-only``: the diagnostic of where the gap sits: top-1 with only the weights
 quantized (emulated, activations float), for plain, WRS and CLE.
+
+``--smooth-quant``: SmoothQuant instead, in W8A8 as deployed (``QuantOptions()``: per-channel
+weights, the default portable target; ``--mode pow2`` or ``w4a8`` for per-tensor power-of-two
+or int4 weights, which the alpha search then emulates), for MatMul models (default:
+``cifar-vit``): plain PTQ
+against ``recovery.smooth_quant`` with alpha searched and with each ``--alphas`` value,
+calibrated with ``--method`` (default MSE_ASYM, the ViT's best in docs/accuracy.md) on the
+same images as the plain model (``--model-scope``: also one alpha searched for the whole
+model); top-1 fused and emulated (diagnostic), and the pass's run time:
+
+    PYTHONPATH=python nice -n 10 .venv/bin/python bench/recovery.py --smooth-quant \
+        --calibration 500 --test-images 10000
 """
 
 from __future__ import annotations
@@ -169,6 +181,69 @@ def run_model(key: str, args, timings: list[str], notes: list[str]) -> None:
             f"samples) |")
 
 
+def emulated_correct(model, x: np.ndarray, y: np.ndarray, batch: int = 100) -> np.ndarray:
+    """As ``correct``, with QDQ emulated in float (the diagnostic)."""
+    options = ort.SessionOptions()
+    options.add_session_config_entry("session.disable_quant_qdq", "1")
+    s = ort.InferenceSession(model.SerializeToString(), options,
+                             providers=["CPUExecutionProvider"])
+    name = s.get_inputs()[0].name
+    out = [s.run(None, {name: x[i:i + batch]})[0] for i in range(0, len(x), batch)]
+    return np.concatenate(out).argmax(axis=1) == y
+
+
+SMOOTH_MODES = {"w8a8": oq.QuantOptions(),
+                "pow2": oq.QuantOptions(per_channel=False, power_of_two="ceil"),
+                "w4a8": oq.QuantOptions(weight_type="int4")}
+
+
+def run_smooth_quant(key: str, args) -> None:
+    """One model: plain W8A8 against SmoothQuant (searched, then each fixed alpha)."""
+    entry = MODELS[key](args.zoo)
+    test = entry.test.subset(args.test_images)
+    samples = [entry.calibration[i:i + 1] for i in range(args.calibration)]
+    model = oq.optimize_model(entry.path)
+    options = SMOOTH_MODES[args.mode]
+    fp32 = correct(model, test.x, test.y)
+
+    def quantize(m):
+        cal = oq.Calibrator(m, args.method, options=options)
+        cal.collect_data(samples)
+        return oq.quantize(m, cal.compute_range(), options=options, calibrator=cal)
+
+    plain_q = quantize(model)
+    plain = correct(plain_q, test.x, test.y)
+    plain_emulated = emulated_correct(plain_q, test.x, test.y)
+    print(f"| {entry.name} | plain | — | — | {100 * fp32.mean():.2f} "
+          f"| {100 * plain.mean():.2f} | {100 * plain_emulated.mean():.2f} | — |", flush=True)
+    for alpha in [None] + (["model"] if args.model_scope else []) + list(args.alphas):
+        scope = "model" if alpha == "model" else "group"
+        alpha = None if alpha == "model" else alpha
+        smoothed, rec = recovery.smooth_quant(model, samples, alpha=alpha, options=options,
+                                              alpha_scope=scope)
+        q = quantize(smoothed)
+        hits = correct(q, test.x, test.y)
+        applied = [g for g in rec.groups if g.applied]
+        alphas = sorted({round(g.alpha, 2) for g in applied})
+        span = (f"{min(alphas):.2f}–{max(alphas):.2f}" if len(alphas) > 1 else
+                f"{alphas[0]:.2f}" if alphas else "—")
+        before = np.mean([g.error_before for g in applied]) if applied else 0.0
+        after = np.mean([g.error_after for g in applied]) if applied else 0.0
+        label = ("SmoothQuant, alpha searched" + (" per model" if scope == "model" else "")
+                 if alpha is None else f"SmoothQuant, alpha {alpha}")
+        print(f"| {entry.name} | {label} | {len(applied)} of {len(rec.groups)} ({span}) "
+              f"| {before:.2e} → {after:.2e} | {100 * fp32.mean():.2f} | {cell(hits, plain)} "
+              f"| {100 * emulated_correct(q, test.x, test.y).mean():.2f} | {rec.seconds:.2f} |",
+              flush=True)
+        if alpha is None and scope == "group":
+            for g in rec.groups:
+                print(f"<!-- {g.activation}: {g.absorb}, alpha {g.alpha:.2f}, applied "
+                      f"{g.applied}, s {g.scale_min:.3g}..{g.scale_max:.3g}, error "
+                      f"{g.error_before:.3g} -> {g.error_after:.3g} -->", flush=True)
+            for activation, reason in rec.skipped:
+                print(f"<!-- skipped {activation}: {reason} -->", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), choices=list(MODELS))
@@ -179,7 +254,39 @@ def main() -> None:
     p.add_argument("--weights-only", action="store_true",
                    help="diagnostic instead: top-1 with only the weights quantized (emulated, "
                         "activations float), plain, WRS and CLE, per rule")
+    p.add_argument("--smooth-quant", action="store_true",
+                   help="SmoothQuant instead, in W8A8 default options (see the docstring)")
+    p.add_argument("--alphas", nargs="*", type=float, default=[0.25, 0.5, 0.75],
+                   help="fixed alphas tried beside the search (--smooth-quant)")
+    p.add_argument("--method", default="MSE_ASYM", help="calibration method (--smooth-quant)")
+    p.add_argument("--model-scope", action="store_true",
+                   help="--smooth-quant: also one alpha searched for the whole model")
+    p.add_argument("--mode", default="w8a8", choices=list(SMOOTH_MODES),
+                   help="--smooth-quant: w8a8 (QuantOptions()), pow2 (per_channel=False, "
+                        "power_of_two='ceil') or w4a8 (weight_type='int4')")
     args = p.parse_args()
+    if args.smooth_quant:
+        if args.models == list(DEFAULT_MODELS):
+            args.models = ["cifar-vit"]
+        print(f"command: python bench/recovery.py {' '.join(sys.argv[1:])}")
+        print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
+              f"onnxquant {oq.__version__}, onnxruntime {ort.__version__}")
+        described = {"w8a8": "QuantOptions()",
+                     "pow2": "QuantOptions(per_channel=False, power_of_two='ceil')",
+                     "w4a8": "QuantOptions(weight_type='int4')"}[args.mode]
+        print(f"{args.mode} ({described}), {args.method}, "
+              f"{args.calibration} calibration images; "
+              f"top-1 % on {args.test_images} drawn test images, default session (fused); "
+              "in brackets: paired difference to plain ± its standard error (points); "
+              "emulated: disable_quant_qdq (diagnostic); error: the groups' mean relative "
+              "quantized-MatMul error in the engine's search, before → after; s: the pass's "
+              "run time (statistics, search and rewrite)\n")
+        print("| model | config | groups smoothed (alpha) | error | FP32 | fused | emulated "
+              "| s |")
+        print("|---|---|---|---|---:|---:|---:|---:|")
+        for key in args.models:
+            run_smooth_quant(key, args)
+        return
     if args.weights_only:
         print(f"command: python bench/recovery.py {' '.join(sys.argv[1:])}")
         print("weights only (emulated), per-tensor power-of-two; top-1 % on "

@@ -42,6 +42,14 @@ inference. Modes:
   batches is within ``--budget`` (default 0.01: cosine 0.9999) of 100, at
   most ``--max-share`` (default 0.25) of the candidates; the JSON row lists
   what was promoted and why (``promoted``);
+- ``static, SmoothQuant``: :func:`onnxquant.recovery.smooth_quant` (alpha
+  searched per group, on the calibration batches) before ``static``; where
+  an activation cannot absorb the factors (a post-LN BERT's LayerNorm
+  outputs also feed the residual Add) the group is skipped;
+- ``static, MatMul/Gemm only, SmoothQuant (Mul inserted)``: the same with
+  ``insert_mul=True`` before ``static, MatMul/Gemm only``: the inserted
+  Muls stay float with the Adds, so X reaches the MatMuls' quantization
+  already divided by s;
 - ``dynamic``: :func:`onnxquant.quantize_dynamic` (portable weights,
   [-63, 63]);
 - ``dynamic, attention float``: the same with
@@ -350,6 +358,13 @@ def measure(name: str, fp32_path: Path, sets: dict, method: str, workdir: Path,
             promoted_model, promoted_report, auto = _auto_promotion(
                 model, calib, cal_obj, budget, max_share)
             modes["static, auto promotion"] = (promoted_model, promoted_report)
+        if "static, SmoothQuant" in wanted:
+            smoothed, _ = oq.recovery.smooth_quant(model, calib)
+            modes["static, SmoothQuant"] = _static(smoothed, calib, method)[:2]
+        key = "static, MatMul/Gemm only, SmoothQuant (Mul inserted)"
+        if key in wanted:
+            smoothed, _ = oq.recovery.smooth_quant(model, calib, insert_mul=True)
+            modes[key] = _static(smoothed, calib, method, op_types=("MatMul", "Gemm"))[:2]
         if "dynamic" in wanted:
             modes["dynamic"] = (oq.quantize_dynamic(model), None)
         if "dynamic, attention float" in wanted:
@@ -400,7 +415,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 MODES = ["static", "static, masks saturate", "static, attention float",
-         "static, MatMul/Gemm only", "static, auto promotion", "dynamic",
+         "static, MatMul/Gemm only", "static, auto promotion", "static, SmoothQuant",
+         "static, MatMul/Gemm only, SmoothQuant (Mul inserted)", "dynamic",
          "dynamic, attention float", "ORT dynamic"]
 
 

@@ -10,7 +10,9 @@
 #include "calibration.h"
 #include "onnxquant/bias_correction.h"
 #include "onnxquant/cross_layer_equalization.h"
+#include "onnxquant/error.h"
 #include "onnxquant/model_io.h"
+#include "onnxquant/smooth_quant.h"
 #include "onnxquant/weight_range_search.h"
 
 namespace py = pybind11;
@@ -29,6 +31,16 @@ py::bytes Serialize(const pb::ModelProto& m) {
 
 std::vector<int64_t> Shape(const py::array& a) {
   return std::vector<int64_t>(a.shape(), a.shape() + a.ndim());
+}
+
+py::dict GroupDict(const SmoothGroup& g) {
+  py::dict d;
+  d["activation"] = g.activation;
+  d["nodes"] = g.nodes;
+  d["channels"] = g.channels;
+  d["producer"] = g.producer;
+  d["absorb"] = g.absorb;
+  return d;
 }
 
 }  // namespace
@@ -133,6 +145,108 @@ void BindRecovery(py::module_& m) {
       py::arg("array"),
       "Per channel (axis 1) of a float32 array of rank >= 2, the sum of its "
       "values (float64).");
+
+  m.def(
+      "smooth_quant_groups",
+      [](const py::bytes& model, bool insert_mul) {
+        auto proto = Parse(model);
+        SmoothGroups found;
+        {
+          py::gil_scoped_release release;
+          found = FindSmoothGroups(proto, insert_mul);
+        }
+        py::list groups;
+        for (const auto& g : found.groups) groups.append(GroupDict(g));
+        return py::make_tuple(groups, found.skipped);
+      },
+      py::arg("model"), py::arg("insert_mul") = false,
+      "SmoothQuant's groups: ([dict activation/nodes/channels/producer/"
+      "absorb], skipped [(activation, reason)]) (smooth_quant.h).");
+
+  m.def(
+      "accumulate_channel_range",
+      [](const py::handle& obj, py::array_t<float> lo, py::array_t<float> hi) {
+        py::array a = AsFloatArray("activation", obj);
+        if (a.ndim() < 1 || a.shape(a.ndim() - 1) < 1) {
+          throw InvalidArgument(
+              "accumulate_channel_range needs an array with a last axis.");
+        }
+        const int64_t k = a.shape(a.ndim() - 1);
+        const int64_t rows = static_cast<int64_t>(a.size()) / k;
+        std::vector<float> mn(lo.data(), lo.data() + lo.size());
+        std::vector<float> mx(hi.data(), hi.data() + hi.size());
+        const float* data = static_cast<const float*>(a.data());
+        {
+          py::gil_scoped_release release;
+          AccumulateChannelRange(data, rows, k, &mn, &mx);
+        }
+        return py::make_tuple(py::array_t<float>(mn.size(), mn.data()),
+                              py::array_t<float>(mx.size(), mx.data()));
+      },
+      py::arg("array"), py::arg("min"), py::arg("max"),
+      "Per channel (last axis) of a float32 C-contiguous array (read "
+      "without a copy), the running (min, max) of its finite values merged "
+      "with min and max (empty arrays to start).");
+
+  m.def(
+      "smooth_quant",
+      [](const py::bytes& model, bool insert_mul, const py::dict& stats,
+         const std::vector<double>& grid, bool only_if_better,
+         int weight_qmax, bool per_channel, bool per_model) {
+        auto proto = Parse(model);
+        std::map<std::string, ActivationSample> samples;
+        std::vector<py::array> keep;
+        for (const auto& item : stats) {
+          const std::string name = py::cast<std::string>(item.first);
+          const py::tuple t = py::cast<py::tuple>(item.second);
+          if (t.size() != 3) {
+            throw InvalidArgument("smooth_quant: the statistics of '" + name +
+                                  "' must be (rows, min, max).");
+          }
+          py::array rows = AsFloatArray(name, t[0]);
+          if (rows.ndim() != 2) {
+            throw InvalidArgument("smooth_quant: the sample rows of '" + name +
+                                  "' must be a 2-D array.");
+          }
+          ActivationSample s;
+          s.rows = static_cast<const float*>(rows.data());
+          s.count = rows.shape(0);
+          s.channels = rows.shape(1);
+          s.min = py::cast<std::vector<float>>(t[1]);
+          s.max = py::cast<std::vector<float>>(t[2]);
+          keep.push_back(rows);
+          samples.emplace(name, std::move(s));
+        }
+        SmoothResult r;
+        {
+          py::gil_scoped_release release;
+          r = SmoothQuant(proto, insert_mul, samples, grid, only_if_better,
+                          WeightEmulation{weight_qmax, per_channel},
+                          per_model ? AlphaScope::kModel : AlphaScope::kGroup);
+        }
+        py::list records;
+        for (const auto& rec : r.records) {
+          py::dict d = GroupDict(rec.group);
+          d["alpha"] = rec.search.alpha;
+          d["error_before"] = rec.search.error_before;
+          d["error_after"] = rec.search.error_after;
+          d["scales"] = py::array_t<float>(rec.search.scales.size(),
+                                           rec.search.scales.data());
+          d["grid"] = rec.search.grid;
+          d["errors"] = rec.search.errors;
+          d["applied"] = rec.applied;
+          records.append(d);
+        }
+        return py::make_tuple(Serialize(proto), records, r.skipped);
+      },
+      py::arg("model"), py::arg("insert_mul"), py::arg("stats"),
+      py::arg("grid"), py::arg("only_if_better"), py::arg("weight_qmax") = 127,
+      py::arg("per_channel") = true, py::arg("per_model") = false,
+      "SmoothQuant: (model bytes, records [dict per group: activation, "
+      "nodes, channels, producer, absorb, alpha, error_before, error_after, "
+      "scales, grid, errors, applied], skipped [(activation, reason)]); "
+      "stats maps each activation to (rows [n, K] float32, min [K], max "
+      "[K]).");
 
   m.def(
       "search_weight_scales",

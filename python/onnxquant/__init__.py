@@ -69,6 +69,7 @@ from onnxquant.recipes import (
     Recipe,
     RecipeReport,
     RecipeResult,
+    SmoothQuant,
     apply_recipe,
     recipes,
 )
@@ -81,6 +82,7 @@ __all__ = [
     "Recipe",
     "RecipeReport",
     "RecipeResult",
+    "SmoothQuant",
     "apply_recipe",
     "recipes",
     "CalibrationDataError",

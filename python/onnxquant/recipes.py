@@ -42,6 +42,7 @@ __all__ = [
     "Recipe",
     "RecipeReport",
     "RecipeResult",
+    "SmoothQuant",
     "TechniqueEntry",
     "apply_recipe",
     "recipes",
@@ -71,7 +72,24 @@ class BiasCorrection:
     kind = "bias_correction"
 
 
-_STEPS = {cls.kind: cls for cls in (CrossLayerEqualization, BiasCorrection)}
+@dataclass(frozen=True)
+class SmoothQuant:
+    """The step :func:`onnxquant.recovery.smooth_quant` on the recipe's
+    samples, with its arguments (same defaults: ``alpha=None`` searches
+    alpha per group) and the recipe's options (which decide how the search
+    emulates the weights)."""
+
+    alpha: float | None = None
+    alpha_steps: int = 20
+    insert_mul: bool = False
+    search_rows: int = 512
+    batch_size: int = 32
+    alpha_scope: str = "group"
+
+    kind = "smooth_quant"
+
+
+_STEPS = {cls.kind: cls for cls in (CrossLayerEqualization, SmoothQuant, BiasCorrection)}
 
 
 def _check_fields(cls: type, values: Mapping[str, Any], where: str) -> None:
@@ -110,10 +128,30 @@ def _check_step(step: object, index: int) -> None:
             raise InvalidArgumentError(
                 f"{where} (bias_correction) key 'batch_size' must be an integer >= 1, got "
                 f"{step.batch_size!r}.")
+    elif isinstance(step, SmoothQuant):
+        a = step.alpha
+        if a is not None and (isinstance(a, bool) or not isinstance(a, (int, float))
+                              or not 0.0 <= a <= 1.0):
+            raise InvalidArgumentError(
+                f"{where} (smooth_quant) key 'alpha' must be null (search) or a number in "
+                f"[0, 1], got {a!r}.")
+        for key in ("alpha_steps", "search_rows", "batch_size"):
+            v = getattr(step, key)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise InvalidArgumentError(
+                    f"{where} (smooth_quant) key '{key}' must be an integer >= 1, got {v!r}.")
+        if step.alpha_scope not in ("group", "model"):
+            raise InvalidArgumentError(
+                f"{where} (smooth_quant) key 'alpha_scope' must be \"group\" or \"model\", "
+                f"got {step.alpha_scope!r}.")
+        if not isinstance(step.insert_mul, bool):
+            raise InvalidArgumentError(
+                f"{where} (smooth_quant) key 'insert_mul' must be true or false, got "
+                f"{step.insert_mul!r}.")
     else:
         raise InvalidArgumentError(
-            f"{where} is a {type(step).__name__}; a step is CrossLayerEqualization or "
-            "BiasCorrection.")
+            f"{where} is a {type(step).__name__}; a step is CrossLayerEqualization, "
+            "SmoothQuant or BiasCorrection.")
 
 
 @dataclass(frozen=True)
@@ -121,10 +159,11 @@ class Recipe:
     """Techniques in order, and the options the model is quantized with.
 
     Attributes:
-        steps: :class:`CrossLayerEqualization` and :class:`BiasCorrection`,
-            each at most once, run in this order on the float model;
-            bias correction, which measures the error of the quantized
-            weights, must come after equalization, which changes them.
+        steps: :class:`CrossLayerEqualization`, :class:`SmoothQuant` and
+            :class:`BiasCorrection`, each at most once, run in this order
+            on the float model; bias correction, which measures the error
+            of the quantized weights, must come after equalization and
+            SmoothQuant, which change them.
         options: the :class:`~onnxquant.QuantOptions` of calibration, bias
             correction and quantization (``weight_range="mse"`` is the
             weight range search).
@@ -168,10 +207,12 @@ class Recipe:
                 "recipe has bias_correction with options mode='dynamic'; bias correction "
                 "corrects the error of static quantization's ranges, which dynamic mode does "
                 "not have: drop the step, or use mode='static'.")
-        if kinds == ["bias_correction", "cross_layer_equalization"]:
+        later = kinds[kinds.index("bias_correction") + 1:] if "bias_correction" in kinds \
+            else []
+        if later:
             raise InvalidArgumentError(
-                "recipe puts bias_correction before cross_layer_equalization, which would "
-                "change the weights it corrected for; put cross_layer_equalization first.")
+                f"recipe puts bias_correction before {later[0]}, which would change the "
+                f"weights it corrected for; put {later[0]} first.")
 
     @classmethod
     def preset(cls, name: str) -> Recipe:
@@ -362,6 +403,22 @@ def _bias_entry(record, seconds: float) -> TechniqueEntry:
                            "mean_abs_delta": mean}, record, seconds)
 
 
+def _smooth_entry(record, seconds: float) -> TechniqueEntry:
+    applied = [g for g in record.groups if g.applied]
+    alphas = [g.alpha for g in applied]
+    before = float(np.mean([g.error_before for g in applied])) if applied else 0.0
+    after = float(np.mean([g.error_after for g in applied])) if applied else 0.0
+    summary = (f"{len(applied)} of {len(record.groups)} MatMul groups smoothed"
+               + (f", alpha {min(alphas):.2f}..{max(alphas):.2f}, mean relative error "
+                  f"{before:.3g} -> {after:.3g}" if applied else "")
+               + (f", {len(record.skipped)} activations skipped" if record.skipped else ""))
+    return TechniqueEntry("smooth_quant", summary,
+                          {"groups_smoothed": len(applied), "groups": len(record.groups),
+                           "skipped": len(record.skipped),
+                           "mean_error_before": before, "mean_error_after": after},
+                          record, seconds)
+
+
 def _channel_axis(node: onnx.NodeProto, ndim: int) -> int:
     if node.op_type == "Gemm":
         trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
@@ -425,8 +482,9 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
                  input_shapes: Mapping[str, object] | None = None,
                  percentage: float = 99.99, progress: bool = False) -> RecipeResult:
     """Runs ``recipe`` on ``model``: :func:`~onnxquant.optimize_model`, each
-    step on the float model in order (equalization, then bias correction on
-    ``samples`` with the recipe's options), calibration on ``samples`` with
+    step on the float model in order (equalization, SmoothQuant on
+    ``samples``, then bias correction on ``samples`` with the recipe's
+    options), calibration on ``samples`` with
     the recipe's method, and :func:`~onnxquant.quantize` with its options.
 
     Args:
@@ -458,7 +516,7 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
     from onnxquant.optimize import optimize_model
     from onnxquant.pipeline import _samples
     from onnxquant.quantize import quantize, upgrade_for_int4
-    from onnxquant.recovery import correct_bias, equalize_cross_layer
+    from onnxquant.recovery import correct_bias, equalize_cross_layer, smooth_quant
 
     if not isinstance(recipe, Recipe):
         if not isinstance(recipe, (str, os.PathLike)):
@@ -484,6 +542,13 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
                 float_model, replace_relu6=step.replace_relu6, power_of_two=step.power_of_two,
                 max_sweeps=step.max_sweeps, tolerance=step.tolerance)
             entries.append(_equalization_entry(rec, time.perf_counter() - start))
+        elif isinstance(step, SmoothQuant):
+            float_model, rec = smooth_quant(
+                float_model, feed, alpha=step.alpha, alpha_steps=step.alpha_steps,
+                insert_mul=step.insert_mul, search_rows=step.search_rows,
+                batch_size=step.batch_size, options=recipe.options,
+                alpha_scope=step.alpha_scope)
+            entries.append(_smooth_entry(rec, time.perf_counter() - start))
         else:
             float_model, rec = correct_bias(float_model, feed, options=recipe.options,
                                             batch_size=step.batch_size)
