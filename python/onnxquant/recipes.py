@@ -54,6 +54,9 @@ class CrossLayerEqualization:
     power_of_two: bool = False
     max_sweeps: int = 100
     tolerance: float = 1e-4
+    #: Then :func:`onnxquant.recovery.absorb_high_bias` on the recipe's samples.
+    absorb_high_bias: bool = False
+    high_bias_sigmas: float = 3.0
 
     kind = "cross_layer_equalization"
 
@@ -102,6 +105,12 @@ def _check_step(step: object, index: int) -> None:
             raise InvalidArgumentError(
                 f"{where} (cross_layer_equalization) key 'tolerance' must be >= 0, got "
                 f"{step.tolerance!r}.")
+        sigmas = step.high_bias_sigmas
+        if isinstance(sigmas, bool) or not isinstance(sigmas, (int, float)) or \
+                not (sigmas >= 0 and np.isfinite(sigmas)):
+            raise InvalidArgumentError(
+                f"{where} (cross_layer_equalization) key 'high_bias_sigmas' must be a finite "
+                f"number >= 0, got {step.high_bias_sigmas!r}.")
     elif isinstance(step, BiasCorrection):
         if not isinstance(step.batch_size, int) or step.batch_size < 1:
             raise InvalidArgumentError(
@@ -344,6 +353,18 @@ def _equalization_entry(record, seconds: float) -> TechniqueEntry:
                           record, seconds)
 
 
+def _absorption_entry(record, seconds: float) -> TechniqueEntry:
+    values = [np.asarray(a) for a in record.amounts.values()]
+    moved = int(sum(np.count_nonzero(a) for a in values))
+    channels = int(sum(a.size for a in values))
+    summary = (f"high-bias absorption: {len(record.amounts)} of {record.candidates} chains, "
+               f"{moved} of {channels} channels, mean amount "
+               f"{float(np.mean(np.concatenate(values))) if values else 0.0:.3g}")
+    return TechniqueEntry("high_bias_absorption", summary,
+                          {"chains": len(record.amounts), "channels_moved": moved},
+                          record, seconds)
+
+
 def _bias_entry(record, seconds: float) -> TechniqueEntry:
     deltas = [np.abs(d) for d in record.corrections.values()]
     mean = float(np.mean(np.concatenate(deltas))) if deltas else 0.0
@@ -450,7 +471,7 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
     from onnxquant.optimize import optimize_model
     from onnxquant.pipeline import _samples
     from onnxquant.quantize import quantize, upgrade_for_int4
-    from onnxquant.recovery import correct_bias, equalize_cross_layer
+    from onnxquant.recovery import absorb_high_bias, correct_bias, equalize_cross_layer
 
     if not isinstance(recipe, Recipe):
         if not isinstance(recipe, (str, os.PathLike)):
@@ -474,6 +495,11 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
                 float_model, replace_relu6=step.replace_relu6, power_of_two=step.power_of_two,
                 max_sweeps=step.max_sweeps, tolerance=step.tolerance)
             entries.append(_equalization_entry(rec, time.perf_counter() - start))
+            if step.absorb_high_bias:
+                start = time.perf_counter()
+                float_model, rec = absorb_high_bias(float_model, feed,
+                                                    sigmas=step.high_bias_sigmas)
+                entries.append(_absorption_entry(rec, time.perf_counter() - start))
         else:
             float_model, rec = correct_bias(float_model, feed, options=recipe.options,
                                             batch_size=step.batch_size)

@@ -230,7 +230,8 @@ def test_json_round_trip(tmp_path):
     recipe.to_json(path)
     data = json.loads(path.read_text())
     assert data["steps"][0] == {"technique": "cross_layer_equalization", "replace_relu6": True,
-                                "power_of_two": False, "max_sweeps": 7, "tolerance": 1e-4}
+                                "power_of_two": False, "max_sweeps": 7, "tolerance": 1e-4,
+                                "absorb_high_bias": False, "high_bias_sigmas": 3.0}
     assert data["options"] == {"per_channel": False, "power_of_two": "mse",
                                "exclude_nodes": ["gemm"]}
     assert oq.Recipe.from_json(path) == recipe
