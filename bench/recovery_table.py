@@ -91,8 +91,9 @@ MODES = {
     "W8A8 pow2": Mode(oq.QuantOptions(per_channel=False, power_of_two="ceil"), "npu_pow2",
                       "fused", power_of_two=True,
                       candidates=(("+PERCENTILE_ASYM", _with_method("PERCENTILE_ASYM")),
-                                  ("+PERCENTILE_ASYM, pow2 mse",
-                                   lambda r: _with_method("PERCENTILE_ASYM")(_search("mse")(r))))),
+                                  ("-WRS", lambda r: dataclasses.replace(
+                                      r, options=dataclasses.replace(
+                                          r.options, weight_range="minmax"))))),
     "W4A8": Mode(oq.QuantOptions(weight_type="int4"), "w4a8",
                  "emulated weights: DQ(int4) -> float Conv/Gemm/MatMul (no int4 kernels), "
                  "the rest fused",
@@ -146,6 +147,10 @@ TECHNIQUES: dict[str, Callable[[Context], oq.Recipe | None]] = {
     "WRS": lambda ctx: oq.Recipe(options=dataclasses.replace(ctx.mode.options,
                                                              weight_range="mse")),
     "CLE": _steps(_cle()),
+    # Power-of-two activation scales by squared error (the pow2 mode only).
+    "act MSE": lambda ctx: oq.Recipe(options=_plain_options(ctx.mode),
+                                     activation_power_of_two="mse")
+    if ctx.mode.power_of_two else None,
 }
 if "absorb_high_bias" in {f.name for f in dataclasses.fields(rc.CrossLayerEqualization)}:
     TECHNIQUES["CLE+HBA"] = _steps(_cle(absorb_high_bias=True))
@@ -268,13 +273,15 @@ def table_text(args, rows: list[str], misses: list[str], minutes: float) -> str:
         "the mode's options: **plain** no technique (`weight_range=\"minmax\"`); **WRS** the "
         "weight range search (`weight_range=\"mse\"`); **CLE** cross-layer equalization "
         "(power-of-two aligned in the pow2 mode); **CLE+HBA** the same with high-bias "
-        "absorption; **BC** bias correction; **recipe** the mode's preset as shipped "
+        "absorption; **act MSE** (pow2 mode only) each activation's power-of-two scale "
+        "chosen by squared error on the calibration histogram "
+        "(`Recipe(activation_power_of_two=\"mse\")`); **BC** bias correction; **recipe** the mode's preset as shipped "
         "(`npu_pow2`, `w4a8`, `cpu_default`), and its share of FP32 against issue 12's "
         "target. In brackets: the paired difference to plain ± its standard error "
         "(points). AdaRound and SmoothQuant columns appear when those recipe steps exist. "
         f"**best** (with `--best`, the default): the preset or one of the mode's candidates "
-        "(W8A8 pow2: the preset with the PERCENTILE_ASYM method, and that with "
-        "`power_of_two=\"mse\"` and the weight search; W4A8: the preset without CLE, and "
+        "(W8A8 pow2: the preset with the PERCENTILE_ASYM method, and without the weight "
+        "search; W4A8: the preset without CLE, and "
         "with the weight search; W8A8: bias correction alone), whichever scores highest on "
         f"{args.validation_images} validation images (held-out training images drawn with "
         "`numpy.random.default_rng(0)`, never test images), then measured on the test "

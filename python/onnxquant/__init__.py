@@ -72,6 +72,7 @@ from onnxquant.recipes import (
     apply_recipe,
     recipes,
 )
+from onnxquant.pow2_ranges import power_of_two_activation_ranges
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
@@ -83,6 +84,7 @@ __all__ = [
     "RecipeResult",
     "apply_recipe",
     "recipes",
+    "power_of_two_activation_ranges",
     "CalibrationDataError",
     "CalibrationMethod",
     "CalibrationReport",

@@ -136,6 +136,13 @@ class Recipe:
             weight range search).
         method: the calibration method's name (default ``"MIN_MAX_ASYM"``).
         name: a label, printed in the report (default ``""``).
+        activation_power_of_two: with power-of-two ``options``, how each
+            activation's scale is chosen from its range: ``"ceil"`` (default:
+            the smallest power of two that covers it) or ``"mse"`` (that or
+            the next lower one, whichever quantizes the calibration histogram
+            with less squared error:
+            :func:`~onnxquant.power_of_two_activation_ranges`). Ignored
+            without power-of-two options.
 
     Raises:
         InvalidArgumentError: a step of another type, a step twice, bias
@@ -147,11 +154,16 @@ class Recipe:
     options: QuantOptions = field(default_factory=QuantOptions)
     method: str = "MIN_MAX_ASYM"
     name: str = ""
+    activation_power_of_two: str = "ceil"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "steps", tuple(self.steps))
         if not isinstance(self.name, str):
             raise InvalidArgumentError(f"Recipe name must be a string, got {self.name!r}.")
+        if self.activation_power_of_two not in ("ceil", "mse"):
+            raise InvalidArgumentError(
+                f"Recipe activation_power_of_two must be 'ceil' or 'mse', got "
+                f"{self.activation_power_of_two!r}.")
         if not isinstance(self.options, QuantOptions):
             raise InvalidArgumentError(
                 f"Recipe options must be a QuantOptions, got {type(self.options).__name__}.")
@@ -196,7 +208,10 @@ class Recipe:
                                    {k: dict(v) for k, v in value.items()}
                                    if f.name == "overrides" else value)
         steps = [{"technique": s.kind, **dataclasses.asdict(s)} for s in self.steps]
-        return {"name": self.name, "method": self.method, "options": options, "steps": steps}
+        out = {"name": self.name, "method": self.method, "options": options, "steps": steps}
+        if self.activation_power_of_two != "ceil":
+            out["activation_power_of_two"] = self.activation_power_of_two
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Recipe:
@@ -224,7 +239,8 @@ class Recipe:
         except TypeError as e:  # a value QuantOptions cannot take
             raise InvalidArgumentError(f"recipe 'options': {e}") from None
         return cls(steps=tuple(steps), options=opts,
-                   method=data.get("method", "MIN_MAX_ASYM"), name=data.get("name", ""))
+                   method=data.get("method", "MIN_MAX_ASYM"), name=data.get("name", ""),
+                   activation_power_of_two=data.get("activation_power_of_two", "ceil"))
 
     def to_json(self, path: str | os.PathLike) -> None:
         """Writes :meth:`to_dict` as JSON to ``path``."""
@@ -260,6 +276,7 @@ class Recipe:
 class _RecipeKeys:  # the keys of a recipe file, for _check_fields
     name: str = ""
     method: str = ""
+    activation_power_of_two: str = ""
     options: dict = field(default_factory=dict)
     steps: list = field(default_factory=list)
 
@@ -269,7 +286,7 @@ _PRESETS: dict[str, Recipe] = {
     "npu_pow2": Recipe(
         steps=(CrossLayerEqualization(power_of_two=True), BiasCorrection()),
         options=QuantOptions(per_channel=False, power_of_two="ceil", weight_range="mse"),
-        name="npu_pow2"),
+        name="npu_pow2", activation_power_of_two="mse"),
     # No weight range search at int4: the weights' squared error is minimised by
     # clipping 80-95 % of the channels (to about 2.5 standard deviations), which
     # never helped and cost up to a point of top-1 (docs/accuracy.md, "Recipes").
@@ -283,7 +300,8 @@ _PRESETS: dict[str, Recipe] = {
 def recipes() -> dict[str, Recipe]:
     """The named presets: ``"cpu_default"`` (W8A8, per-channel weights, no
     technique), ``"npu_pow2"`` (per-tensor power-of-two scales, CLE aligned
-    to powers of two, weight range search, bias correction) and ``"w4a8"``
+    to powers of two, weight range search, bias correction, activation
+    scales chosen by squared error) and ``"w4a8"``
     (int4 per-channel weights, CLE, bias correction; no weight range search,
     which clips most int4 channels and did not help)."""
     return dict(_PRESETS)
@@ -508,6 +526,17 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
                             options=recipe.options)
     calibrator.collect_data(feed, progress=progress)
     ranges = calibrator.compute_range()
+    if recipe.activation_power_of_two == "mse" and recipe.options.power_of_two != "off":
+        from onnxquant.pow2_ranges import power_of_two_activation_ranges
+
+        start = time.perf_counter()
+        ranges, lowered = power_of_two_activation_ranges(
+            calibrator, ranges, activation_type=recipe.options.activation_type)
+        entries.append(TechniqueEntry(
+            "power_of_two_activation_mse",
+            f"{len(lowered)} of {len(ranges)} activation scales lowered one power of two",
+            {"lowered": len(lowered), "tensors": len(ranges)}, tuple(lowered),
+            time.perf_counter() - start))
     quantized, qreport = quantize(float_model, ranges, options=recipe.options,
                                   calibrator=calibrator, return_report=True)
     if recipe.options.weight_range == "mse":

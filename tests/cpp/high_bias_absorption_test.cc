@@ -151,7 +151,8 @@ double MaxAbs(const std::vector<double>& v) {
 
 TEST(HighBiasAbsorption, FindsBothChainsOfTheModel) {
   std::mt19937 gen(3);
-  const std::vector<AbsorptionCandidate> c = FindHighBiasCandidates(Chain(&gen));
+  const std::vector<AbsorptionCandidate> c =
+      FindHighBiasCandidates(Chain(&gen));
   ASSERT_EQ(c.size(), 2u);
   EXPECT_EQ(c[0].first, "conv_a");
   EXPECT_EQ(c[0].output, "a");
