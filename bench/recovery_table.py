@@ -90,7 +90,9 @@ def _search(rule: str | None = None) -> Callable[[oq.Recipe], oq.Recipe]:
 MODES = {
     "W8A8 pow2": Mode(oq.QuantOptions(per_channel=False, power_of_two="ceil"), "npu_pow2",
                       "fused", power_of_two=True,
-                      candidates=(("+PERCENTILE_ASYM", _with_method("PERCENTILE_ASYM")),
+                      candidates=(("+act MSE", lambda r: dataclasses.replace(
+                                      r, activation_power_of_two="mse")),
+                                  ("+PERCENTILE_ASYM", _with_method("PERCENTILE_ASYM")),
                                   ("-WRS", lambda r: dataclasses.replace(
                                       r, options=dataclasses.replace(
                                           r.options, weight_range="minmax"))))),
@@ -280,8 +282,8 @@ def table_text(args, rows: list[str], misses: list[str], minutes: float) -> str:
         "target. In brackets: the paired difference to plain ± its standard error "
         "(points). AdaRound and SmoothQuant columns appear when those recipe steps exist. "
         f"**best** (with `--best`, the default): the preset or one of the mode's candidates "
-        "(W8A8 pow2: the preset with the PERCENTILE_ASYM method, and without the weight "
-        "search; W4A8: the preset without CLE, and "
+        "(W8A8 pow2: the preset with `activation_power_of_two=\"mse\"`, with the "
+        "PERCENTILE_ASYM method, and without the weight search; W4A8: the preset without CLE, and "
         "with the weight search; W8A8: bias correction alone), whichever scores highest on "
         f"{args.validation_images} validation images (held-out training images drawn with "
         "`numpy.random.default_rng(0)`, never test images), then measured on the test "

@@ -286,7 +286,7 @@ _PRESETS: dict[str, Recipe] = {
     "npu_pow2": Recipe(
         steps=(CrossLayerEqualization(power_of_two=True), BiasCorrection()),
         options=QuantOptions(per_channel=False, power_of_two="ceil", weight_range="mse"),
-        name="npu_pow2", activation_power_of_two="mse"),
+        name="npu_pow2"),
     # No weight range search at int4: the weights' squared error is minimised by
     # clipping 80-95 % of the channels (to about 2.5 standard deviations), which
     # never helped and cost up to a point of top-1 (docs/accuracy.md, "Recipes").
@@ -300,8 +300,7 @@ _PRESETS: dict[str, Recipe] = {
 def recipes() -> dict[str, Recipe]:
     """The named presets: ``"cpu_default"`` (W8A8, per-channel weights, no
     technique), ``"npu_pow2"`` (per-tensor power-of-two scales, CLE aligned
-    to powers of two, weight range search, bias correction, activation
-    scales chosen by squared error) and ``"w4a8"``
+    to powers of two, weight range search, bias correction) and ``"w4a8"``
     (int4 per-channel weights, CLE, bias correction; no weight range search,
     which clips most int4 channels and did not help)."""
     return dict(_PRESETS)

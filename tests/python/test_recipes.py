@@ -86,7 +86,7 @@ def test_preset_runs_end_to_end_and_ort_runs_the_result(name):
     kinds = [t.technique for t in result.report.techniques]
     expected = {"cpu_default": [],
                 "npu_pow2": ["cross_layer_equalization", "bias_correction",
-                             "power_of_two_activation_mse", "weight_range_search"],
+                             "weight_range_search"],
                 "w4a8": ["cross_layer_equalization", "bias_correction"]}[name]
     assert kinds == expected
     assert name in str(result.report)
