@@ -14,7 +14,9 @@ bench/accuracy.py), one calibration (500 samples, MIN_MAX_ASYM), then each mode:
   layers ranked by the SQNR they lose (``oq.analyze`` on 64 calibration samples), the most
   sensitive promoted to int16 activations and int8 weights until top-1 on the validation
   set is within ``--budget`` points of FP32's there (at most ``--max-share`` of the layers);
-- W4A8 MP int8: the same, the promoted layers getting int8 weights only (W8A8, fused).
+- W4A8 MP int8: the same, the promoted layers getting int8 weights only (W8A8, fused);
+- W8A8 MP: the mixed precision on the W8A8 default, the promoted layers getting int16
+  activations (int8 weights), with the same budget and metric.
 
 Top-1 on a drawn subset of the test set, with ONNX Runtime's default session options (as
 deployed: W8A8 modes fuse into integer kernels; W8A16 runs DQ -> float op -> Q; W4A8 runs
@@ -55,6 +57,7 @@ MODES = {
     "W4A8 blk32": {"weight_type": "int4", "block_size": 32},
     "W4A8 MP": {"weight_type": "int4"},  # then oq.mixed_precision
     "W4A8 MP int8": {"weight_type": "int4"},  # promoted layers to W8A8
+    "W8A8 MP": {},  # the default, then oq.mixed_precision to int16
 }
 RUNS_AS = {
     "FP32": "float",
@@ -66,6 +69,7 @@ RUNS_AS = {
     "W4A8 blk32": "as W4A8",
     "W4A8 MP": "as W4A8; promoted layers DQ -> float op -> Q",
     "W4A8 MP int8": "as W4A8; promoted layers fused (integer kernels)",
+    "W8A8 MP": "fused; promoted layers DQ -> float op -> Q",
 }
 DEFAULT_MODELS = ("resnet8", "cifar-resnet", "cifar-mobilenetv2", "cifar-efficientnet",
                   "cifar-convnext", "cifar-vit")
@@ -114,11 +118,11 @@ def main() -> None:
                    help="the first N of the entry's calibration images (default 500)")
     p.add_argument("--batch", type=int, default=1, help="images per run for top-1 (default 1)")
     p.add_argument("--validation-images", type=int, default=1000,
-                   help="validation images W4A8 MP's metric runs on (drawn; default 1000)")
+                   help="validation images the MP modes' metric runs on (drawn; default 1000)")
     p.add_argument("--budget", type=float, default=1.0,
-                   help="W4A8 MP: top-1 points below FP32 allowed on the validation set")
+                   help="MP modes: top-1 points below FP32 allowed on the validation set")
     p.add_argument("--max-share", type=float, default=0.5,
-                   help="W4A8 MP: the largest share of layers promoted (default 0.5)")
+                   help="MP modes: the largest share of layers promoted (default 0.5)")
     args = p.parse_args()
     print(f"command: python bench/modes.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
@@ -140,7 +144,7 @@ def main() -> None:
         notes = []
         for mode in args.modes:
             options = MODES[mode]
-            if mode.startswith("W4A8 MP"):
+            if " MP" in mode:
                 result = mixed(model, cal, calibration, entry, args, oq.QuantOptions(**options),
                                "int8" if mode.endswith("int8") else "int16")
                 sessions[mode] = session(result.model)
@@ -158,9 +162,9 @@ def main() -> None:
 
 
 def mixed(model, cal, calibration: np.ndarray, entry, args, options, promote_to: str):
-    """oq.mixed_precision on W4A8 with top-1 on the validation set as the metric."""
+    """oq.mixed_precision on ``options`` with top-1 on the validation set as the metric."""
     if entry.validation is None:
-        raise SystemExit(f"{entry.name} has no validation set for W4A8 MP's metric")
+        raise SystemExit(f"{entry.name} has no validation set for the MP modes' metric")
     val = entry.validation.subset(args.validation_images)
 
     def metric(m) -> float:

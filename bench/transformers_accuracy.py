@@ -34,6 +34,14 @@ inference. Modes:
 - ``static, MatMul/Gemm only``: ``op_types=("MatMul", "Gemm")``: the
   residual Adds that feed LayerNormalization (and the bias Adds) stay float
   as well;
+- ``static, auto promotion``: :func:`onnxquant.mixed_precision` with
+  ``candidates="auto"`` on the static model: the LayerNormalization and
+  Softmax neighbours whose accumulated SQNR drop dominates (the analysis, on
+  4 calibration batches) go first, then the layers by output SQNR gain,
+  promoted to int16 until 100 x the output cosine to FP32 on the calibration
+  batches is within ``--budget`` (default 0.01: cosine 0.9999) of 100, at
+  most ``--max-share`` (default 0.25) of the candidates; the JSON row lists
+  what was promoted and why (``promoted``);
 - ``dynamic``: :func:`onnxquant.quantize_dynamic` (portable weights,
   [-63, 63]);
 - ``dynamic, attention float``: the same with
@@ -274,6 +282,28 @@ def _static(model, calib, method, keep: bool = False, **options):
     return quantized, report, calibrator.report
 
 
+def _auto_promotion(model, calib, calibrator, budget: float, max_share: float):
+    """oq.mixed_precision(candidates="auto") on the static model, the metric
+    100 x the cosine to FP32 on the calibration batches; returns (model,
+    report, promotions)."""
+    reference = _outputs(_session(model), calib)
+
+    def metric(m) -> float:
+        return 100.0 * _cosine(reference, _outputs(_session(m), calib), calib)
+
+    result = oq.mixed_precision(model, calibrator, calib[:4], metric, budget=budget,
+                                max_share=max_share, candidates="auto")
+    quantized, report = oq.quantize(model, calibrator.compute_range(), calibrator=calibrator,
+                                    options=result.options, return_report=True)
+    promoted = [{"name": p.node, "kind": p.kind, "op_type": p.op_type, "reason": p.reason}
+                for p in result.promoted]
+    neighbours = [r.node for r in result.ranking if r.kind == "tensor"]
+    return quantized, report, {"promoted": promoted, "neighbours": neighbours,
+                               "candidates": len(result.ranking),
+                               "metric": [result.fp32_metric, result.base_metric,
+                                          result.final_metric]}
+
+
 def _ort_dynamic(model, workdir: Path):
     from onnxruntime.quantization import QuantType, quantize_dynamic
     src, dst = workdir / "fp32.onnx", workdir / "ort_dynamic.onnx"
@@ -283,7 +313,8 @@ def _ort_dynamic(model, workdir: Path):
 
 
 def measure(name: str, fp32_path: Path, sets: dict, method: str, workdir: Path,
-            only_modes: list[str] | None = None, analyze: bool = True) -> list[dict]:
+            only_modes: list[str] | None = None, analyze: bool = True,
+            budget: float = 0.01, max_share: float = 0.25) -> list[dict]:
     # Static input shapes (the batch's), so that mac_share can count MACs.
     feed = next(iter(sets.values()))[0][0]
     raw = onnx.load(str(fp32_path))
@@ -314,6 +345,11 @@ def measure(name: str, fp32_path: Path, sets: dict, method: str, workdir: Path,
         if "static, MatMul/Gemm only" in wanted:
             modes["static, MatMul/Gemm only"] = _static(model, calib, method,
                                                         op_types=("MatMul", "Gemm"))[:2]
+        auto = None
+        if "static, auto promotion" in wanted:
+            promoted_model, promoted_report, auto = _auto_promotion(
+                model, calib, cal_obj, budget, max_share)
+            modes["static, auto promotion"] = (promoted_model, promoted_report)
         if "dynamic" in wanted:
             modes["dynamic"] = (oq.quantize_dynamic(model), None)
         if "dynamic, attention float" in wanted:
@@ -334,7 +370,8 @@ def measure(name: str, fp32_path: Path, sets: dict, method: str, workdir: Path,
                        reference, _outputs(_session(quantized, emulated=True), evaluation),
                        evaluation),
                    "int8_mac_share": None, "masks": masks if mode == "static" else None,
-                   "worst_tensors": worst if mode == "static" else None}
+                   "worst_tensors": worst if mode == "static" else None,
+                   "auto_promotion": auto if mode == "static, auto promotion" else None}
             if mode != "ORT dynamic":
                 row["int8_mac_share"] = _matmul_share(shaped, quantized, report)
             rows.append(row)
@@ -363,7 +400,8 @@ def markdown(rows: list[dict]) -> str:
 
 
 MODES = ["static", "static, masks saturate", "static, attention float",
-         "static, MatMul/Gemm only", "dynamic", "dynamic, attention float", "ORT dynamic"]
+         "static, MatMul/Gemm only", "static, auto promotion", "dynamic",
+         "dynamic, attention float", "ORT dynamic"]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -375,6 +413,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="*", default=None, choices=MODES,
                         help="default: all ('static' alone runs on onnxquant before this "
                              "bench, for a baseline)")
+    parser.add_argument("--budget", type=float, default=0.01,
+                        help="auto promotion: 100 x cosine below FP32's 100 allowed on the "
+                             "calibration batches (default 0.01)")
+    parser.add_argument("--max-share", type=float, default=0.25,
+                        help="auto promotion: the largest share of candidates promoted")
     args = parser.parse_args(argv)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -390,14 +433,16 @@ def main(argv: list[str] | None = None) -> None:
             sets = {padded: (_text_batches(rng, 16, padded == "padded"),
                              _text_batches(rng, 8, padded == "padded"))
                     for padded in ("padded", "unpadded")}
-            rows += measure(name, path, sets, args.method, workdir, args.modes)
+            rows += measure(name, path, sets, args.method, workdir, args.modes,
+                            budget=args.budget, max_share=args.max_share)
         if not args.only or "vit" in args.only:
             # Calibration: test images 0..255; evaluation: 2 000 others.
             calib, _ = _vit_batches(16, 0)
             evaluation, labels = _vit_batches(125, 5000)
             sets = {"images": (calib, evaluation, labels)}
             rows += measure("vit (models/cifar)", ROOT / "models/cifar/vit.onnx", sets,
-                            args.method, workdir, args.modes)
+                            args.method, workdir, args.modes, budget=args.budget,
+                            max_share=args.max_share)
     if args.output:
         args.output.write_text(json.dumps({"method": args.method, "rows": rows}, indent=1))
     print(markdown(rows))

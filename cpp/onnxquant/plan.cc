@@ -96,9 +96,10 @@ class Planner : public ConstantLookup {
  public:
   Planner(const pb::GraphProto& graph, const Planner* outer, Scope scope,
           const DtypeMap& dtypes, const QuantOptions& options,
-          const std::unordered_set<std::string>& excluded)
+          const std::unordered_set<std::string>& excluded,
+          const std::unordered_set<std::string>& masks)
       : graph_(graph), index_(graph_), outer_(outer), scope_(std::move(scope)),
-        dtypes_(dtypes), options_(options), excluded_(excluded) {}
+        dtypes_(dtypes), options_(options), excluded_(excluded), masks_(masks) {}
 
   QuantPlan Run();
 
@@ -161,6 +162,7 @@ class Planner : public ConstantLookup {
   const DtypeMap& dtypes_;
   const QuantOptions& options_;
   const std::unordered_set<std::string>& excluded_;  // options_.exclude_nodes
+  const std::unordered_set<std::string>& masks_;     // options_.mask_nodes
   PatternMatches patterns_;
 };
 
@@ -186,6 +188,12 @@ void Planner::CheckOptions() const {
                             "are those of the optimized model).");
     }
   }
+  for (const auto& name : options_.mask_nodes) {
+    if (names.count(name) == 0) {
+      throw InvalidArgument("mask_nodes names node '" + name +
+                            "', which the model does not contain.");
+    }
+  }
   for (const auto& op : options_.op_types) {
     const OpSpec* spec = FindOpSpec("", op);
     if (spec == nullptr || !Quantizes(spec->kind)) {
@@ -200,6 +208,9 @@ Decision Planner::Decide(int i) const {
   const auto& n = graph_.node(i);
   if (excluded_.count(n.name())) {
     return Float("excluded by the user");
+  }
+  if (masks_.count(n.name())) {
+    return Float("applies or computes an attention mask (masks='float')");
   }
   const OpSpec* spec = FindOpSpec(n.domain(), n.op_type());
   if (spec == nullptr && !n.domain().empty() && n.domain() != "ai.onnx") {
@@ -479,7 +490,8 @@ void Planner::PlanBodies(QuantPlan* plan) const {
     for (const auto& attr : n.attribute()) {
       if (!attr.has_g()) continue;
       const Scope scope = BodyScope(scope_, n, attr.name());
-      Planner child(attr.g(), this, scope, dtypes_, options_, excluded_);
+      Planner child(attr.g(), this, scope, dtypes_, options_, excluded_,
+                    masks_);
       QuantPlan body = child.Run();
       auto missed = std::find_if(
           body.calibrated.begin(), body.calibrated.end(),
@@ -689,7 +701,9 @@ QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,
   CheckWeightOptions(options, opset);
   const std::unordered_set<std::string> excluded(
       options.exclude_nodes.begin(), options.exclude_nodes.end());
-  Planner planner(model.graph(), nullptr, "", dtypes, options, excluded);
+  const std::unordered_set<std::string> masks(options.mask_nodes.begin(),
+                                              options.mask_nodes.end());
+  Planner planner(model.graph(), nullptr, "", dtypes, options, excluded, masks);
   QuantPlan plan = planner.Run();
   DropFloatTensors(model.graph(), options, &plan);
   // Tensors of the main graph are observed by every sample; the others only

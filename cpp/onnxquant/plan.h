@@ -78,6 +78,11 @@ struct QuantOptions {
   bool per_channel = true;
   // Node names kept float whatever their op.
   std::vector<std::string> exclude_nodes;
+  // Node names that apply or compute an attention mask, kept float whatever
+  // their op (quantize()'s masks="float"); apart from exclude_nodes so that
+  // the user's exclusions stay what the user passed, and the report gives
+  // these their own reason.
+  std::vector<std::string> mask_nodes;
   // Op types to quantize; empty means every op of the table.
   std::vector<std::string> op_types;
   // Quantize MatMul of two activations (attention); off keeps them float.

@@ -43,6 +43,7 @@ class QuantOptions:
     power_of_two: PowerOfTwo
     weight_range: WeightRange
     exclude_nodes: list[str]
+    mask_nodes: list[str]
     op_types: list[str]
     quantize_activation_matmul: bool
     reduce_weight_range: bool

@@ -274,7 +274,11 @@ class Calibrator:
             (docs/accuracy.md).
         options: the :class:`~onnxquant.QuantOptions` that ``quantize`` will use
             (default: ``QuantOptions()``); they decide which tensors the plan
-            calibrates, so pass the same ones to both.
+            calibrates, so pass the same ones to both. Options with
+            ``mode="dynamic"`` are refused (InvalidArgumentError): that mode
+            computes activation scales at run time, so there is nothing to
+            calibrate; call ``quantize(model, None, options=...)`` without a
+            Calibrator.
         batch_size: where every input's first (batch) dim is dynamic,
             consecutive samples are concatenated into batches of up to this many
             rows per ``session.run`` (default 32; 1 runs samples one by one).
@@ -351,6 +355,12 @@ class Calibrator:
         elif not isinstance(options, QuantOptions):
             raise InvalidArgumentError(
                 f"options must be a QuantOptions, got {type(options).__name__}.")
+        if options.dynamic:
+            raise InvalidArgumentError(
+                "options have mode='dynamic', which computes activation scales at run time: "
+                "there is nothing to calibrate. Call onnxquant.quantize(model, None, "
+                "options=options) without a Calibrator (quantize_model and apply_recipe "
+                "skip calibration in that mode).")
         self._batch_size = batch_size
         self._threads = threads
         self._options = options

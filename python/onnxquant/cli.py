@@ -84,12 +84,13 @@ def run_quantize(args: argparse.Namespace) -> int:
         kernel_remedy=args.kernel_remedy, quantize_silu=args.quantize_silu,
         power_of_two=args.power_of_two, weight_range=args.weight_range,
         float_outputs=not args.quantized_outputs, masks=args.masks,
-        weight_type=args.weight_type, block_size=args.block_size)
+        weight_type=args.weight_type, block_size=args.block_size,
+        mode="dynamic" if args.dynamic else "static")
     times: dict[str, float] = {}
     if args.recipe is not None:
         return _run_recipe(args, model_inputs, times)
     if args.dynamic:
-        return _run_dynamic(args, model_inputs, times)
+        return _run_dynamic(args, options, model_inputs, times)
     with _step("optimize", times):
         model = optimize_model(args.model)
     calibrator = None
@@ -180,12 +181,13 @@ def _run_recipe(args: argparse.Namespace, model_inputs: list[str],
     return 0
 
 
-def _run_dynamic(args: argparse.Namespace, model_inputs: list[str],
+def _run_dynamic(args: argparse.Namespace, options, model_inputs: list[str],
                  times: dict[str, float]) -> int:
-    """``quantize --dynamic``: optimize_model, quantize_dynamic, save."""
+    """``quantize --dynamic``: optimize_model, quantize with ``options``
+    (mode="dynamic"), save."""
     from onnxquant._model import save_model, write_bytes_atomic
-    from onnxquant.dynamic import quantize_dynamic
     from onnxquant.optimize import optimize_model
+    from onnxquant.quantize import quantize
 
     if args.save_ranges:
         raise InvalidArgumentError(
@@ -193,11 +195,7 @@ def _run_dynamic(args: argparse.Namespace, model_inputs: list[str],
     with _step("optimize", times):
         model = optimize_model(args.model)
     with _step("quantize (dynamic)", times):
-        quantized, report = quantize_dynamic(
-            model, op_types=args.op_types or ("MatMul", "Gemm"),
-            exclude_nodes=args.exclude_node, per_channel=args.per_channel,
-            quantize_activation_matmul=not args.float_activation_matmul,
-            target=args.target, return_report=True)
+        quantized, report = quantize(model, None, options=options, return_report=True)
     with _step("save", times):
         save_model(quantized, args.output, external_data=True if len(model_inputs) > 1
                    else None, source=args.model)
@@ -301,8 +299,11 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--dynamic", action="store_true",
                         help="no calibration: quantize MatMul/Gemm dynamically "
                              "(DynamicQuantizeLinear + MatMulInteger, activation scales "
-                             "computed at run time); --exclude-node, --op-types, "
-                             "--no-per-channel, --float-activation-matmul and --target apply")
+                             "computed at run time; QuantOptions(mode='dynamic')); "
+                             "--exclude-node, --op-types, --no-per-channel, "
+                             "--float-activation-matmul, --reduce-weight-range and --target "
+                             "apply, and the other quantization flags must keep their "
+                             "defaults")
     q.add_argument("--recipe", default=None, metavar="NAME_OR_JSON",
                    help="a recipe: a preset (cpu_default, npu_pow2, w4a8) or a recipe JSON "
                         "file; it sets the method and the quantization options and runs its "

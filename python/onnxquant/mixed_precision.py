@@ -28,6 +28,22 @@ This follows the automatic mixed precision of TI's TIDL and the search of AMD
 Quark, in its simplest form: a greedy walk down one ranking, which costs the
 ranking and one quantization and metric call per promotion (plus two metric
 calls).
+
+With ``candidates="auto"``, the analysis also nominates tensors: the quantized
+tensors that LayerNormalization (single, or decomposed as the plan finds it:
+ReduceMean ... Sqrt, Div, Mul, Add) and Softmax read or write (those ops stay
+float in the plan; their neighbours carry Q/DQ pairs), where the analysis
+shows that they dominate the error: a tensor whose accumulated SQNR drop (that of its
+nearest quantized ancestors minus that of its nearest quantized descendants:
+what its Q/DQ pair costs as its readers see it) is at least ``dominance``
+times the largest such drop of any quantized tensor. The nominated tensors
+whose promotion alone raises the output SQNR by at least 0.1 dB are promoted
+first, largest drop first. Such a tensor competes in the same ranking as the
+layers; promoted, it gets int16 (or, with ``promote_to="float"``, no Q/DQ
+pair) through a tensor override, and its promotion's reason gives its drop.
+Transformers' LayerNorm outlier channels and sharp attention probabilities
+are where this happens (a uint8 range over a few channels 20-50 times the
+others, or over probabilities in [0, 1] that are mostly near 0).
 """
 
 from __future__ import annotations
@@ -47,6 +63,14 @@ __all__ = ["LayerSensitivity", "MixedPrecisionResult", "Promotion", "mixed_preci
 _LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 _PROMOTIONS = ("int16", "int8", "float")
 _SENSITIVITIES = ("promote", "analyze")
+_CANDIDATES = ("layers", "auto")
+# Float ops whose quantized neighbours candidates="auto" considers.
+_NEIGHBOURED_OPS = ("LayerNormalization", "Softmax")
+# The ops of a decomposed LayerNorm (besides its Div, Sqrt and eps Add).
+_LAYER_NORM_OPS = frozenset(("ReduceMean", "Sub", "Pow", "Add", "Sqrt", "Div", "Mul", "Cast"))
+# A nominated neighbour goes before the layers when promoting it alone gains
+# at least this much output SQNR (dB); below it, it ranks by its gain.
+_HELPS_DB = 0.1
 # An exact tensor (no quantization noise, e.g. integer pixels at scale 1) has
 # an infinite SQNR; rankings and reasons use this instead.
 _EXACT_DB = 100.0
@@ -67,18 +91,23 @@ class LayerSensitivity:
     input_db: float
     output_db: float
     sensitivity_db: float
+    kind: str = "layer"
 
 
 @dataclass(frozen=True)
 class Promotion:
     """A promoted layer: its sensitivity, the metric after promoting it (None
-    without a metric), and why it was promoted, in words."""
+    without a metric), and why it was promoted, in words. ``kind``:
+    ``"layer"`` (``node`` is a node name) or ``"tensor"`` (with
+    ``candidates="auto"``: ``node`` is a tensor that a LayerNormalization or
+    Softmax reads or writes, ``op_type`` that op's type)."""
 
     node: str
     op_type: str
     sensitivity_db: float
     metric_after: float | None
     reason: str
+    kind: str = "layer"
 
 
 @dataclass(frozen=True)
@@ -110,8 +139,9 @@ class MixedPrecisionResult:
             lines.append(f"metric: FP32 {self.fp32_metric:.4g}, base {self.base_metric:.4g}, "
                          f"final {self.final_metric:.4g} (budget "
                          f"{'met' if self.budget_met else 'not met'})")
-        lines.append(f"{len(self.promoted)} of {len(self.ranking)} layers promoted")
-        lines += [f"  {p.node} ({p.op_type}): {p.reason}" for p in self.promoted]
+        lines.append(f"{len(self.promoted)} of {len(self.ranking)} candidates promoted")
+        lines += [f"  {p.node} ({p.op_type}{' neighbour' if p.kind == 'tensor' else ''}): "
+                  f"{p.reason}" for p in self.promoted]
         return "\n".join(lines)
 
 
@@ -149,6 +179,124 @@ def rank_layers(model: onnx.ModelProto, analysis) -> tuple[LayerSensitivity, ...
                                             in_db - out_db)))
     out.sort(key=lambda p: (-p[1].sensitivity_db, p[0]))
     return tuple(s for _, s in out)
+
+
+def _reach(model: onnx.ModelProto, by_tensor: Mapping[str, float]) -> dict[str, float]:
+    """Per tensor of ``model``: the lowest accumulated SQNR (``by_tensor``)
+    of its nearest quantized ancestors, found through float nodes; absent
+    for a tensor with none (a graph input, a tensor of constants only)."""
+    constants = {i.name for i in model.graph.initializer}
+    reach: dict[str, float] = {}
+    for node in model.graph.node:  # in topological order
+        levels = [by_tensor[i] if i in by_tensor else reach[i]
+                  for i in node.input if i and i not in constants
+                  and (i in by_tensor or i in reach)]
+        if levels:
+            for o in node.output:
+                reach[o] = min(levels)
+    return reach
+
+
+def through_drops(model: onnx.ModelProto, analysis) -> dict[str, LayerSensitivity]:
+    """Per quantized tensor of ``analysis`` that has a quantized ancestor:
+    the accumulated SQNR (dB) lost from its nearest quantized ancestors (the
+    lowest of theirs) to its nearest quantized descendants (the lowest of
+    theirs; its own when it has none), both found through float nodes, as
+    ``LayerSensitivity(tensor, "", dB before, dB after, drop)``. It counts
+    what the tensor's Q/DQ pair costs as its readers see it: a LayerNorm
+    output whose outlier channels set the range looks fine as a whole
+    tensor, while the MatMuls reading it, whose weights scale those channels
+    down, lose what the other channels lost."""
+    by_tensor = {r.tensor: _finite(r.accumulated_db, _EXACT_DB) for r in analysis}
+    reach = _reach(model, by_tensor)
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    out = {}
+    for tensor in by_tensor:
+        if tensor not in reach:
+            continue
+        after, seen, stack = [], {tensor}, [tensor]
+        while stack:  # the nearest quantized descendants
+            for node in readers.get(stack.pop(), ()):
+                for o in node.output:
+                    if o and o not in seen:
+                        seen.add(o)
+                        (after if o in by_tensor else stack).append(o)
+        low = min((by_tensor[d] for d in after), default=by_tensor[tensor])
+        out[tensor] = LayerSensitivity(tensor, "", reach[tensor], low, reach[tensor] - low)
+    return out
+
+
+def _decomposed_layer_norms(model: onnx.ModelProto, quantized: Iterable[str]
+                            ) -> list[list[onnx.NodeProto]]:
+    """The nodes of each decomposed LayerNorm of ``model`` (the plan's
+    pattern: a Div whose divisor is Sqrt(Add(ReduceMean(...), eps))), with
+    the nodes of its ops (ReduceMean, Sub, Pow, Add, Sqrt, Div, Mul, Cast)
+    connected to it through tensors without a Q/DQ pair (not in
+    ``quantized``): the mean, the centring, the variance, gamma and beta."""
+    quantized = set(quantized)
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            readers.setdefault(i, []).append(node)
+    constants = {i.name for i in model.graph.initializer}
+
+    def made_by(tensor: str, op_type: str) -> onnx.NodeProto | None:
+        node = producer.get(tensor)
+        return node if node is not None and node.op_type == op_type else None
+
+    groups, taken = [], set()
+    for div in model.graph.node:
+        if div.op_type != "Div" or len(div.input) < 2 or div.name in taken:
+            continue
+        sqrt = made_by(div.input[1], "Sqrt")
+        add = made_by(sqrt.input[0], "Add") if sqrt is not None else None
+        if add is None or not any(made_by(i, "ReduceMean") for i in add.input):
+            continue
+        group, stack = {div.name: div}, [div]
+        while stack and len(group) < 32:  # a LayerNorm has about ten nodes
+            node = stack.pop()
+            for t in (*node.input, *node.output):
+                if not t or t in quantized or t in constants:
+                    continue
+                for other in (producer.get(t), *readers.get(t, ())):
+                    if other is not None and other.name not in group and \
+                            other.op_type in _LAYER_NORM_OPS:
+                        group[other.name] = other
+                        stack.append(other)
+        taken.update(group)
+        groups.append(list(group.values()))
+    return groups
+
+
+def dominant_neighbours(model: onnx.ModelProto, analysis, dominance: float
+                        ) -> tuple[LayerSensitivity, ...]:
+    """The quantized tensors that a LayerNormalization (single or decomposed)
+    or Softmax of ``model`` reads or writes whose drop
+    (:func:`through_drops`) is positive and at least ``dominance`` times the
+    largest drop of any quantized tensor, largest first, as
+    ``LayerSensitivity(tensor, op type, dB before, dB after, drop,
+    kind="tensor")``."""
+    drops = through_drops(model, analysis)
+    if not drops:
+        return ()
+    largest = max(d.sensitivity_db for d in drops.values())
+    groups = [(n.op_type, [n]) for n in model.graph.node if n.op_type in _NEIGHBOURED_OPS]
+    groups += [("LayerNormalization", nodes)
+               for nodes in _decomposed_layer_norms(model, (r.tensor for r in analysis))]
+    out, seen = [], set()
+    for op_type, nodes in groups:
+        for t in (t for n in nodes for t in (*n.input, *n.output)):
+            if t not in drops or t in seen:
+                continue
+            seen.add(t)
+            d = drops[t]
+            if d.sensitivity_db > 0 and d.sensitivity_db >= dominance * largest:
+                out.append(replace(d, op_type=op_type, kind="tensor"))
+    return tuple(sorted(out, key=lambda r: -r.sensitivity_db))
 
 
 # Outputs of these ops saturate (probabilities): their SQNR says little about
@@ -228,6 +376,8 @@ def weighted_layers(quantized: onnx.ModelProto) -> set[str]:
 
 
 def _override(node: str, promote_to: str, weighted: set[str]) -> dict[str, str]:
+    """The override promoting ``node`` (a node, or a candidate tensor: never
+    in ``weighted``)."""
     if promote_to == "float":
         return {"activation_type": "float"}
     if promote_to == "int8":
@@ -238,8 +388,11 @@ def _override(node: str, promote_to: str, weighted: set[str]) -> dict[str, str]:
     return entry
 
 
-def _position(model: onnx.ModelProto, node: str) -> int:
-    return next(i for i, n in enumerate(model.graph.node) if n.name == node)
+def _position(model: onnx.ModelProto, name: str) -> int:
+    """The index of node ``name``, or of the first node that reads tensor
+    ``name``."""
+    return next(i for i, n in enumerate(model.graph.node)
+                if n.name == name or name in n.input or name in n.output)
 
 
 def mixed_precision(model, calibrator, samples: Iterable[object],
@@ -247,7 +400,8 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
                     budget: float = 1.0, max_share: float = 0.25,
                     options=None, promote_to: str = "int16",
                     sensitivity: str = "promote",
-                    ranges: Mapping[str, tuple[float, float]] | None = None
+                    ranges: Mapping[str, tuple[float, float]] | None = None,
+                    candidates: str = "layers", dominance: float = 0.5
                     ) -> MixedPrecisionResult:
     """Promotes the most sensitive layers of a quantized model to higher
     precision until a budget is met (module docstring).
@@ -276,6 +430,15 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
             are ranked (module docstring).
         ranges: the ranges to quantize with (default:
             ``calibrator.compute_range()``).
+        candidates: what may be promoted: ``"layers"`` (default: the
+            quantized Conv, ConvTranspose, Gemm and MatMul nodes) or
+            ``"auto"``: those and the tensors that LayerNormalization and
+            Softmax read or write whose accumulated SQNR drop dominates
+            (module docstring; not with ``promote_to="int8"``, which
+            promotes weights).
+        dominance: with ``candidates="auto"``, the share of the largest
+            drop of any quantized tensor that a neighbour's drop must reach
+            (default 0.5), in (0, 1].
 
     Returns:
         A :class:`MixedPrecisionResult`.
@@ -286,6 +449,16 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     from onnxquant.analyze import analyze
     from onnxquant.quantize import QuantOptions, quantize
 
+    if candidates not in _CANDIDATES:
+        raise InvalidArgumentError(
+            f"candidates must be 'layers' or 'auto', got {candidates!r}.")
+    if isinstance(dominance, bool) or not isinstance(dominance, (int, float)) or \
+            not 0.0 < dominance <= 1.0:
+        raise InvalidArgumentError(f"dominance must be a share in (0, 1], got {dominance!r}.")
+    if candidates == "auto" and promote_to == "int8":
+        raise InvalidArgumentError(
+            "candidates='auto' nominates activation tensors, which promote_to='int8' "
+            "(int4 weights to int8) cannot promote; promote to 'int16' or 'float'.")
     if sensitivity not in _SENSITIVITIES:
         raise InvalidArgumentError(
             f"sensitivity must be 'promote' or 'analyze', got {sensitivity!r}.")
@@ -327,13 +500,27 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
     ranking = rank_layers(model, analysis)
     if promote_to == "int8":  # only layers with a weight can be promoted
         ranking = tuple(r for r in ranking if r.node in weighted)
-    if sensitivity == "promote":
+    neighbours = dominant_neighbours(model, analysis, dominance) \
+        if candidates == "auto" else ()
+    drops = {r.node: r for r in neighbours}
+    if sensitivity == "analyze":
+        # The neighbours that dominate the error go first, largest drop first.
+        ranking = (*neighbours, *ranking)
+    else:
         def alone(node: str, override: dict[str, str]) -> onnx.ModelProto:
             return build(replace(options, overrides={**options.overrides, node: override}))
 
         layers = [(r.node, r.op_type, _override(r.node, promote_to, weighted))
-                  for r in sorted(ranking, key=lambda r: _position(model, r.node))]
-        ranking = rank_by_promotion(model, base, layers, samples, alone)
+                  for r in sorted((*ranking, *neighbours),
+                                  key=lambda r: _position(model, r.node))]
+        gains = [replace(r, kind="tensor") if r.node in drops else r
+                 for r in rank_by_promotion(model, base, layers, samples, alone)]
+        # The dominating neighbours whose promotion alone helps go first,
+        # largest drop first; the rest by their gain.
+        first = sorted((r for r in gains
+                        if r.kind == "tensor" and r.sensitivity_db >= _HELPS_DB),
+                       key=lambda r: -drops[r.node].sensitivity_db)
+        ranking = (*first, *(r for r in gains if r not in first))
     limit = math.ceil(max_share * len(ranking) - 1e-9)
     fp32_metric = float(metric(model)) if metric is not None else None
     base_metric = float(metric(base)) if metric is not None else None
@@ -358,6 +545,17 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
             why = (f"rank {rank} of {len(ranking)}: promoting it alone raises the output SQNR "
                    f"by {layer.sensitivity_db:.1f} dB ({layer.input_db:.1f} -> "
                    f"{layer.output_db:.1f} dB)")
+            if layer.kind == "tensor":
+                drop = drops[layer.node]
+                why += (f"; a {layer.op_type} neighbour whose Q/DQ loses "
+                        f"{drop.sensitivity_db:.1f} dB of accumulated SQNR "
+                        f"({drop.input_db:.1f} -> {drop.output_db:.1f} dB), which "
+                        f"dominates the error (>= {dominance:g} x the largest drop)")
+        elif layer.kind == "tensor":
+            why = (f"rank {rank} of {len(ranking)}: a {layer.op_type} neighbour whose Q/DQ "
+                   f"loses {layer.sensitivity_db:.1f} dB of accumulated SQNR "
+                   f"({layer.input_db:.1f} -> {layer.output_db:.1f} dB), which dominates "
+                   f"the error (>= {dominance:g} x the largest drop)")
         else:
             why = (f"rank {rank} of {len(ranking)}: loses {layer.sensitivity_db:.1f} dB of "
                    f"SQNR ({layer.input_db:.1f} dB in, {layer.output_db:.1f} dB out)")
@@ -368,7 +566,7 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         else:
             why += f"; promoted to {promote_to} (within max_share {max_share:g})"
         promoted.append(Promotion(layer.node, layer.op_type, layer.sensitivity_db,
-                                  current_metric, why))
+                                  current_metric, why, kind=layer.kind))
         options_now = opts
     final_options = options_now if promoted else options
     return MixedPrecisionResult(

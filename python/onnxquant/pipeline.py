@@ -53,6 +53,20 @@ def _options(options: dict[str, object]):
     return QuantOptions(**options)
 
 
+def _recipe_is_dynamic(recipe: object) -> bool:
+    """Whether ``recipe`` (a Recipe, a preset's name or a JSON path) has
+    options with mode="dynamic"; False where it cannot be loaded (loading it
+    again in apply_recipe raises the error that names why)."""
+    from onnxquant.errors import OnnxQuantError
+    from onnxquant.recipes import Recipe
+
+    try:
+        loaded = recipe if isinstance(recipe, Recipe) else Recipe.load(recipe)
+    except (OnnxQuantError, TypeError):
+        return False
+    return loaded.options.dynamic
+
+
 def _refuse_overwrite(model: ModelLike, output: str) -> bool:
     """Raises InvalidArgumentError when ``output`` or its data file is the
     input model or one of its data files; returns whether the input keeps
@@ -71,7 +85,7 @@ def _refuse_overwrite(model: ModelLike, output: str) -> bool:
     return len(inputs) > 1
 
 
-def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
+def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object = None,
                    method: object = "MIN_MAX_ASYM", *,
                    input_shapes: Mapping[str, object] | None = None,
                    percentage: float = 99.99, progress: bool = False,
@@ -99,7 +113,9 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
             dict by input name, a list of arrays in input order, or an array
             for a one-input model), or an ONNX Runtime
             ``CalibrationDataReader``: any object with ``get_next()``, read
-            until it returns None.
+            until it returns None. With ``mode="dynamic"`` (no calibration)
+            they are not read and may be None (the default; static mode
+            needs them).
         method: the :class:`~onnxquant.CalibrationMethod`, its name or value
             (default ``"MIN_MAX_ASYM"``, the command line's default).
         input_shapes: passed to :func:`~onnxquant.optimize_model` (default
@@ -116,11 +132,15 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
             (``activation_type``, ``per_channel``, ``exclude_nodes``,
             ``op_types``, ``quantize_activation_matmul``,
             ``reduce_weight_range``, ``target``, ``kernel_remedy``,
-            ``quantize_silu``), given to both the calibrator and quantize.
+            ``quantize_silu``, ``mode``, ...), given to both the calibrator
+            and quantize. ``mode="dynamic"`` skips the calibrator: quantize
+            runs without ranges.
 
     Returns:
         The :class:`~onnxquant.QuantizationReport`, with the calibration's
-        report inside; with ``recipe``, the :class:`~onnxquant.RecipeReport`.
+        report inside (with ``mode="dynamic"``, the
+        :class:`~onnxquant.dynamic.DynamicReport`); with ``recipe``, the
+        :class:`~onnxquant.RecipeReport`.
 
     Raises:
         InvalidArgumentError: an option that is not a QuantOptions field (named)
@@ -138,7 +158,8 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
     output = os.fspath(output)
     opts = _options(options)
     method = _method(method)
-    feed = _samples(samples)
+    dynamic = opts.dynamic or (recipe is not None and _recipe_is_dynamic(recipe))
+    feed = None if dynamic and samples is None else _samples(samples)
     external = _refuse_overwrite(model, output)
     if recipe is not None:
         from onnxquant.recipes import apply_recipe
@@ -152,6 +173,9 @@ def quantize_model(model: ModelLike, output: str | os.PathLike, samples: object,
         result = apply_recipe(model, feed, recipe, input_shapes=input_shapes,
                               percentage=percentage, progress=progress)
         quantized, report = result.model, result.report
+    elif opts.dynamic:
+        normalised = optimize_model(model, input_shapes=input_shapes)
+        quantized, report = quantize(normalised, None, options=opts, return_report=True)
     else:
         normalised = optimize_model(model, input_shapes=input_shapes)
         calibrator = Calibrator(normalised, method, percentage=percentage, options=opts)

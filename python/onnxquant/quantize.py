@@ -51,6 +51,27 @@ _POWER_OF_TWO = {"off": "OFF", "ceil": "CEIL", "mse": "MSE"}
 _WEIGHT_RANGES = {"minmax": "MIN_MAX", "mse": "MSE"}
 _TARGETS = ("portable", "exact")
 _REMEDIES = ("auto", "channel_range", "uint8_weights", "float")
+_MODES = ("static", "dynamic")
+# The op types mode="dynamic" quantizes.
+_DYNAMIC_OPS = ("MatMul", "Gemm")
+# Options that mean nothing in mode="dynamic", each with why: leaving them
+# at their default is the only value it takes.
+_STATIC_ONLY = {
+    "activation_type": "activations are quantized at run time to uint8 "
+                       "(DynamicQuantizeLinear writes no other type)",
+    "weight_type": "dynamic weights are int8 (MatMulInteger takes no int4)",
+    "block_size": "dynamic weights are int8 per column (MatMulInteger takes no int4 blocks)",
+    "power_of_two": "run-time activation scales are not powers of two",
+    "weight_range": "dynamic weights take max|w| per column",
+    "kernel_remedy": "there is no per-node kernel check: target='portable' gives every "
+                     "weight [-63, 63], which no kernel saturates",
+    "quantize_silu": "only MatMul and Gemm are quantized",
+    "float_outputs": "every dynamic MatMul/Gemm writes float (there is no output scale)",
+    "masks": "there are no calibrated ranges for a mask to saturate; mask nodes "
+             "(no MatMul/Gemm) stay float",
+    "overrides": "there is no per-tensor precision or method; keep nodes float with "
+                 "exclude_nodes",
+}
 
 
 @dataclass(frozen=True)
@@ -177,6 +198,23 @@ class QuantOptions:
             Calibrator for those tensors; ``weight_type`` (nodes only)
             ``"int8"`` or ``"int4"``. Names are those of the normalised
             model; an unknown one raises InvalidArgumentError naming it.
+        mode: ``"static"`` (default): activations get fixed scales from
+            calibrated ranges (QuantizeLinear/DequantizeLinear pairs);
+            ``"dynamic"``: only MatMul and Gemm are quantized, weights to int8
+            per column once, activations at run time with the scale and zero
+            point of the values at hand (``DynamicQuantizeLinear`` +
+            ``MatMulInteger``, which ONNX Runtime fuses into
+            ``DynamicQuantizeMatMul``; :mod:`onnxquant.dynamic`). Dynamic
+            mode needs no calibration: :func:`quantize` takes ``ranges=None``
+            and no calibrator, :class:`~onnxquant.Calibrator` refuses such
+            options (there is nothing to observe), and
+            :func:`~onnxquant.quantize_model` and
+            :func:`~onnxquant.apply_recipe` skip calibration. In it,
+            ``per_channel``, ``exclude_nodes``, ``op_types`` (``"MatMul"``,
+            ``"Gemm"``), ``quantize_activation_matmul``, ``target`` and
+            ``reduce_weight_range`` apply (``"portable"`` or
+            ``reduce_weight_range``: weights in [-63, 63]); every other
+            option must keep its default (InvalidArgumentError naming it).
     """
 
     activation_type: str = "uint8"
@@ -195,6 +233,7 @@ class QuantOptions:
     weight_type: str = "int8"
     block_size: int = 0
     overrides: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    mode: str = "static"
 
     def __post_init__(self) -> None:
         if self.activation_type not in _ACTIVATION_TYPES:
@@ -239,12 +278,38 @@ class QuantOptions:
         object.__setattr__(self, "exclude_nodes", _names("exclude_nodes", self.exclude_nodes))
         if self.op_types is not None:
             object.__setattr__(self, "op_types", _names("op_types", self.op_types))
+        if self.mode not in _MODES:
+            raise InvalidArgumentError(
+                f"mode must be 'static' (calibrated ranges) or 'dynamic' (MatMul/Gemm with "
+                f"activation scales computed at run time), got {self.mode!r}.")
+        if self.mode == "dynamic":
+            self._check_dynamic()
+
+    def _check_dynamic(self) -> None:
+        """Raises InvalidArgumentError naming the first option that means
+        nothing in mode="dynamic"."""
+        for name, why in _STATIC_ONLY.items():
+            value, default = getattr(self, name), getattr(_DEFAULTS, name)
+            if value != default:
+                raise InvalidArgumentError(
+                    f"{name}={_brief(value)} does not apply to mode='dynamic': {why}. Leave "
+                    f"{name} at its default ({default!r}), or use mode='static'.")
+        other = [t for t in self.op_types or () if t not in _DYNAMIC_OPS]
+        if other:
+            raise InvalidArgumentError(
+                f"mode='dynamic' quantizes MatMul and Gemm; op_types holds {other[0]!r}. "
+                "Quantize other ops with mode='static'.")
 
     @property
     def uses_int4(self) -> bool:
         """Whether any weight is int4 (by default or by an override)."""
         return self.weight_type == "int4" or any(
             e.get("weight_type") == "int4" for e in self.overrides.values())
+
+    @property
+    def dynamic(self) -> bool:
+        """Whether ``mode == "dynamic"``."""
+        return self.mode == "dynamic"
 
     def to_native(self, data: bytes | None = None, dtypes: Mapping[str, int] | None = None,
                   model: onnx.ModelProto | None = None) -> _core.QuantOptions:
@@ -259,6 +324,8 @@ class QuantOptions:
         """(The engine's options, the overrides resolved per tensor) for the
         normalised model ``data`` with ``dtypes``. Raises InvalidArgumentError
         naming an override's unknown node or tensor."""
+        if self.dynamic:
+            raise InternalError("mode='dynamic' has no plan: it never reaches the engine")
         native = self._base_native()
         if not self.overrides:
             return native, ResolvedOverrides()
@@ -335,7 +402,7 @@ def _native_ranges(ranges: Mapping[str, object]) -> dict[str, tuple[float, float
 _DEFAULTS = QuantOptions()
 
 
-def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
+def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]] | None, *,
              activation_type: str = "uint8", per_channel: bool = True,
              exclude_nodes: Iterable[str] = (), op_types: Iterable[str] | None = None,
              quantize_activation_matmul: bool = True, reduce_weight_range: bool = False,
@@ -345,25 +412,30 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
              masks: str = "float",
              weight_type: str = "int8", block_size: int = 0,
              overrides: Mapping[str, Mapping[str, str]] | None = None,
+             mode: str = "static",
              options: QuantOptions | None = None,
              calibrator: Calibrator | None = None,
              calibration_report: CalibrationReport | None = None,
              return_report: bool = False):
-    """Returns the QDQ-quantized form of a normalised model.
+    """Returns the quantized form of a normalised model: QDQ with calibrated
+    ranges (``mode="static"``, the default), or MatMul/Gemm quantized
+    dynamically (``mode="dynamic"``: no ranges, no calibrator).
 
     Args:
         model: the output of :func:`~onnxquant.optimize_model` (ModelProto,
             bytes or path; never modified).
         ranges: ``{tensor name: (min, max)}`` as
             :meth:`~onnxquant.Calibrator.compute_range` returns it, for every
-            tensor the plan calibrates.
+            tensor the plan calibrates; with ``mode="dynamic"``, None (a
+            mapping given there is not read: scales are computed at run time).
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu, power_of_two, weight_range,
-        float_outputs, masks, weight_type, block_size, overrides: see
+        float_outputs, masks, weight_type, block_size, overrides, mode: see
             :class:`QuantOptions` (defaults: ``"uint8"``, True, none, None =
             all planned ops, True, False, ``"portable"``, ``"auto"``, False,
-            ``"off"``, ``"minmax"``, True, ``"float"``, ``"int8"``, 0, none).
+            ``"off"``, ``"minmax"``, True, ``"float"``, ``"int8"``, 0, none,
+            ``"static"``).
         options: a :class:`QuantOptions` instead of the keywords above (then
             the keywords must keep their defaults). Default None.
         calibrator: the :class:`~onnxquant.Calibrator` the ranges came from
@@ -380,8 +452,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
 
     Returns:
         The quantized ``onnx.ModelProto``, or ``(model, report)`` with
-        ``return_report=True``. The model carries a ``metadata_props`` entry
-        ``onnxquant.quantized``.
+        ``return_report=True`` (with ``mode="dynamic"``, the report is a
+        :class:`~onnxquant.dynamic.DynamicReport`). The model carries a
+        ``metadata_props`` entry ``onnxquant.quantized``.
 
     Raises:
         ModelError: the model was not normalised by optimize_model.
@@ -393,12 +466,15 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
             or op type the model does not contain; or options that plan a
             tensor the ``calibrator`` did not observe because its options
             differ (the message names those options: pass the same to both,
-            or build the Calibrator with ``collect="all"``).
+            or build the Calibrator with ``collect="all"``); ``ranges=None``
+            in static mode; a calibrator or a calibration report in dynamic
+            mode, or an option that means nothing there (named).
     """
     keywords = QuantOptions(activation_type, per_channel, exclude_nodes, op_types,
                             quantize_activation_matmul, reduce_weight_range, target,
                             kernel_remedy, quantize_silu, power_of_two, weight_range,
-                            float_outputs, masks, weight_type, block_size, overrides or {})
+                            float_outputs, masks, weight_type, block_size, overrides or {},
+                            mode)
     if options is None:
         options = keywords
     elif keywords != _DEFAULTS:
@@ -410,12 +486,42 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]], *,
     elif not isinstance(options, QuantOptions):
         raise InvalidArgumentError(
             f"options must be a QuantOptions, got {type(options).__name__}.")
+    if options.dynamic:
+        return _quantize_dynamic(model, ranges, options, calibrator, calibration_report,
+                                 return_report)
+    if ranges is None:
+        raise InvalidArgumentError(
+            "quantize needs ranges in mode='static' (Calibrator.compute_range() returns "
+            "them); only mode='dynamic' quantizes without calibration.")
     if calibrator is not None and not hasattr(calibrator, "kernel_check_feeds"):
         raise InvalidArgumentError(
             f"calibrator must be an onnxquant.Calibrator, got {type(calibrator).__name__}.")
     with Workspace() as workspace:
         return _quantize(model, ranges, options, calibrator, calibration_report,
                          return_report, workspace)
+
+
+def _quantize_dynamic(model, ranges, options: QuantOptions, calibrator, calibration_report,
+                      return_report: bool):
+    """quantize in mode="dynamic": :func:`onnxquant.dynamic.quantize_dynamic`
+    with the options that apply there."""
+    from onnxquant.dynamic import quantize_dynamic
+
+    if calibrator is not None or calibration_report is not None:
+        given = "calibrator" if calibrator is not None else "calibration_report"
+        raise InvalidArgumentError(
+            f"quantize got a {given} with mode='dynamic', which computes activation scales "
+            f"at run time and uses no calibration; drop the {given}, or use mode='static'.")
+    if ranges is not None and not isinstance(ranges, Mapping):
+        raise InvalidArgumentError(
+            f"ranges must be None (or a dict, unused) with mode='dynamic', got "
+            f"{type(ranges).__name__}.")
+    target = "portable" if options.reduce_weight_range else options.target
+    return quantize_dynamic(model, op_types=options.op_types or _DYNAMIC_OPS,
+                            exclude_nodes=options.exclude_nodes,
+                            per_channel=options.per_channel,
+                            quantize_activation_matmul=options.quantize_activation_matmul,
+                            target=target, return_report=return_report)
 
 
 def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_report,
@@ -431,9 +537,9 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         work = upgrade_for_int4(work)
     if calibration_report is None and calibrator is not None:
         calibration_report = calibrator.report
-    mask_note = ""
+    masked, mask_note = [], ""
     if options.masks == "float":
-        options, mask_note = _keep_masks_float(work, options, calibration_report)
+        masked, mask_note = _masks_kept_float(work, options, calibration_report)
     # The calibrator inferred the types of this very model: reuse them.
     known = getattr(calibrator, "_dtypes_of", None)
     dtypes = known(work) if known is not None else None
@@ -443,12 +549,15 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     if dtypes is None:
         dtypes = infer_dtypes(work, workspace=workspace)
     data = model_to_bytes(work)
+    # The overrides are resolved once (each resolution plans the model); the
+    # checks and the remedies below work on this one native form.
     native = options.to_native(data, dtypes, work)
+    native.mask_nodes = masked
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.
     unreached = _unreached(work, data, dtypes, native, native_ranges)
     native.unreached_tensors = unreached
-    _require_planned_ranges(data, dtypes, options, native_ranges, calibrator, unreached,
+    _require_planned_ranges(data, dtypes, options, native, native_ranges, calibrator,
                             same_graph=replay is not None)
     kernels, remedies = None, {}
     if options.target == "portable":
@@ -458,8 +567,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
                                 workspace=workspace, spill=skeleton.large, model_bytes=data,
                                 replay=replay)
         remedies = choose_remedies(kernels, options.kernel_remedy)
-        native = _with_remedies(options, kernels, remedies, data, dtypes, work)
-        native.unreached_tensors = unreached
+        _apply_remedies(native, kernels, remedies)
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
     data, native_report = _core.quantize(data, dtypes, native, native_ranges,
@@ -494,12 +602,14 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     return result, report
 
 
-def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
-                      calibration: CalibrationReport | None) -> tuple[QuantOptions, str]:
-    """``options`` with the masks' nodes added to ``exclude_nodes``, and the
-    report's note on them ("" when there are none): the main graph's nodes
-    that read or write a tensor where calibration saw +-Inf or float32's
-    extremes, and those :func:`mask_nodes` finds in the graph."""
+def _masks_kept_float(model: onnx.ModelProto, options: QuantOptions,
+                      calibration: CalibrationReport | None) -> tuple[list[str], str]:
+    """The masks' nodes that ``masks="float"`` keeps float (those the user
+    did not exclude already), and the report's note on them ("" when there
+    are none): the main graph's nodes that read or write a tensor where
+    calibration saw +-Inf or float32's extremes, and those :func:`mask_nodes`
+    finds in the graph. They go to the engine's own ``mask_nodes`` option,
+    never into ``options.exclude_nodes``, which stay what the user passed."""
     masks = {c.tensor: c for c in calibration.nonfinite if c.saturating} \
         if calibration is not None else {}
     seen = [n.name for n in model.graph.node
@@ -507,7 +617,7 @@ def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
     found = [n for n in mask_nodes(model) if n not in seen]
     nodes = [n for n in (*seen, *found) if n not in options.exclude_nodes]
     if not nodes:
-        return options, ""
+        return [], ""
     notes = []
     if seen:
         shares = ", ".join(f"'{t}' ({100 * c.share:.1f} %)" for t, c in sorted(masks.items()))
@@ -519,7 +629,7 @@ def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
                      "model's integer inputs, added to what a Softmax reads)")
     note = (f"{len(nodes)} nodes kept float (masks='float'), so that masks keep masking: "
             f"{'; '.join(notes)}. Nodes: {', '.join(nodes)}.")
-    return replace(options, exclude_nodes=(*options.exclude_nodes, *nodes)), note
+    return nodes, note
 
 
 # Ops that only move or convert values, between a mask's Add and the Softmax.
@@ -654,20 +764,22 @@ def _brief(value: object, shown: int = 3) -> str:
 
 
 def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: QuantOptions,
+                            native: _core.QuantOptions,
                             ranges: Mapping[str, tuple[float, float]],
-                            calibrator: Calibrator | None, unreached: list[str],
-                            same_graph: bool = False) -> None:
-    """Raises when the plan for ``options`` calibrates a tensor ``ranges``
-    lacks: InvalidArgumentError naming the options that differ from the
-    calibrator's, when they do; RangeMissingError naming the tensor otherwise.
-    ``same_graph``: the calibrator was made for this very graph (its plan for
-    the same options is this plan, so no plan needs computing)."""
-    if calibrator is not None and same_graph and \
+                            calibrator: Calibrator | None, same_graph: bool = False) -> None:
+    """Raises when the plan for ``native`` (the engine's form of ``options``,
+    with the nodes ``masks="float"`` keeps float in its ``mask_nodes``)
+    calibrates a tensor ``ranges`` lacks: InvalidArgumentError naming the
+    options that differ from the calibrator's, when they do, or the mask
+    nodes, when they alone plan it; RangeMissingError naming the tensor
+    otherwise. ``same_graph``: the calibrator was made for this very graph
+    (its plan for the same options is this plan, so no plan needs computing,
+    unless mask nodes are kept float: the calibrator's plan had them)."""
+    unreached = list(native.unreached_tensors)
+    if calibrator is not None and same_graph and not native.mask_nodes and \
             all(getattr(calibrator.options, f) == getattr(options, f) for f in _PLAN_OPTIONS) \
             and all(t in ranges or t in unreached for t in calibrator.tensors):
         return  # the same plan as the calibrator's, whose every tensor has a range
-    native = options.to_native(data, dtypes)
-    native.unreached_tensors = unreached
     missing = _missing_ranges(data, dtypes, native, ranges)
     if not missing:
         return
@@ -685,6 +797,12 @@ def _require_planned_ranges(data: bytes, dtypes: Mapping[str, int], options: Qua
                 "(Calibrator(..., options=opts) and quantize(..., options=opts)), or "
                 "build the Calibrator with collect='all' so that any options work after "
                 "it.")
+        if native.mask_nodes and missing[0] not in calibrator.tensors:
+            raise InvalidArgumentError(
+                f"masks='float' keeps the attention mask's nodes float: "
+                f"{_brief(list(native.mask_nodes))}; and then the plan needs tensor "
+                f"'{missing[0]}'{more}, which the Calibrator did not observe. Build the "
+                "Calibrator with collect='all', or pass masks='saturate'.")
     raise RangeMissingError(
         f"No range for planned tensor '{missing[0]}'{more}. Pass every range "
         "Calibrator.compute_range() returns, from a Calibrator built with the same "
@@ -729,12 +847,11 @@ def _runtime_of(model: onnx.ModelProto):
                       "fuses into integer kernels cannot be told")
 
 
-def _with_remedies(options: QuantOptions, kernels: KernelCheckResult,
-                   remedies: Mapping[str, str], data: bytes, dtypes: Mapping[str, int],
-                   model: onnx.ModelProto) -> _core.QuantOptions:
-    """The engine's options with ``remedies`` (node -> remedy) applied to the
-    nodes ``kernels`` found saturating."""
-    native = options.to_native(data, dtypes, model)
+def _apply_remedies(native: _core.QuantOptions, kernels: KernelCheckResult,
+                    remedies: Mapping[str, str]) -> None:
+    """Applies ``remedies`` (node -> remedy) for the nodes ``kernels`` found
+    saturating to ``native``, the engine's options with the overrides already
+    resolved (so that they are not resolved again)."""
     native.exclude_nodes = list(native.exclude_nodes) + sorted(
         node for node, remedy in remedies.items() if remedy == "float")
     weights = {}
@@ -748,4 +865,3 @@ def _with_remedies(options: QuantOptions, kernels: KernelCheckResult,
             change.channel_qmax = list(kernels.channel_qmax[node])
         weights[node] = change
     native.weight_remedies = weights
-    return native

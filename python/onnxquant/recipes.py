@@ -22,7 +22,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -32,6 +32,9 @@ from onnxquant._model import ModelLike, model_to_bytes
 from onnxquant.errors import InvalidArgumentError
 from onnxquant.quantize import QuantOptions
 from onnxquant.report import QuantizationReport
+
+if TYPE_CHECKING:
+    from onnxquant.dynamic import DynamicReport
 
 __all__ = [
     "BiasCorrection",
@@ -181,6 +184,11 @@ class Recipe:
                 raise InvalidArgumentError(f"recipe step {i} repeats {step.kind}; give each "
                                            "technique once.")
             kinds.append(step.kind)
+        if self.options.dynamic and "bias_correction" in kinds:
+            raise InvalidArgumentError(
+                "recipe has bias_correction with options mode='dynamic'; bias correction "
+                "corrects the error of static quantization's ranges, which dynamic mode does "
+                "not have: drop the step, or use mode='static'.")
         if kinds == ["bias_correction", "cross_layer_equalization"]:
             raise InvalidArgumentError(
                 "recipe puts bias_correction before cross_layer_equalization, which would "
@@ -324,11 +332,13 @@ class TechniqueEntry:
 @dataclass(frozen=True)
 class RecipeReport:
     """The recipe applied: one :class:`TechniqueEntry` per technique, in
-    order, and the quantization's report."""
+    order, and the quantization's report (a
+    :class:`~onnxquant.dynamic.DynamicReport` when the options have
+    ``mode="dynamic"``)."""
 
     recipe: Recipe
     techniques: tuple[TechniqueEntry, ...]
-    quantization: QuantizationReport
+    quantization: QuantizationReport | DynamicReport
 
     def to_dict(self) -> dict[str, Any]:
         return {"recipe": self.recipe.to_dict(),
@@ -467,7 +477,9 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
             takes them (a list of samples, one array with samples on axis 0 for
             a one-input model, or an ONNX Runtime ``CalibrationDataReader``);
             read by both bias correction and calibration, so an iterator is
-            read once into a list.
+            read once into a list. With options ``mode="dynamic"`` (no
+            calibration, no bias correction) they are not read and may be
+            None.
         recipe: a :class:`Recipe`, a preset's name, or a JSON file's path.
         input_shapes: passed to :func:`~onnxquant.optimize_model`.
         percentage: the percentile of PERCENTILE methods (default 99.99).
@@ -498,7 +510,9 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
         recipe = Recipe.load(recipe)
     # One array (samples on axis 0) is taken as it is; anything else is read
     # into a list, since bias correction and calibration both read it.
-    feed = samples if isinstance(samples, np.ndarray) else list(_samples(samples))
+    dynamic = recipe.options.dynamic
+    feed = None if dynamic else \
+        samples if isinstance(samples, np.ndarray) else list(_samples(samples))
     float_model = optimize_model(model, input_shapes=input_shapes)
     if recipe.options.uses_int4:
         # INT4 DequantizeLinear needs opset 21, which bias correction's
@@ -521,23 +535,27 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
             float_model, rec = correct_bias(float_model, feed, options=recipe.options,
                                             batch_size=step.batch_size)
             entries.append(_bias_entry(rec, time.perf_counter() - start))
-    calibrator = Calibrator(float_model, recipe.method, percentage=percentage,
-                            options=recipe.options)
-    calibrator.collect_data(feed, progress=progress)
-    ranges = calibrator.compute_range()
-    if recipe.activation_power_of_two == "mse" and recipe.options.power_of_two != "off":
-        from onnxquant.pow2_ranges import power_of_two_activation_ranges
+    if dynamic:
+        quantized, qreport = quantize(float_model, None, options=recipe.options,
+                                      return_report=True)
+    else:
+        calibrator = Calibrator(float_model, recipe.method, percentage=percentage,
+                                options=recipe.options)
+        calibrator.collect_data(feed, progress=progress)
+        ranges = calibrator.compute_range()
+        if recipe.activation_power_of_two == "mse" and recipe.options.power_of_two != "off":
+            from onnxquant.pow2_ranges import power_of_two_activation_ranges
 
-        start = time.perf_counter()
-        ranges, lowered = power_of_two_activation_ranges(
-            calibrator, ranges, activation_type=recipe.options.activation_type)
-        entries.append(TechniqueEntry(
-            "power_of_two_activation_mse",
-            f"{len(lowered)} of {len(ranges)} activation scales lowered one power of two",
-            {"lowered": len(lowered), "tensors": len(ranges)}, tuple(lowered),
-            time.perf_counter() - start))
-    quantized, qreport = quantize(float_model, ranges, options=recipe.options,
-                                  calibrator=calibrator, return_report=True)
+            start = time.perf_counter()
+            ranges, lowered = power_of_two_activation_ranges(
+                calibrator, ranges, activation_type=recipe.options.activation_type)
+            entries.append(TechniqueEntry(
+                "power_of_two_activation_mse",
+                f"{len(lowered)} of {len(ranges)} activation scales lowered one power of two",
+                {"lowered": len(lowered), "tensors": len(ranges)}, tuple(lowered),
+                time.perf_counter() - start))
+        quantized, qreport = quantize(float_model, ranges, options=recipe.options,
+                                      calibrator=calibrator, return_report=True)
     if recipe.options.weight_range == "mse":
         entries.append(_search_entry(float_model, recipe.options))
     return RecipeResult(quantized, float_model, RecipeReport(recipe, tuple(entries), qreport))

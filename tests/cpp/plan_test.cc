@@ -499,6 +499,26 @@ TEST(Plan, ExcludedNodeStaysFloat) {
   EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "c<-c"}));
 }
 
+TEST(Plan, MaskNodeStaysFloatWithItsOwnReason) {
+  GraphBuilder g;
+  g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});
+  AddConv(g, "conv1", "x", "c");
+  AddConv(g, "conv2", "c", "y");
+  QuantOptions o;
+  o.mask_nodes = {"conv2"};
+  const QuantPlan p = Plan(g, o);
+  ASSERT_NE(Floated(p, "conv2"), nullptr);
+  EXPECT_TRUE(Contains(Floated(p, "conv2")->reason, "attention mask"));
+  EXPECT_FALSE(Contains(Floated(p, "conv2")->reason, "user"));
+  EXPECT_EQ(Quantized(p, "conv2"), nullptr);
+  EXPECT_NE(Quantized(p, "conv1"), nullptr);
+  EXPECT_EQ(Qdq(p), (std::vector<std::string>{"x<-x", "c<-c"}));
+  o.mask_nodes = {"no_such_node"};
+  std::string what;
+  EXPECT_EQ(KindOf([&] { Plan(g, o); }, &what), ErrorKind::kInvalidArgument);
+  EXPECT_TRUE(Contains(what, "no_such_node")) << what;
+}
+
 TEST(Plan, ExcludingAnUnknownNodeThrowsNamingIt) {
   GraphBuilder g;
   g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});

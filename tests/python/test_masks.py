@@ -103,6 +103,58 @@ def test_mask_nodes_stay_float_and_the_mask_still_masks(calibrated):
         np.testing.assert_allclose(got, want, atol=0.05)
 
 
+def test_mask_nodes_are_no_user_exclusion(calibrated, monkeypatch):
+    """masks="float" keeps the mask's nodes float through the engine's own
+    mask_nodes option: after a default calibration quantize is not refused,
+    the report gives those nodes the mask's reason, and the options'
+    exclude_nodes stay what the user passed (none)."""
+    import importlib
+
+    quantize_module = importlib.import_module("onnxquant.quantize")
+
+    model, calibrator, _ = calibrated
+    seen = []
+    real = quantize_module._require_planned_ranges
+
+    def spy(data, dtypes, options, native, *args, **kwargs):
+        seen.append((options.exclude_nodes, list(native.exclude_nodes),
+                     list(native.mask_nodes)))
+        return real(data, dtypes, options, native, *args, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "_require_planned_ranges", spy)
+    _, report = oq.quantize(model, calibrator.compute_range(), calibrator=calibrator,
+                            return_report=True)
+    (user, excluded, masked), = seen
+    assert user == () and excluded == []
+    assert "Add_4" in masked and "MatMul_0" not in masked
+    reasons = {f.node: f.reason for f in report.float_nodes}
+    assert "attention mask" in reasons["Add_4"]
+    assert not any("user" in reasons[n] for n in masked)
+
+
+def test_option_mismatch_message_names_no_mask_node(calibrated):
+    model, _, samples = calibrated
+    mask = set(mask_nodes(model)) | {"Add_4", "Softmax_5"}
+    # The Calibrator kept the MatMul float, so it never observed x, which
+    # quantize's default options (MatMul quantized) need.
+    calibrator = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, batch_size=1,
+                               options=oq.QuantOptions(exclude_nodes=["MatMul_0"]))
+    calibrator.collect_data(samples)
+    with pytest.raises(oq.InvalidArgumentError, match="exclude_nodes") as error:
+        oq.quantize(model, calibrator.compute_range(), calibrator=calibrator)
+    message = str(error.value)
+    assert "MatMul_0" in message and "'x'" in message
+    assert not [n for n in mask if n in message], message
+    # Ranges missing a tensor under the same options: a missing range, not
+    # an option mismatch (the mask nodes are no option the user changed).
+    default = oq.Calibrator(model, oq.CalibrationMethod.MIN_MAX_ASYM, batch_size=1)
+    default.collect_data(samples)
+    ranges = {t: r for t, r in default.compute_range().items() if t != "x"}
+    with pytest.raises(oq.RangeMissingError, match="'x'") as error:
+        oq.quantize(model, ranges, calibrator=default)
+    assert not [n for n in mask if n in str(error.value)]
+
+
 def test_saturated_masks_stop_masking(calibrated):
     """The reason for the default: quantized, the extremes saturate to the end
     of a range calibrated on the other values, and padded positions get

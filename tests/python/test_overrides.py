@@ -151,3 +151,32 @@ def test_override_naming_an_unquantized_tensor(demo):
     options = oq.QuantOptions(overrides={weight: {"activation_type": "int16"}})
     with pytest.raises(oq.InvalidArgumentError, match=f"'{weight}'"):
         oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
+
+
+def test_overrides_are_resolved_once_per_quantize(demo, monkeypatch):
+    # Each resolution plans the model: quantize resolves the overrides once,
+    # and the kernel remedies (target="portable") reuse that resolution.
+    import importlib
+
+    quantize_module = importlib.import_module("onnxquant.quantize")
+
+    data, model = demo
+    first = _nodes(model)[0]
+    options = oq.QuantOptions(overrides={first.name: {"activation_type": "int16"}})
+    cal = _calibrate(model, data, options)
+    ranges = cal.compute_range()
+    calls = []
+    real = quantize_module.resolve_overrides
+
+    def counting(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(quantize_module, "resolve_overrides", counting)
+    q, report = oq.quantize(model, ranges, options=options, calibrator=cal,
+                            return_report=True)
+    assert len(calls) == 1
+    assert report.kernels is not None  # the portable check (and its remedies) ran
+    # The override still holds in the written model.
+    node = next(n for n in q.graph.node if n.name == first.name)
+    assert _pairs(q)[node.input[0]][2] == TensorProto.INT16
