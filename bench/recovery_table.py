@@ -10,10 +10,15 @@ built from the mode's ``QuantOptions``:
 - WRS: no step, ``weight_range="mse"`` (the per-channel or per-tensor weight range search);
 - CLE: ``CrossLayerEqualization`` (aligned to powers of two in the pow2 mode);
 - CLE+HBA: the same with ``absorb_high_bias=True`` (high-bias absorption);
+- act MSE (pow2 mode only): ``Recipe(activation_power_of_two="mse")``;
 - BC: ``BiasCorrection``;
 - AdaRound, SmoothQuant: the recipe steps of those names when the package has them (one
   entry each in ``TECHNIQUES`` below; SmoothQuant only on models with MatMul weights);
-- recipe: the mode's preset (``npu_pow2``, ``w4a8``, ``cpu_default``), as shipped.
+- recipe: the mode's preset (``npu_pow2``, ``w4a8``, ``cpu_default``), as shipped;
+- best: the preset or one of the mode's candidates (``Mode.candidates``, and the preset with
+  AdaRound or SmoothQuant appended once they exist), whichever scores highest on
+  ``--validation-images`` validation images, measured on the test images (``--no-best``
+  leaves it out).
 
 The first ``--calibration`` images of each entry's calibration set calibrate (and feed bias
 correction); top-1 on ``--test-images`` test images drawn with numpy.random.default_rng(0),
