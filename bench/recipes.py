@@ -8,7 +8,8 @@ the first ``--calibration`` images of each entry's calibration set calibrate (an
 bias correction); top-1 on ``--test-images`` test images drawn with
 numpy.random.default_rng(0), ONNX Runtime's default session options (fused integer
 kernels). In brackets: the paired difference to plain ± its standard error (points). The
-column "without weight search" runs the preset's steps with weight_range="minmax".
+column "without weight search" runs the preset's steps with weight_range="minmax"; "search's
+effect" is the preset against that column, paired on the same images.
 
     PYTHONPATH=python .venv/bin/python bench/recipes.py [--preset npu_pow2] [--models ...]
 """
@@ -50,14 +51,16 @@ def run_model(key: str, args) -> None:
     result = oq.apply_recipe(entry.path, samples, recipe)
     seconds = time.perf_counter() - start
     hits = correct(result.model, test.x, test.y)
-    no_search = "—"
+    no_search = effect = "—"
     if recipe.options.weight_range == "mse":
         without = dataclasses.replace(recipe, options=options)
-        no_search = cell(correct(oq.apply_recipe(entry.path, samples, without).model,
-                                 test.x, test.y), plain)
+        other = correct(oq.apply_recipe(entry.path, samples, without).model, test.x, test.y)
+        no_search = cell(other, plain)
+        # The search's own effect: the preset against its steps without it, paired.
+        effect = cell(hits, other).split(" ", 1)[1].strip("()")
     changed = "; ".join(t.summary for t in result.report.techniques).replace("|", "\\|")
     print(f"| {entry.name} | {100.0 * fp32.mean():.2f} | {100.0 * plain.mean():.2f} | "
-          f"{cell(hits, plain)} | {no_search} | {seconds:.1f} | {changed} |", flush=True)
+          f"{cell(hits, plain)} | {no_search} | {effect} | {seconds:.1f} | {changed} |", flush=True)
 
 
 def main() -> None:
@@ -75,8 +78,8 @@ def main() -> None:
     print(f"{args.calibration} calibration images; top-1 % on {args.test_images} drawn test "
           "images, default session (fused)\n")
     print(f"| model | FP32 | plain | {args.preset} | {args.preset} without weight search | "
-          "recipe s | what the recipe changed |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          "search's effect | recipe s | what the recipe changed |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
     for key in args.models:
         run_model(key, args)
 

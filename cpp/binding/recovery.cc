@@ -3,6 +3,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/stl.h>
 
+#include <map>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -11,6 +12,7 @@
 #include "onnxquant/bias_correction.h"
 #include "onnxquant/cross_layer_equalization.h"
 #include "onnxquant/error.h"
+#include "onnxquant/high_bias_absorption.h"
 #include "onnxquant/model_io.h"
 #include "onnxquant/smooth_quant.h"
 #include "onnxquant/weight_range_search.h"
@@ -86,6 +88,55 @@ void BindRecovery(py::module_& m) {
       py::arg("power_of_two_qmax") = 0,
       "Cross-layer equalization of Conv-act-Conv chains: (model bytes, report "
       "dict with pairs, clips_replaced, clips_stopped, sweeps, converged).");
+
+  m.def(
+      "high_bias_candidates",
+      [](const py::bytes& model) {
+        const auto proto = Parse(model);
+        std::vector<AbsorptionCandidate> found;
+        {
+          py::gil_scoped_release release;
+          found = FindHighBiasCandidates(proto);
+        }
+        py::list out;
+        for (const auto& c : found) {
+          py::dict d;
+          d["first"] = c.first;
+          d["output"] = c.output;
+          d["activation"] = c.activation;
+          d["second"] = c.second;
+          out.append(d);
+        }
+        return out;
+      },
+      py::arg("model"),
+      "The Conv -> Relu/LeakyRelu/PRelu -> Conv chains high-bias absorption "
+      "can change: [dict first/output/activation/second] in graph order.");
+
+  m.def(
+      "absorb_high_bias",
+      [](const py::bytes& model,
+         const std::map<std::string, std::vector<float>>& amounts) {
+        auto proto = Parse(model);
+        AbsorptionReport r;
+        {
+          py::gil_scoped_release release;
+          r = AbsorbHighBias(proto, amounts);
+        }
+        py::list pairs;
+        for (const auto& p : r.pairs) {
+          py::dict d;
+          d["first"] = p.first;
+          d["second"] = p.second;
+          d["amounts"] = p.amounts;
+          pairs.append(d);
+        }
+        return py::make_tuple(Serialize(proto), pairs, r.skipped);
+      },
+      py::arg("model"), py::arg("amounts"),
+      "High-bias absorption of amounts[first conv][channel] into the next "
+      "Conv's bias: (model bytes, pairs [dict first/second/amounts], skipped "
+      "[(conv, reason)]).");
 
   m.def(
       "prepare_bias_correction",

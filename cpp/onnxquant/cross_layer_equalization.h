@@ -20,7 +20,8 @@
 // lower bound 0 that sits in such a chain by a Relu (what Nagel et al. did
 // for MobileNetV2), which changes the FP32 function where values exceeded
 // the upper bound. SiLU, GELU, LayerNormalization and anything else also
-// stop a chain. High-bias absorption is not done.
+// stop a chain. High-bias absorption is its own pass
+// (high_bias_absorption.h), run after this one.
 //
 // Matching: both nodes are Conv (ONNX domain) with float32 weight and bias
 // initializers that no other node reads and that are not graph inputs; the

@@ -73,6 +73,7 @@ from onnxquant.recipes import (
     apply_recipe,
     recipes,
 )
+from onnxquant.pow2_ranges import power_of_two_activation_ranges
 from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, save_tensorrt_cache
 from onnxquant.report import CalibrationReport, QuantizationReport
 
@@ -85,6 +86,7 @@ __all__ = [
     "SmoothQuant",
     "apply_recipe",
     "recipes",
+    "power_of_two_activation_ranges",
     "CalibrationDataError",
     "CalibrationMethod",
     "CalibrationReport",
