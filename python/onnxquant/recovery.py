@@ -53,9 +53,9 @@ __all__ = [
     "BiasCorrectionRecord",
     "EqualizationRecord",
     "EqualizedPair",
+    "HighBiasRecord",
     "SmoothQuantGroup",
     "SmoothQuantRecord",
-    "HighBiasRecord",
     "absorb_high_bias",
     "correct_bias",
     "equalize_cross_layer",
@@ -502,46 +502,6 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
     ``alpha_scope="model"`` one alpha serves every group: the grid value
     with the lowest sum of the groups' errors (all groups applied, or none
     when no alpha lowers the sum). A float alpha is applied to every group.
-def _channel_moments(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]],
-                     outputs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """Per output tensor [N, C, ...]: each channel's mean and standard
-    deviation over the samples and positions."""
-    sums: dict[str, np.ndarray] = {}
-    squares: dict[str, np.ndarray] = {}
-    counts: dict[str, int] = {}
-    for feed in feeds:
-        for name, v in zip(outputs, session.run(outputs, feed)):
-            v = np.ascontiguousarray(v, dtype=np.float32)
-            v64 = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).astype(np.float64)
-            sums[name] = sums.get(name, 0.0) + v64.sum(axis=1)
-            squares[name] = squares.get(name, 0.0) + np.square(v64).sum(axis=1)
-            counts[name] = counts.get(name, 0) + v64.shape[1]
-    out = {}
-    for name in outputs:
-        mean = sums[name] / counts[name]
-        var = np.maximum(squares[name] / counts[name] - mean * mean, 0.0)
-        out[name] = (mean, np.sqrt(var))
-    return out
-
-
-def absorb_high_bias(model: ModelLike, samples: Iterable[object], *, sigmas: float = 3.0,
-                     batch_size: int = 32) -> tuple[onnx.ModelProto, HighBiasRecord]:
-    """High-bias absorption (Nagel et al. 2019, section 4.1), usually after
-    :func:`equalize_cross_layer`.
-
-    For each Conv -> Relu/LeakyRelu/PRelu (or nothing) -> Conv chain, the
-    first Conv's output (the pre-activation h) is measured on ``samples``:
-    per channel c, a_c = max(0, mean_c - sigmas * std_c) (Nagel et al. take
-    beta - 3 gamma of the batch norm; folding drops those, so they are
-    measured). a_c is taken off the first Conv's bias and W2 a added to the
-    second's: the function is unchanged wherever h_c >= a_c, and the
-    activation's range shrinks by a_c, which its per-tensor scale gains.
-    Equalization can leave large biases on channels it scaled up; this is
-    what takes them back out of the activation.
-
-    Where h_c < a_c (beyond ``sigmas`` standard deviations below the mean)
-    the output changes, and a second Conv with zero padding sees its border
-    taps shifted by a_c: both are the approximation of the paper.
 
     Args:
         model: ModelProto, bytes or path (never modified); normalised first
@@ -624,6 +584,53 @@ def absorb_high_bias(model: ModelLike, samples: Iterable[object], *, sigmas: flo
         for r in records)
     record = SmoothQuantRecord(entries, tuple(tuple(s) for s in skipped), count, rows,
                                time.perf_counter() - start, normalized_here)
+    return result, record
+
+
+def _channel_moments(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]],
+                     outputs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per output tensor [N, C, ...]: each channel's mean and standard
+    deviation over the samples and positions."""
+    sums: dict[str, np.ndarray] = {}
+    squares: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    for feed in feeds:
+        for name, v in zip(outputs, session.run(outputs, feed)):
+            v = np.ascontiguousarray(v, dtype=np.float32)
+            v64 = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1).astype(np.float64)
+            sums[name] = sums.get(name, 0.0) + v64.sum(axis=1)
+            squares[name] = squares.get(name, 0.0) + np.square(v64).sum(axis=1)
+            counts[name] = counts.get(name, 0) + v64.shape[1]
+    out = {}
+    for name in outputs:
+        mean = sums[name] / counts[name]
+        var = np.maximum(squares[name] / counts[name] - mean * mean, 0.0)
+        out[name] = (mean, np.sqrt(var))
+    return out
+
+
+def absorb_high_bias(model: ModelLike, samples: Iterable[object], *, sigmas: float = 3.0,
+                     batch_size: int = 32) -> tuple[onnx.ModelProto, HighBiasRecord]:
+    """High-bias absorption (Nagel et al. 2019, section 4.1), usually after
+    :func:`equalize_cross_layer`.
+
+    For each Conv -> Relu/LeakyRelu/PRelu (or nothing) -> Conv chain, the
+    first Conv's output (the pre-activation h) is measured on ``samples``:
+    per channel c, a_c = max(0, mean_c - sigmas * std_c) (Nagel et al. take
+    beta - 3 gamma of the batch norm; folding drops those, so they are
+    measured). a_c is taken off the first Conv's bias and W2 a added to the
+    second's: the function is unchanged wherever h_c >= a_c, and the
+    activation's range shrinks by a_c, which its per-tensor scale gains.
+    Equalization can leave large biases on channels it scaled up; this is
+    what takes them back out of the activation.
+
+    Where h_c < a_c (beyond ``sigmas`` standard deviations below the mean)
+    the output changes, and a second Conv with zero padding sees its border
+    taps shifted by a_c: both are the approximation of the paper.
+
+    Args:
+        model: ModelProto, bytes or path (never modified); normalised first
+            unless it already is.
         samples: calibration samples, as :func:`correct_bias` takes them.
         sigmas: how many standard deviations below the mean (default 3).
         batch_size: samples stacked per run (default 32).
