@@ -10,6 +10,12 @@ numpy.random.default_rng(0), ONNX Runtime's default session options (fused integ
 kernels). In brackets: the paired difference to plain ± its standard error (points). The
 column "without weight search" runs the preset's steps with weight_range="minmax".
 
+``--adaround``: two more columns. "AdaRound" is plain's options (weight range search off)
+with only the AdaRound step; "preset + AdaRound" the preset's steps with AdaRound inserted
+after cross-layer equalization (before bias correction). ``--iterations`` and
+``--adaround-samples`` set its steps per layer and samples (the first of the calibration
+images); its run time is printed in the row.
+
     PYTHONPATH=python .venv/bin/python bench/recipes.py [--preset npu_pow2] [--models ...]
 """
 
@@ -56,8 +62,26 @@ def run_model(key: str, args) -> None:
         no_search = cell(correct(oq.apply_recipe(entry.path, samples, without).model,
                                  test.x, test.y), plain)
     changed = "; ".join(t.summary for t in result.report.techniques).replace("|", "\\|")
+    extra = ""
+    if args.adaround:
+        step = oq.AdaRound(iterations=args.iterations, max_samples=args.adaround_samples)
+        alone = oq.Recipe(steps=(step,), options=options, method=recipe.method)
+        t0 = time.perf_counter()
+        res_alone = oq.apply_recipe(entry.path, samples, alone)
+        t_alone = time.perf_counter() - t0
+        ada_s = sum(t.seconds for t in res_alone.report.techniques if t.technique == "adaround")
+        steps = list(recipe.steps)
+        at = next((i + 1 for i, s in enumerate(steps) if s.kind == "cross_layer_equalization"),
+                  0)
+        combined = dataclasses.replace(recipe, steps=tuple(steps[:at] + [step] + steps[at:]))
+        res_comb = oq.apply_recipe(entry.path, samples, combined)
+        extra = (f"{cell(correct(res_alone.model, test.x, test.y), plain)} | "
+                 f"{cell(correct(res_comb.model, test.x, test.y), plain)} | "
+                 f"{ada_s:.1f} ({t_alone:.1f}) | ")
+        changed += "; with AdaRound: " + next(
+            t.summary for t in res_comb.report.techniques if t.technique == "adaround")
     print(f"| {entry.name} | {100.0 * fp32.mean():.2f} | {100.0 * plain.mean():.2f} | "
-          f"{cell(hits, plain)} | {no_search} | {seconds:.1f} | {changed} |", flush=True)
+          f"{cell(hits, plain)} | {no_search} | {extra}{seconds:.1f} | {changed} |", flush=True)
 
 
 def main() -> None:
@@ -67,6 +91,11 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--calibration", type=int, default=200)
     p.add_argument("--zoo", default=DEFAULT_ZOO)
+    p.add_argument("--adaround", action="store_true",
+                   help="add the AdaRound-alone and preset + AdaRound columns")
+    p.add_argument("--iterations", type=int, default=1000, help="AdaRound steps per layer")
+    p.add_argument("--adaround-samples", type=int, default=0,
+                   help="AdaRound samples per layer (0: all calibration images)")
     args = p.parse_args()
     print(f"command: python bench/recipes.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
@@ -74,9 +103,12 @@ def main() -> None:
     print(f"preset {args.preset}: {oq.Recipe.preset(args.preset).to_dict()}")
     print(f"{args.calibration} calibration images; top-1 % on {args.test_images} drawn test "
           "images, default session (fused)\n")
+    ada = (f"AdaRound | {args.preset} + AdaRound | AdaRound s (whole run s) | "
+           if args.adaround else "")
     print(f"| model | FP32 | plain | {args.preset} | {args.preset} without weight search | "
-          "recipe s | what the recipe changed |")
-    print("|---|---:|---:|---:|---:|---:|---|")
+          f"{ada}recipe s | what the recipe changed |")
+    print("|---|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.adaround else "") +
+          "---:|---|")
     for key in args.models:
         run_model(key, args)
 

@@ -31,7 +31,8 @@ std::vector<Block> Blocks(const RoundingProblem& p) {
   std::vector<Block> out;
   for (int64_t g = 0; g < p.groups; ++g) {
     for (int64_t r = 0; r < p.rows; r += kAdaRoundRowBlock) {
-      out.push_back({g, g * p.rows + r, std::min(kAdaRoundRowBlock, p.rows - r)});
+      out.push_back(
+          {g, g * p.rows + r, std::min(kAdaRoundRowBlock, p.rows - r)});
     }
   }
   return out;
@@ -138,13 +139,15 @@ void OptimizeBlock(const RoundingProblem& p, const AdaRoundSettings& s,
 
 void CheckRoundingProblem(const RoundingProblem& p, const AdaRoundSettings& s) {
   if (p.groups < 1 || p.rows < 1 || p.cols < 1) {
-    throw InvalidArgument("AdaRound: a problem needs groups, rows and cols >= 1");
+    throw InvalidArgument(
+        "AdaRound: a problem needs groups, rows and cols >= 1");
   }
   const size_t n = static_cast<size_t>(p.groups * p.rows * p.cols);
   if (p.weight.size() != n || p.scale.size() != n || p.frozen.size() != n ||
       p.qmax.size() != static_cast<size_t>(p.groups * p.rows) ||
       p.gram.size() != static_cast<size_t>(p.groups * p.cols * p.cols)) {
-    throw InvalidArgument("AdaRound: the problem's arrays do not match its shape");
+    throw InvalidArgument(
+        "AdaRound: the problem's arrays do not match its shape");
   }
   for (float sc : p.scale) {
     if (!(std::isfinite(sc) && sc > 0)) {
@@ -189,7 +192,9 @@ double ReconstructionLoss(const RoundingProblem& p,
   for (const Block& b : Blocks(p)) {
     const int64_t n = b.count * p.cols;
     std::vector<float> c(n);
-    for (int64_t i = 0; i < n; ++i) c[i] = static_cast<float>(codes[b.first * p.cols + i]);
+    for (int64_t i = 0; i < n; ++i) {
+      c[i] = static_cast<float>(codes[b.first * p.cols + i]);
+    }
     loss += BlockReconstruction(p, b, c.data(), nullptr);
   }
   return loss;

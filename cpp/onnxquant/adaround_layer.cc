@@ -21,7 +21,8 @@ std::vector<int64_t> IntsAttribute(const pb::NodeProto& node,
   return std::vector<int64_t>(a->ints().begin(), a->ints().end());
 }
 
-std::string StringAttribute(const pb::NodeProto& node, const std::string& name) {
+std::string StringAttribute(const pb::NodeProto& node,
+                            const std::string& name) {
   const pb::AttributeProto* a = FindAttribute(node, name);
   return a ? a->s() : "";
 }
@@ -40,7 +41,8 @@ std::string Unsupported(const GraphIndex& index, const pb::NodeProto& node,
     return "its weight is not a float32 constant";
   }
   if (index.Consumers(node.input(1)).size() != 1 ||
-      index.IsGraphOutput(node.input(1)) || index.ReadBySubgraph(node.input(1))) {
+      index.IsGraphOutput(node.input(1)) ||
+      index.ReadBySubgraph(node.input(1))) {
     return "its weight is shared with other nodes";
   }
   const size_t rank = Dims(*w).size();
@@ -202,7 +204,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
     gram = ConvGram(g, inputs, settings.threads, name);
   } else {
     const int64_t k = transposed ? nw.dims[0] : nw.dims[1];
-    const bool trans_a = IsOnnxOp(node, "Gemm") && IntAttribute(node, "transA", 0);
+    const bool trans_a =
+        IsOnnxOp(node, "Gemm") && IntAttribute(node, "transA", 0);
     gram = DenseGram(k, trans_a, inputs, settings.threads, name);
   }
   if (gram.columns < 1) {
@@ -213,7 +216,7 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   // The problem, in rows (output channels) x cols.
   RoundingProblem p;
   const int64_t total = NumElements(nw.dims);
-  const int64_t rows_all = conv ? nw.dims[0] : (transposed ? nw.dims[1] : nw.dims[0]);
+  const int64_t rows_all = transposed ? nw.dims[1] : nw.dims[0];
   p.groups = groups;
   p.rows = rows_all / groups;
   p.cols = total / rows_all;
@@ -243,8 +246,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   for (int64_t r = 0; r < rows_all; ++r) {
     p.qmax[r] = base_qmax;
     if (!int4 && !remedy.empty()) {
-      p.qmax[r] = remedy.size() == 1 ? remedy[0]
-                                     : remedy[std::min<size_t>(r, remedy.size() - 1)];
+      const size_t at = std::min<size_t>(r, remedy.size() - 1);
+      p.qmax[r] = remedy.size() == 1 ? remedy[0] : remedy[at];
     }
     for (int64_t c = 0; c < p.cols; ++c) {
       const int64_t e = onnx_index(r, c);

@@ -1,5 +1,6 @@
 """Type stubs of onnxquant._core, the native engine's private binding."""
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -97,3 +98,11 @@ def emulate_quantized_weights(model: bytes, dtypes: dict[str, int],
 def channel_sums(array: np.ndarray) -> np.ndarray: ...
 def search_weight_scales(weight: np.ndarray, axis: int, qmax: int = ...,
                          power_of_two: bool = ...) -> np.ndarray: ...
+def adaround_targets(model: bytes, dtypes: dict[str, int], options: QuantOptions
+                     ) -> tuple[list[dict[str, str]], list[tuple[str, str]]]: ...
+def adaround_layer(model: bytes, dtypes: dict[str, int], options: QuantOptions, node: str,
+                   inputs: list[np.ndarray], iterations: int = ..., reg_weight: float = ...,
+                   beta_start: float = ..., beta_end: float = ..., warmup: float = ...,
+                   learning_rate: float = ..., threads: int = ...,
+                   progress: Callable[[int, int], object] | None = ...
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]: ...

@@ -244,7 +244,7 @@ def test_json_round_trip(tmp_path):
     ({"options": {"weight_rnge": "mse"}}, "'weight_rnge'"),
     ({"options": {"power_of_two": "floor"}}, "power_of_two"),
     ({"options": {"per_channel": "no"}}, "'per_channel'"),
-    ({"steps": [{"technique": "adaround"}]}, "'adaround'"),
+    ({"steps": [{"technique": "fast_finetuning"}]}, "'fast_finetuning'"),
     ({"steps": [{"technique": "bias_correction", "batch": 3}]}, "'batch'"),
     ({"steps": [{"technique": "cross_layer_equalization", "max_sweeps": 0}]},
      "'max_sweeps'"),
