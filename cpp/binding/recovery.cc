@@ -128,7 +128,7 @@ void BindAdaRound(py::module_& m) {
       py::arg("inputs"), py::arg("iterations") = 1000,
       py::arg("reg_weight") = 0.01f, py::arg("beta_start") = 20.f,
       py::arg("beta_end") = 2.f, py::arg("warmup") = 0.2f,
-      py::arg("learning_rate") = 1e-2f, py::arg("threads") = 2,
+      py::arg("learning_rate") = 3e-2f, py::arg("threads") = 2,
       py::arg("progress") = py::none(),
       "AdaRound of one node's weight from its cached FP32 inputs (float32 "
       "C-contiguous arrays, read without a copy): (rounded weight, int32 "

@@ -43,7 +43,7 @@ struct AdaRoundSettings {
   float beta_start = 20.f;      // beta after the warm-up ...
   float beta_end = 2.f;         // ... annealed (cosine) down to this
   float warmup = 0.2f;          // share of the steps without regularizer
-  float learning_rate = 1e-2f;  // Adam's step size (> 0)
+  float learning_rate = 3e-2f;  // Adam's step size (> 0)
   int threads = 2;              // worker threads (>= 1)
 };
 

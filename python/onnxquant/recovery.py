@@ -451,7 +451,7 @@ class _ProgressLine:
 def adaround(model: ModelLike, samples: Iterable[object], *,
              options: QuantOptions | None = None, iterations: int = 1000,
              reg_weight: float = 0.01, beta: tuple[float, float] = (20.0, 2.0),
-             warmup: float = 0.2, learning_rate: float = 1e-2,
+             warmup: float = 0.2, learning_rate: float = 3e-2,
              max_samples: int | None = None, batch_size: int = 32,
              threads: int | None = None,
              progress: bool = True) -> tuple[onnx.ModelProto, AdaRoundRecord]:
@@ -491,7 +491,7 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
         reg_weight: lambda of the rounding regularizer (default 0.01).
         beta: (start, end) of the annealed exponent (default (20, 2)).
         warmup: share of the steps without regularizer (default 0.2).
-        learning_rate: Adam's step size (default 0.01).
+        learning_rate: Adam's step size (default 0.03; chosen on ResNet8 W4A8 among 0.01 and 0.03).
         max_samples: use only the first this many samples (default all).
         batch_size: samples stacked per model run where the batch dimension
             is dynamic (default 32).
