@@ -310,7 +310,7 @@ _PRESETS: dict[str, Recipe] = {
         options=QuantOptions(per_channel=False, power_of_two="ceil", weight_range="mse"),
         name="npu_pow2"),
     "w4a8": Recipe(
-        steps=(CrossLayerEqualization(), BiasCorrection()),
+        steps=(CrossLayerEqualization(), AdaRound(), BiasCorrection()),
         options=QuantOptions(weight_type="int4", weight_range="mse"),
         name="w4a8"),
 }
@@ -320,7 +320,8 @@ def recipes() -> dict[str, Recipe]:
     """The named presets: ``"cpu_default"`` (W8A8, per-channel weights, no
     technique), ``"npu_pow2"`` (per-tensor power-of-two scales, CLE aligned
     to powers of two, weight range search, bias correction) and ``"w4a8"``
-    (int4 per-channel weights, weight range search, CLE, bias correction)."""
+    (int4 per-channel weights, weight range search, CLE, AdaRound, bias
+    correction)."""
     return dict(_PRESETS)
 
 

@@ -87,7 +87,7 @@ def test_preset_runs_end_to_end_and_ort_runs_the_result(name):
     expected = {"cpu_default": [],
                 "npu_pow2": ["cross_layer_equalization", "bias_correction",
                              "weight_range_search"],
-                "w4a8": ["cross_layer_equalization", "bias_correction",
+                "w4a8": ["cross_layer_equalization", "adaround", "bias_correction",
                          "weight_range_search"]}[name]
     assert kinds == expected
     assert name in str(result.report)
