@@ -93,11 +93,13 @@ OPTIONS = [
     oq.QuantOptions(target="exact", reduce_weight_range=True),
     oq.QuantOptions(weight_type="int4"),
     oq.QuantOptions(weight_type="int4", weight_range="mse"),
+    oq.QuantOptions(weight_type="int4", block_size=4),  # MatMul: a scale per 4 rows
 ]
 
 
 @pytest.mark.parametrize("options", OPTIONS, ids=[
-    "int8", "int8-mse", "pow2-tensor", "pow2-tensor-mse", "int7", "int4", "int4-mse"])
+    "int8", "int8-mse", "pow2-tensor", "pow2-tensor-mse", "int7", "int4", "int4-mse",
+    "int4-blocks"])
 def test_quantize_reproduces_the_integers(options):
     rng = np.random.default_rng(0)
     samples = _samples(1)
