@@ -199,6 +199,14 @@ def test_typed_errors():
     with pytest.raises(oq.InvalidArgumentError, match="float32 C-contiguous"):
         _core.adaround_layer(data, infer_dtypes(fp), native, "conv_b",
                              [np.zeros((2, 8, 8, 4), np.float64)])
+    # An exception in the progress callback (Ctrl-C) stops the engine and is raised.
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+
+    x = np.ascontiguousarray(np.concatenate(samples))
+    with pytest.raises(KeyboardInterrupt):
+        _core.adaround_layer(data, infer_dtypes(fp), native, "conv_a", [x],
+                             iterations=10_000_000, progress=interrupt)
     with pytest.raises(oq.InvalidArgumentError, match="relu_a"):
         _core.adaround_layer(data, infer_dtypes(fp), native, "relu_a",
                              [np.zeros((2, 8, 8, 4), np.float32)])
