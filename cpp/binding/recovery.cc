@@ -85,13 +85,19 @@ void BindAdaRound(py::module_& m) {
          const QuantOptions& options, const std::string& node,
          const py::list& inputs, int iterations, float reg_weight,
          float beta_start, float beta_end, float warmup, float learning_rate,
-         int threads, const py::object& progress) {
+         int threads, const py::object& progress,
+         const py::list& quantized_inputs) {
         auto proto = Parse(model);
         std::vector<py::array> keep;
-        std::vector<InputView> views;
+        std::vector<InputView> views, qviews;
         for (const py::handle& h : inputs) {
           py::array a = AsFloatArray("input of node " + node, h);
           views.push_back({static_cast<const float*>(a.data()), Shape(a)});
+          keep.push_back(std::move(a));
+        }
+        for (const py::handle& h : quantized_inputs) {
+          py::array a = AsFloatArray("quantized input of node " + node, h);
+          qviews.push_back({static_cast<const float*>(a.data()), Shape(a)});
           keep.push_back(std::move(a));
         }
         AdaRoundSettings s;
@@ -107,7 +113,8 @@ void BindAdaRound(py::module_& m) {
         try {
           py::gil_scoped_release release;
           auto report = [&relay](int64_t d, int64_t t) { return relay(d, t); };
-          r = RoundLayer(proto, dtypes, options, node, views, s, report);
+          r = RoundLayer(proto, dtypes, options, node, views, s, report,
+                         qviews);
         } catch (const Error&) {
           if (relay.raised) std::rethrow_exception(relay.raised);
           throw;
@@ -130,10 +137,13 @@ void BindAdaRound(py::module_& m) {
       py::arg("beta_end") = 2.f, py::arg("warmup") = 0.2f,
       py::arg("learning_rate") = 3e-2f, py::arg("threads") = 2,
       py::arg("progress") = py::none(),
+      py::arg("quantized_inputs") = py::list(),
       "AdaRound of one node's weight from its cached FP32 inputs (float32 "
       "C-contiguous arrays, read without a copy): (rounded weight, int32 "
       "codes, stats dict loss_nearest/loss_final/share_up/share_changed/"
-      "weight). progress(done, total) is called with the GIL held.");
+      "weight). progress(done, total) is called with the GIL held. "
+      "quantized_inputs (optional): the same samples' input in the model with "
+      "the layers above quantized (asymmetric reconstruction).");
 }
 
 }  // namespace

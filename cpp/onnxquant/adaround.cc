@@ -44,12 +44,29 @@ std::vector<Block> Blocks(const RoundingProblem& p) {
 double BlockReconstruction(const RoundingProblem& p, const Block& b,
                            const float* codes, RowMatrix* g_out) {
   const int64_t k = p.cols;
-  RowMatrix d(b.count, k);
   const int64_t base = b.first * k;
+  ConstMap gram(p.gram.data() + b.group * k * k, k, k);
+  if (!p.cross.empty()) {  // sum wq G^ wq^T - 2 w C wq^T + offset
+    RowMatrix wq(b.count, k);
+    for (int64_t i = 0; i < b.count * k; ++i) {
+      wq.data()[i] = p.scale[base + i] * codes[i];
+    }
+    ConstMap w(p.weight.data() + base, b.count, k);
+    ConstMap cross(p.cross.data() + b.group * k * k, k, k);
+    RowMatrix a = wq * gram;
+    RowMatrix c = w * cross;
+    double loss = 0;
+    for (int64_t i = 0; i < b.count * k; ++i) {
+      loss += static_cast<double>(wq.data()[i]) * (a.data()[i] - 2.f * c.data()[i]);
+    }
+    for (int64_t r = 0; r < b.count; ++r) loss += p.row_offset[b.first + r];
+    if (g_out) *g_out = 2.f * (a - c);
+    return loss;
+  }
+  RowMatrix d(b.count, k);
   for (int64_t i = 0; i < b.count * k; ++i) {
     d.data()[i] = p.scale[base + i] * codes[i] - p.weight[base + i];
   }
-  ConstMap gram(p.gram.data() + b.group * k * k, k, k);
   RowMatrix dg = d * gram;
   double loss = 0;
   for (int64_t i = 0; i < b.count * k; ++i) {
@@ -148,6 +165,12 @@ void CheckRoundingProblem(const RoundingProblem& p, const AdaRoundSettings& s) {
       p.gram.size() != static_cast<size_t>(p.groups * p.cols * p.cols)) {
     throw InvalidArgument(
         "AdaRound: the problem's arrays do not match its shape");
+  }
+  if (!p.cross.empty() &&
+      (p.cross.size() != p.gram.size() ||
+       p.row_offset.size() != static_cast<size_t>(p.groups * p.rows))) {
+    throw InvalidArgument(
+        "AdaRound: the cross matrices or row offsets do not match the shape");
   }
   for (float sc : p.scale) {
     if (!(std::isfinite(sc) && sc > 0)) {

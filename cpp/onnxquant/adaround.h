@@ -58,8 +58,15 @@ struct RoundingProblem {
   // One per element: nonzero keeps the element at its nearest code (the
   // elements that fix the scale quantize() recomputes from the weights).
   std::vector<uint8_t> frozen;
-  // groups Gram matrices E[x x^T], each [cols, cols] row-major.
+  // groups Gram matrices E[x x^T], each [cols, cols] row-major; with
+  // `cross`, E[xq xq^T] of the inputs xq the quantized layers above give.
   std::vector<float> gram;
+  // Asymmetric reconstruction (empty: none): the loss is then
+  //   sum over rows r of E[(W[r] . x - W~[r] . xq)^2]
+  // with x the FP32 inputs: `cross` holds groups E[x xq^T] ([cols, cols]),
+  // `row_offset` per row W[r] E[x x^T] W[r]^T (the loss's constant).
+  std::vector<float> cross;
+  std::vector<double> row_offset;
 };
 
 struct RoundingResult {

@@ -24,8 +24,9 @@ constexpr int64_t kGatherColumns = 1024;
 // Writes piece `i` of group `g` ([K, P] row-major) into `out`; returns P.
 using PieceFn = std::function<int64_t(int64_t g, size_t i, RowMatrix& out)>;
 
+// Sums of left right^T over the pieces (right: null for left itself).
 GramSums Accumulate(int64_t groups, int64_t k, size_t pieces,
-                    const PieceFn& piece, int threads) {
+                    const PieceFn& piece, const PieceFn* right, int threads) {
   GramSums out;
   out.groups = groups;
   out.cols = k;
@@ -38,18 +39,20 @@ GramSums Accumulate(int64_t groups, int64_t k, size_t pieces,
   std::exception_ptr failure;
   auto work = [&] {
     try {
-      RowMatrix buffer, part;
+      RowMatrix buffer, part, rbuffer, rpart;
       for (int64_t u = next++; u < units; u = next++) {
         const int64_t g = u / blocks;
         const int64_t j0 = (u % blocks) * kColumnBlock;
         const int64_t nj = std::min(kColumnBlock, k - j0);
         Eigen::MatrixXd acc = Eigen::MatrixXd::Zero(k, nj);
         buffer.resize(k, kGatherColumns);
+        if (right) rbuffer.resize(k, kGatherColumns);
         int64_t filled = 0, counted = 0;
         auto flush = [&] {
           if (filled == 0) return;
+          const RowMatrix& r = right ? rbuffer : buffer;
           RowMatrix prod = buffer.leftCols(filled) *
-                           buffer.block(j0, 0, nj, filled).transpose();
+                           r.block(j0, 0, nj, filled).transpose();
           acc += prod.cast<double>();
           filled = 0;
         };
@@ -59,8 +62,16 @@ GramSums Accumulate(int64_t groups, int64_t k, size_t pieces,
           if (filled + p > kGatherColumns) flush();
           if (p > kGatherColumns) {
             buffer.resize(k, p);
+            if (right) rbuffer.resize(k, p);
           }
           buffer.block(0, filled, k, p) = part.leftCols(p);
+          if (right) {
+            if ((*right)(g, i, rpart) != p) {
+              throw InvalidArgument("AdaRound: the quantized model's layer input "
+                                    "has another shape than the FP32 one");
+            }
+            rbuffer.block(0, filled, k, p) = rpart.leftCols(p);
+          }
           filled += p;
         }
         flush();
@@ -141,27 +152,50 @@ std::vector<float> Im2Col(const ConvGeometry& g, const InputView& input,
   return out;
 }
 
+namespace {
+
+void CheckSameShapes(const std::vector<InputView>& a,
+                     const std::vector<InputView>& b, const std::string& node) {
+  bool same = a.size() == b.size();
+  for (size_t i = 0; same && i < a.size(); ++i) same = a[i].dims == b[i].dims;
+  if (!same) {
+    throw InvalidArgument("AdaRound: the quantized inputs of node '" + node +
+                          "' do not have the shapes of its FP32 inputs");
+  }
+}
+
+}  // namespace
+
 GramSums ConvGram(const ConvGeometry& g, const std::vector<InputView>& inputs,
-                  int threads, const std::string& node) {
+                  int threads, const std::string& node,
+                  const std::vector<InputView>* right) {
   std::vector<std::pair<size_t, int64_t>> samples;  // (input, n)
   for (size_t i = 0; i < inputs.size(); ++i) {
     CheckConvInput(g, inputs[i], node);
     for (int64_t n = 0; n < inputs[i].dims[0]; ++n) samples.emplace_back(i, n);
   }
+  if (right) CheckSameShapes(inputs, *right, node);
   const int64_t k = g.channels / g.groups * g.kernel_h * g.kernel_w;
-  PieceFn piece = [&](int64_t group, size_t i, RowMatrix& out) -> int64_t {
-    const auto& [input, n] = samples[i];
-    std::vector<float> cols = Im2Col(g, inputs[input], n, group);
-    const int64_t p = static_cast<int64_t>(cols.size()) / k;
-    out = Eigen::Map<RowMatrix>(cols.data(), k, p);
-    return p;
+  auto piece_of = [&](const std::vector<InputView>& views) -> PieceFn {
+    return [&, views_ptr = &views](int64_t group, size_t i,
+                                   RowMatrix& out) -> int64_t {
+      const auto& [input, n] = samples[i];
+      std::vector<float> cols = Im2Col(g, (*views_ptr)[input], n, group);
+      const int64_t p = static_cast<int64_t>(cols.size()) / k;
+      out = Eigen::Map<RowMatrix>(cols.data(), k, p);
+      return p;
+    };
   };
-  return Accumulate(g.groups, k, samples.size(), piece, threads);
+  const PieceFn piece = piece_of(inputs);
+  const PieceFn rpiece = right ? piece_of(*right) : PieceFn();
+  return Accumulate(g.groups, k, samples.size(), piece,
+                    right ? &rpiece : nullptr, threads);
 }
 
 GramSums DenseGram(int64_t k, bool transposed,
                    const std::vector<InputView>& inputs, int threads,
-                   const std::string& node) {
+                   const std::string& node,
+                   const std::vector<InputView>* right) {
   constexpr int64_t kRows = 512;
   std::vector<std::tuple<size_t, int64_t, int64_t>> pieces;  // input, m0, m
   for (size_t i = 0; i < inputs.size(); ++i) {
@@ -180,9 +214,11 @@ GramSums DenseGram(int64_t k, bool transposed,
       pieces.emplace_back(i, m0, std::min(kRows, m - m0));
     }
   }
-  PieceFn piece = [&](int64_t, size_t i, RowMatrix& out) -> int64_t {
+  if (right) CheckSameShapes(inputs, *right, node);
+  auto piece_of = [&](const std::vector<InputView>& views) -> PieceFn {
+   return [&, views_ptr = &views](int64_t, size_t i, RowMatrix& out) -> int64_t {
     const auto& [input, m0, m] = pieces[i];
-    const float* x = inputs[input].data;
+    const float* x = (*views_ptr)[input].data;
     if (transposed) {
       const int64_t total_m = inputs[input].dims[1];
       out.resize(k, m);
@@ -193,8 +229,12 @@ GramSums DenseGram(int64_t k, bool transposed,
       out = Eigen::Map<const RowMatrix>(x + m0 * k, m, k).transpose();
     }
     return m;
+   };
   };
-  return Accumulate(1, k, pieces.size(), piece, threads);
+  const PieceFn piece = piece_of(inputs);
+  const PieceFn rpiece = right ? piece_of(*right) : PieceFn();
+  return Accumulate(1, k, pieces.size(), piece, right ? &rpiece : nullptr,
+                    threads);
 }
 
 }  // namespace onnxquant

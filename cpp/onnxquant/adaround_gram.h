@@ -43,18 +43,22 @@ std::vector<float> Im2Col(const ConvGeometry& g, const InputView& input,
                           int64_t n, int64_t group);
 
 // Sums of x x^T over every im2col column of every sample of `inputs`, per
-// group, on `threads` threads (the result does not depend on their number).
-// Throws InvalidArgument naming `node` for an input that does not fit `g`.
+// group, on `threads` threads (the result does not depend on their number);
+// with `right`, sums of x y^T, y the same column of `right` (inputs of the
+// same shapes). Throws InvalidArgument naming `node` for an input that does
+// not fit `g`, or a `right` whose shapes differ from `inputs`'.
 GramSums ConvGram(const ConvGeometry& g, const std::vector<InputView>& inputs,
-                  int threads, const std::string& node);
+                  int threads, const std::string& node,
+                  const std::vector<InputView>* right = nullptr);
 
 // Sums of x x^T over the rows x of each input flattened to [M, k] (its last
 // axis is k), or, with `transposed`, over the columns of each rank-2 input
 // [k, M] (Gemm with transA). Throws InvalidArgument naming `node` for an
-// input whose last (first, transposed) axis is not k.
+// input whose last (first, transposed) axis is not k. `right`: as ConvGram.
 GramSums DenseGram(int64_t k, bool transposed,
                    const std::vector<InputView>& inputs, int threads,
-                   const std::string& node);
+                   const std::string& node,
+                   const std::vector<InputView>* right = nullptr);
 
 }  // namespace onnxquant
 

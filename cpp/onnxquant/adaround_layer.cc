@@ -164,7 +164,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const std::string& name,
                          const std::vector<InputView>& inputs,
                          const AdaRoundSettings& settings,
-                         const AdaRoundProgress& progress) {
+                         const AdaRoundProgress& progress,
+                         const std::vector<InputView>& quantized_inputs) {
   const QuantPlan plan = MakePlan(model, dtypes, options);
   GraphIndex index(model.graph());
   const QuantizedNode* q = nullptr;
@@ -191,7 +192,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   const bool transposed = Transposed(node);
 
   // Gram matrices of the input columns.
-  GramSums gram;
+  const bool asym = !quantized_inputs.empty();
+  GramSums gram, cross, fp_gram;
   int64_t groups = 1;
   if (conv) {
     const ConvGeometry g = Geometry(node, nw.dims, inputs);
@@ -201,12 +203,25 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
                        std::to_string(nw.dims[0]) +
                        " output channels, not a multiple of its group.");
     }
-    gram = ConvGram(g, inputs, settings.threads, name);
+    if (asym) {
+      gram = ConvGram(g, quantized_inputs, settings.threads, name);
+      cross = ConvGram(g, inputs, settings.threads, name, &quantized_inputs);
+      fp_gram = ConvGram(g, inputs, settings.threads, name);
+    } else {
+      gram = ConvGram(g, inputs, settings.threads, name);
+    }
   } else {
     const int64_t k = transposed ? nw.dims[0] : nw.dims[1];
     const bool trans_a =
         IsOnnxOp(node, "Gemm") && IntAttribute(node, "transA", 0);
-    gram = DenseGram(k, trans_a, inputs, settings.threads, name);
+    if (asym) {
+      gram = DenseGram(k, trans_a, quantized_inputs, settings.threads, name);
+      cross = DenseGram(k, trans_a, inputs, settings.threads, name,
+                        &quantized_inputs);
+      fp_gram = DenseGram(k, trans_a, inputs, settings.threads, name);
+    } else {
+      gram = DenseGram(k, trans_a, inputs, settings.threads, name);
+    }
   }
   if (gram.columns < 1) {
     throw InvalidArgument("AdaRound: the cached input of node '" + name +
@@ -259,6 +274,25 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   }
   for (float& s : p.scale) {
     if (!(s > 0)) s = 1.f;  // an all-zero group: every code is 0 anyway
+  }
+  if (asym) {
+    p.cross.resize(cross.sums.size());
+    for (size_t i = 0; i < cross.sums.size(); ++i) {
+      p.cross[i] = static_cast<float>(cross.sums[i] / cross.columns);
+    }
+    p.row_offset.assign(rows_all, 0.0);
+    const int64_t k = p.cols;
+    for (int64_t r = 0; r < rows_all; ++r) {
+      const double* g = fp_gram.sums.data() + (r / p.rows) * k * k;
+      const float* w = p.weight.data() + r * k;
+      double acc = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        double row = 0;
+        for (int64_t j = 0; j < k; ++j) row += g[i * k + j] * w[j];
+        acc += w[i] * row;
+      }
+      p.row_offset[r] = acc / fp_gram.columns;
+    }
   }
 
   LayerRounding out;

@@ -53,6 +53,9 @@ struct LayerRounding {
 // options gives back `codes`: the elements of each scale's group that hold
 // its largest |nearest code| keep their nearest code, so max|w| (and with
 // it the scale) does not move.
+// `quantized_inputs` (empty: none): the same samples' input to the node in
+// the model whose layers above are quantized; the loss then compares the
+// FP32 output W x with W~ xq (asymmetric reconstruction, adaround.h).
 // Throws InvalidArgument naming the node for a node that is not a target,
 // inputs that do not fit it, or settings out of their domain;
 // InvalidArgument "cancelled" when progress returns false.
@@ -60,7 +63,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const std::string& node,
                          const std::vector<InputView>& inputs,
                          const AdaRoundSettings& settings,
-                         const AdaRoundProgress& progress = nullptr);
+                         const AdaRoundProgress& progress = nullptr,
+                         const std::vector<InputView>& quantized_inputs = {});
 
 }  // namespace onnxquant
 

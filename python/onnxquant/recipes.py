@@ -85,6 +85,7 @@ class AdaRound:
     learning_rate: float = 0.03
     max_samples: int = 0
     batch_size: int = 32
+    inputs: str = "fp32"
 
     kind = "adaround"
 
@@ -136,14 +137,15 @@ def _check_step(step: object, index: int) -> None:
                   ("learning_rate", step.learning_rate > 0),
                   ("warmup", 0 <= step.warmup < 1),
                   ("beta_end", step.beta_end > 0),
-                  ("beta_start", step.beta_start >= step.beta_end))
+                  ("beta_start", step.beta_start >= step.beta_end),
+                  ("inputs", step.inputs in ("fp32", "quantized")))
         for key, ok in checks:
             if not ok:
                 raise InvalidArgumentError(
                     f"{where} (adaround) key '{key}' is out of its domain, got "
                     f"{getattr(step, key)!r} (iterations, batch_size >= 1; max_samples >= 0; "
                     "reg_weight >= 0; learning_rate > 0; 0 <= warmup < 1; "
-                    "beta_start >= beta_end > 0).")
+                    "beta_start >= beta_end > 0; inputs 'fp32' or 'quantized').")
     else:
         raise InvalidArgumentError(
             f"{where} is a {type(step).__name__}; a step is CrossLayerEqualization, "
@@ -549,7 +551,7 @@ def apply_recipe(model: ModelLike, samples: object, recipe: Recipe | str, *,
                 reg_weight=step.reg_weight, beta=(step.beta_start, step.beta_end),
                 warmup=step.warmup, learning_rate=step.learning_rate,
                 max_samples=step.max_samples or None, batch_size=step.batch_size,
-                progress=progress)
+                inputs=step.inputs, progress=progress)
             entries.append(_adaround_entry(rec, time.perf_counter() - start))
         else:
             float_model, rec = correct_bias(float_model, feed, options=recipe.options,

@@ -453,7 +453,7 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
              reg_weight: float = 0.01, beta: tuple[float, float] = (20.0, 2.0),
              warmup: float = 0.2, learning_rate: float = 3e-2,
              max_samples: int | None = None, batch_size: int = 32,
-             threads: int | None = None,
+             threads: int | None = None, inputs: str = "fp32",
              progress: bool = True) -> tuple[onnx.ModelProto, AdaRoundRecord]:
     """AdaRound: learned rounding of the weight of every Conv (grouped and
     depthwise included), Gemm and MatMul with a constant weight that the plan
@@ -474,11 +474,15 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
     a channel whose scale quantize() enlarges for its int32 bias, or whose
     kernel remedy ``target="portable"`` chooses afterwards.
 
-    The layer's inputs come from the FP32 model (all layers above unchanged),
-    so one run of the model per layer caches them and the layers are
-    independent; the engine keeps only their Gram matrix (the loss reads the
-    inputs through it), so every cached position enters every step.
-    Activations are not quantized in these runs.
+    With ``inputs="fp32"`` (default) the layer's inputs come from the FP32
+    model (all layers above unchanged): the loss is E[((W~ - W) x)^2], one run
+    of the model per layer caches x and the layers are independent. With
+    ``inputs="quantized"`` (Nagel et al.'s asymmetric reconstruction) the
+    layer also sees xq, its input in the model whose layers above already
+    hold AdaRound's weights, and the loss is E[(W x - W~ xq)^2]: the layer
+    learns to make up for the error above it (two runs per layer). The engine
+    keeps only Gram matrices of the inputs, so every cached position enters
+    every step. Activations are not quantized in these runs.
 
     Args:
         model: ModelProto, bytes or path (never modified); normalised first
@@ -496,6 +500,7 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
         batch_size: samples stacked per model run where the batch dimension
             is dynamic (default 32).
         threads: native threads (default: the CPUs this process may use).
+        inputs: ``"fp32"`` or ``"quantized"``, see above (default "fp32").
         progress: progress bar over the layers (tqdm if installed, else a
             line on stderr; default True).
 
@@ -524,12 +529,14 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
             ("reg_weight", reg_weight, reg_weight >= 0),
             ("learning_rate", learning_rate, learning_rate > 0),
             ("warmup", warmup, 0 <= warmup < 1),
-            ("beta", beta, len(beta) == 2 and beta[0] >= beta[1] > 0)):
+            ("beta", beta, len(beta) == 2 and beta[0] >= beta[1] > 0),
+            ("inputs", inputs, inputs in ("fp32", "quantized"))):
         if not ok:
             raise InvalidArgumentError(
                 f"adaround: {name}={value!r} is out of its domain (iterations, batch_size, "
                 "max_samples, threads >= 1; reg_weight >= 0; learning_rate > 0; "
-                "0 <= warmup < 1; beta = (start, end) with start >= end > 0).")
+                "0 <= warmup < 1; beta = (start, end) with start >= end > 0; inputs "
+                "'fp32' or 'quantized').")
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "adaround")
     if options.uses_int4:
@@ -559,23 +566,38 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
     graph_inputs = {i.name for i in proto.graph.input}
     bar = _ProgressLine(len(layers), progress)
     rounded: dict[str, np.ndarray] = {}
+    current = proto  # with AdaRound's weights so far (inputs="quantized")
     done = []
+
+    def cache(model: onnx.ModelProto, name: str) -> list[np.ndarray]:
+        session = _session(_prefix(model, [name], {}))
+        return [np.ascontiguousarray(session.run([name], f)[0], dtype=np.float32)
+                for f in feeds]
+
     try:
         for index, layer in enumerate(layers):
             t0 = time.perf_counter()
             name = layer["input"]
+            quantized = []
             if name in graph_inputs:
                 cached = [np.ascontiguousarray(f[name], dtype=np.float32) for f in feeds]
             else:
-                session = _session(_prefix(proto, [name], {}))
-                cached = [np.ascontiguousarray(session.run([name], f)[0], dtype=np.float32)
-                          for f in feeds]
+                cached = cache(proto, name)
+                if inputs == "quantized" and rounded:
+                    quantized = cache(current, name)
             weight, codes, stats = _core.adaround_layer(
                 data, dtypes, native, layer["node"], cached, iterations, float(reg_weight),
                 float(beta[0]), float(beta[1]), float(warmup), float(learning_rate),
-                threads, bar.callback(index, layer["node"]))
-            del cached
+                threads, bar.callback(index, layer["node"]), quantized)
+            del cached, quantized
             rounded[layer["weight"]] = weight
+            if inputs == "quantized":
+                if current is proto:
+                    current = onnx.ModelProto()
+                    current.CopyFrom(proto)
+                for t in current.graph.initializer:
+                    if t.name == layer["weight"]:
+                        t.CopyFrom(onnx.numpy_helper.from_array(weight, t.name))
             done.append(AdaRoundLayer(layer["node"], layer["weight"], stats["share_up"],
                                       stats["share_changed"], stats["loss_nearest"],
                                       stats["loss_final"], codes,

@@ -183,6 +183,66 @@ TEST(AdaRoundGram, DenseLossMatchesMatrixProduct) {
   for (size_t i = 0; i < t.sums.size(); ++i) EXPECT_NEAR(t.sums[i], gram.sums[i], 1e-3);
 }
 
+// The asymmetric problem: target W x on `x`, candidate W~ xq on `xq`.
+RoundingProblem Asymmetric(const ConvCase& c, const std::vector<float>& x,
+                           const std::vector<float>& xq, int64_t n, int64_t h,
+                           int64_t w, const std::vector<float>& wt) {
+  const int64_t k = c.g.channels / c.g.groups * c.g.kernel_h * c.g.kernel_w;
+  const std::vector<int64_t> dims{n, c.g.channels, h, w};
+  const std::vector<InputView> fp{{x.data(), dims}}, q{{xq.data(), dims}};
+  const GramSums gq = ConvGram(c.g, q, 2, "conv");
+  const GramSums cross = ConvGram(c.g, fp, 2, "conv", &q);
+  const GramSums g = ConvGram(c.g, fp, 1, "conv");
+  RoundingProblem p = MakeProblem(wt, c.g.groups, c.cout / c.g.groups, k, 7, gq);
+  for (double v : cross.sums) p.cross.push_back(v / cross.columns);
+  for (int64_t r = 0; r < c.cout; ++r) {
+    const double* gg = g.sums.data() + (r / p.rows) * k * k;
+    double acc = 0;
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < k; ++j) acc += wt[r * k + i] * gg[i * k + j] * wt[r * k + j];
+    p.row_offset.push_back(acc / g.columns);
+  }
+  return p;
+}
+
+TEST(AdaRoundGram, AsymmetricLossMatchesDirectConvolution) {
+  const ConvCase c = Grouped();
+  const int64_t n = 3, h = 7, w = 8;
+  const std::vector<float> x = SmoothInputs(n, c.g.channels, h, w, 51);
+  std::vector<float> xq = x;
+  std::mt19937 rng(52);
+  std::normal_distribution<float> noise(0.f, 0.1f);
+  for (float& v : xq) v += noise(rng);
+  const int64_t k = c.g.channels / c.g.groups * 9;
+  const std::vector<float> wt = RandomWeights(c.cout * k, 53);
+  RoundingProblem p = Asymmetric(c, x, xq, n, h, w, wt);
+  const std::vector<int32_t> codes = NearestCodes(p);
+  int64_t pos = 0;
+  const std::vector<double> target = DirectConv(c.g, x, n, h, w, wt, c.cout, &pos);
+  const std::vector<double> got =
+      DirectConv(c.g, xq, n, h, w, Dequantized(p, codes), c.cout, &pos);
+  double direct = 0;
+  for (size_t i = 0; i < got.size(); ++i) direct += (got[i] - target[i]) * (got[i] - target[i]);
+  direct /= n * pos;
+  EXPECT_NEAR(ReconstructionLoss(p, codes), direct, 1e-3 * direct);
+  // Its gradient against finite differences, and AdaRound lowers it.
+  std::vector<float> v = InitialRoundingVariables(p), grad;
+  AdaRoundObjective(p, v, 3.f, 0.01f, &grad);
+  for (size_t i = 0; i < v.size(); i += 7) {
+    if (p.frozen[i]) continue;
+    std::vector<float> a = v, b = v;
+    a[i] += 1e-2f;
+    b[i] -= 1e-2f;
+    const double fd = (AdaRoundObjective(p, a, 3.f, 0.01f, nullptr) -
+                       AdaRoundObjective(p, b, 3.f, 0.01f, nullptr)) / 2e-2;
+    EXPECT_NEAR(grad[i], fd, 3e-2 * std::fabs(fd) + 1e-3) << "element " << i;
+  }
+  AdaRoundSettings s;
+  s.iterations = 300;
+  const RoundingResult r = OptimizeRounding(p, s);
+  EXPECT_LT(r.loss_final, r.loss_nearest);
+}
+
 TEST(AdaRound, GradientMatchesFiniteDifferences) {
   const int64_t m = 40, k = 10, nout = 3;
   const std::vector<float> x = SmoothInputs(1, 1, m, k, 5);

@@ -239,3 +239,34 @@ def test_recipe_step_round_trip_and_report(tmp_path):
     # The quantized model holds AdaRound's integers.
     for layer in rec.layers:
         np.testing.assert_array_equal(_quantized_codes(result.model, layer.node), layer.codes)
+
+
+def test_quantized_inputs_loss_against_torch():
+    """inputs="quantized": conv_b learns on the input the AdaRounded conv_a
+    gives, against the FP32 output; the recorded loss is that error."""
+    rng = np.random.default_rng(8)
+    fp = oq.optimize_model(_model(rng))
+    train = _samples(9, 16)
+    options = oq.QuantOptions(weight_type="int4")
+    model, rec = recovery.adaround(fp, train, options=options, iterations=300,
+                                   inputs="quantized", progress=False)
+    x = torch.from_numpy(np.concatenate(train))
+
+    def conv_b_input(wa: np.ndarray) -> torch.Tensor:
+        ba = torch.from_numpy(np.array(_init(fp, "ba")))
+        return torch.relu(F.conv2d(x, torch.from_numpy(np.array(wa)), ba, padding=1,
+                                   stride=(1, 2), groups=2))
+
+    target = F.conv2d(conv_b_input(_init(fp, "wa")), torch.from_numpy(np.array(_init(fp, "wb"))),
+                      padding=1, groups=8)
+    xq = conv_b_input(_init(model, "wa"))
+    got = F.conv2d(xq, torch.from_numpy(np.array(_init(model, "wb"))), padding=1, groups=8)
+    layer = next(r for r in rec.layers if r.node == "conv_b")
+    assert layer.loss_final == pytest.approx(float(((got - target) ** 2).sum(dim=1).mean()),
+                                             rel=1e-3)
+    assert layer.loss_final < layer.loss_nearest
+    q = _quantize(model, train, options)
+    for layer in rec.layers:
+        np.testing.assert_array_equal(_quantized_codes(q, layer.node), layer.codes)
+    with pytest.raises(oq.InvalidArgumentError, match="inputs"):
+        recovery.adaround(fp, train, inputs="int8")
