@@ -15,7 +15,7 @@ AdaRound step (the ``w4a8`` preset has one); "AdaRound alone" is plain's options
 range search off) with only an AdaRound step; then AdaRound's own time in that run (the
 whole apply_recipe in brackets). ``--iterations`` and ``--adaround-samples`` set the steps
 per layer and the samples (the first calibration images; 0: all) of every AdaRound step,
-the preset's included.
+the preset's included, and ``--adaround-inputs`` their ``inputs`` ("fp32" or "quantized").
 
     PYTHONPATH=python .venv/bin/python bench/recipes.py [--preset npu_pow2] [--models ...]
 """
@@ -49,7 +49,8 @@ def run_model(key: str, args) -> None:
     samples = [entry.calibration[i:i + 1] for i in range(args.calibration)]
     recipe = oq.Recipe.preset(args.preset)
     recipe = dataclasses.replace(recipe, steps=tuple(
-        dataclasses.replace(s, iterations=args.iterations, max_samples=args.adaround_samples)
+        dataclasses.replace(s, iterations=args.iterations, max_samples=args.adaround_samples,
+                            inputs=args.adaround_inputs)
         if s.kind == "adaround" else s for s in recipe.steps))
     model = oq.optimize_model(entry.path)
     fp32 = correct(model, test.x, test.y)
@@ -68,7 +69,8 @@ def run_model(key: str, args) -> None:
     changed = "; ".join(t.summary for t in result.report.techniques).replace("|", "\\|")
     extra = ""
     if args.adaround:
-        step = oq.AdaRound(iterations=args.iterations, max_samples=args.adaround_samples)
+        step = oq.AdaRound(iterations=args.iterations, max_samples=args.adaround_samples,
+                           inputs=args.adaround_inputs)
         without = dataclasses.replace(
             recipe, steps=tuple(s for s in recipe.steps if s.kind != "adaround"))
         alone = oq.Recipe(steps=(step,), options=options, method=recipe.method)
@@ -96,6 +98,8 @@ def main() -> None:
     p.add_argument("--iterations", type=int, default=1000, help="AdaRound steps per layer")
     p.add_argument("--adaround-samples", type=int, default=0,
                    help="AdaRound samples per layer (0: all calibration images)")
+    p.add_argument("--adaround-inputs", default="fp32", choices=["fp32", "quantized"],
+                   help="the inputs of every AdaRound step (recovery.adaround's inputs)")
     args = p.parse_args()
     print(f"command: python bench/recipes.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
