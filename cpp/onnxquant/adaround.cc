@@ -57,7 +57,8 @@ double BlockReconstruction(const RoundingProblem& p, const Block& b,
     RowMatrix c = w * cross;
     double loss = 0;
     for (int64_t i = 0; i < b.count * k; ++i) {
-      loss += static_cast<double>(wq.data()[i]) * (a.data()[i] - 2.f * c.data()[i]);
+      loss += static_cast<double>(wq.data()[i]) *
+              (a.data()[i] - 2.f * c.data()[i]);
     }
     for (int64_t r = 0; r < b.count; ++r) loss += p.row_offset[b.first + r];
     if (g_out) *g_out = 2.f * (a - c);

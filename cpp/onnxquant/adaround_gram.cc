@@ -67,8 +67,9 @@ GramSums Accumulate(int64_t groups, int64_t k, size_t pieces,
           buffer.block(0, filled, k, p) = part.leftCols(p);
           if (right) {
             if ((*right)(g, i, rpart) != p) {
-              throw InvalidArgument("AdaRound: the quantized model's layer input "
-                                    "has another shape than the FP32 one");
+              throw InvalidArgument(
+                  "AdaRound: the quantized model's layer input has another "
+                  "shape than the FP32 one");
             }
             rbuffer.block(0, filled, k, p) = rpart.leftCols(p);
           }
@@ -216,20 +217,21 @@ GramSums DenseGram(int64_t k, bool transposed,
   }
   if (right) CheckSameShapes(inputs, *right, node);
   auto piece_of = [&](const std::vector<InputView>& views) -> PieceFn {
-   return [&, views_ptr = &views](int64_t, size_t i, RowMatrix& out) -> int64_t {
-    const auto& [input, m0, m] = pieces[i];
-    const float* x = (*views_ptr)[input].data;
-    if (transposed) {
-      const int64_t total_m = inputs[input].dims[1];
-      out.resize(k, m);
-      for (int64_t r = 0; r < k; ++r) {
-        for (int64_t c = 0; c < m; ++c) out(r, c) = x[r * total_m + m0 + c];
+    return [&, views_ptr = &views](int64_t, size_t i,
+                                   RowMatrix& out) -> int64_t {
+      const auto& [input, m0, m] = pieces[i];
+      const float* x = (*views_ptr)[input].data;
+      if (transposed) {
+        const int64_t total_m = inputs[input].dims[1];
+        out.resize(k, m);
+        for (int64_t r = 0; r < k; ++r) {
+          for (int64_t c = 0; c < m; ++c) out(r, c) = x[r * total_m + m0 + c];
+        }
+      } else {
+        out = Eigen::Map<const RowMatrix>(x + m0 * k, m, k).transpose();
       }
-    } else {
-      out = Eigen::Map<const RowMatrix>(x + m0 * k, m, k).transpose();
-    }
-    return m;
-   };
+      return m;
+    };
   };
   const PieceFn piece = piece_of(inputs);
   const PieceFn rpiece = right ? piece_of(*right) : PieceFn();
