@@ -11,6 +11,13 @@ kernels). In brackets: the paired difference to plain ± its standard error (poi
 column "without weight search" runs the preset's steps with weight_range="minmax"; "search's
 effect" is the preset against that column, paired on the same images.
 
+``--adaround``: three more columns. "without AdaRound" is the preset's steps less its
+AdaRound step (the ``w4a8`` preset has one); "AdaRound alone" is plain's options (weight
+range search off) with only an AdaRound step; then AdaRound's own time in that run (the
+whole apply_recipe in brackets). ``--iterations`` and ``--adaround-samples`` set the steps
+per layer and the samples (the first calibration images; 0: all) of every AdaRound step,
+the preset's included, and ``--adaround-inputs`` their ``inputs`` ("fp32" or "quantized").
+
     PYTHONPATH=python .venv/bin/python bench/recipes.py [--preset npu_pow2] [--models ...]
 """
 
@@ -42,6 +49,10 @@ def run_model(key: str, args) -> None:
     test = entry.test.subset(args.test_images)
     samples = [entry.calibration[i:i + 1] for i in range(args.calibration)]
     recipe = oq.Recipe.preset(args.preset)
+    recipe = dataclasses.replace(recipe, steps=tuple(
+        dataclasses.replace(s, iterations=args.iterations, max_samples=args.adaround_samples,
+                            inputs=args.adaround_inputs)
+        if s.kind == "adaround" else s for s in recipe.steps))
     model = oq.optimize_model(entry.path)
     fp32 = correct(model, test.x, test.y)
     # Plain: the preset's mode without any technique (weight range search off too).
@@ -59,8 +70,24 @@ def run_model(key: str, args) -> None:
         # The search's own effect: the preset against its steps without it, paired.
         effect = cell(hits, other).split(" ", 1)[1].strip("()")
     changed = "; ".join(t.summary for t in result.report.techniques).replace("|", "\\|")
+    extra = ""
+    if args.adaround:
+        step = oq.AdaRound(iterations=args.iterations, max_samples=args.adaround_samples,
+                           inputs=args.adaround_inputs)
+        without = dataclasses.replace(
+            recipe, steps=tuple(s for s in recipe.steps if s.kind != "adaround"))
+        alone = oq.Recipe(steps=(step,), options=options, method=recipe.method)
+        t0 = time.perf_counter()
+        res_alone = oq.apply_recipe(entry.path, samples, alone)
+        t_alone = time.perf_counter() - t0
+        ada_s = sum(t.seconds for t in res_alone.report.techniques if t.technique == "adaround")
+        res_without = oq.apply_recipe(entry.path, samples, without)
+        extra = (f"{cell(correct(res_without.model, test.x, test.y), plain)} | "
+                 f"{cell(correct(res_alone.model, test.x, test.y), plain)} | "
+                 f"{ada_s:.1f} ({t_alone:.1f}) | ")
     print(f"| {entry.name} | {100.0 * fp32.mean():.2f} | {100.0 * plain.mean():.2f} | "
-          f"{cell(hits, plain)} | {no_search} | {effect} | {seconds:.1f} | {changed} |", flush=True)
+          f"{cell(hits, plain)} | {no_search} | {effect} | {extra}{seconds:.1f} | {changed} |",
+          flush=True)
 
 
 def main() -> None:
@@ -70,6 +97,13 @@ def main() -> None:
     p.add_argument("--test-images", type=int, default=2000)
     p.add_argument("--calibration", type=int, default=200)
     p.add_argument("--zoo", default=DEFAULT_ZOO)
+    p.add_argument("--adaround", action="store_true",
+                   help="add the AdaRound-alone and preset + AdaRound columns")
+    p.add_argument("--iterations", type=int, default=1000, help="AdaRound steps per layer")
+    p.add_argument("--adaround-samples", type=int, default=0,
+                   help="AdaRound samples per layer (0: all calibration images)")
+    p.add_argument("--adaround-inputs", default="fp32", choices=["fp32", "quantized"],
+                   help="the inputs of every AdaRound step (recovery.adaround's inputs)")
     args = p.parse_args()
     print(f"command: python bench/recipes.py {' '.join(sys.argv[1:])}")
     print(f"CPU: {platform.processor() or platform.machine()}, {os.cpu_count()} CPU(s); "
@@ -77,9 +111,12 @@ def main() -> None:
     print(f"preset {args.preset}: {oq.Recipe.preset(args.preset).to_dict()}")
     print(f"{args.calibration} calibration images; top-1 % on {args.test_images} drawn test "
           "images, default session (fused)\n")
+    ada = (f"{args.preset} without AdaRound | AdaRound alone | AdaRound s (whole run s) | "
+           if args.adaround else "")
     print(f"| model | FP32 | plain | {args.preset} | {args.preset} without weight search | "
-          "search's effect | recipe s | what the recipe changed |")
-    print("|---|---:|---:|---:|---:|---:|---:|---|")
+          f"search's effect | {ada}recipe s | what the recipe changed |")
+    print("|---|---:|---:|---:|---:|---:|" + ("---:|---:|---:|" if args.adaround else "") +
+          "---:|---|")
     for key in args.models:
         run_model(key, args)
 

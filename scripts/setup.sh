@@ -17,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-debs=(g++ cmake ninja-build protobuf-compiler libprotobuf-dev libgtest-dev dataset-fashion-mnist
+debs=(g++ cmake ninja-build protobuf-compiler libprotobuf-dev libgtest-dev libeigen3-dev dataset-fashion-mnist
       python3-venv)
 extras=cpu
 if [ "${1:-}" = "--test" ]; then

@@ -64,6 +64,7 @@ from onnxquant.quantize import QuantOptions, quantize
 from onnxquant.dynamic import DynamicReport, quantize_dynamic
 from onnxquant import recovery
 from onnxquant.recipes import (
+    AdaRound,
     BiasCorrection,
     CrossLayerEqualization,
     Recipe,
@@ -78,6 +79,7 @@ from onnxquant.ranges import load_ort_calibration, load_ranges, save_ranges, sav
 from onnxquant.report import CalibrationReport, QuantizationReport
 
 __all__ = [
+    "AdaRound",
     "BiasCorrection",
     "CrossLayerEqualization",
     "Recipe",

@@ -1,5 +1,6 @@
 """Type stubs of onnxquant._core, the native engine's private binding."""
 
+from collections.abc import Callable
 from enum import Enum
 from typing import Any
 
@@ -109,3 +110,12 @@ def smooth_quant(model: bytes, insert_mul: bool,
                  stats: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                  grid: list[float], only_if_better: bool, weight_qmax: int = ...,
                  per_channel: bool = ..., per_model: bool = ...) -> tuple[bytes, list[dict[str, Any]], list[tuple[str, str]]]: ...
+def adaround_targets(model: bytes, dtypes: dict[str, int], options: QuantOptions
+                     ) -> tuple[list[dict[str, str]], list[tuple[str, str]]]: ...
+def adaround_layer(model: bytes, dtypes: dict[str, int], options: QuantOptions, node: str,
+                   inputs: list[np.ndarray], iterations: int = ..., reg_weight: float = ...,
+                   beta_start: float = ..., beta_end: float = ..., warmup: float = ...,
+                   learning_rate: float = ..., threads: int = ...,
+                   progress: Callable[[int, int], object] | None = ...,
+                   quantized_inputs: list[np.ndarray] = ...
+                   ) -> tuple[np.ndarray, np.ndarray, dict[str, object]]: ...

@@ -87,7 +87,8 @@ def test_preset_runs_end_to_end_and_ort_runs_the_result(name):
     expected = {"cpu_default": [],
                 "npu_pow2": ["cross_layer_equalization", "bias_correction",
                              "weight_range_search"],
-                "w4a8": ["cross_layer_equalization", "bias_correction"]}[name]
+                "w4a8": ["cross_layer_equalization", "adaround", "bias_correction",
+                         "weight_range_search"]}[name]
     assert kinds == expected
     assert name in str(result.report)
 
@@ -245,7 +246,7 @@ def test_json_round_trip(tmp_path):
     ({"options": {"weight_rnge": "mse"}}, "'weight_rnge'"),
     ({"options": {"power_of_two": "floor"}}, "power_of_two"),
     ({"options": {"per_channel": "no"}}, "'per_channel'"),
-    ({"steps": [{"technique": "adaround"}]}, "'adaround'"),
+    ({"steps": [{"technique": "fast_finetuning"}]}, "'fast_finetuning'"),
     ({"steps": [{"technique": "bias_correction", "batch": 3}]}, "'batch'"),
     ({"steps": [{"technique": "cross_layer_equalization", "max_sweeps": 0}]},
      "'max_sweeps'"),

@@ -1,0 +1,315 @@
+#include "onnxquant/adaround_layer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <limits>
+
+#include "onnxquant/error.h"
+#include "onnxquant/graph_edit.h"
+#include "onnxquant/graph_index.h"
+#include "onnxquant/node_weights.h"
+#include "onnxquant/tensor_util.h"
+
+namespace onnxquant {
+namespace {
+
+std::vector<int64_t> IntsAttribute(const pb::NodeProto& node,
+                                   const std::string& name) {
+  const pb::AttributeProto* a = FindAttribute(node, name);
+  if (a == nullptr) return {};
+  return std::vector<int64_t>(a->ints().begin(), a->ints().end());
+}
+
+std::string StringAttribute(const pb::NodeProto& node,
+                            const std::string& name) {
+  const pb::AttributeProto* a = FindAttribute(node, name);
+  return a ? a->s() : "";
+}
+
+// Why AdaRound cannot round `node` (empty: it can).
+std::string Unsupported(const GraphIndex& index, const pb::NodeProto& node,
+                        const QuantizedNode& q, const QuantOptions& options) {
+  const bool conv = IsOnnxOp(node, "Conv");
+  const bool gemm = IsOnnxOp(node, "Gemm");
+  const bool matmul = IsOnnxOp(node, "MatMul");
+  if (!conv && !gemm && !matmul) return node.op_type() + " is not supported";
+  if (q.weight_input != 1) return "its weight is not its second input";
+  const pb::TensorProto* w = index.Initializer(node.input(1));
+  if (w == nullptr || w->data_type() != pb::TensorProto::FLOAT ||
+      index.IsGraphInput(node.input(1))) {
+    return "its weight is not a float32 constant";
+  }
+  if (index.Consumers(node.input(1)).size() != 1 ||
+      index.IsGraphOutput(node.input(1)) ||
+      index.ReadBySubgraph(node.input(1))) {
+    return "its weight is shared with other nodes";
+  }
+  const size_t rank = Dims(*w).size();
+  if (conv && rank != 3 && rank != 4) return "only 1-D and 2-D Conv";
+  if ((gemm || matmul) && rank != 2) return "its weight is not 2-D";
+  if (RemedyOf(options, q.node).encoding != WeightEncoding::kInt8) {
+    return "its kernel remedy changes the weight encoding";
+  }
+  return "";
+}
+
+// Per ONNX element of the weight, the index of its scale in nw.quant.scales.
+std::vector<int64_t> ScaleIndex(const NodeWeights& nw, int axis) {
+  const int64_t total = NumElements(nw.dims);
+  std::vector<int64_t> out(total, 0);
+  if (nw.quant.block_size > 0) {  // [K, N], blocks along K
+    const int64_t n = nw.dims[1];
+    for (int64_t i = 0; i < total; ++i) {
+      out[i] = (i / n) / nw.quant.block_size * n + i % n;
+    }
+  } else if (axis >= 0 && nw.quant.scales.size() > 1) {
+    int64_t inner = 1;
+    for (size_t d = axis + 1; d < nw.dims.size(); ++d) inner *= nw.dims[d];
+    const int64_t channels = nw.dims[axis];
+    for (int64_t i = 0; i < total; ++i) out[i] = (i / inner) % channels;
+  }
+  return out;
+}
+
+// The weight as rows (output channels) x cols: identity for Conv and
+// Gemm transB = 1, a transpose for [K, N] weights.
+bool Transposed(const pb::NodeProto& node) {
+  return !(IsOnnxOp(node, "Conv") ||
+           (IsOnnxOp(node, "Gemm") && IntAttribute(node, "transB", 0)));
+}
+
+ConvGeometry Geometry(const pb::NodeProto& node,
+                      const std::vector<int64_t>& wdims,
+                      const std::vector<InputView>& inputs) {
+  ConvGeometry g;
+  g.one_d = wdims.size() == 3;
+  g.groups = IntAttribute(node, "group", 1);
+  g.channels = wdims[1] * g.groups;
+  const size_t sp = wdims.size() - 2;
+  std::vector<int64_t> k(wdims.begin() + 2, wdims.end());
+  std::vector<int64_t> s = IntsAttribute(node, "strides");
+  std::vector<int64_t> d = IntsAttribute(node, "dilations");
+  std::vector<int64_t> p = IntsAttribute(node, "pads");
+  if (s.empty()) s.assign(sp, 1);
+  if (d.empty()) d.assign(sp, 1);
+  if (p.empty()) p.assign(2 * sp, 0);
+  if (s.size() != sp || d.size() != sp || p.size() != 2 * sp) {
+    throw ModelError("AdaRound: the strides, dilations or pads of node '" +
+                     node.name() + "' do not fit its " + std::to_string(sp) +
+                     "-D kernel.");
+  }
+  const std::string pad = StringAttribute(node, "auto_pad");
+  if (pad == "VALID") p.assign(2 * sp, 0);
+  if (pad == "SAME_UPPER" || pad == "SAME_LOWER") {
+    if (inputs.empty() || inputs[0].dims.size() != sp + 2) {
+      throw InvalidArgument("AdaRound: the input of node '" + node.name() +
+                            "' does not have rank " + std::to_string(sp + 2));
+    }
+    for (size_t a = 0; a < sp; ++a) {
+      const int64_t in = inputs[0].dims[2 + a];
+      const int64_t out = (in + s[a] - 1) / s[a];
+      const int64_t total =
+          std::max<int64_t>(0, (out - 1) * s[a] + (k[a] - 1) * d[a] + 1 - in);
+      const int64_t small = total / 2;
+      p[a] = pad == "SAME_UPPER" ? small : total - small;
+      p[a + sp] = total - p[a];
+    }
+  }
+  if (g.one_d) {
+    g.kernel_w = k[0];
+    g.stride_w = s[0];
+    g.dilation_w = d[0];
+    g.pad_left = p[0];
+    g.pad_right = p[1];
+  } else {
+    g.kernel_h = k[0];
+    g.kernel_w = k[1];
+    g.stride_h = s[0];
+    g.stride_w = s[1];
+    g.dilation_h = d[0];
+    g.dilation_w = d[1];
+    g.pad_top = p[0];
+    g.pad_left = p[1];
+    g.pad_bottom = p[2];
+    g.pad_right = p[3];
+  }
+  return g;
+}
+
+}  // namespace
+
+AdaRoundTargets ListAdaRoundTargets(const pb::ModelProto& model,
+                                    const DtypeMap& dtypes,
+                                    const QuantOptions& options) {
+  const QuantPlan plan = MakePlan(model, dtypes, options);
+  GraphIndex index(model.graph());
+  AdaRoundTargets out;
+  for (const QuantizedNode& q : plan.quantized_nodes) {
+    if (!q.scope.empty() || q.weight_input < 0) continue;
+    const int n = index.NodeNamed(q.node);
+    if (n < 0) continue;
+    const pb::NodeProto& node = model.graph().node(n);
+    const std::string why = Unsupported(index, node, q, options);
+    if (!why.empty()) {
+      out.skipped.emplace_back(q.node, why);
+      continue;
+    }
+    out.layers.push_back({q.node, node.input(0), node.input(1)});
+  }
+  return out;
+}
+
+LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
+                         const QuantOptions& options, const std::string& name,
+                         const std::vector<InputView>& inputs,
+                         const AdaRoundSettings& settings,
+                         const AdaRoundProgress& progress,
+                         const std::vector<InputView>& quantized_inputs) {
+  const QuantPlan plan = MakePlan(model, dtypes, options);
+  GraphIndex index(model.graph());
+  const QuantizedNode* q = nullptr;
+  for (const QuantizedNode& c : plan.quantized_nodes) {
+    if (c.node == name && c.scope.empty()) q = &c;
+  }
+  const int n = index.NodeNamed(name);
+  if (q == nullptr || n < 0 || q->weight_input < 0) {
+    throw InvalidArgument("AdaRound: node '" + name +
+                          "' is not a node the plan quantizes with a weight.");
+  }
+  const pb::NodeProto& node = model.graph().node(n);
+  const std::string why = Unsupported(index, node, *q, options);
+  if (!why.empty()) {
+    throw InvalidArgument("AdaRound cannot round node '" + name + "': " + why);
+  }
+  if (inputs.empty()) {
+    throw InvalidArgument("AdaRound: no cached input for node '" + name + "'.");
+  }
+  const NodeWeights nw = QuantizeNodeWeights(
+      index, node, *q, std::numeric_limits<float>::max(), options);
+  const std::vector<float> w = ToFloats(*index.Initializer(nw.weight_name));
+  const bool conv = IsOnnxOp(node, "Conv");
+  const bool transposed = Transposed(node);
+
+  // Gram matrices of the input columns.
+  const bool asym = !quantized_inputs.empty();
+  GramSums gram, cross, fp_gram;
+  int64_t groups = 1;
+  if (conv) {
+    const ConvGeometry g = Geometry(node, nw.dims, inputs);
+    groups = g.groups;
+    if (groups < 1 || nw.dims[0] % groups != 0) {
+      throw ModelError("AdaRound: node '" + name + "' has " +
+                       std::to_string(nw.dims[0]) +
+                       " output channels, not a multiple of its group.");
+    }
+    if (asym) {
+      gram = ConvGram(g, quantized_inputs, settings.threads, name);
+      cross = ConvGram(g, inputs, settings.threads, name, &quantized_inputs);
+      fp_gram = ConvGram(g, inputs, settings.threads, name);
+    } else {
+      gram = ConvGram(g, inputs, settings.threads, name);
+    }
+  } else {
+    const int64_t k = transposed ? nw.dims[0] : nw.dims[1];
+    const bool trans_a =
+        IsOnnxOp(node, "Gemm") && IntAttribute(node, "transA", 0);
+    if (asym) {
+      gram = DenseGram(k, trans_a, quantized_inputs, settings.threads, name);
+      cross = DenseGram(k, trans_a, inputs, settings.threads, name,
+                        &quantized_inputs);
+      fp_gram = DenseGram(k, trans_a, inputs, settings.threads, name);
+    } else {
+      gram = DenseGram(k, trans_a, inputs, settings.threads, name);
+    }
+  }
+  if (gram.columns < 1) {
+    throw InvalidArgument("AdaRound: the cached input of node '" + name +
+                          "' holds no values.");
+  }
+
+  // The problem, in rows (output channels) x cols.
+  RoundingProblem p;
+  const int64_t total = NumElements(nw.dims);
+  const int64_t rows_all = transposed ? nw.dims[1] : nw.dims[0];
+  p.groups = groups;
+  p.rows = rows_all / groups;
+  p.cols = total / rows_all;
+  if (p.cols != gram.cols) {
+    throw InternalError("AdaRound: node '" + name + "' weight and Gram differ");
+  }
+  p.gram.resize(gram.sums.size());
+  for (size_t i = 0; i < gram.sums.size(); ++i) {
+    p.gram[i] = static_cast<float>(gram.sums[i] / gram.columns);
+  }
+  auto onnx_index = [&](int64_t r, int64_t c) {
+    return transposed ? c * rows_all + r : r * p.cols + c;
+  };
+  const std::vector<int64_t> sidx = ScaleIndex(nw, q->weight_axis);
+  const std::vector<int32_t>& remedy = RemedyOf(options, name).channel_qmax;
+  const bool int4 = WeightTypeOf(options, name) == WeightType::kInt4;
+  const int32_t base_qmax = int4 ? 7 : (options.reduce_weight_range ? 63 : 127);
+  p.weight.resize(total);
+  p.scale.resize(total);
+  p.frozen.assign(total, 0);
+  p.qmax.resize(rows_all);
+  std::vector<int32_t> group_max(nw.quant.scales.size(), 0);
+  for (int64_t i = 0; i < total; ++i) {
+    group_max[sidx[i]] = std::max<int32_t>(group_max[sidx[i]],
+                                           std::abs(nw.quant.values[i]));
+  }
+  for (int64_t r = 0; r < rows_all; ++r) {
+    p.qmax[r] = base_qmax;
+    if (!int4 && !remedy.empty()) {
+      const size_t at = std::min<size_t>(r, remedy.size() - 1);
+      p.qmax[r] = remedy.size() == 1 ? remedy[0] : remedy[at];
+    }
+    for (int64_t c = 0; c < p.cols; ++c) {
+      const int64_t e = onnx_index(r, c);
+      const int64_t m = r * p.cols + c;
+      p.weight[m] = w[e];
+      p.scale[m] = nw.quant.scales[sidx[e]];
+      p.frozen[m] = std::abs(nw.quant.values[e]) == group_max[sidx[e]];
+    }
+  }
+  for (float& s : p.scale) {
+    if (!(s > 0)) s = 1.f;  // an all-zero group: every code is 0 anyway
+  }
+  if (asym) {
+    p.cross.resize(cross.sums.size());
+    for (size_t i = 0; i < cross.sums.size(); ++i) {
+      p.cross[i] = static_cast<float>(cross.sums[i] / cross.columns);
+    }
+    p.row_offset.assign(rows_all, 0.0);
+    const int64_t k = p.cols;
+    for (int64_t r = 0; r < rows_all; ++r) {
+      const double* g = fp_gram.sums.data() + (r / p.rows) * k * k;
+      const float* w = p.weight.data() + r * k;
+      double acc = 0;
+      for (int64_t i = 0; i < k; ++i) {
+        double row = 0;
+        for (int64_t j = 0; j < k; ++j) row += g[i * k + j] * w[j];
+        acc += w[i] * row;
+      }
+      p.row_offset[r] = acc / fp_gram.columns;
+    }
+  }
+
+  LayerRounding out;
+  out.stats = OptimizeRounding(p, settings, progress);
+  out.weight_name = nw.weight_name;
+  out.dims = nw.dims;
+  out.weight.resize(total);
+  out.codes.resize(total);
+  for (int64_t r = 0; r < rows_all; ++r) {
+    for (int64_t c = 0; c < p.cols; ++c) {
+      const int64_t e = onnx_index(r, c);
+      const int64_t m = r * p.cols + c;
+      out.codes[e] = out.stats.codes[m];
+      out.weight[e] = static_cast<float>(out.stats.codes[m]) * p.scale[m];
+    }
+  }
+  return out;
+}
+
+}  // namespace onnxquant
