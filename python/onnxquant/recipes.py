@@ -279,8 +279,9 @@ class Recipe:
             late = [k for k in kinds[:i] if _ORDER.index(k) > _ORDER.index(kind)]
             if late:
                 raise InvalidArgumentError(
-                    f"recipe puts {late[0]} before {kind}, which would change the weights "
-                    f"{late[0]} worked on; the order is {', '.join(_ORDER)}.")
+                    f"recipe puts {late[0]} before {kind}, which changes the weights "
+                    f"{late[0]} works on; put {kind} first (the order is "
+                    f"{', '.join(_ORDER)}).")
 
     @classmethod
     def preset(cls, name: str) -> Recipe:

@@ -113,7 +113,9 @@ def test_presets_are_listed_and_set_their_modes():
         (False, "ceil", "mse")
     assert npu.steps[0] == oq.CrossLayerEqualization(power_of_two=True)
     w4a8 = oq.Recipe.preset("w4a8")
-    assert (w4a8.options.weight_type, w4a8.options.weight_range) == ("int4", "minmax")
+    assert (w4a8.options.weight_type, w4a8.options.weight_range) == ("int4", "mse")
+    assert [s.kind for s in w4a8.steps] == ["cross_layer_equalization", "adaround",
+                                            "bias_correction"]
     with pytest.raises(oq.InvalidArgumentError, match="'npu'"):
         oq.Recipe.preset("npu")
 
