@@ -126,13 +126,23 @@ class Context:
 
 def _late_candidates() -> tuple[tuple[str, Callable[[oq.Recipe], oq.Recipe]], ...]:
     """"best" candidates for the techniques that land later: the preset with the step
-    appended, in every mode (left out where the recipe refuses the step order)."""
+    added in its place in the recipe order, in every mode (left out where the preset
+    already has it)."""
     out = []
     for name in ("AdaRound", "SmoothQuant"):
         if hasattr(rc, name):
-            out.append((f"+{name}", lambda r, cls=getattr(rc, name): dataclasses.replace(
-                r, steps=r.steps + (cls(),))))
+            out.append((f"+{name}", lambda r, cls=getattr(rc, name): _with_step(r, cls())))
     return tuple(out)
+
+
+def _with_step(r: oq.Recipe, step) -> oq.Recipe:
+    if any(s.kind == step.kind for s in r.steps):
+        raise oq.InvalidArgumentError(f"the preset already runs {step.kind}")
+    order = list(getattr(rc, "_ORDER", ()))
+    steps = r.steps + (step,)
+    if order:
+        steps = tuple(sorted(steps, key=lambda s: order.index(s.kind)))
+    return dataclasses.replace(r, steps=steps)
 
 
 def _plain_options(mode: Mode) -> oq.QuantOptions:
