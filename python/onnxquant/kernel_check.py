@@ -133,7 +133,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                   dtypes: Mapping[str, int] | None = None,
                   providers: Sequence[str] | None = None,
                   workspace=None, spill: bool = False,
-                  model_bytes: bytes | None = None, replay=None) -> KernelCheckResult:
+                  model_bytes: bytes | None = None, replay=None,
+                  planned: _core.PlannedModel | None = None) -> KernelCheckResult:
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
@@ -170,6 +171,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     data = model_bytes if model_bytes is not None else model_to_bytes(model)
 
     def make_checker():
+        if planned is not None:
+            return planned.kernel_checker(dict(ranges))
         return _core.KernelChecker(data, types, options, dict(ranges))
 
     checker = make_checker()
