@@ -523,7 +523,7 @@ def _keep_masks_float(model: onnx.ModelProto, options: QuantOptions,
     masks = {c.tensor: c for c in calibration.nonfinite if c.saturating} \
         if calibration is not None else {}
     seen = [n.name for n in model.graph.node
-            if n.name and masks.keys() & {*n.input, *n.output}]
+            if n.name and masks.keys() & {*n.input, *n.output}] if masks else []
     found = [n for n in mask_nodes(model) if n not in seen]
     nodes = [n for n in (*seen, *found) if n not in options.exclude_nodes]
     if not nodes:
@@ -563,6 +563,8 @@ def mask_nodes(model: onnx.ModelProto) -> list[str]:
                  and i.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT,
                                                          onnx.TensorProto.FLOAT16,
                                                          onnx.TensorProto.DOUBLE)}
+    if not from_mask:  # no mask input: nothing is computed from one
+        return []
     producer = {}
     for node in graph.node:
         for out in node.output:
