@@ -8,7 +8,9 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <memory>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "calibration.h"
@@ -17,6 +19,7 @@
 #include "recovery.h"
 #include "onnxquant/error.h"
 #include "onnxquant/insert_qdq.h"
+#include "onnxquant/kernel_checker.h"
 #include "onnxquant/model_io.h"
 #include "onnxquant/op_table.h"
 #include "onnxquant/pass_registry.h"
@@ -128,6 +131,86 @@ py::dict PlanToDict(const oq::QuantPlan& plan) {
   d["absorbed"] = absorbed;
   d["notes"] = plan.notes;
   return d;
+}
+
+// A normalised model parsed and planned once, for the kernel check and the
+// QDQ insertion of one quantize() (which would otherwise each parse and plan
+// the same bytes again).
+struct PlannedModel {
+  oq::pb::ModelProto model;
+  oq::QuantOptions options;
+  oq::QuantPlan plan;
+  bool quantized = false;  // InsertQdq edited `model`: no second use
+};
+
+void RequireUnquantized(const PlannedModel& self) {
+  if (self.quantized) {
+    throw oq::Error(oq::ErrorKind::kInternal,
+                    "PlannedModel used after its quantize(); make a new one");
+  }
+}
+
+void BindPlannedModel(py::module_& m) {
+  py::class_<PlannedModel>(
+      m, "PlannedModel",
+      "A normalised model parsed and planned once with given options: its "
+      "plan, its kernel checker and its quantization share that work.")
+      .def(py::init([](const py::bytes& model, const oq::DtypeMap& dtypes,
+                       const oq::QuantOptions& options) {
+             auto self = std::make_unique<PlannedModel>();
+             self->model = Parse(model);
+             self->options = options;
+             py::gil_scoped_release release;
+             self->plan = oq::MakePlan(self->model, dtypes, options);
+             return self;
+           }),
+           py::arg("model"), py::arg("dtypes"), py::arg("options"))
+      .def(
+          "plan",
+          [](const PlannedModel& self) {
+            RequireUnquantized(self);
+            return PlanToDict(self.plan);
+          },
+          "The plan, as make_plan returns it.")
+      .def(
+          "kernel_checker",
+          [](const PlannedModel& self, const oq::RangeMap& ranges) {
+            RequireUnquantized(self);
+            py::gil_scoped_release release;
+            return std::make_unique<oq::KernelChecker>(self.model, self.plan,
+                                                       self.options, ranges);
+          },
+          py::arg("ranges"),
+          "A KernelChecker of the model with these options and ranges.")
+      .def(
+          "quantize",
+          [](PlannedModel& self, const oq::RangeMap& ranges,
+             const std::unordered_map<std::string, oq::WeightRemedy>&
+                 weight_remedies,
+             const std::string& payload_path, int64_t payload_threshold) {
+            RequireUnquantized(self);
+            oq::QuantOptions options = self.options;
+            options.weight_remedies = weight_remedies;
+            oq::QuantizeReport report;
+            {
+              py::gil_scoped_release release;
+              // Weight remedies change no plan: the one made above holds.
+              self.quantized = true;
+              report = oq::InsertQdq(self.model, std::move(self.plan), options,
+                                     ranges);
+            }
+            py::dict r;
+            r["plan"] = PlanToDict(report.plan);
+            r["floored"] = report.floored;
+            r["enlarged"] = report.enlarged;
+            return py::make_tuple(
+                SerializeBeside(&self.model, payload_path, payload_threshold),
+                r);
+          },
+          py::arg("ranges"), py::arg("weight_remedies"),
+          py::arg("payload_path") = "", py::arg("payload_threshold") = 1024,
+          "As _core.quantize with the options given here, but for their "
+          "weight_remedies (which change no plan); once per object.");
 }
 
 }  // namespace
@@ -295,5 +378,6 @@ PYBIND11_MODULE(_core, m) {
 
   onnxquant::binding::BindCalibration(m);
   onnxquant::binding::BindKernelCheck(m);
+  BindPlannedModel(m);
   onnxquant::binding::BindRecovery(m);
 }

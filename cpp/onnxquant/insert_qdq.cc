@@ -5,6 +5,7 @@
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
+#include <utility>
 
 #include "onnxquant/arithmetic.h"
 #include "onnxquant/error.h"
@@ -511,8 +512,13 @@ void WriteGraph(pb::GraphProto* graph, const Scope& scope,
 
 QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const RangeMap& ranges) {
+  return InsertQdq(model, MakePlan(model, dtypes, options), options, ranges);
+}
+
+QuantizeReport InsertQdq(pb::ModelProto& model, QuantPlan plan,
+                         const QuantOptions& options, const RangeMap& ranges) {
   QuantizeReport report;
-  report.plan = MakePlan(model, dtypes, options);
+  report.plan = std::move(plan);
   const auto plans = ByScope(report.plan);
   NameAllocator names(model.graph());
   Shared shared{&names, {}, ""};

@@ -28,6 +28,13 @@ struct QuantizeReport {
 QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
                          const QuantOptions& options, const RangeMap& ranges);
 
+// As above, with the plan the caller already made: `plan` must be
+// MakePlan(model, dtypes, options) of this very model, unchanged since, so
+// that the model is not planned twice (the kernel check and the insertion
+// share one plan). Throws as above, but for the plan's own errors.
+QuantizeReport InsertQdq(pb::ModelProto& model, QuantPlan plan,
+                         const QuantOptions& options, const RangeMap& ranges);
+
 // Makes a runtime return the named tensors for calibration; returns, per
 // name, the graph output that holds its values. A tensor of the main graph
 // becomes a graph output itself (once, whatever the repeats). A tensor of an

@@ -113,8 +113,14 @@ class Scopes {
 KernelChecker::KernelChecker(const pb::ModelProto& model,
                              const DtypeMap& dtypes,
                              const QuantOptions& options,
+                             const RangeMap& ranges)
+    : KernelChecker(model, MakePlan(model, dtypes, options), options,
+                    ranges) {}
+
+KernelChecker::KernelChecker(const pb::ModelProto& model,
+                             const QuantPlan& plan,
+                             const QuantOptions& options,
                              const RangeMap& ranges) {
-  const QuantPlan plan = MakePlan(model, dtypes, options);
   std::unordered_map<std::string, std::string> source;
   for (const auto& e : plan.qdq) source[e.tensor] = e.source;
   const Scopes scopes(model.graph());

@@ -61,6 +61,10 @@ class KernelChecker {
   // Throws Error(kRange) for a planned tensor without a valid range.
   KernelChecker(const pb::ModelProto& model, const DtypeMap& dtypes,
                 const QuantOptions& options, const RangeMap& ranges);
+  // The same with the plan the caller already made: `plan` must be
+  // MakePlan(model, dtypes, options) of this very model.
+  KernelChecker(const pb::ModelProto& model, const QuantPlan& plan,
+                const QuantOptions& options, const RangeMap& ranges);
 
   // The activation tensors Add() wants (one per kPairSums node, no repeats).
   std::vector<std::string> Inputs() const;

@@ -208,11 +208,28 @@ def _payload(tensor: TensorProto) -> bytes:
     return array.astype(array.dtype.newbyteorder("<"), copy=False).tobytes()
 
 
-def _read(path: str, offset: int, length: int, name: str) -> bytes:
+def _open(stack: contextlib.ExitStack, path: str, name: str):
+    """``path`` opened for reading, closed with ``stack``; ModelError naming
+    the initializer ``name`` when it cannot be."""
     try:
-        with open(path, "rb") as f:
-            f.seek(offset)
-            data = f.read(length)
+        return stack.enter_context(open(path, "rb"))
+    except OSError as e:
+        raise ModelError(
+            f"Cannot read the external data of initializer '{name}' from '{path}': "
+            f"{e.strerror}.") from e
+
+
+def _read(path: str, offset: int, length: int, name: str, file=None) -> bytes:
+    """The ``length`` bytes at ``offset`` of ``path`` (or of ``file``, the
+    same file already open)."""
+    try:
+        if file is not None:
+            file.seek(offset)
+            data = file.read(length)
+        else:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read(length)
     except OSError as e:
         raise ModelError(
             f"Cannot read the external data of initializer '{name}' from '{path}': "
@@ -351,19 +368,23 @@ def materialize(model: onnx.ModelProto, *, only: set[str] | None = None) -> onnx
     """Reads every external payload of ``model`` (absolute locations) into
     ``raw_data``, in place, one tensor at a time; returns ``model``.
     ``only`` limits it to those initializer names."""
-    for tensor in model.graph.initializer:
-        location = external_location(tensor)
-        if location is None or (only is not None and tensor.name not in only):
-            continue
-        if not os.path.isabs(location):
-            raise ModelError(
-                f"Initializer '{tensor.name}' is stored as external data ('{location}') "
-                "that was not loaded; pass the model's path so that its data files are "
-                "read.")
-        start, length = _extent(tensor)
-        tensor.raw_data = _read(location, start, length, tensor.name)
-        del tensor.external_data[:]
-        tensor.ClearField("data_location")
+    with contextlib.ExitStack() as stack:
+        files = {}  # location -> open file, each opened once
+        for tensor in model.graph.initializer:
+            location = external_location(tensor)
+            if location is None or (only is not None and tensor.name not in only):
+                continue
+            if not os.path.isabs(location):
+                raise ModelError(
+                    f"Initializer '{tensor.name}' is stored as external data "
+                    f"('{location}') that was not loaded; pass the model's path so that "
+                    "its data files are read.")
+            start, length = _extent(tensor)
+            if location not in files:
+                files[location] = _open(stack, location, tensor.name)
+            tensor.raw_data = _read(location, start, length, tensor.name, files[location])
+            del tensor.external_data[:]
+            tensor.ClearField("data_location")
     return model
 
 

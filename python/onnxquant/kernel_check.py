@@ -133,7 +133,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                   dtypes: Mapping[str, int] | None = None,
                   providers: Sequence[str] | None = None,
                   workspace=None, spill: bool = False,
-                  model_bytes: bytes | None = None, replay=None) -> KernelCheckResult:
+                  model_bytes: bytes | None = None, replay=None,
+                  planned: _core.PlannedModel | None = None) -> KernelCheckResult:
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
@@ -170,6 +171,8 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     data = model_bytes if model_bytes is not None else model_to_bytes(model)
 
     def make_checker():
+        if planned is not None:
+            return planned.kernel_checker(dict(ranges))
         return _core.KernelChecker(data, types, options, dict(ranges))
 
     checker = make_checker()
@@ -205,7 +208,7 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
                     checker.add({n: replayed[str(i)] for i, n in enumerate(names)})
                 os.remove(path)
     nodes = tuple(KernelCheck.from_native(d) for d in checker.results())
-    qmax = {k: tuple(int(q) for q in v)
+    qmax = {k: tuple(v)  # ints already
             for k, v in checker.channel_qmax(bound_unobserved=True,
                                              headroom=headroom).items()}
     return KernelCheckResult(nodes=nodes, samples=count, channel_qmax=qmax)
@@ -258,7 +261,7 @@ def _run(run, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
 def _precision_cost(qmax: tuple[int, ...]) -> float:
     """How much lowering the weight codes to ``qmax`` raises the weights' rounding
     noise, on average over the channels: mean of (127 / q)^2 - 1."""
-    return sum((127.0 / q) ** 2 - 1.0 for q in qmax) / max(len(qmax), 1)
+    return sum([(127.0 / q) ** 2 - 1.0 for q in qmax]) / max(len(qmax), 1)
 
 
 def choose_remedies(result: KernelCheckResult, remedy: str,

@@ -559,36 +559,41 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     native.unreached_tensors = unreached
     _require_planned_ranges(data, dtypes, options, native, native_ranges, calibrator,
                             same_graph=replay is not None)
-    kernels, remedies = None, {}
+    kernels, remedies, planned = None, {}, None
     if options.target == "portable":
+        # Parsed and planned once, for the kernel check and the insertion.
+        planned = _core.PlannedModel(data, dtypes, native)
         feeds = calibrator.kernel_check_feeds if calibrator is not None else ()
         kernels = check_kernels(work, native_ranges, feeds, native_options=native,
                                 dtypes=dtypes, headroom=KERNEL_CHECK_HEADROOM,
                                 workspace=workspace, spill=skeleton.large, model_bytes=data,
-                                replay=replay)
+                                replay=replay, planned=planned)
         remedies = choose_remedies(kernels, options.kernel_remedy)
         _apply_remedies(native, kernels, remedies)
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
-    data, native_report = _core.quantize(data, dtypes, native, native_ranges,
-                                         workspace.new_file("quantized"), PAYLOAD_THRESHOLD)
+            planned = None  # nodes kept float: another plan
+    payload_file = workspace.new_file("quantized")
+    if planned is not None:  # the remedies change weights only, not the plan
+        data, native_report = planned.quantize(native_ranges, native.weight_remedies,
+                                               payload_file, PAYLOAD_THRESHOLD)
+    else:
+        data, native_report = _core.quantize(data, dtypes, native, native_ranges,
+                                             payload_file, PAYLOAD_THRESHOLD)
     fixed = _fixed_inputs_note(work)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     from onnxquant import __version__
 
     set_metadata(result, QUANTIZED_KEY, __version__)
-    try:
-        onnx.checker.check_model(checkable_file(result, workspace))
-    except onnx.checker.ValidationError as e:
-        # The input's own fault (a model edited after optimize_model) is the
-        # user's to fix, not a bug of onnxquant.
-        check_with_onnx_checker(checkable_file(work, workspace), "The model given to quantize")
-        raise InternalError(
-            f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
-            "a bug in onnxquant, please report it with the model.") from e
-    runtime, note = _runtime_of(result) if return_report else (None, "")
-    materialize(result)
+    if skeleton.large:
+        # Past protobuf's limit the checker takes only a file, which must
+        # hold the payloads beside it; the weights are read back after.
+        _check_quantized(checkable_file(result, workspace), work, workspace)
+        materialize(result)
+    else:  # checked in memory, as the user gets it: no file written
+        materialize(result)
+        _check_quantized(result, work, workspace)
     if not return_report:
         return result
     runtime, note = _runtime_of(result)
@@ -602,6 +607,21 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     return result, report
 
 
+def _check_quantized(checked: onnx.ModelProto | str, work: onnx.ModelProto,
+                     workspace: Workspace) -> None:
+    """Runs ONNX's checker on the quantized model ``checked`` (the model,
+    or a file of it). Raises ModelError when the input ``work`` itself fails
+    the checker (a model edited after optimize_model: the user's to fix),
+    InternalError otherwise (a bug of onnxquant)."""
+    try:
+        onnx.checker.check_model(checked)
+    except onnx.checker.ValidationError as e:
+        check_with_onnx_checker(checkable_file(work, workspace), "The model given to quantize")
+        raise InternalError(
+            f"The quantized model fails ONNX's checker ({str(e).splitlines()[0]}); this is "
+            "a bug in onnxquant, please report it with the model.") from e
+
+
 def _masks_kept_float(model: onnx.ModelProto, options: QuantOptions,
                       calibration: CalibrationReport | None) -> tuple[list[str], str]:
     """The masks' nodes that ``masks="float"`` keeps float (those the user
@@ -613,7 +633,7 @@ def _masks_kept_float(model: onnx.ModelProto, options: QuantOptions,
     masks = {c.tensor: c for c in calibration.nonfinite if c.saturating} \
         if calibration is not None else {}
     seen = [n.name for n in model.graph.node
-            if n.name and masks.keys() & {*n.input, *n.output}]
+            if n.name and masks.keys() & {*n.input, *n.output}] if masks else []
     found = [n for n in mask_nodes(model) if n not in seen]
     nodes = [n for n in (*seen, *found) if n not in options.exclude_nodes]
     if not nodes:
@@ -653,6 +673,8 @@ def mask_nodes(model: onnx.ModelProto) -> list[str]:
                  and i.type.tensor_type.elem_type not in (onnx.TensorProto.FLOAT,
                                                          onnx.TensorProto.FLOAT16,
                                                          onnx.TensorProto.DOUBLE)}
+    if not from_mask:  # no mask input: nothing is computed from one
+        return []
     producer = {}
     for node in graph.node:
         for out in node.output:

@@ -304,3 +304,44 @@ def test_check_replays_through_the_calibrators_session(monkeypatch):
     _, report = oq.quantize(model, ranges, calibrator=calibrator, return_report=True)
     assert report.kernels.samples == 8
     assert report.kernels.remedies
+
+
+
+def test_planned_model_matches_separate_parse_and_plan():
+    """quantize parses and plans once (_core.PlannedModel) for the kernel
+    check and the insertion: the checker, the plan and the quantized bytes
+    are those of the separate calls, which each parse and plan anew, with a
+    weight remedy applied; a second quantize of the same object is refused."""
+    from onnxquant import _core
+    from onnxquant._shapes import infer_dtypes
+    from onnxquant.errors import InternalError
+
+    model = _conv_model([[1.0, 1.0, 0.0, 0.0], [0.5, -0.25, 0.125, 1.0]])
+    _calibrator, ranges = _calibrated(model)
+    data = model.SerializeToString()
+    dtypes = infer_dtypes(model)
+    native = oq.QuantOptions().to_native()
+    planned = _core.PlannedModel(data, dtypes, native)
+    plan = planned.plan()
+    assert plan == _core.make_plan(data, dtypes, native)
+    own = _core.KernelChecker(data, dtypes, native, ranges)
+    shared = planned.kernel_checker(ranges)
+    assert shared.inputs() == own.inputs() == ["x"]
+    for checker in (own, shared):
+        checker.add({"x": np.concatenate(_samples())})
+    assert shared.results() == own.results()
+    qmax = own.channel_qmax(bound_unobserved=True)
+    assert qmax == shared.channel_qmax(bound_unobserved=True)
+    assert qmax  # the first filter saturates: a remedy to apply
+    remedies = {}
+    for node, channels in qmax.items():
+        remedies[node] = _core.WeightRemedy()
+        remedies[node].channel_qmax = channels
+    plain, _ = _core.quantize(data, dtypes, native, ranges)
+    native.weight_remedies = remedies
+    separate, _ = _core.quantize(data, dtypes, native, ranges)
+    together, report = planned.quantize(ranges, remedies)
+    assert together == separate != plain  # the remedy applied, and the same
+    assert report["plan"] == plan
+    with pytest.raises(InternalError, match="after its quantize"):
+        planned.quantize(ranges, remedies)
