@@ -301,6 +301,8 @@ PYBIND11_MODULE(_core, m) {
       .def_readwrite("per_channel", &oq::QuantOptions::per_channel)
       .def_readwrite("exclude_nodes", &oq::QuantOptions::exclude_nodes)
       .def_readwrite("mask_nodes", &oq::QuantOptions::mask_nodes)
+      .def_readwrite("kernel_float_nodes",
+                     &oq::QuantOptions::kernel_float_nodes)
       .def_readwrite("op_types", &oq::QuantOptions::op_types)
       .def_readwrite("quantize_activation_matmul",
                      &oq::QuantOptions::quantize_activation_matmul)

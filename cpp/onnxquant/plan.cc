@@ -97,9 +97,11 @@ class Planner : public ConstantLookup {
   Planner(const pb::GraphProto& graph, const Planner* outer, Scope scope,
           const DtypeMap& dtypes, const QuantOptions& options,
           const std::unordered_set<std::string>& excluded,
-          const std::unordered_set<std::string>& masks)
+          const std::unordered_set<std::string>& masks,
+          const std::unordered_set<std::string>& kernel_float)
       : graph_(graph), index_(graph_), outer_(outer), scope_(std::move(scope)),
-        dtypes_(dtypes), options_(options), excluded_(excluded), masks_(masks) {}
+        dtypes_(dtypes), options_(options), excluded_(excluded), masks_(masks),
+        kernel_float_(kernel_float) {}
 
   QuantPlan Run();
 
@@ -163,6 +165,8 @@ class Planner : public ConstantLookup {
   const QuantOptions& options_;
   const std::unordered_set<std::string>& excluded_;  // options_.exclude_nodes
   const std::unordered_set<std::string>& masks_;     // options_.mask_nodes
+  // options_.kernel_float_nodes
+  const std::unordered_set<std::string>& kernel_float_;
   PatternMatches patterns_;
 };
 
@@ -194,6 +198,12 @@ void Planner::CheckOptions() const {
                             "', which the model does not contain.");
     }
   }
+  for (const auto& name : options_.kernel_float_nodes) {
+    if (names.count(name) == 0) {
+      throw InvalidArgument("kernel_float_nodes names node '" + name +
+                            "', which the model does not contain.");
+    }
+  }
   for (const auto& op : options_.op_types) {
     const OpSpec* spec = FindOpSpec("", op);
     if (spec == nullptr || !Quantizes(spec->kind)) {
@@ -211,6 +221,11 @@ Decision Planner::Decide(int i) const {
   }
   if (masks_.count(n.name())) {
     return Float("applies or computes an attention mask (masks='float')");
+  }
+  if (kernel_float_.count(n.name())) {
+    return Float(
+        "its integer kernel would saturate on CPUs without VNNI "
+        "(kernel_remedy='float')");
   }
   const OpSpec* spec = FindOpSpec(n.domain(), n.op_type());
   if (spec == nullptr && !n.domain().empty() && n.domain() != "ai.onnx") {
@@ -491,7 +506,7 @@ void Planner::PlanBodies(QuantPlan* plan) const {
       if (!attr.has_g()) continue;
       const Scope scope = BodyScope(scope_, n, attr.name());
       Planner child(attr.g(), this, scope, dtypes_, options_, excluded_,
-                    masks_);
+                    masks_, kernel_float_);
       QuantPlan body = child.Run();
       auto missed = std::find_if(
           body.calibrated.begin(), body.calibrated.end(),
@@ -703,7 +718,10 @@ QuantPlan MakePlan(const pb::ModelProto& model, const DtypeMap& dtypes,
       options.exclude_nodes.begin(), options.exclude_nodes.end());
   const std::unordered_set<std::string> masks(options.mask_nodes.begin(),
                                               options.mask_nodes.end());
-  Planner planner(model.graph(), nullptr, "", dtypes, options, excluded, masks);
+  const std::unordered_set<std::string> kernel_float(
+      options.kernel_float_nodes.begin(), options.kernel_float_nodes.end());
+  Planner planner(model.graph(), nullptr, "", dtypes, options, excluded, masks,
+                  kernel_float);
   QuantPlan plan = planner.Run();
   DropFloatTensors(model.graph(), options, &plan);
   // Tensors of the main graph are observed by every sample; the others only

@@ -83,6 +83,10 @@ struct QuantOptions {
   // the user's exclusions stay what the user passed, and the report gives
   // these their own reason.
   std::vector<std::string> mask_nodes;
+  // Node names the kernel check keeps float (quantize()'s
+  // kernel_remedy="float": their integer kernel would saturate on CPUs
+  // without VNNI); apart from exclude_nodes for the same reasons.
+  std::vector<std::string> kernel_float_nodes;
   // Op types to quantize; empty means every op of the table.
   std::vector<std::string> op_types;
   // Quantize MatMul of two activations (attention); off keeps them float.

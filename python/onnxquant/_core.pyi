@@ -45,6 +45,7 @@ class QuantOptions:
     weight_range: WeightRange
     exclude_nodes: list[str]
     mask_nodes: list[str]
+    kernel_float_nodes: list[str]
     op_types: list[str]
     quantize_activation_matmul: bool
     reduce_weight_range: bool

@@ -874,7 +874,8 @@ def _apply_remedies(native: _core.QuantOptions, kernels: KernelCheckResult,
     """Applies ``remedies`` (node -> remedy) for the nodes ``kernels`` found
     saturating to ``native``, the engine's options with the overrides already
     resolved (so that they are not resolved again)."""
-    native.exclude_nodes = list(native.exclude_nodes) + sorted(
+    # Apart from the user's exclude_nodes: the plan gives them their own reason.
+    native.kernel_float_nodes = sorted(
         node for node, remedy in remedies.items() if remedy == "float")
     weights = {}
     for node, remedy in remedies.items():

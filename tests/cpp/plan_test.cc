@@ -519,6 +519,25 @@ TEST(Plan, MaskNodeStaysFloatWithItsOwnReason) {
   EXPECT_TRUE(Contains(what, "no_such_node")) << what;
 }
 
+TEST(Plan, KernelFloatNodesStayFloatWithTheirOwnReason) {
+  GraphBuilder g;
+  g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});
+  AddConv(g, "conv1", "x", "c");
+  AddConv(g, "conv2", "c", "y");
+  QuantOptions o;
+  o.kernel_float_nodes = {"conv1"};
+  const QuantPlan p = Plan(g, o);
+  ASSERT_NE(Floated(p, "conv1"), nullptr);
+  EXPECT_TRUE(Contains(Floated(p, "conv1")->reason, "kernel_remedy='float'"));
+  EXPECT_FALSE(Contains(Floated(p, "conv1")->reason, "user"));
+  EXPECT_EQ(Quantized(p, "conv1"), nullptr);
+  EXPECT_NE(Quantized(p, "conv2"), nullptr);
+  o.kernel_float_nodes = {"no_such_node"};
+  std::string what;
+  EXPECT_EQ(KindOf([&] { Plan(g, o); }, &what), ErrorKind::kInvalidArgument);
+  EXPECT_TRUE(Contains(what, "no_such_node")) << what;
+}
+
 TEST(Plan, ExcludingAnUnknownNodeThrowsNamingIt) {
   GraphBuilder g;
   g.Input("x", {1, 2, 4, 4}).Output("y", {1, 2, 4, 4});

@@ -125,7 +125,9 @@ def test_float_remedy_keeps_the_node_float():
     quantized, report = oq.quantize(model, ranges, calibrator=calibrator,
                                     kernel_remedy="float", return_report=True)
     conv = next(n for n in model.graph.node if n.op_type == "Conv")
-    assert conv.name in {f.node for f in report.float_nodes}
+    reasons = {f.node: f.reason for f in report.float_nodes}
+    assert "kernel_remedy='float'" in reasons[conv.name]
+    assert "excluded by the user" not in reasons[conv.name]
     assert not any(n.op_type == "DequantizeLinear" and "w" in n.input[0]
                    for n in quantized.graph.node)
 
