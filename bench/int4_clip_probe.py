@@ -32,6 +32,7 @@ from recovery import cell, correct  # noqa: E402
 
 ort.set_default_logger_severity(3)
 
+
 def input_energy(model, x, names):
     """Per tensor of ``names``: the mean square of each channel over ``x``."""
     m = onnx.ModelProto()
@@ -85,6 +86,7 @@ def clip_model(model, x, weighted=True):
         if t.name in new:
             t.CopyFrom(onh.from_array(new[t.name], t.name))
     return out, clipped, total
+
 
 def run(key: str) -> None:
     options = oq.QuantOptions(weight_type="int4")

@@ -200,6 +200,7 @@ def test_typed_errors():
         _core.adaround_layer(data, infer_dtypes(fp), native, "conv_b",
                              [np.zeros((2, 8, 8, 4), np.float64)])
     # An exception in the progress callback (Ctrl-C) stops the engine and is raised.
+
     def interrupt(done, total):
         raise KeyboardInterrupt
 

@@ -308,7 +308,6 @@ def test_check_replays_through_the_calibrators_session(monkeypatch):
     assert report.kernels.remedies
 
 
-
 def test_planned_model_matches_separate_parse_and_plan():
     """quantize parses and plans once (_core.PlannedModel) for the kernel
     check and the insertion: the checker, the plan and the quantized bytes
