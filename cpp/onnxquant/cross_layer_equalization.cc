@@ -7,6 +7,7 @@
 #include <string>
 #include <unordered_set>
 
+#include "onnxquant/conv_chain.h"
 #include "onnxquant/error.h"
 #include "onnxquant/graph_edit.h"
 #include "onnxquant/graph_index.h"
@@ -21,38 +22,12 @@ struct Weight {
   std::vector<float> values;
 };
 
-// A Conv's float32 initializer input `slot` that only this node reads, or
-// nullptr.
-const pb::TensorProto* OwnConstant(const GraphIndex& index,
-                                   const pb::NodeProto& node, int slot) {
-  if (node.input_size() <= slot || node.input(slot).empty()) return nullptr;
-  const std::string& name = node.input(slot);
-  const pb::TensorProto* t = index.Initializer(name);
-  if (t == nullptr || index.IsGraphInput(name) || index.IsGraphOutput(name) ||
-      index.Consumers(name).size() != 1 ||
-      t->data_type() != pb::TensorProto::FLOAT || !PayloadReadable(*t)) {
-    return nullptr;
-  }
-  return t;
-}
-
 // True for a Conv whose weight (and bias, if any) this pass may rescale.
 bool Rescalable(const GraphIndex& index, const pb::NodeProto& node) {
   if (!IsOnnxOp(node, "Conv") || node.input_size() < 2) return false;
-  if (OwnConstant(index, node, 1) == nullptr) return false;
+  if (OwnFloatConstant(index, node, 1) == nullptr) return false;
   const bool has_bias = node.input_size() > 2 && !node.input(2).empty();
-  return !has_bias || OwnConstant(index, node, 2) != nullptr;
-}
-
-// The single reader of `tensor` when it has exactly one and the tensor is
-// neither a graph output nor read by a subgraph; else -1.
-int SoleReader(const GraphIndex& index, const std::string& tensor) {
-  const auto& readers = index.Consumers(tensor);
-  if (readers.size() != 1 || index.IsGraphOutput(tensor) ||
-      index.ReadBySubgraph(tensor)) {
-    return -1;
-  }
-  return readers[0];
+  return !has_bias || OwnFloatConstant(index, node, 2) != nullptr;
 }
 
 // The lower bound of a Clip, when it is a known constant.

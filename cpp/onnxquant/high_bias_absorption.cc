@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "onnxquant/conv_chain.h"
 #include "onnxquant/error.h"
 #include "onnxquant/graph_edit.h"
 #include "onnxquant/graph_index.h"
@@ -14,34 +15,11 @@
 namespace onnxquant {
 namespace {
 
-// A float32 initializer input `slot` of `node` that only this node reads, or
-// nullptr.
-const pb::TensorProto* OwnConstant(const GraphIndex& index,
-                                   const pb::NodeProto& node, int slot) {
-  if (node.input_size() <= slot || node.input(slot).empty()) return nullptr;
-  const std::string& name = node.input(slot);
-  const pb::TensorProto* t = index.Initializer(name);
-  if (t == nullptr || index.IsGraphInput(name) || index.IsGraphOutput(name) ||
-      index.Consumers(name).size() != 1 ||
-      t->data_type() != pb::TensorProto::FLOAT || !PayloadReadable(*t)) {
-    return nullptr;
-  }
-  return t;
-}
-
 // A Conv with its own float32 weight and bias.
 bool ConvWithOwnBias(const GraphIndex& index, const pb::NodeProto& node) {
-  return IsOnnxOp(node, "Conv") && OwnConstant(index, node, 1) != nullptr &&
-         OwnConstant(index, node, 2) != nullptr;
-}
-
-int SoleReader(const GraphIndex& index, const std::string& tensor) {
-  const auto& readers = index.Consumers(tensor);
-  if (readers.size() != 1 || index.IsGraphOutput(tensor) ||
-      index.ReadBySubgraph(tensor)) {
-    return -1;
-  }
-  return readers[0];
+  return IsOnnxOp(node, "Conv") &&
+         OwnFloatConstant(index, node, 1) != nullptr &&
+         OwnFloatConstant(index, node, 2) != nullptr;
 }
 
 // Identity on positive values, so act(h) = act(h - a) + a for h >= a >= 0.
