@@ -51,7 +51,7 @@ from onnxquant._model import (
 )
 from onnxquant._samples import batch_samples, input_specs
 from onnxquant._shapes import infer_dtypes
-from onnxquant.errors import CalibrationDataError, InvalidArgumentError
+from onnxquant.errors import CalibrationDataError, InvalidArgumentError, UnsupportedModelError
 from onnxquant.quantize import QuantOptions
 
 __all__ = [
@@ -267,8 +267,24 @@ def _session(model: onnx.ModelProto) -> ort.InferenceSession:
     # runs (as calibration does).
     options = ort.SessionOptions()
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(model.SerializeToString(), options,
-                                providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options,
+                                    providers=["CPUExecutionProvider"])
+    except Exception as e:  # ONNX Runtime's errors derive from Exception only
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UnsupportedModelError(
+            f"ONNX Runtime cannot load the model '{model.graph.name}' to measure what the "
+            f"technique needs ({first}); check that ONNX Runtime runs the FP32 model.") from e
+
+
+def _feeds(proto: onnx.ModelProto, samples: Iterable[object], batch_size: int,
+           what: str) -> tuple[list[dict[str, np.ndarray]], int]:
+    """The samples as batches of feeds for ``proto``, and their count;
+    CalibrationDataError when there are none."""
+    feeds = [feed for feed, _ in batch_samples(samples, input_specs(proto), batch_size)]
+    if not feeds:
+        raise CalibrationDataError(f"{what} got no samples; pass at least one.")
+    return feeds, sum(next(iter(f.values())).shape[0] for f in feeds)
 
 
 def _upstream_layers(model: onnx.ModelProto, layer_nodes: list[str]) -> dict[str, set[str]]:
@@ -352,10 +368,7 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
         raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "correct_bias")
-    feeds = [feed for feed, _ in batch_samples(samples, input_specs(proto), batch_size)]
-    if not feeds:
-        raise CalibrationDataError("correct_bias got no samples; pass at least one.")
-    count = sum(next(iter(f.values())).shape[0] for f in feeds)
+    feeds, count = _feeds(proto, samples, batch_size, "correct_bias")
     native = options.to_native()
     dtypes = infer_dtypes(proto)
     data, layers, skipped = _core.prepare_bias_correction(model_to_bytes(proto), dtypes,
@@ -564,10 +577,7 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
             f"options must be a QuantOptions, got {type(options).__name__}.")
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "smooth_quant")
-    feeds = [feed for feed, _ in batch_samples(samples, input_specs(proto), batch_size)]
-    if not feeds:
-        raise CalibrationDataError("smooth_quant got no samples; pass at least one.")
-    count = sum(next(iter(f.values())).shape[0] for f in feeds)
+    feeds, count = _feeds(proto, samples, batch_size, "smooth_quant")
     data = model_to_bytes(proto)
     groups, _ = _core.smooth_quant_groups(data, bool(insert_mul))
     activations = {g["activation"]: int(g["channels"]) for g in groups}
@@ -658,10 +668,7 @@ def absorb_high_bias(model: ModelLike, samples: Iterable[object], *, sigmas: flo
         raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "absorb_high_bias")
-    feeds = [feed for feed, _ in batch_samples(samples, input_specs(proto), batch_size)]
-    if not feeds:
-        raise CalibrationDataError("absorb_high_bias got no samples; pass at least one.")
-    count = sum(next(iter(f.values())).shape[0] for f in feeds)
+    feeds, count = _feeds(proto, samples, batch_size, "absorb_high_bias")
     data = model_to_bytes(proto)
     candidates = _core.high_bias_candidates(data)
     outputs = [c["output"] for c in candidates]

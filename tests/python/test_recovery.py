@@ -332,3 +332,23 @@ def test_bias_correction_rejects_no_samples():
     with pytest.raises(oq.CalibrationDataError):
         recovery.correct_bias(_chain_model(np.random.default_rng(0)),
                               [])
+
+
+def test_a_model_onnx_runtime_cannot_load_gives_a_typed_error():
+    # A custom op that ONNX Runtime has no kernel for: bias correction, which runs the
+    # model, raises onnxquant's error naming the model, not ONNX Runtime's.
+    from onnx import TensorProto, helper, numpy_helper
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 2, 4, 4])
+    inits = [numpy_helper.from_array(np.ones((2, 2, 1, 1), np.float32), "w"),
+             numpy_helper.from_array(np.zeros(2, np.float32), "b")]
+    nodes = [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+             helper.make_node("Mystery", ["c"], ["y"], name="mystery", domain="com.example")]
+    model = helper.make_model(helper.make_graph(nodes, "custom", [x], [y], inits),
+                              opset_imports=[helper.make_opsetid("", 17),
+                                             helper.make_opsetid("com.example", 1)])
+    model.ir_version = 8
+    samples = [np.ones((1, 2, 4, 4), np.float32)]
+    with pytest.raises(oq.UnsupportedModelError, match="'custom'.*Mystery"):
+        oq.recovery.correct_bias(model, samples)
