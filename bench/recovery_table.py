@@ -138,11 +138,8 @@ def _late_candidates() -> tuple[tuple[str, Callable[[oq.Recipe], oq.Recipe]], ..
 def _with_step(r: oq.Recipe, step) -> oq.Recipe:
     if any(s.kind == step.kind for s in r.steps):
         raise oq.InvalidArgumentError(f"the preset already runs {step.kind}")
-    order = list(getattr(rc, "_ORDER", ()))
-    steps = r.steps + (step,)
-    if order:
-        steps = tuple(sorted(steps, key=lambda s: order.index(s.kind)))
-    return dataclasses.replace(r, steps=steps)
+    steps = sorted(r.steps + (step,), key=lambda s: rc._ORDER.index(s.kind))
+    return dataclasses.replace(r, steps=tuple(steps))
 
 
 def _plain_options(mode: Mode) -> oq.QuantOptions:

@@ -102,18 +102,19 @@ void BindAdaRound(py::module_& m) {
          int threads, const py::object& progress,
          const py::list& quantized_inputs) {
         auto proto = Parse(model);
-        std::vector<py::array> keep;
-        std::vector<InputView> views, qviews;
-        for (const py::handle& h : inputs) {
-          py::array a = AsFloatArray("input of node " + node, h);
-          views.push_back({static_cast<const float*>(a.data()), Shape(a)});
-          keep.push_back(std::move(a));
-        }
-        for (const py::handle& h : quantized_inputs) {
-          py::array a = AsFloatArray("quantized input of node " + node, h);
-          qviews.push_back({static_cast<const float*>(a.data()), Shape(a)});
-          keep.push_back(std::move(a));
-        }
+        std::vector<py::array> keep;  // the arrays the views read
+        auto views_of = [&](const py::list& arrays, const std::string& what) {
+          std::vector<InputView> views;
+          for (const py::handle& h : arrays) {
+            py::array a = AsFloatArray(what + " of node " + node, h);
+            views.push_back({static_cast<const float*>(a.data()), Shape(a)});
+            keep.push_back(std::move(a));
+          }
+          return views;
+        };
+        const std::vector<InputView> views = views_of(inputs, "input");
+        const std::vector<InputView> qviews =
+            views_of(quantized_inputs, "quantized input");
         AdaRoundSettings s;
         s.iterations = iterations;
         s.reg_weight = reg_weight;

@@ -856,8 +856,8 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
     if options.uses_int4:
         from onnxquant.quantize import upgrade_for_int4
         proto = upgrade_for_int4(proto)
-    feeds = [feed for feed, _ in batch_samples(samples, input_specs(proto), batch_size)]
-    if max_samples is not None:
+    feeds, count = _feeds(proto, samples, batch_size, "adaround")
+    if max_samples is not None and count > max_samples:
         kept, count = [], 0
         for feed in feeds:
             n = next(iter(feed.values())).shape[0]
@@ -867,9 +867,6 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
             kept.append({k: v[:take] for k, v in feed.items()} if take < n else feed)
             count += take
         feeds = kept
-    if not feeds:
-        raise CalibrationDataError("adaround got no samples; pass at least one.")
-    count = sum(next(iter(f.values())).shape[0] for f in feeds)
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (
             os.cpu_count() or 1)
