@@ -17,7 +17,9 @@ struct InputView {
   std::vector<int64_t> dims;
 };
 
-// A 1-D or 2-D convolution (1-D: height 1). Pads: begin and end per axis.
+// A 1-D or 2-D convolution (1-D: height 1), or with `transposed` a
+// ConvTranspose (output_pad: its output_padding). Pads: begin and end per
+// axis.
 struct ConvGeometry {
   int64_t channels = 0;  // input channels
   int64_t groups = 1;
@@ -26,6 +28,8 @@ struct ConvGeometry {
   int64_t dilation_h = 1, dilation_w = 1;
   int64_t pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
   bool one_d = false;  // inputs are [N, C, L]
+  bool transposed = false;
+  int64_t output_pad_h = 0, output_pad_w = 0;
 };
 
 struct GramSums {
@@ -37,7 +41,10 @@ struct GramSums {
 
 // The im2col matrix of group `group` of sample `n` of `input` ([N, C, H, W],
 // or [N, C, L] when one_d), [K, P] row-major with K = C / groups * kh * kw
-// and P the output positions, zero where the kernel reads padding.
+// and P the output positions, zero where the kernel reads padding. For a
+// ConvTranspose, column p holds the input values each tap (c, i, j) adds
+// into output position p (zero where none), so that output channel o of
+// the group is the row (W[c, o, i, j] over c, i, j) times the matrix.
 // Throws InvalidArgument for an input whose shape does not fit `g`.
 std::vector<float> Im2Col(const ConvGeometry& g, const InputView& input,
                           int64_t n, int64_t group);

@@ -31,9 +31,12 @@ std::string StringAttribute(const pb::NodeProto& node,
 std::string Unsupported(const GraphIndex& index, const pb::NodeProto& node,
                         const QuantizedNode& q, const QuantOptions& options) {
   const bool conv = IsOnnxOp(node, "Conv");
+  const bool deconv = IsOnnxOp(node, "ConvTranspose");
   const bool gemm = IsOnnxOp(node, "Gemm");
   const bool matmul = IsOnnxOp(node, "MatMul");
-  if (!conv && !gemm && !matmul) return node.op_type() + " is not supported";
+  if (!conv && !deconv && !gemm && !matmul) {
+    return node.op_type() + " is not supported";
+  }
   if (q.weight_input != 1) return "its weight is not its second input";
   const pb::TensorProto* w = index.Initializer(node.input(1));
   if (w == nullptr || w->data_type() != pb::TensorProto::FLOAT ||
@@ -46,7 +49,13 @@ std::string Unsupported(const GraphIndex& index, const pb::NodeProto& node,
     return "its weight is shared with other nodes";
   }
   const size_t rank = Dims(*w).size();
-  if (conv && rank != 3 && rank != 4) return "only 1-D and 2-D Conv";
+  if ((conv || deconv) && rank != 3 && rank != 4) {
+    return "only 1-D and 2-D " + node.op_type();
+  }
+  if (deconv && (FindAttribute(node, "output_shape") != nullptr ||
+                 StringAttribute(node, "auto_pad").rfind("SAME", 0) == 0)) {
+    return "a ConvTranspose with output_shape or auto_pad SAME";
+  }
   if ((gemm || matmul) && rank != 2) return "its weight is not 2-D";
   if (RemedyOf(options, q.node).encoding != WeightEncoding::kInt8) {
     return "its kernel remedy changes the weight encoding";
@@ -73,10 +82,22 @@ std::vector<int64_t> ScaleIndex(const NodeWeights& nw, int axis) {
 }
 
 // The weight as rows (output channels) x cols: identity for Conv and
-// Gemm transB = 1, a transpose for [K, N] weights.
+// Gemm transB = 1, a transpose for [K, N] weights. ConvTranspose: see
+// ConvTransposeIndex.
 bool Transposed(const pb::NodeProto& node) {
   return !(IsOnnxOp(node, "Conv") ||
            (IsOnnxOp(node, "Gemm") && IntAttribute(node, "transB", 0)));
+}
+
+// The ONNX index, in a ConvTranspose weight [C, O / groups, kh, kw], of
+// column `col` = (c, i, j) of output channel `row` (group row / (O / groups)).
+int64_t ConvTransposeIndex(const std::vector<int64_t>& dims, int64_t groups,
+                           int64_t row, int64_t col) {
+  const int64_t per_group = dims[1];
+  const int64_t taps = NumElements(dims) / (dims[0] * dims[1]);
+  const int64_t in_group = dims[0] / groups;
+  const int64_t c = (row / per_group) * in_group + col / taps;
+  return (c * per_group + row % per_group) * taps + col % taps;
 }
 
 ConvGeometry Geometry(const pb::NodeProto& node,
@@ -85,12 +106,19 @@ ConvGeometry Geometry(const pb::NodeProto& node,
   ConvGeometry g;
   g.one_d = wdims.size() == 3;
   g.groups = IntAttribute(node, "group", 1);
-  g.channels = wdims[1] * g.groups;
+  g.transposed = IsOnnxOp(node, "ConvTranspose");
+  g.channels = g.transposed ? wdims[0] : wdims[1] * g.groups;
   const size_t sp = wdims.size() - 2;
   std::vector<int64_t> k(wdims.begin() + 2, wdims.end());
   std::vector<int64_t> s = IntsAttribute(node, "strides");
   std::vector<int64_t> d = IntsAttribute(node, "dilations");
   std::vector<int64_t> p = IntsAttribute(node, "pads");
+  std::vector<int64_t> op = IntsAttribute(node, "output_padding");
+  if (op.empty()) op.assign(sp, 0);
+  if (op.size() != sp) {
+    throw ModelError("AdaRound: the output_padding of node '" + node.name() +
+                     "' does not fit its " + std::to_string(sp) + "-D kernel.");
+  }
   if (s.empty()) s.assign(sp, 1);
   if (d.empty()) d.assign(sp, 1);
   if (p.empty()) p.assign(2 * sp, 0);
@@ -117,6 +145,7 @@ ConvGeometry Geometry(const pb::NodeProto& node,
     }
   }
   if (g.one_d) {
+    g.output_pad_w = op[0];
     g.kernel_w = k[0];
     g.stride_w = s[0];
     g.dilation_w = d[0];
@@ -133,6 +162,8 @@ ConvGeometry Geometry(const pb::NodeProto& node,
     g.pad_left = p[1];
     g.pad_bottom = p[2];
     g.pad_right = p[3];
+    g.output_pad_h = op[0];
+    g.output_pad_w = op[1];
   }
   return g;
 }
@@ -188,8 +219,9 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   const NodeWeights nw = QuantizeNodeWeights(
       index, node, *q, std::numeric_limits<float>::max(), options);
   const std::vector<float> w = ToFloats(*index.Initializer(nw.weight_name));
-  const bool conv = IsOnnxOp(node, "Conv");
-  const bool transposed = Transposed(node);
+  const bool deconv = IsOnnxOp(node, "ConvTranspose");
+  const bool conv = IsOnnxOp(node, "Conv") || deconv;
+  const bool transposed = Transposed(node) && !deconv;
 
   // Gram matrices of the input columns.
   const bool asym = !quantized_inputs.empty();
@@ -201,7 +233,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
     if (groups < 1 || nw.dims[0] % groups != 0) {
       throw ModelError("AdaRound: node '" + name + "' has " +
                        std::to_string(nw.dims[0]) +
-                       " output channels, not a multiple of its group.");
+                       (deconv ? " input" : " output") +
+                       " channels, not a multiple of its group.");
     }
     if (asym) {
       gram = ConvGram(g, quantized_inputs, settings.threads, name);
@@ -231,7 +264,8 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   // The problem, in rows (output channels) x cols.
   RoundingProblem p;
   const int64_t total = NumElements(nw.dims);
-  const int64_t rows_all = transposed ? nw.dims[1] : nw.dims[0];
+  const int64_t rows_all =
+      deconv ? nw.dims[1] * groups : (transposed ? nw.dims[1] : nw.dims[0]);
   p.groups = groups;
   p.rows = rows_all / groups;
   p.cols = total / rows_all;
@@ -243,6 +277,7 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
     p.gram[i] = static_cast<float>(gram.sums[i] / gram.columns);
   }
   auto onnx_index = [&](int64_t r, int64_t c) {
+    if (deconv) return ConvTransposeIndex(nw.dims, groups, r, c);
     return transposed ? c * rows_all + r : r * p.cols + c;
   };
   const std::vector<int64_t> sidx = ScaleIndex(nw, q->weight_axis);

@@ -17,7 +17,7 @@
 namespace onnxquant {
 
 struct AdaRoundTarget {
-  std::string node;    // a Conv, Gemm or MatMul the plan quantizes
+  std::string node;    // a Conv(Transpose), Gemm or MatMul the plan quantizes
   std::string input;   // its activation input (what the caller caches)
   std::string weight;  // its weight initializer
 };
@@ -30,7 +30,8 @@ struct AdaRoundTargets {
 
 // The nodes of the main graph that the plan for `options` quantizes with a
 // constant float weight read by no other node, and that AdaRound can round:
-// Conv 1-D and 2-D (grouped and depthwise included), Gemm with a constant B,
+// Conv and ConvTranspose 1-D and 2-D (grouped and depthwise included; no
+// ConvTranspose with output_shape or auto_pad SAME), Gemm with a constant B,
 // MatMul with a constant rank-2 B. Throws as MakePlan.
 AdaRoundTargets ListAdaRoundTargets(const pb::ModelProto& model,
                                     const DtypeMap& dtypes,

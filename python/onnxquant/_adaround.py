@@ -102,9 +102,11 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
              max_samples: int | None = None, batch_size: int = 32,
              threads: int | None = None, inputs: str = "fp32",
              progress: bool = True) -> tuple[onnx.ModelProto, AdaRoundRecord]:
-    """AdaRound: learned rounding of the weight of every Conv (grouped and
-    depthwise included), Gemm and MatMul with a constant weight that the plan
-    for ``options`` quantizes, layer by layer in graph order.
+    """AdaRound: learned rounding of the weight of every Conv and
+    ConvTranspose (1-D or 2-D, grouped and depthwise included; not a
+    ConvTranspose with ``output_shape`` or ``auto_pad`` SAME), Gemm and MatMul
+    with a constant weight that the plan for ``options`` quantizes, layer by
+    layer in graph order.
 
     Each weight is rounded up or down, with the scales
     :func:`~onnxquant.quantize` will give it under ``options`` (per channel or

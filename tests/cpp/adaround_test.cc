@@ -159,6 +159,86 @@ TEST(AdaRoundGram, ConvLossMatchesDirectConvolution) {
   EXPECT_NEAR(ReconstructionLoss(p, codes), direct, 1e-4 * direct);
 }
 
+// Direct transposed convolution, scattering each input value: y[n, o, oy,
+// ox] for weight w [c, o/groups, kh, kw], output row oy = iy * stride - pad
+// + ky * dilation (and likewise for columns).
+std::vector<double> DirectConvTranspose(const ConvGeometry& g, const std::vector<float>& x,
+                                        int64_t n, int64_t h, int64_t w,
+                                        const std::vector<float>& wt, int64_t cout,
+                                        int64_t* positions) {
+  const int64_t oh = (h - 1) * g.stride_h - g.pad_top - g.pad_bottom +
+                     g.dilation_h * (g.kernel_h - 1) + g.output_pad_h + 1;
+  const int64_t ow = (w - 1) * g.stride_w - g.pad_left - g.pad_right +
+                     g.dilation_w * (g.kernel_w - 1) + g.output_pad_w + 1;
+  *positions = oh * ow;
+  const int64_t cg = g.channels / g.groups, og = cout / g.groups;
+  std::vector<double> y(n * cout * oh * ow, 0.0);
+  for (int64_t s = 0; s < n; ++s)
+    for (int64_t ci = 0; ci < g.channels; ++ci)
+      for (int64_t iy = 0; iy < h; ++iy)
+        for (int64_t ix = 0; ix < w; ++ix)
+          for (int64_t o = 0; o < og; ++o)
+            for (int64_t ky = 0; ky < g.kernel_h; ++ky)
+              for (int64_t kx = 0; kx < g.kernel_w; ++kx) {
+                const int64_t oy = iy * g.stride_h - g.pad_top + ky * g.dilation_h;
+                const int64_t ox = ix * g.stride_w - g.pad_left + kx * g.dilation_w;
+                if (oy < 0 || oy >= oh || ox < 0 || ox >= ow) continue;
+                const int64_t co = (ci / cg) * og + o;
+                y[((s * cout + co) * oh + oy) * ow + ox] +=
+                    static_cast<double>(
+                        wt[((ci * og + o) * g.kernel_h + ky) * g.kernel_w + kx]) *
+                    x[((s * g.channels + ci) * h + iy) * w + ix];
+              }
+  return y;
+}
+
+TEST(AdaRoundGram, ConvTransposeLossMatchesDirectConvolution) {
+  ConvGeometry g;
+  g.transposed = true;
+  g.channels = 4;
+  g.groups = 2;
+  g.kernel_h = 3;
+  g.kernel_w = 2;
+  g.stride_h = 2;
+  g.stride_w = 3;
+  g.dilation_h = 2;
+  g.pad_top = 1;
+  g.pad_bottom = 2;
+  g.pad_right = 1;
+  g.output_pad_h = 1;
+  g.output_pad_w = 2;
+  const int64_t n = 2, h = 5, w = 4, og = 3, cout = og * g.groups;
+  const int64_t cg = g.channels / g.groups, taps = g.kernel_h * g.kernel_w;
+  const std::vector<float> x = SmoothInputs(n, g.channels, h, w, 5);
+  const std::vector<float> wt = RandomWeights(g.channels * og * taps, 6);  // ONNX layout
+  // Row r = output channel (group r / og), column (c, ky, kx) of the group's
+  // input channel c.
+  auto onnx_of = [&](int64_t r, int64_t col) {
+    const int64_t ci = (r / og) * cg + col / taps;
+    return (ci * og + r % og) * taps + col % taps;
+  };
+  const int64_t k = cg * taps;
+  std::vector<float> rows(cout * k);
+  for (int64_t r = 0; r < cout; ++r)
+    for (int64_t col = 0; col < k; ++col) rows[r * k + col] = wt[onnx_of(r, col)];
+  const GramSums gram = ConvGram(g, {{x.data(), {n, g.channels, h, w}}}, 2, "deconv");
+  RoundingProblem p = MakeProblem(rows, g.groups, og, k, 7, gram);
+  const std::vector<int32_t> codes = NearestCodes(p);
+  const std::vector<float> deq = Dequantized(p, codes);
+  std::vector<float> deq_onnx(wt.size());
+  for (int64_t r = 0; r < cout; ++r)
+    for (int64_t col = 0; col < k; ++col) deq_onnx[onnx_of(r, col)] = deq[r * k + col];
+  int64_t pos = 0;
+  const std::vector<double> ya = DirectConvTranspose(g, x, n, h, w, wt, cout, &pos);
+  const std::vector<double> yb = DirectConvTranspose(g, x, n, h, w, deq_onnx, cout, &pos);
+  double direct = 0;
+  for (size_t i = 0; i < ya.size(); ++i) direct += (ya[i] - yb[i]) * (ya[i] - yb[i]);
+  direct /= n * pos;
+  EXPECT_EQ(gram.columns, n * pos);
+  EXPECT_GT(direct, 0);
+  EXPECT_NEAR(ReconstructionLoss(p, codes), direct, 1e-4 * direct);
+}
+
 TEST(AdaRoundGram, DenseLossMatchesMatrixProduct) {
   const int64_t m = 50, k = 12, nout = 5;
   const std::vector<float> x = SmoothInputs(1, 1, m, k, 3);

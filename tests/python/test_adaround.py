@@ -274,3 +274,66 @@ def test_quantized_inputs_loss_against_torch():
         np.testing.assert_array_equal(_quantized_codes(q, layer.node), layer.codes)
     with pytest.raises(oq.InvalidArgumentError, match="inputs"):
         recovery.adaround(fp, train, inputs="int8")
+
+
+def _deconv_model(rng: np.random.Generator) -> onnx.ModelProto:
+    """x [N,4,8,8] -> ConvTranspose t1 (4->6, 3x3, stride 2, pads 1,
+    output_padding 1) -> Relu -> ConvTranspose t2 (6->4, 2x2, grouped by 2,
+    dilation 2) -> y."""
+    inits = [
+        onh.from_array(rng.normal(size=(4, 6, 3, 3)).astype(np.float32) * 0.3, "w1"),
+        onh.from_array(rng.normal(size=6).astype(np.float32) * 0.1, "b1"),
+        onh.from_array(rng.normal(size=(6, 2, 2, 2)).astype(np.float32) * 0.3, "w2"),
+    ]
+    nodes = [
+        oh.make_node("ConvTranspose", ["x", "w1", "b1"], ["t"], name="t1", strides=[2, 2],
+                     pads=[1, 1, 1, 1], output_padding=[1, 1]),
+        oh.make_node("Relu", ["t"], ["r"], name="relu"),
+        oh.make_node("ConvTranspose", ["r", "w2"], ["y"], name="t2", group=2,
+                     dilations=[2, 2]),
+    ]
+    graph = oh.make_graph(
+        nodes, "deconv", [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])],
+        [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 18, 18])], inits)
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("options", [OPTIONS[0], OPTIONS[2], OPTIONS[5]],
+                         ids=["int8", "pow2-tensor", "int4"])
+def test_conv_transpose_integers_and_loss_against_torch(options):
+    """ConvTranspose layers (per channel on axis 1, grouped per tensor):
+    quantize() writes AdaRound's integers, the loss is the error of torch's
+    transposed convolution, and it beats nearest rounding on held-out
+    inputs."""
+    fp = oq.optimize_model(_deconv_model(np.random.default_rng(8)))
+    train, held_out = _samples(9, 32), _samples(10, 32)
+    model, rec = recovery.adaround(fp, train, options=options, iterations=400, progress=False)
+    assert [layer.node for layer in rec.layers] == ["t1", "t2"]
+    q = _quantize(model, train, options)
+    for layer in rec.layers:
+        np.testing.assert_array_equal(_quantized_codes(q, layer.node), layer.codes,
+                                      err_msg=layer.node)
+    w = _init(fp, "w1")
+    qmax = 7 if options.uses_int4 else 127
+    if options.per_channel:  # one scale per output channel: axis 1
+        s = (np.abs(w).max(axis=(0, 2, 3)).astype(np.float32) / np.float32(qmax))[
+            None, :, None, None]
+    else:
+        s = np.float32(2.0) ** np.ceil(np.log2(np.abs(w).max() / qmax))
+    nearest = np.clip(np.round(w / s), -qmax, qmax) * s
+    ada = _init(model, "w1")
+    layer = rec.layers[0]
+    np.testing.assert_allclose(ada, layer.codes * s, rtol=1e-6)
+
+    def out(weights, data):
+        x = torch.from_numpy(np.concatenate(data))
+        return F.conv_transpose2d(x, torch.from_numpy(np.array(weights, np.float32)),
+                                  stride=2, padding=1, output_padding=1)
+
+    def err(weights, data):  # summed over channels, mean over positions
+        return float(((out(weights, data) - out(w, data)) ** 2).sum(dim=1).mean())
+
+    assert layer.loss_nearest == pytest.approx(err(nearest, train), rel=1e-3)
+    assert layer.loss_final == pytest.approx(err(ada, train), rel=1e-3)
+    assert layer.loss_final < layer.loss_nearest
+    assert err(ada, held_out) < err(nearest, held_out)
