@@ -5,6 +5,7 @@
 
 #include <exception>
 #include <map>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -93,28 +94,53 @@ void BindAdaRound(py::module_& m) {
       "(layers [dict node/input/weight] in graph order, skipped [(node, "
       "reason)]): the nodes AdaRound rounds under these options.");
 
+  py::class_<LayerGramAccumulator>(m, "AdaRoundGrams")
+      .def(py::init([](const py::bytes& model, const DtypeMap& dtypes,
+                       const QuantOptions& options, const std::string& node) {
+             auto proto = Parse(model);
+             return std::make_unique<LayerGramAccumulator>(proto, dtypes,
+                                                           options, node);
+           }),
+           py::arg("model"), py::arg("dtypes"), py::arg("options"),
+           py::arg("node"))
+      .def(
+          "add",
+          [](LayerGramAccumulator& self, const py::list& inputs,
+             const py::list& quantized_inputs, int threads) {
+            std::vector<py::array> keep;  // the arrays the views read
+            auto views_of = [&](const py::list& arrays,
+                                const std::string& what) {
+              std::vector<InputView> views;
+              for (const py::handle& h : arrays) {
+                py::array a = AsFloatArray(what, h);
+                views.push_back(
+                    {static_cast<const float*>(a.data()), Shape(a)});
+                keep.push_back(std::move(a));
+              }
+              return views;
+            };
+            const std::vector<InputView> views = views_of(inputs, "input");
+            const std::vector<InputView> qviews =
+                views_of(quantized_inputs, "quantized input");
+            // The GIL stays held: one object is not summed from two threads.
+            self.Add(views, qviews, threads);
+          },
+          py::arg("inputs"), py::arg("quantized_inputs") = py::list(),
+          py::arg("threads") = 2,
+          "Adds one batch of the node's FP32 inputs (float32 C-contiguous "
+          "arrays, read without a copy) and, for the asymmetric loss, the same "
+          "samples' inputs in the model with the layers above quantized.")
+      .def_property_readonly("batches", &LayerGramAccumulator::batches,
+                             "Batches added so far.");
+
   m.def(
       "adaround_layer",
       [](const py::bytes& model, const DtypeMap& dtypes,
          const QuantOptions& options, const std::string& node,
-         const py::list& inputs, int iterations, float reg_weight,
+         const LayerGramAccumulator& grams, int iterations, float reg_weight,
          float beta_start, float beta_end, float warmup, float learning_rate,
-         int threads, const py::object& progress,
-         const py::list& quantized_inputs) {
+         int threads, const py::object& progress) {
         auto proto = Parse(model);
-        std::vector<py::array> keep;  // the arrays the views read
-        auto views_of = [&](const py::list& arrays, const std::string& what) {
-          std::vector<InputView> views;
-          for (const py::handle& h : arrays) {
-            py::array a = AsFloatArray(what + " of node " + node, h);
-            views.push_back({static_cast<const float*>(a.data()), Shape(a)});
-            keep.push_back(std::move(a));
-          }
-          return views;
-        };
-        const std::vector<InputView> views = views_of(inputs, "input");
-        const std::vector<InputView> qviews =
-            views_of(quantized_inputs, "quantized input");
         AdaRoundSettings s;
         s.iterations = iterations;
         s.reg_weight = reg_weight;
@@ -128,8 +154,8 @@ void BindAdaRound(py::module_& m) {
         try {
           py::gil_scoped_release release;
           auto report = [&relay](int64_t d, int64_t t) { return relay(d, t); };
-          r = RoundLayer(proto, dtypes, options, node, views, s, report,
-                         qviews);
+          r = RoundLayerFromGrams(proto, dtypes, options, node, grams.grams(),
+                                  s, report);
         } catch (const Error&) {
           if (relay.raised) std::rethrow_exception(relay.raised);
           throw;
@@ -147,18 +173,15 @@ void BindAdaRound(py::module_& m) {
         return py::make_tuple(weight, codes, st);
       },
       py::arg("model"), py::arg("dtypes"), py::arg("options"), py::arg("node"),
-      py::arg("inputs"), py::arg("iterations") = 1000,
+      py::arg("grams"), py::arg("iterations") = 1000,
       py::arg("reg_weight") = 0.01f, py::arg("beta_start") = 20.f,
       py::arg("beta_end") = 2.f, py::arg("warmup") = 0.2f,
       py::arg("learning_rate") = 3e-2f, py::arg("threads") = 2,
       py::arg("progress") = py::none(),
-      py::arg("quantized_inputs") = py::list(),
-      "AdaRound of one node's weight from its cached FP32 inputs (float32 "
-      "C-contiguous arrays, read without a copy): (rounded weight, int32 "
-      "codes, stats dict loss_nearest/loss_final/share_up/share_changed/"
-      "weight). progress(done, total) is called with the GIL held. "
-      "quantized_inputs (optional): the same samples' input in the model with "
-      "the layers above quantized (asymmetric reconstruction).");
+      "AdaRound of one node's weight from the Gram matrices of its inputs "
+      "(an AdaRoundGrams for the same node): (rounded weight, int32 codes, "
+      "stats dict loss_nearest/loss_final/share_up/share_changed/weight). "
+      "progress(done, total) is called with the GIL held.");
 }
 
 }  // namespace

@@ -191,12 +191,13 @@ AdaRoundTargets ListAdaRoundTargets(const pb::ModelProto& model,
   return out;
 }
 
-LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
-                         const QuantOptions& options, const std::string& name,
-                         const std::vector<InputView>& inputs,
-                         const AdaRoundSettings& settings,
-                         const AdaRoundProgress& progress,
-                         const std::vector<InputView>& quantized_inputs) {
+namespace {
+
+// The planned node `name` that AdaRound can round, with its plan entry;
+// throws InvalidArgument naming it otherwise.
+std::pair<const pb::NodeProto*, QuantizedNode> Target(
+    const pb::ModelProto& model, const DtypeMap& dtypes,
+    const QuantOptions& options, const std::string& name) {
   const QuantPlan plan = MakePlan(model, dtypes, options);
   GraphIndex index(model.graph());
   const QuantizedNode* q = nullptr;
@@ -213,49 +214,117 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
   if (!why.empty()) {
     throw InvalidArgument("AdaRound cannot round node '" + name + "': " + why);
   }
-  if (inputs.empty()) {
-    throw InvalidArgument("AdaRound: no cached input for node '" + name + "'.");
+  return {&node, *q};
+}
+
+void AddInto(GramSums& total, const GramSums& part, const std::string& node) {
+  if (total.sums.empty()) {
+    total = part;
+    return;
   }
+  if (total.groups != part.groups || total.cols != part.cols) {
+    throw InvalidArgument("AdaRound: the inputs of node '" + node +
+                          "' changed shape between batches");
+  }
+  for (size_t i = 0; i < total.sums.size(); ++i) total.sums[i] += part.sums[i];
+  total.columns += part.columns;
+}
+
+}  // namespace
+
+LayerGramAccumulator::LayerGramAccumulator(const pb::ModelProto& model,
+                                           const DtypeMap& dtypes,
+                                           const QuantOptions& options,
+                                           const std::string& name)
+    : name_(name) {
+  const auto [node, q] = Target(model, dtypes, options, name);
+  node_ = *node;
+  GraphIndex index(model.graph());
+  weight_dims_ = Dims(*index.Initializer(node->input(1)));
+  conv_ = IsOnnxOp(*node, "Conv") || IsOnnxOp(*node, "ConvTranspose");
+  const bool transposed =
+      Transposed(*node) && !IsOnnxOp(*node, "ConvTranspose");
+  k_ = transposed ? weight_dims_[0] : weight_dims_[1];
+  trans_a_ = IsOnnxOp(*node, "Gemm") && IntAttribute(*node, "transA", 0);
+}
+
+void LayerGramAccumulator::Add(
+    const std::vector<InputView>& inputs,
+    const std::vector<InputView>& quantized_inputs, int threads) {
+  if (inputs.empty()) {
+    throw InvalidArgument("AdaRound: no cached input for node '" + name_ +
+                          "'.");
+  }
+  const bool asym = !quantized_inputs.empty();
+  if (batches_ > 0 && asym != !grams_.cross.sums.empty()) {
+    throw InvalidArgument("AdaRound: node '" + name_ +
+                          "' got quantized inputs for some batches only");
+  }
+  if (conv_) {
+    const ConvGeometry g = Geometry(node_, weight_dims_, inputs);
+    if (g.groups < 1 || weight_dims_[0] % g.groups != 0) {
+      throw ModelError("AdaRound: node '" + name_ + "' has " +
+                       std::to_string(weight_dims_[0]) +
+                       (g.transposed ? " input" : " output") +
+                       " channels, not a multiple of its group.");
+    }
+    if (asym) {
+      AddInto(grams_.gram, ConvGram(g, quantized_inputs, threads, name_),
+              name_);
+      AddInto(grams_.cross,
+              ConvGram(g, inputs, threads, name_, &quantized_inputs), name_);
+      AddInto(grams_.fp_gram, ConvGram(g, inputs, threads, name_), name_);
+    } else {
+      AddInto(grams_.gram, ConvGram(g, inputs, threads, name_), name_);
+    }
+  } else if (asym) {
+    AddInto(grams_.gram,
+            DenseGram(k_, trans_a_, quantized_inputs, threads, name_), name_);
+    AddInto(grams_.cross,
+            DenseGram(k_, trans_a_, inputs, threads, name_, &quantized_inputs),
+            name_);
+    AddInto(grams_.fp_gram, DenseGram(k_, trans_a_, inputs, threads, name_),
+            name_);
+  } else {
+    AddInto(grams_.gram, DenseGram(k_, trans_a_, inputs, threads, name_),
+            name_);
+  }
+  ++batches_;
+}
+
+LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
+                         const QuantOptions& options, const std::string& name,
+                         const std::vector<InputView>& inputs,
+                         const AdaRoundSettings& settings,
+                         const AdaRoundProgress& progress,
+                         const std::vector<InputView>& quantized_inputs) {
+  LayerGramAccumulator accumulator(model, dtypes, options, name);
+  accumulator.Add(inputs, quantized_inputs, settings.threads);
+  return RoundLayerFromGrams(model, dtypes, options, name,
+                             accumulator.grams(), settings, progress);
+}
+
+LayerRounding RoundLayerFromGrams(const pb::ModelProto& model,
+                                  const DtypeMap& dtypes,
+                                  const QuantOptions& options,
+                                  const std::string& name,
+                                  const LayerGrams& grams,
+                                  const AdaRoundSettings& settings,
+                                  const AdaRoundProgress& progress) {
+  const auto [node_ptr, q_entry] = Target(model, dtypes, options, name);
+  const pb::NodeProto& node = *node_ptr;
+  const QuantizedNode* q = &q_entry;
+  GraphIndex index(model.graph());
   const NodeWeights nw = QuantizeNodeWeights(
       index, node, *q, std::numeric_limits<float>::max(), options);
   const std::vector<float> w = ToFloats(*index.Initializer(nw.weight_name));
   const bool deconv = IsOnnxOp(node, "ConvTranspose");
-  const bool conv = IsOnnxOp(node, "Conv") || deconv;
   const bool transposed = Transposed(node) && !deconv;
-
-  // Gram matrices of the input columns.
-  const bool asym = !quantized_inputs.empty();
-  GramSums gram, cross, fp_gram;
-  int64_t groups = 1;
-  if (conv) {
-    const ConvGeometry g = Geometry(node, nw.dims, inputs);
-    groups = g.groups;
-    if (groups < 1 || nw.dims[0] % groups != 0) {
-      throw ModelError("AdaRound: node '" + name + "' has " +
-                       std::to_string(nw.dims[0]) +
-                       (deconv ? " input" : " output") +
-                       " channels, not a multiple of its group.");
-    }
-    if (asym) {
-      gram = ConvGram(g, quantized_inputs, settings.threads, name);
-      cross = ConvGram(g, inputs, settings.threads, name, &quantized_inputs);
-      fp_gram = ConvGram(g, inputs, settings.threads, name);
-    } else {
-      gram = ConvGram(g, inputs, settings.threads, name);
-    }
-  } else {
-    const int64_t k = transposed ? nw.dims[0] : nw.dims[1];
-    const bool trans_a =
-        IsOnnxOp(node, "Gemm") && IntAttribute(node, "transA", 0);
-    if (asym) {
-      gram = DenseGram(k, trans_a, quantized_inputs, settings.threads, name);
-      cross = DenseGram(k, trans_a, inputs, settings.threads, name,
-                        &quantized_inputs);
-      fp_gram = DenseGram(k, trans_a, inputs, settings.threads, name);
-    } else {
-      gram = DenseGram(k, trans_a, inputs, settings.threads, name);
-    }
-  }
+  const GramSums& gram = grams.gram;
+  const GramSums& cross = grams.cross;
+  const GramSums& fp_gram = grams.fp_gram;
+  const bool asym = !cross.sums.empty();
+  const int64_t groups = gram.groups;
   if (gram.columns < 1) {
     throw InvalidArgument("AdaRound: the cached input of node '" + name +
                           "' holds no values.");

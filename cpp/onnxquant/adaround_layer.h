@@ -1,8 +1,8 @@
-// AdaRound on the layers of a model: which nodes it rounds, and the rounding
-// of one node's weight from its cached FP32 inputs (adaround.h,
-// adaround_gram.h). The loop over layers and the model runs that cache the
-// inputs live in Python (onnxquant.recovery.adaround): the engine has no
-// runtime.
+// AdaRound on the layers of a model: which nodes it rounds, the Gram
+// matrices of one node's inputs summed batch by batch, and the rounding of
+// its weight from them (adaround.h, adaround_gram.h). The loop over layers
+// and the model runs that produce the inputs live in Python
+// (onnxquant.recovery.adaround): the engine has no runtime.
 #ifndef ONNXQUANT_ADAROUND_LAYER_H_
 #define ONNXQUANT_ADAROUND_LAYER_H_
 
@@ -45,6 +45,45 @@ struct LayerRounding {
   RoundingResult stats;         // codes there in the problem's layout
 };
 
+// The Gram matrices of one node's inputs (adaround_gram.h): `gram` of the
+// inputs the candidate weight sees; with quantized inputs, `cross` (FP32
+// inputs x quantized) and `fp_gram` (FP32), empty otherwise.
+struct LayerGrams {
+  GramSums gram, cross, fp_gram;
+};
+
+// Sums a node's Gram matrices batch by batch, so that the caller needs only
+// one batch of its inputs in memory at a time. The sums do not depend on
+// the thread count; they do on how the samples are split into batches, in
+// the last bits.
+class LayerGramAccumulator {
+ public:
+  // Throws InvalidArgument naming `node` when it is not one of
+  // ListAdaRoundTargets.
+  LayerGramAccumulator(const pb::ModelProto& model, const DtypeMap& dtypes,
+                       const QuantOptions& options, const std::string& node);
+
+  // Adds one batch: the node's FP32 inputs and, for the asymmetric loss, the
+  // same samples' inputs in the model with the layers above quantized (given
+  // for every batch or for none). Throws InvalidArgument naming the node for
+  // inputs that do not fit it.
+  void Add(const std::vector<InputView>& inputs,
+           const std::vector<InputView>& quantized_inputs, int threads);
+
+  const LayerGrams& grams() const { return grams_; }
+  int64_t batches() const { return batches_; }
+
+ private:
+  std::string name_;
+  pb::NodeProto node_;
+  std::vector<int64_t> weight_dims_;
+  bool conv_ = false;
+  bool trans_a_ = false;
+  int64_t k_ = 0;
+  int64_t batches_ = 0;
+  LayerGrams grams_;
+};
+
 // Rounds the weight of node `node` (one of ListAdaRoundTargets) with the
 // scales quantize() gives it under `options` (per channel or per tensor,
 // power of two, int4 or int8, reduce_weight_range, weight_range, the
@@ -66,6 +105,15 @@ LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
                          const AdaRoundSettings& settings,
                          const AdaRoundProgress& progress = nullptr,
                          const std::vector<InputView>& quantized_inputs = {});
+
+// RoundLayer from Gram matrices summed by a LayerGramAccumulator.
+LayerRounding RoundLayerFromGrams(const pb::ModelProto& model,
+                                  const DtypeMap& dtypes,
+                                  const QuantOptions& options,
+                                  const std::string& node,
+                                  const LayerGrams& grams,
+                                  const AdaRoundSettings& settings,
+                                  const AdaRoundProgress& progress = nullptr);
 
 }  // namespace onnxquant
 

@@ -125,13 +125,15 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
 
     With ``inputs="fp32"`` (default) the layer's inputs come from the FP32
     model (all layers above unchanged): the loss is E[((W~ - W) x)^2], one run
-    of the model per layer caches x and the layers are independent. With
+    of the model per layer gives x and the layers are independent. With
     ``inputs="quantized"`` (Nagel et al.'s asymmetric reconstruction) the
     layer also sees xq, its input in the model whose layers above already
     hold AdaRound's weights, and the loss is E[(W x - W~ xq)^2]: the layer
     learns to make up for the error above it (two runs per layer). The engine
-    keeps only Gram matrices of the inputs, so every cached position enters
-    every step. Activations are not quantized in these runs.
+    sums the Gram matrices of the inputs (E[x x^T]) batch by batch, so that
+    only one batch of a layer's inputs is in memory at a time and every
+    input position enters every step. Activations are not quantized in these
+    runs.
 
     Args:
         model: ModelProto, bytes or path (never modified); normalised first
@@ -215,27 +217,32 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
     current = proto  # with AdaRound's weights so far (inputs="quantized")
     done = []
 
-    def cache(model: onnx.ModelProto, name: str) -> list[np.ndarray]:
-        session = _session(_prefix(model, [name], {}))
-        return [np.ascontiguousarray(session.run([name], f)[0], dtype=np.float32)
-                for f in feeds]
+    def grams_of(layer: dict[str, str]) -> _core.AdaRoundGrams:
+        """The Gram matrices of the layer's inputs, summed batch by batch:
+        one batch of its inputs in memory at a time."""
+        name = layer["input"]
+        grams = _core.AdaRoundGrams(data, dtypes, native, layer["node"])
+        if name in graph_inputs:
+            for f in feeds:
+                grams.add([np.ascontiguousarray(f[name], dtype=np.float32)], [], threads)
+            return grams
+        fp = _session(_prefix(proto, [name], {}))
+        q = (_session(_prefix(current, [name], {}))
+             if inputs == "quantized" and rounded else None)
+        for f in feeds:
+            x = np.ascontiguousarray(fp.run([name], f)[0], dtype=np.float32)
+            xq = ([np.ascontiguousarray(q.run([name], f)[0], dtype=np.float32)]
+                  if q is not None else [])
+            grams.add([x], xq, threads)
+        return grams
 
     try:
         for index, layer in enumerate(layers):
             t0 = time.perf_counter()
-            name = layer["input"]
-            quantized = []
-            if name in graph_inputs:
-                cached = [np.ascontiguousarray(f[name], dtype=np.float32) for f in feeds]
-            else:
-                cached = cache(proto, name)
-                if inputs == "quantized" and rounded:
-                    quantized = cache(current, name)
             weight, codes, stats = _core.adaround_layer(
-                data, dtypes, native, layer["node"], cached, iterations, float(reg_weight),
-                float(beta[0]), float(beta[1]), float(warmup), float(learning_rate),
-                threads, bar.callback(index, layer["node"]), quantized)
-            del cached, quantized
+                data, dtypes, native, layer["node"], grams_of(layer), iterations,
+                float(reg_weight), float(beta[0]), float(beta[1]), float(warmup),
+                float(learning_rate), threads, bar.callback(index, layer["node"]))
             rounded[layer["weight"]] = weight
             if inputs == "quantized":
                 if current is proto:

@@ -196,24 +196,30 @@ def test_typed_errors():
     data = fp.SerializeToString()
     from onnxquant._shapes import infer_dtypes
     native = oq.QuantOptions().to_native()
+    dtypes = infer_dtypes(fp)
+    grams = _core.AdaRoundGrams(data, dtypes, native, "conv_b")
     with pytest.raises(oq.InvalidArgumentError, match="conv_b"):
-        _core.adaround_layer(data, infer_dtypes(fp), native, "conv_b",
-                             [np.zeros((2, 5, 8, 4), np.float32)])
+        grams.add([np.zeros((2, 5, 8, 4), np.float32)])
     with pytest.raises(oq.InvalidArgumentError, match="float32 C-contiguous"):
-        _core.adaround_layer(data, infer_dtypes(fp), native, "conv_b",
-                             [np.zeros((2, 8, 8, 4), np.float64)])
+        grams.add([np.zeros((2, 8, 8, 4), np.float64)])
+    grams.add([np.ones((2, 8, 8, 4), np.float32)])
+    with pytest.raises(oq.InvalidArgumentError, match="conv_b.*some batches"):
+        grams.add([np.ones((2, 8, 8, 4), np.float32)], [np.ones((2, 8, 8, 4), np.float32)])
+    with pytest.raises(oq.InvalidArgumentError, match="conv_b.*no values"):
+        _core.adaround_layer(data, dtypes, native, "conv_b",
+                             _core.AdaRoundGrams(data, dtypes, native, "conv_b"))
     # An exception in the progress callback (Ctrl-C) stops the engine and is raised.
 
     def interrupt(done, total):
         raise KeyboardInterrupt
 
-    x = np.ascontiguousarray(np.concatenate(samples))
+    grams = _core.AdaRoundGrams(data, dtypes, native, "conv_a")
+    grams.add([np.ascontiguousarray(np.concatenate(samples))])
     with pytest.raises(KeyboardInterrupt):
-        _core.adaround_layer(data, infer_dtypes(fp), native, "conv_a", [x],
+        _core.adaround_layer(data, dtypes, native, "conv_a", grams,
                              iterations=10_000_000, progress=interrupt)
     with pytest.raises(oq.InvalidArgumentError, match="relu_a"):
-        _core.adaround_layer(data, infer_dtypes(fp), native, "relu_a",
-                             [np.zeros((2, 8, 8, 4), np.float32)])
+        _core.AdaRoundGrams(data, dtypes, native, "relu_a")
 
 
 def test_recipe_step_round_trip_and_report(tmp_path):
@@ -337,3 +343,17 @@ def test_conv_transpose_integers_and_loss_against_torch(options):
     assert layer.loss_final == pytest.approx(err(ada, train), rel=1e-3)
     assert layer.loss_final < layer.loss_nearest
     assert err(ada, held_out) < err(nearest, held_out)
+
+
+def test_batches_sum_to_the_same_problem():
+    """The Gram matrices are summed batch by batch (one batch of a layer's
+    inputs in memory at a time): batches of 3 samples pose the problem that
+    one batch of 24 does, up to float rounding of the sums."""
+    fp = oq.optimize_model(_model(np.random.default_rng(11)))
+    samples = _samples(12)
+    small = recovery.adaround(fp, samples, iterations=200, batch_size=3, progress=False)[1]
+    whole = recovery.adaround(fp, samples, iterations=200, batch_size=24, progress=False)[1]
+    for a, b in zip(small.layers, whole.layers):
+        assert a.loss_nearest == pytest.approx(b.loss_nearest, rel=1e-5), a.node
+        assert a.loss_final == pytest.approx(b.loss_final, rel=1e-3), a.node
+        assert np.mean(a.codes == b.codes) > 0.99, a.node
