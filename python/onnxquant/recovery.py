@@ -39,13 +39,13 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnx.numpy_helper
-import onnxruntime as ort
 
 from onnxquant import _core
 from onnxquant._adaround import AdaRoundLayer, AdaRoundRecord, adaround
+from onnxquant._frontier import FrontierRunner
 from onnxquant._high_bias import HighBiasRecord, absorb_high_bias
 from onnxquant._model import ModelLike, model_to_bytes
-from onnxquant._recovery_runs import _feeds, _normalized, _prefix, _reads, _session, _with_outputs
+from onnxquant._recovery_runs import _feeds, _normalized, _reads, _session, _with_outputs
 from onnxquant._shapes import infer_dtypes
 from onnxquant._smooth_quant import SmoothQuantGroup, SmoothQuantRecord, smooth_quant
 from onnxquant.errors import InvalidArgumentError
@@ -181,30 +181,31 @@ def equalize_cross_layer(model: ModelLike, *, replace_relu6: bool = False,
     return result, record
 
 
-def _upstream_layers(model: onnx.ModelProto, layer_nodes: list[str]) -> dict[str, set[str]]:
-    """Per layer node, the other layer nodes upstream of it."""
-    position = {name: i for i, name in enumerate(layer_nodes)}
-    producers_of: dict[str, set[str]] = {}  # tensor -> layers upstream, included
-    upstream: dict[str, set[str]] = {}
+def _node_upstream(model: onnx.ModelProto, layer_nodes: list[str]) -> list[frozenset[str]]:
+    """Per node (graph order), the layer nodes upstream of it, itself
+    included if it is one."""
+    layers = set(layer_nodes)
+    above_of: dict[str, frozenset[str]] = {}  # tensor -> layers upstream, its producer included
+    out = []
     for node in model.graph.node:
-        above: set[str] = set()
+        above: frozenset[str] = frozenset()
         for t in _reads(node):
-            above |= producers_of.get(t, set())
-        if node.name in position:
-            upstream[node.name] = set(above)
+            above |= above_of.get(t, frozenset())
+        if node.name in layers:
             above = above | {node.name}
+        out.append(above)
         for t in node.output:
-            producers_of[t] = above
-    return upstream
+            above_of[t] = above
+    return out
 
 
-def _channel_means(session: ort.InferenceSession, feeds: list[dict[str, np.ndarray]],
-                   outputs: list[str]) -> dict[str, np.ndarray]:
+def _channel_means(values: list[list[np.ndarray]], outputs: list[str]) -> dict[str, np.ndarray]:
+    """Per output name, the mean of each channel (axis 1) over the batches'
+    ``values`` (one list per batch, in ``outputs`` order)."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
-    for feed in feeds:
-        values = session.run(outputs, feed)
-        for name, v in zip(outputs, values):
+    for batch in values:
+        for name, v in zip(outputs, batch):
             v = np.ascontiguousarray(v, dtype=np.float32)
             s = _core.channel_sums(v)
             sums[name] = sums.get(name, 0.0) + s
@@ -224,7 +225,9 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
     layer's output error per output channel is subtracted from its float
     bias (a zero bias is added where the node has none). A layer is corrected
     once every corrected layer above it is, so the model runs once per level
-    of the layer graph, computing only the layers each run needs. Activations
+    of the layer graph, computing only the layers each run needs, from the
+    tensors that no later correction can change (kept per batch between
+    runs, up to 2 GiB; past that, from the model's inputs). Activations
     are not quantized in these runs: this corrects the bias that weight
     quantization introduces.
 
@@ -276,21 +279,29 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
     emulated.ParseFromString(emulated_bytes)
     by_node = {layer["node"]: layer for layer in layers}
     outputs = [layer["output"] for layer in layers]
-    reference = (_channel_means(_session(_with_outputs(prepared, outputs)), feeds, outputs)
-                 if outputs else {})
+    if outputs:
+        session = _session(_with_outputs(prepared, outputs))
+        reference = _channel_means([session.run(outputs, f) for f in feeds], outputs)
     biases = {layer["bias"]: onnx.numpy_helper.to_array(t).astype(np.float32)
               for layer in layers for t in prepared.graph.initializer
               if t.name == layer["bias"]}
-    upstream = _upstream_layers(prepared, list(by_node))
+    node_upstream = _node_upstream(emulated, list(by_node))
+    upstream = {node.name: node_upstream[i] - {node.name}
+                for i, node in enumerate(emulated.graph.node) if node.name in by_node}
+    initializers = {t.name: t for t in emulated.graph.initializer}
+    runner = FrontierRunner(emulated, feeds, node_upstream)
     corrections: dict[str, np.ndarray] = {}
     rounds = 0
     pending = list(by_node)
     while pending:
         # Every layer whose corrected ancestors are all done, measured at
-        # once on the part of the emulated model that computes them.
+        # once on the part of the emulated model that computes them, from
+        # the tensors no correction can change any more.
         ready = [n for n in pending if not (upstream[n] - corrections.keys())]
         wanted = [by_node[n]["output"] for n in ready]
-        measured = _channel_means(_session(_prefix(emulated, wanted, biases)), feeds, wanted)
+        initializers.update({name: onnx.numpy_helper.from_array(value, name)
+                             for name, value in biases.items()})
+        measured = _channel_means(runner.run(wanted, set(corrections), initializers), wanted)
         rounds += 1
         for n in ready:
             layer = by_node[n]

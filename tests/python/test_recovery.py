@@ -352,3 +352,89 @@ def test_a_model_onnx_runtime_cannot_load_gives_a_typed_error():
     samples = [np.ones((1, 2, 4, 4), np.float32)]
     with pytest.raises(oq.UnsupportedModelError, match="'custom'.*Mystery"):
         oq.recovery.correct_bias(model, samples)
+
+
+def _deep_model(rng: np.random.Generator, depth: int) -> onnx.ModelProto:
+    """x [N,4,6,6] -> depth x (Conv 3x3 -> Relu, with a residual Add every
+    second layer) -> Shape/Reshape round trip (an int64 tensor that stays
+    needed across rounds) -> Conv 1x1 -> y."""
+    nodes, inits, cur = [], [], "x"
+    for i in range(depth):
+        inits += [onh.from_array(rng.normal(size=(4, 4, 3, 3)).astype(np.float32) * 0.25,
+                                 f"w{i}"),
+                  onh.from_array(rng.normal(size=4).astype(np.float32) * 0.1, f"b{i}")]
+        nodes += [oh.make_node("Conv", [cur, f"w{i}", f"b{i}"], [f"c{i}"], name=f"conv{i}",
+                               pads=[1, 1, 1, 1]),
+                  oh.make_node("Relu", [f"c{i}"], [f"r{i}"], name=f"relu{i}")]
+        if i % 2 == 1:
+            nodes.append(oh.make_node("Add", [f"r{i}", cur], [f"s{i}"], name=f"add{i}"))
+            cur = f"s{i}"
+        else:
+            cur = f"r{i}"
+        if i == 0:
+            nodes.append(oh.make_node("Shape", [cur], ["shape0"], name="shape"))
+    inits += [onh.from_array(rng.normal(size=(3, 4, 1, 1)).astype(np.float32), "wo"),
+              onh.from_array(np.array([0, -1], np.int64), "flat")]
+    nodes += [oh.make_node("Reshape", [cur, "flat"], ["flat_out"], name="flatten"),
+              oh.make_node("Reshape", ["flat_out", "shape0"], ["back"], name="unflatten"),
+              oh.make_node("Conv", ["back", "wo"], ["y"], name="conv_out")]
+    graph = oh.make_graph(nodes, "deep",
+                          [oh.make_tensor_value_info("x", onnx.TensorProto.FLOAT,
+                                                     ["N", 4, 6, 6])],
+                          [oh.make_tensor_value_info("y", onnx.TensorProto.FLOAT,
+                                                     ["N", 3, 6, 6])], inits)
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 13)])
+    model.ir_version = 8
+    return model
+
+
+def test_bias_correction_rounds_start_from_kept_tensors(monkeypatch):
+    """Each round runs from the tensors no later correction can change, so
+    the nodes run over all rounds grow linearly with the depth (quadratically
+    when every round starts from the inputs, as with no memory budget), and
+    the corrections are the same either way."""
+    import onnxquant._frontier as frontier
+
+    runners = []
+
+    class Recording(frontier.FrontierRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            runners.append(self)
+
+    monkeypatch.setattr(recovery, "FrontierRunner", Recording)
+    rng = np.random.default_rng(12)
+    depth = 16
+    model = oq.optimize_model(_deep_model(rng, depth))
+    samples = list(rng.normal(size=(24, 1, 4, 6, 6)).astype(np.float32))
+    options = oq.QuantOptions(per_channel=False, power_of_two="ceil")
+    kept, rec = recovery.correct_bias(model, samples, options=options, batch_size=8)
+    assert rec.rounds == depth + 1
+    nodes = len(model.graph.node)
+    assert runners[-1].node_runs <= 3 * nodes
+    monkeypatch.setattr(frontier, "BUDGET_BYTES", 0)
+    fresh, rec0 = recovery.correct_bias(model, samples, options=options, batch_size=8)
+    assert not runners[-1].keeps()
+    assert runners[-1].node_runs > depth * depth  # from the inputs every round
+    for name, delta in rec.corrections.items():
+        np.testing.assert_allclose(delta, rec0.corrections[name], rtol=1e-5,
+                                   atol=1e-6 * np.abs(delta).max(), err_msg=name)
+    # And the mean output error of every layer is gone (weights emulated here).
+    weights = {t.name for t in model.graph.initializer if t.name.startswith("w")}
+    layers = [f"c{i}" for i in range(depth)]
+
+    def emulate(m):
+        out = onnx.ModelProto()
+        out.CopyFrom(m)
+        for t in out.graph.initializer:
+            if t.name in weights:
+                t.CopyFrom(onh.from_array(_numpy_pow2_per_tensor(onh.to_array(t)), t.name))
+        return out
+
+    x = np.concatenate(samples)
+    reference = _layer_means(model, x, layers)
+    before = _layer_means(emulate(model), x, layers)
+    after = _layer_means(emulate(kept), x, layers)
+    assert max(np.abs(b - r).max() for b, r in zip(before, reference)) > 1e-3
+    for name, a, r in zip(layers, after, reference):
+        np.testing.assert_allclose(a, r, atol=1e-5 * max(1.0, np.abs(r).max()), err_msg=name)
