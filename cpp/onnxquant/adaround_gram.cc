@@ -120,45 +120,19 @@ int64_t TransposedOutSize(int64_t in, int64_t k, int64_t s, int64_t d,
   return (in - 1) * s - pb - pe + d * (k - 1) + output_pad + 1;
 }
 
-// Im2Col of a ConvTranspose: input row iy reaches output row oy through tap
-// i where oy = iy * stride - pad + i * dilation.
-std::vector<float> TransposedColumns(const ConvGeometry& g,
-                                     const InputView& input, int64_t n,
-                                     int64_t group, int64_t h, int64_t w) {
-  const int64_t oh = TransposedOutSize(h, g.kernel_h, g.stride_h, g.dilation_h,
-                                       g.pad_top, g.pad_bottom, g.output_pad_h);
-  const int64_t ow = TransposedOutSize(w, g.kernel_w, g.stride_w, g.dilation_w,
-                                       g.pad_left, g.pad_right, g.output_pad_w);
-  if (oh < 1 || ow < 1 || n < 0 || n >= input.dims[0] || g.stride_h < 1 ||
-      g.stride_w < 1) {
-    throw InvalidArgument("AdaRound: a ConvTranspose without output positions");
+// The input index that tap `tap` reads for output index `out` along one
+// axis, or -1 where it reads padding (or, transposed, where no input lands).
+// A Conv reads in = out * stride - pad + tap * dilation; a ConvTranspose
+// adds input `in` into out = in * stride - pad + tap * dilation.
+int64_t SourceIndex(bool transposed, int64_t out, int64_t tap, int64_t stride,
+                    int64_t dilation, int64_t pad, int64_t size) {
+  if (!transposed) {
+    const int64_t in = out * stride - pad + tap * dilation;
+    return in >= 0 && in < size ? in : -1;
   }
-  const int64_t cg = g.channels / g.groups;
-  const int64_t p = oh * ow;
-  std::vector<float> out(static_cast<size_t>(cg * g.kernel_h * g.kernel_w * p),
-                         0.f);
-  const float* x = input.data + (n * g.channels + group * cg) * h * w;
-  int64_t row = 0;
-  for (int64_t c = 0; c < cg; ++c) {
-    for (int64_t i = 0; i < g.kernel_h; ++i) {
-      for (int64_t j = 0; j < g.kernel_w; ++j, ++row) {
-        float* dst = out.data() + row * p;
-        for (int64_t y = 0; y < oh; ++y) {
-          const int64_t ty = y + g.pad_top - i * g.dilation_h;
-          if (ty < 0 || ty % g.stride_h != 0 || ty / g.stride_h >= h) continue;
-          const int64_t iy = ty / g.stride_h;
-          for (int64_t xo = 0; xo < ow; ++xo) {
-            const int64_t tx = xo + g.pad_left - j * g.dilation_w;
-            if (tx < 0 || tx % g.stride_w != 0 || tx / g.stride_w >= w) {
-              continue;
-            }
-            dst[y * ow + xo] = x[(c * h + iy) * w + tx / g.stride_w];
-          }
-        }
-      }
-    }
-  }
-  return out;
+  const int64_t t = out + pad - tap * dilation;
+  if (t < 0 || t % stride != 0 || t / stride >= size) return -1;
+  return t / stride;
 }
 
 }  // namespace
@@ -168,13 +142,21 @@ std::vector<float> Im2Col(const ConvGeometry& g, const InputView& input,
   CheckConvInput(g, input, "");
   const int64_t h = g.one_d ? 1 : input.dims[2];
   const int64_t w = input.dims[g.one_d ? 2 : 3];
-  if (g.transposed) return TransposedColumns(g, input, n, group, h, w);
-  const int64_t oh = OutSize(h, g.kernel_h, g.stride_h, g.dilation_h,
+  const int64_t oh =
+      g.transposed ? TransposedOutSize(h, g.kernel_h, g.stride_h, g.dilation_h,
+                                       g.pad_top, g.pad_bottom, g.output_pad_h)
+                   : OutSize(h, g.kernel_h, g.stride_h, g.dilation_h,
                              g.pad_top, g.pad_bottom);
-  const int64_t ow = OutSize(w, g.kernel_w, g.stride_w, g.dilation_w,
+  const int64_t ow =
+      g.transposed ? TransposedOutSize(w, g.kernel_w, g.stride_w, g.dilation_w,
+                                       g.pad_left, g.pad_right, g.output_pad_w)
+                   : OutSize(w, g.kernel_w, g.stride_w, g.dilation_w,
                              g.pad_left, g.pad_right);
-  if (oh < 1 || ow < 1 || n < 0 || n >= input.dims[0]) {
-    throw InvalidArgument("AdaRound: a Conv input too small for its kernel");
+  if (oh < 1 || ow < 1 || n < 0 || n >= input.dims[0] || g.stride_h < 1 ||
+      g.stride_w < 1) {
+    throw InvalidArgument("AdaRound: a " +
+                          std::string(g.transposed ? "ConvTranspose" : "Conv") +
+                          " input too small for its kernel");
   }
   const int64_t cg = g.channels / g.groups;
   const int64_t p = oh * ow;
@@ -186,12 +168,13 @@ std::vector<float> Im2Col(const ConvGeometry& g, const InputView& input,
       for (int64_t j = 0; j < g.kernel_w; ++j, ++row) {
         float* dst = out.data() + row * p;
         for (int64_t y = 0; y < oh; ++y) {
-          const int64_t iy = y * g.stride_h - g.pad_top + i * g.dilation_h;
+          const int64_t iy = SourceIndex(g.transposed, y, i, g.stride_h,
+                                         g.dilation_h, g.pad_top, h);
           for (int64_t xo = 0; xo < ow; ++xo) {
-            const int64_t ix = xo * g.stride_w - g.pad_left + j * g.dilation_w;
-            dst[y * ow + xo] = (iy >= 0 && iy < h && ix >= 0 && ix < w)
-                                   ? x[(c * h + iy) * w + ix]
-                                   : 0.f;
+            const int64_t ix = SourceIndex(g.transposed, xo, j, g.stride_w,
+                                           g.dilation_w, g.pad_left, w);
+            dst[y * ow + xo] =
+                iy >= 0 && ix >= 0 ? x[(c * h + iy) * w + ix] : 0.f;
           }
         }
       }

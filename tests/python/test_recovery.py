@@ -230,6 +230,17 @@ def _numpy_pow2_per_tensor(w: np.ndarray) -> np.ndarray:
     return (np.clip(np.round(w / s), -127, 127) * s).astype(np.float32)
 
 
+def _emulated(model: onnx.ModelProto, weights: set[str]) -> onnx.ModelProto:
+    """``model`` with the initializers ``weights`` fake-quantized per tensor
+    to powers of two (_numpy_pow2_per_tensor)."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    for t in out.graph.initializer:
+        if t.name in weights:
+            t.CopyFrom(onh.from_array(_numpy_pow2_per_tensor(onh.to_array(t)), t.name))
+    return out
+
+
 def _layer_means(model: onnx.ModelProto, x: np.ndarray, names: list[str]) -> list[np.ndarray]:
     m = onnx.ModelProto()
     m.CopyFrom(model)
@@ -250,18 +261,9 @@ def test_bias_correction_removes_the_measured_mean_error():
     assert record.rounds == 4  # a chain: one layer per level
     outputs = ["a", "b", "c", "y"]
     weights = {"wa", "wb", "wc", "wg"}
-
-    def emulate(m):
-        out = onnx.ModelProto()
-        out.CopyFrom(m)
-        for t in out.graph.initializer:
-            if t.name in weights:
-                t.CopyFrom(onh.from_array(_numpy_pow2_per_tensor(onh.to_array(t)), t.name))
-        return out
-
     reference = _layer_means(model, samples, outputs)
-    before = _layer_means(emulate(model), samples, outputs)
-    after = _layer_means(emulate(corrected), samples, outputs)
+    before = _layer_means(_emulated(model, weights), samples, outputs)
+    after = _layer_means(_emulated(corrected, weights), samples, outputs)
     errors_before = [np.abs(b - r).max() for b, r in zip(before, reference)]
     assert max(errors_before) > 1e-3  # weight quantization did bias the layers
     for name, a, r in zip(outputs, after, reference):
@@ -422,19 +424,10 @@ def test_bias_correction_rounds_start_from_kept_tensors(monkeypatch):
     # And the mean output error of every layer is gone (weights emulated here).
     weights = {t.name for t in model.graph.initializer if t.name.startswith("w")}
     layers = [f"c{i}" for i in range(depth)]
-
-    def emulate(m):
-        out = onnx.ModelProto()
-        out.CopyFrom(m)
-        for t in out.graph.initializer:
-            if t.name in weights:
-                t.CopyFrom(onh.from_array(_numpy_pow2_per_tensor(onh.to_array(t)), t.name))
-        return out
-
     x = np.concatenate(samples)
     reference = _layer_means(model, x, layers)
-    before = _layer_means(emulate(model), x, layers)
-    after = _layer_means(emulate(kept), x, layers)
+    before = _layer_means(_emulated(model, weights), x, layers)
+    after = _layer_means(_emulated(kept, weights), x, layers)
     assert max(np.abs(b - r).max() for b, r in zip(before, reference)) > 1e-3
     for name, a, r in zip(layers, after, reference):
         np.testing.assert_allclose(a, r, atol=1e-5 * max(1.0, np.abs(r).max()), err_msg=name)
