@@ -43,7 +43,9 @@ class FrontierRunner:
         for i, n in enumerate(self.nodes):
             for name in _reads(n):
                 self.readers[name].append(i)
-        self.graph_inputs = {i.name for i in model.graph.input}
+        # Inputs fed by the caller: not an initializer listed as an input too.
+        self.graph_inputs = ({i.name for i in model.graph.input}
+                             - {t.name for t in model.graph.initializer})
         self.kept: dict[str, list[np.ndarray]] = {}
         self.kept_bytes = 0
         self.settled: set[int] = set()
