@@ -141,6 +141,8 @@ struct PlannedModel {
   oq::pb::ModelProto model;
   oq::QuantOptions options;
   oq::QuantPlan plan;
+  // The kernel checker's quantized weights, which the insertion takes.
+  oq::WeightCache weights;
   bool quantized = false;  // InsertQdq edited `model`: no second use
 };
 
@@ -175,14 +177,20 @@ void BindPlannedModel(py::module_& m) {
           "The plan, as make_plan returns it.")
       .def(
           "kernel_checker",
-          [](const PlannedModel& self, const oq::RangeMap& ranges) {
+          [](PlannedModel& self, const oq::RangeMap& ranges,
+             bool keep_weights) {
             RequireUnquantized(self);
             py::gil_scoped_release release;
-            return std::make_unique<oq::KernelChecker>(self.model, self.plan,
-                                                       self.options, ranges);
+            self.weights.clear();
+            return std::make_unique<oq::KernelChecker>(
+                self.model, self.plan, self.options, ranges,
+                keep_weights ? &self.weights : nullptr);
           },
-          py::arg("ranges"),
-          "A KernelChecker of the model with these options and ranges.")
+          py::arg("ranges"), py::arg("keep_weights") = false,
+          "A KernelChecker of the model with these options and ranges. "
+          "keep_weights: the weights it quantizes are kept for quantize() "
+          "(which then need not quantize them again) while this object "
+          "lives.")
       .def(
           "quantize",
           [](PlannedModel& self, const oq::RangeMap& ranges,
@@ -198,7 +206,8 @@ void BindPlannedModel(py::module_& m) {
               // Weight remedies change no plan: the one made above holds.
               self.quantized = true;
               report = oq::InsertQdq(self.model, std::move(self.plan), options,
-                                     ranges);
+                                     ranges, &self.weights);
+              self.weights.clear();
             }
             py::dict r;
             r["plan"] = PlanToDict(report.plan);
