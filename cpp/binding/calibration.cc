@@ -94,11 +94,17 @@ void Merge(LockedHistogramSet& self, const LockedHistogramSet& other) {
   self.Merge(other);
 }
 
-py::dict Stats(const LockedHistogramSet& self) {
+// With `unusual_only`, only the tensors that saw a NaN, an infinity or an
+// extreme value, or no finite value at all.
+py::dict Stats(const LockedHistogramSet& self, bool unusual_only) {
   auto lock = self.Lock();
   py::dict out;
   for (size_t i = 0; i < self.names().size(); ++i) {
     const auto& h = self.at(static_cast<int>(i));
+    if (unusual_only && h.count() != 0 && h.nan() == 0 && h.pos_inf() == 0 &&
+        h.neg_inf() == 0 && h.pos_extreme() == 0 && h.neg_extreme() == 0) {
+      continue;
+    }
     py::dict d;
     d["min"] = h.min();
     d["max"] = h.max();
@@ -180,9 +186,11 @@ void BindCalibration(py::module_& m) {
                 oq::HistogramSet::Deserialize(view));
           },
           py::arg("data"))
-      .def("stats", &Stats,
+      .def("stats", &Stats, py::arg("unusual_only") = false,
            "{name: {min, max, count, zeros, nan, pos_inf, neg_inf, "
-           "pos_extreme, neg_extreme, bin_width, bins}}.")
+           "pos_extreme, neg_extreme, bin_width, bins}}; with unusual_only, "
+           "only the tensors with a NaN, infinity or extreme count, or a "
+           "count of 0 (a report needs no more).")
       .def("histogram", &Histogram, py::arg("name"),
            "(low edge of the first bin, bin width, counts) of one tensor.")
       .def("compute_ranges", &Ranges, py::arg("method"),

@@ -8,6 +8,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <memory>
 #include <string>
 #include <unordered_map>
@@ -140,6 +141,8 @@ struct PlannedModel {
   oq::pb::ModelProto model;
   oq::QuantOptions options;
   oq::QuantPlan plan;
+  // The kernel checker's quantized weights, which the insertion takes.
+  oq::WeightCache weights;
   bool quantized = false;  // InsertQdq edited `model`: no second use
 };
 
@@ -174,14 +177,20 @@ void BindPlannedModel(py::module_& m) {
           "The plan, as make_plan returns it.")
       .def(
           "kernel_checker",
-          [](const PlannedModel& self, const oq::RangeMap& ranges) {
+          [](PlannedModel& self, const oq::RangeMap& ranges,
+             bool keep_weights) {
             RequireUnquantized(self);
             py::gil_scoped_release release;
-            return std::make_unique<oq::KernelChecker>(self.model, self.plan,
-                                                       self.options, ranges);
+            self.weights.clear();
+            return std::make_unique<oq::KernelChecker>(
+                self.model, self.plan, self.options, ranges,
+                keep_weights ? &self.weights : nullptr);
           },
-          py::arg("ranges"),
-          "A KernelChecker of the model with these options and ranges.")
+          py::arg("ranges"), py::arg("keep_weights") = false,
+          "A KernelChecker of the model with these options and ranges. "
+          "keep_weights: the weights it quantizes are kept for quantize() "
+          "(which then need not quantize them again) while this object "
+          "lives.")
       .def(
           "quantize",
           [](PlannedModel& self, const oq::RangeMap& ranges,
@@ -197,7 +206,8 @@ void BindPlannedModel(py::module_& m) {
               // Weight remedies change no plan: the one made above holds.
               self.quantized = true;
               report = oq::InsertQdq(self.model, std::move(self.plan), options,
-                                     ranges);
+                                     ranges, &self.weights);
+              self.weights.clear();
             }
             py::dict r;
             r["plan"] = PlanToDict(report.plan);
@@ -251,22 +261,32 @@ PYBIND11_MODULE(_core, m) {
   m.def(
       "run_passes",
       [](const py::bytes& model, const std::vector<std::string>& names,
-         const std::string& payload_path, int64_t payload_threshold) {
+         const std::string& payload_path, int64_t payload_threshold,
+         int times) {
         auto proto = Parse(model);
         std::vector<std::string> changed;
         {
           py::gil_scoped_release release;
-          changed = oq::RunPasses(proto, names);
+          for (int k = 0; k < times; ++k) {
+            for (auto& name : oq::RunPasses(proto, names)) {
+              if (std::find(changed.begin(), changed.end(), name) ==
+                  changed.end()) {
+                changed.push_back(std::move(name));
+              }
+            }
+          }
         }
         return py::make_tuple(
             SerializeBeside(&proto, payload_path, payload_threshold), changed);
       },
       py::arg("model"), py::arg("passes"), py::arg("payload_path") = "",
-      py::arg("payload_threshold") = 1024,
-      "Runs the named passes, each to a fixed point. Returns (model bytes, "
-      "names of the passes that changed it). With payload_path (absolute), "
-      "initializers of at least payload_threshold bytes are appended to that "
-      "file and referenced as external data in the returned bytes.");
+      py::arg("payload_threshold") = 1024, py::arg("times") = 1,
+      "Runs the named passes, each to a fixed point, and that list `times` "
+      "times in a row (as that many calls would, with one parse). Returns "
+      "(model bytes, names of the passes that changed it). With payload_path "
+      "(absolute), initializers of at least payload_threshold bytes are "
+      "appended to that file and referenced as external data in the "
+      "returned bytes.");
 
   py::enum_<oq::ActivationType>(m, "ActivationType")
       .value("UINT8", oq::ActivationType::kUint8)

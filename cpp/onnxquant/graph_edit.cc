@@ -123,6 +123,7 @@ void DropValueInfo(const std::unordered_set<std::string>& names,
 
 bool RemoveUnusedInitializers(const std::unordered_set<std::string>& candidates,
                               pb::GraphProto* graph) {
+  if (candidates.empty()) return false;  // spares indexing the graph
   std::unordered_set<std::string> unused;
   {
     GraphIndex index(*graph);

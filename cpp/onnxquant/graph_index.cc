@@ -40,6 +40,10 @@ GraphIndex::GraphIndex(const pb::GraphProto& graph) : graph_(&graph) {
 
 GraphIndex::GraphIndex(pb::GraphProto* graph)
     : graph_(graph), mutable_graph_(graph) {
+  // Room for the initializers an edit adds (QDQ insertion: two to four per
+  // quantized tensor), so that the table is not rebuilt as it grows.
+  initializers_.reserve(2 * static_cast<size_t>(graph->initializer_size()) +
+                        static_cast<size_t>(graph->node_size()));
   Build();
 }
 
@@ -187,6 +191,20 @@ bool GraphIndex::HasSubgraph(const pb::NodeProto& node) {
 
 namespace {
 
+// How many names (with repeats) CollectNames meets in `graph`.
+size_t CountNames(const pb::GraphProto& graph) {
+  size_t count = graph.input_size() + graph.output_size() +
+                 graph.value_info_size() + graph.initializer_size();
+  for (const auto& n : graph.node()) {
+    count += 1 + n.output_size() + n.input_size();
+    for (const auto& attr : n.attribute()) {
+      if (attr.has_g()) count += CountNames(attr.g());
+      for (const auto& g : attr.graphs()) count += CountNames(g);
+    }
+  }
+  return count;
+}
+
 // Every name `graph` and its subgraphs use: ONNX forbids a subgraph to define
 // a name the outer scope also defines, so new names avoid both.
 void CollectNames(const pb::GraphProto& graph,
@@ -209,6 +227,9 @@ void CollectNames(const pb::GraphProto& graph,
 }  // namespace
 
 NameAllocator::NameAllocator(const pb::GraphProto& graph) {
+  // As many again for the names to come (QDQ insertion makes several per
+  // quantized tensor), so that the set is not rebuilt as it fills.
+  used_.reserve(2 * CountNames(graph));
   CollectNames(graph, &used_);
 }
 

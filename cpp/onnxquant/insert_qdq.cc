@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <memory>
 #include <unordered_map>
 #include <unordered_set>
@@ -78,6 +79,7 @@ struct Shared {
   // The domain of the Q/DQ nodes of 16-bit activations: "com.microsoft"
   // below opset 21 (as ONNX Runtime's quantizer writes them), else "".
   std::string int16_domain;
+  WeightCache* weights = nullptr;  // quantized already (may be null)
 };
 
 // Writes the plan of one graph (the main graph or one body).
@@ -88,7 +90,8 @@ class QdqWriter {
             const RangeMap& ranges, Shared* shared, QuantizeReport* report)
       : graph_(*graph), outer_(outer), plan_(plan), names_(*shared->names),
         options_(options), ranges_(ranges), replaced_(shared->replaced),
-        int16_domain_(shared->int16_domain), report_(report) {}
+        int16_domain_(shared->int16_domain), weights_(shared->weights),
+        report_(report) {}
 
   void Run();
 
@@ -100,6 +103,11 @@ class QdqWriter {
   std::pair<std::string, std::string> NewParamTensors(
       const std::string& source);
   void AbsorbActivations();
+  // The quantized weight of planned node `q` (at `node`): the one in
+  // weights_ when it was computed from the same input scale, bias slot and
+  // remedy, else computed here.
+  NodeWeights WeightsOf(const pb::NodeProto& node, const QuantizedNode& q,
+                        float input_scale);
   void QuantizeWeights(std::vector<pb::NodeProto>* head);
   void QuantizeConstants(std::vector<pb::NodeProto>* head);
   // Appends Q and DQ nodes reading `input` and writing `output`.
@@ -124,6 +132,7 @@ class QdqWriter {
   const RangeMap& ranges_;
   std::unordered_set<std::string>& replaced_;  // initializers quantized
   const std::string int16_domain_;  // of 16-bit activations' Q/DQ nodes
+  WeightCache* weights_;            // may be null
   // The activation type of a calibrated tensor, and its Q/DQ nodes' domain.
   ActivationType TypeOf(const std::string& source) const {
     return ActivationTypeOf(options_, source);
@@ -213,6 +222,26 @@ void QdqWriter::AbsorbActivations() {
   index_->SetOuter(outer_);
 }
 
+NodeWeights QdqWriter::WeightsOf(const pb::NodeProto& node,
+                                 const QuantizedNode& q, float input_scale) {
+  if (weights_ != nullptr) {
+    auto it = weights_->find(WeightKey(q.scope, q.node));
+    if (it != weights_->end()) {
+      CachedWeights cached = std::move(it->second);
+      weights_->erase(it);
+      const WeightRemedy& remedy = RemedyOf(options_, q.node);
+      if (cached.bias_input == q.bias_input &&
+          std::memcmp(&cached.input_scale, &input_scale, sizeof(float)) ==
+              0 &&
+          cached.remedy.encoding == remedy.encoding &&
+          cached.remedy.channel_qmax == remedy.channel_qmax) {
+        return std::move(cached.weights);
+      }
+    }
+  }
+  return QuantizeNodeWeights(*index_, node, q, input_scale, options_);
+}
+
 void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
   for (const auto& q : plan_.quantized_nodes) {
     if (q.weight_input < 0) continue;
@@ -230,8 +259,7 @@ void QdqWriter::QuantizeWeights(std::vector<pb::NodeProto>* head) {
     const float in_scale = planned.bias_input >= 0
                                ? Params(SourceOf(node.input(0))).scale
                                : 0.f;
-    NodeWeights nw =
-        QuantizeNodeWeights(*index_, node, planned, in_scale, options_);
+    NodeWeights nw = WeightsOf(node, planned, in_scale);
     const std::string& wname = nw.weight_name;
     const std::vector<int64_t>& dims = nw.dims;
     const std::vector<float>& bias = nw.bias;
@@ -516,12 +544,13 @@ QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
 }
 
 QuantizeReport InsertQdq(pb::ModelProto& model, QuantPlan plan,
-                         const QuantOptions& options, const RangeMap& ranges) {
+                         const QuantOptions& options, const RangeMap& ranges,
+                         WeightCache* weights) {
   QuantizeReport report;
   report.plan = std::move(plan);
   const auto plans = ByScope(report.plan);
   NameAllocator names(model.graph());
-  Shared shared{&names, {}, ""};
+  Shared shared{&names, {}, "", weights};
   bool int16 = options.activation_type == ActivationType::kInt16;
   for (const auto& [tensor, type] : options.tensor_types) {
     int16 = int16 || type == ActivationType::kInt16;

@@ -8,6 +8,7 @@
 #include <utility>
 #include <vector>
 
+#include "onnxquant/node_weights.h"
 #include "onnxquant/plan.h"
 
 namespace onnxquant {
@@ -32,8 +33,13 @@ QuantizeReport InsertQdq(pb::ModelProto& model, const DtypeMap& dtypes,
 // MakePlan(model, dtypes, options) of this very model, unchanged since, so
 // that the model is not planned twice (the kernel check and the insertion
 // share one plan). Throws as above, but for the plan's own errors.
+// `weights` (may be null): quantized weights a KernelChecker of this very
+// model and plan computed (node_weights.h); a node's entry is taken (and
+// removed) where its input scale, bias slot and remedy are those the
+// insertion uses, instead of quantizing that weight again.
 QuantizeReport InsertQdq(pb::ModelProto& model, QuantPlan plan,
-                         const QuantOptions& options, const RangeMap& ranges);
+                         const QuantOptions& options, const RangeMap& ranges,
+                         WeightCache* weights = nullptr);
 
 // Makes a runtime return the named tensors for calibration; returns, per
 // name, the graph output that holds its values. A tensor of the main graph

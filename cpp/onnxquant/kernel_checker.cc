@@ -120,7 +120,7 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
 KernelChecker::KernelChecker(const pb::ModelProto& model,
                              const QuantPlan& plan,
                              const QuantOptions& options,
-                             const RangeMap& ranges) {
+                             const RangeMap& ranges, WeightCache* keep) {
   std::unordered_map<std::string, std::string> source;
   for (const auto& e : plan.qdq) source[e.tensor] = e.source;
   const Scopes scopes(model.graph());
@@ -182,8 +182,8 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
                        ? p.zero_point + 128
                        : p.zero_point;
     const WeightEncoding encoding = RemedyOf(options, q.node).encoding;
-    const NodeWeights w = QuantizeNodeWeights(
-        index, node, q, q.bias_input >= 0 ? p.scale : 0.f, options);
+    const float input_scale = q.bias_input >= 0 ? p.scale : 0.f;
+    NodeWeights w = QuantizeNodeWeights(index, node, q, input_scale, options);
     r.per_channel = w.quant.scales.size() > 1;
     if (type == ActivationType::kInt16) {
       r.kind = KernelKind::kNotFused;
@@ -268,6 +268,10 @@ KernelChecker::KernelChecker(const pb::ModelProto& model,
     }
     results_.push_back(std::move(r));
     nodes_.push_back(std::move(n));
+    if (keep != nullptr) {
+      (*keep)[WeightKey(q.scope, q.node)] = CachedWeights{
+          input_scale, q.bias_input, RemedyOf(options, q.node), std::move(w)};
+    }
   }
 }
 

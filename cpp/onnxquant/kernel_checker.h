@@ -11,6 +11,7 @@
 
 #include "onnxquant/insert_qdq.h"
 #include "onnxquant/kernel_check.h"
+#include "onnxquant/node_weights.h"
 #include "onnxquant/plan.h"
 
 namespace onnxquant {
@@ -62,9 +63,12 @@ class KernelChecker {
   KernelChecker(const pb::ModelProto& model, const DtypeMap& dtypes,
                 const QuantOptions& options, const RangeMap& ranges);
   // The same with the plan the caller already made: `plan` must be
-  // MakePlan(model, dtypes, options) of this very model.
+  // MakePlan(model, dtypes, options) of this very model. With `keep`, the
+  // quantized weights of the checked nodes are added to it (InsertQdq of
+  // the same model, plan and options takes them from there).
   KernelChecker(const pb::ModelProto& model, const QuantPlan& plan,
-                const QuantOptions& options, const RangeMap& ranges);
+                const QuantOptions& options, const RangeMap& ranges,
+                WeightCache* keep = nullptr);
 
   // The activation tensors Add() wants (one per kPairSums node, no repeats).
   std::vector<std::string> Inputs() const;

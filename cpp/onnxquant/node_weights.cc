@@ -28,6 +28,10 @@ void CheckFinite(const std::vector<float>& values, const std::string& what,
 
 }  // namespace
 
+std::string WeightKey(const std::string& scope, const std::string& node) {
+  return scope + '\n' + node;  // no name holds a line break
+}
+
 const WeightRemedy& RemedyOf(const QuantOptions& options,
                              const std::string& node) {
   static const WeightRemedy kDefault;  // immutable

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "onnxquant/arithmetic.h"
@@ -19,6 +20,22 @@ struct NodeWeights {
   WeightQuant quant;          // int8 codes in [-qmax, qmax] and scales
   std::vector<float> bias;    // empty without a planned bias
 };
+
+// Weights quantized once and handed on (the kernel check quantizes every
+// checked node's weight as the insertion would, so the insertion takes them
+// from there), with what they were computed from besides the model and the
+// options they share: the node's activation input scale, its bias input
+// slot, and the remedy. Keyed by WeightKey(scope, node).
+struct CachedWeights {
+  float input_scale = 0.f;
+  int bias_input = -1;
+  WeightRemedy remedy;
+  NodeWeights weights;
+};
+using WeightCache = std::unordered_map<std::string, CachedWeights>;
+
+// The key of node `node` of scope `scope` ("" for the main graph).
+std::string WeightKey(const std::string& scope, const std::string& node);
 
 // The weight remedy `options` give `node` (the default one unless listed).
 const WeightRemedy& RemedyOf(const QuantOptions& options,

@@ -855,14 +855,17 @@ class Calibrator:
         """What calibration saw so far: samples, NaN/Inf counts, tensors without
         a finite value."""
         self._flush()
-        stats = self._stats.stats()
+        # Only the tensors with a special count or none finite: the others
+        # add nothing to the report (a dict per tensor is costly on large
+        # graphs).
+        stats = self._stats.stats(unusual_only=True)
         special = ("nan", "pos_inf", "neg_inf", "pos_extreme", "neg_extreme")
         nonfinite = tuple(
             NonFiniteCount(t, *(int(stats[t][k]) for k in special),
                            int(stats[t]["count"]) + sum(int(stats[t][k]) for k in special))
-            for t in self._tensors if any(stats[t][k] for k in special))
+            for t in self._tensors if t in stats and any(stats[t][k] for k in special))
         degraded = tuple(t for t in self._tensors
-                         if self._num_samples and stats[t]["count"] == 0)
+                         if self._num_samples and t in stats and stats[t]["count"] == 0)
         return CalibrationReport(self._num_samples, self._method.name, nonfinite, degraded)
 
     def __repr__(self) -> str:

@@ -172,7 +172,10 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
 
     def make_checker():
         if planned is not None:
-            return planned.kernel_checker(dict(ranges))
+            # The weights it quantizes go on to planned.quantize(), which
+            # then need not quantize them again; not for a large model,
+            # whose quantized weights and session are never held at once.
+            return planned.kernel_checker(dict(ranges), keep_weights=not spill)
         return _core.KernelChecker(data, types, options, dict(ranges))
 
     checker = make_checker()

@@ -76,13 +76,15 @@ def run_passes(model: onnx.ModelProto, passes: list[str] | None = None) -> onnx.
 
 
 def _run_passes(skeleton: onnx.ModelProto, workspace: Workspace,
-                passes: list[str] | None = None) -> onnx.ModelProto:
+                passes: list[str] | None = None, times: int = 1) -> onnx.ModelProto:
     """run_passes on a skeleton (``onnxquant._payloads``): the large tensors
     the passes create go to a file of ``workspace``, the result is a
-    skeleton too."""
+    skeleton too. ``times``: the passes run that many times in a row, in
+    one parse of the model (as that many calls would)."""
     names = list(_core.pass_names()) if passes is None else list(passes)
     data, _changed = _core.run_passes(model_to_bytes(skeleton), names,
-                                      workspace.new_file("passes"), PAYLOAD_THRESHOLD)
+                                      workspace.new_file("passes"), PAYLOAD_THRESHOLD,
+                                      times)
     result = onnx.ModelProto()
     result.ParseFromString(data)
     return result
@@ -275,8 +277,6 @@ def optimize_model(model: ModelLike, *,
 
 def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
               workspace: Workspace) -> onnx.ModelProto:
-    from onnxquant import __version__
-
     # The weights stay in files (the model's own, or the workspace's) until
     # the end: the engine reads the few it rewrites.
     work = load_skeleton(model, workspace, fingerprint=False).model
@@ -294,8 +294,18 @@ def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
         materialize(work, only=half)
     convert_float16(work)
     reference = work
+    opset = default_opset(work)  # the passes change no opset
+    if opset >= TARGET_OPSET and not _has_reduce_mean(work):
+        # Nothing to convert and no ReduceMean input to declare between the
+        # two runs of step 2 and 4 (no pass makes a ReduceMean, and only the
+        # ReduceMean pass reads the opset or the shapes): both runs go in one
+        # call, which parses and serializes the model once.
+        work = _run_passes(work, workspace, times=2)
+        if input_shapes:
+            assumed_input_shapes(work, input_shapes)  # validates the names and shapes
+        work.ir_version = max(work.ir_version, _MIN_IR_VERSION)
+        return _finish(work)
     work = _run_passes(work, workspace)
-    opset = default_opset(work)
     if not opset:
         work.opset_import.add(domain="", version=TARGET_OPSET)
     elif opset < TARGET_OPSET:
@@ -309,6 +319,19 @@ def _optimize(model: ModelLike, input_shapes: dict[str, tuple[int, ...]] | None,
     declared = annotate_reduce_mean_inputs(work)
     work = _run_passes(work, workspace)
     _remove_value_info(work, declared)
+    return _finish(work)
+
+
+def _has_reduce_mean(model: onnx.ModelProto) -> bool:
+    """Whether the main graph holds a ReduceMean of the default domain."""
+    return any(n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")
+               for n in model.graph.node)
+
+
+def _finish(work: onnx.ModelProto) -> onnx.ModelProto:
+    """Step 4's naming and step 5's stamp; the weights read back."""
+    from onnxquant import __version__
+
     name_nodes(work)
     set_metadata(work, NORMALIZED_KEY, __version__)
     return materialize(work)

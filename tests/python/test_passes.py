@@ -596,3 +596,32 @@ def test_all_passes_in_their_default_order() -> None:
     feeds = _feeds(model)
     for want, got in zip(_run(model, feeds), _run(after, feeds), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_run_passes_times_two_is_two_calls() -> None:
+    """times=2 runs the list twice in one call, as two calls would: here the
+    second run folds a Transpose that reads a weight through an Identity,
+    which the first run removes only after fold_constant_transpose ran."""
+    rng = np.random.default_rng(RNG_SEED)
+    w = numpy_helper.from_array(rng.standard_normal((3, 4)).astype(np.float32), "W")
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["W"], ["w_id"], name="id"),
+         helper.make_node("Transpose", ["w_id"], ["w_t"], name="tr", perm=[1, 0]),
+         helper.make_node("MatMul", ["x", "w_t"], ["y"], name="mm")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 3])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    names = list(_core.pass_names())
+    data = model.SerializeToString()
+    once, _ = _core.run_passes(data, names)
+    twice_by_calls, _ = _core.run_passes(once, names)
+    twice, changed = _core.run_passes(data, names, times=2)
+    assert twice == twice_by_calls
+    assert [n.op_type for n in onnx.load_from_string(once).graph.node] == \
+        ["Transpose", "MatMul"]
+    assert [n.op_type for n in onnx.load_from_string(twice).graph.node] == ["MatMul"]
+    assert "fold_constant_transpose" in changed and "remove_identity" in changed
+    feeds = _feeds(model)
+    np.testing.assert_allclose(_run(onnx.load_from_string(twice), feeds)[0],
+                               _run(model, feeds)[0], rtol=1e-6, atol=1e-6)

@@ -12,11 +12,11 @@
 // a graph output (an initializer as a graph output is not accepted by every
 // runtime). The original initializer is removed when nothing else reads it.
 #include <string>
+#include <unordered_map>
 #include <unordered_set>
 #include <vector>
 
 #include "onnxquant/graph_edit.h"
-#include "onnxquant/graph_index.h"
 #include "onnxquant/passes/passes.h"
 #include "onnxquant/tensor_util.h"
 
@@ -66,27 +66,58 @@ std::vector<int64_t> PermOf(const pb::NodeProto& node, size_t rank) {
   return perm;
 }
 
+// The initializers named `names`, by name (the last of a repeated name, as
+// GraphIndex::Initializer finds it). A look-up of the few names Transposes
+// read, without indexing every tensor of the graph.
+std::unordered_map<std::string, const pb::TensorProto*> InitializersNamed(
+    const pb::GraphProto& graph, const std::unordered_set<std::string>& names) {
+  std::unordered_map<std::string, const pb::TensorProto*> found;
+  for (const auto& t : graph.initializer()) {
+    if (names.count(t.name())) found[t.name()] = &t;
+  }
+  return found;
+}
+
+// The names of `values` (a graph's inputs or outputs).
+template <typename Values>
+std::unordered_set<std::string> NamesOf(const Values& values) {
+  std::unordered_set<std::string> names;
+  for (const auto& v : values) names.insert(v.name());
+  return names;
+}
+
 }  // namespace
 
 bool FoldConstantTranspose(pb::ModelProto& model) {
   pb::GraphProto* graph = model.mutable_graph();
+  std::vector<int> candidates;
+  std::unordered_set<std::string> inputs;
+  for (int i = 0; i < graph->node_size(); ++i) {
+    const pb::NodeProto& node = graph->node(i);
+    if (IsOnnxOp(node, "Transpose") && node.input_size() == 1 &&
+        node.output_size() == 1) {
+      candidates.push_back(i);
+      inputs.insert(node.input(0));
+    }
+  }
+  if (candidates.empty()) return false;
   std::vector<int> folded;
   std::vector<pb::TensorProto> tensors;
   std::unordered_set<std::string> sources;
   {
-    GraphIndex index(*graph);
-    for (int i = 0; i < graph->node_size(); ++i) {
+    const auto initializers = InitializersNamed(*graph, inputs);
+    const auto graph_inputs = NamesOf(graph->input());
+    const auto graph_outputs = NamesOf(graph->output());
+    for (int i : candidates) {
       const pb::NodeProto& node = graph->node(i);
-      if (!IsOnnxOp(node, "Transpose") || node.input_size() != 1 ||
-          node.output_size() != 1) {
-        continue;
-      }
       const std::string& in = node.input(0);
-      const pb::TensorProto* t = index.Initializer(in);
-      if (t == nullptr || index.IsGraphInput(in) ||
+      const auto it = initializers.find(in);
+      if (it == initializers.end()) continue;
+      const pb::TensorProto* t = it->second;
+      if (graph_inputs.count(in) ||
           t->data_type() != pb::TensorProto::FLOAT ||
           !PayloadReadable(*t) ||
-          index.IsGraphOutput(node.output(0))) {
+          graph_outputs.count(node.output(0))) {
         continue;
       }
       const std::vector<int64_t> dims = Dims(*t);
