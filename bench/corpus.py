@@ -189,6 +189,13 @@ def _raised_in(error: BaseException) -> str:
     return f"{short}:{frame.lineno} {frame.name}"
 
 
+def _export_failure(error: BaseException) -> dict:
+    from onnxquant.errors import first_line
+
+    return {"status": "export_failure", "error": type(error).__name__,
+            "message": first_line(error)[:500], "where": _raised_in(error)}
+
+
 def _error(step: str, error: BaseException) -> dict:
     from onnxquant.errors import OnnxQuantError, first_line
 
@@ -255,8 +262,11 @@ def run_child(name: str, exporter: str) -> dict:
     entry = next(e for e in corpus_models.corpus() if e.name == name)
     result: dict = {"model": name, "family": entry.family, "exporter": exporter,
                     "opset": OPSETS[exporter], "init_seed": INIT_SEED, "seconds": {}}
-    if _parameter_bytes(entry) > MAX_BYTES:
-        return {**result, "status": "skipped", "message": "parameters exceed 500 MB"}
+    try:  # building the model is the exporter's side too (a bad config: the bench's)
+        if _parameter_bytes(entry) > MAX_BYTES:
+            return {**result, "status": "skipped", "message": "parameters exceed 500 MB"}
+    except Exception as error:  # noqa: BLE001
+        return {**result, **_export_failure(error), "step": "build"}
     with tempfile.TemporaryDirectory(prefix="corpus-") as tmp:
         workdir = Path(tmp)
         path = workdir / "model.onnx"
@@ -264,10 +274,7 @@ def run_child(name: str, exporter: str) -> dict:
         try:
             _export(entry, exporter, path)
         except Exception as error:  # noqa: BLE001
-            from onnxquant.errors import first_line
-
-            return {**result, "status": "export_failure", "error": type(error).__name__,
-                    "message": first_line(error)[:500], "where": _raised_in(error)}
+            return {**result, **_export_failure(error)}
         result["seconds"]["export"] = time.perf_counter() - start
         size = sum(f.stat().st_size for f in workdir.iterdir())
         result["onnx_mb"] = size / 2**20
