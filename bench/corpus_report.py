@@ -31,7 +31,9 @@ def _outcome(record: dict) -> str:
         return "ok"
     where = f" at {record['step']}" if record.get("step") else ""
     error = f"{record['error']}: " if record.get("error") else ""
-    return f"**{status}**{where}: {error}{record.get('message', '')}".replace("|", "\\|")
+    raised = f" (raised in `{record['where']}`)" if record.get("where") else ""
+    return (f"**{status}**{where}: {error}{record.get('message', '')}{raised}"
+            .replace("|", "\\|"))
 
 
 def one_line(record: dict) -> str:

@@ -23,6 +23,7 @@ from onnxquant._model import (
 )
 from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, checkable_file, materialize
 from onnxquant._shapes import infer_dtypes
+from onnxquant._softmax_range import with_softmax_output_ranges
 from onnxquant.errors import (
     InternalError,
     InvalidArgumentError,
@@ -428,6 +429,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]] | None,
             :meth:`~onnxquant.Calibrator.compute_range` returns it, for every
             tensor the plan calibrates; with ``mode="dynamic"``, None (a
             mapping given there is not read: scales are computed at run time).
+            A Softmax output's range is replaced by [0, 255/256] (scale 1/256,
+            the TFLite spec's; see docs/architecture.md).
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu, power_of_two, weight_range,
@@ -532,7 +535,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     skeleton = load_skeleton(model, workspace, fingerprint=False)
     work = skeleton.model
     require_normalized(work, "quantize")
-    native_ranges = _native_ranges(ranges)
+    native_ranges = with_softmax_output_ranges(work.graph, _native_ranges(ranges))
     if options.uses_int4:
         work = upgrade_for_int4(work)
     if calibration_report is None and calibrator is not None:
