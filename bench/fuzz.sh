@@ -40,7 +40,9 @@ if [ ! -f "$build/CMakeCache.txt" ]; then
     -DPython3_EXECUTABLE="$(cd "$(dirname "$py")" && pwd)/$(basename "$py")" >/dev/null
 fi
 cmake --build "$build" -j2 --target onnxquant_fuzzer
-if [ ! -d "$build/seeds" ]; then
+# Seeds are written again when bench/fuzz_seeds.py changed since.
+if [ ! -d "$build/seeds" ] || [ bench/fuzz_seeds.py -nt "$build/seeds" ]; then
+  rm -rf "$build/seeds" "$build/seeds.tmp"
   "$py" bench/fuzz_seeds.py "$zoo" "$build/seeds.tmp"
   mv "$build/seeds.tmp" "$build/seeds"
 fi
