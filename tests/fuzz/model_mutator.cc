@@ -477,7 +477,8 @@ void RepairNodes(Rng& rng, pb::GraphProto* g) {
 }
 
 // Puts back what the entry check verifies of the graph's wiring where an
-// earlier mutation broke it: initializer names are non-empty and unique;
+// earlier mutation broke it: initializer names are non-empty and unique
+// (one may also name a graph input, as old exporters wrote);
 // each node writes a non-empty first output, and no name that a graph input,
 // an initializer or an earlier node provides (such outputs are renamed);
 // each node reads only tensors provided before it (another such tensor is
@@ -504,8 +505,12 @@ void RepairGraph(Rng& rng, pb::GraphProto* g) {
     if (defined.insert(name).second) order.push_back(&*defined.find(name));
   };
   for (const auto& v : g->input()) define(v.name());
+  std::unordered_set<std::string> inits;  // may share a graph input's name
   for (auto& t : *g->mutable_initializer()) {
-    if (t.name().empty() || defined.count(t.name())) t.set_name(fresh());
+    if (t.name().empty() || !inits.insert(t.name()).second) {
+      t.set_name(fresh());
+      inits.insert(t.name());
+    }
     define(t.name());
   }
   for (auto& n : *g->mutable_node()) {
