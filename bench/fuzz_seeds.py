@@ -4,12 +4,14 @@ Each model is written normalised by onnxquant.optimize_model (the form the plan
 and QDQ insertion read) and as it is (the form the passes read), both
 *thinned*: every float tensor (initializer or Constant value) keeps its first
 ``--keep`` entries along its first two axes (the channels; kernels keep their
-size), and a grouped convolution whose group no longer divides its weight gets
-one that does. The graph (nodes, other attributes, names, the ranks of the
-tensors) is unchanged, and so is the agreement of each node's own tensors with
+size), a grouped convolution whose group no longer divides its weight gets
+one that does, and the nodes lose their doc strings and metadata_props (which
+the engine does not read; the dynamo exporter's fill most of its models).
+The graph (nodes, other attributes, names, the ranks of the tensors) is
+unchanged, and so is the agreement of each node's own tensors with
 one another (a Conv's weight and bias, a BatchNormalization's parameters and
 the weight before it, a Gemm's weight and bias), which is all the engine
-checks; only the payloads shrink. An execution then costs a
+checks; only the payloads shrink (and the notes go). An execution then costs a
 millisecond or so instead of most of a second under the sanitizers. The
 smallest models (under ``--whole-below`` bytes) are also written whole.
 
@@ -54,11 +56,29 @@ def _fit_group(node: onnx.NodeProto, weights: dict[str, onnx.TensorProto]) -> No
             a.i = w.dims[0] if w.dims[1] == 1 else 1
 
 
+def _strip_node_notes(graph: onnx.GraphProto) -> None:
+    """Drops what the engine never reads from nodes: their doc strings and
+    metadata_props (the torch.onnx dynamo exporter writes each node's stack
+    and module path there, three quarters of its models' bytes once the
+    tensors are thinned), in bodies too."""
+    for node in graph.node:
+        node.ClearField("doc_string")
+        if hasattr(node, "metadata_props"):
+            del node.metadata_props[:]
+        for a in node.attribute:
+            if a.HasField("g"):
+                _strip_node_notes(a.g)
+            for g in a.graphs:
+                _strip_node_notes(g)
+
+
 def thin(model: onnx.ModelProto, keep: int) -> onnx.ModelProto:
     """A copy of ``model`` with every float tensor cut to ``keep`` entries
-    along its first two axes (channels; kernels keep their size)."""
+    along its first two axes (channels; kernels keep their size), and
+    without the nodes' doc strings and metadata."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
+    _strip_node_notes(out.graph)
     for t in out.graph.initializer:
         _thin_tensor(t, keep)
     for node in out.graph.node:

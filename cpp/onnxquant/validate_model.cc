@@ -1,5 +1,6 @@
 #include "onnxquant/validate_model.h"
 
+#include <string_view>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -11,15 +12,19 @@ namespace {
 
 constexpr int kAny = -1;
 
+// Tables of the names in a graph, keyed by views of the model's own strings
+// (which outlive the check): no name is copied.
+using InitTable = std::unordered_map<std::string_view, const pb::TensorProto*>;
+using NameSet = std::unordered_set<std::string_view>;
+
 // What a graph sees of the scopes around it (a body sees the initializers
 // and tensors of every enclosing graph).
 struct OuterScope {
   const OuterScope* parent = nullptr;
-  const std::unordered_map<std::string, const pb::TensorProto*>* inits =
-      nullptr;
-  const std::unordered_set<std::string>* defined = nullptr;
+  const InitTable* inits = nullptr;
+  const NameSet* defined = nullptr;
 
-  const pb::TensorProto* Initializer(const std::string& name) const {
+  const pb::TensorProto* Initializer(std::string_view name) const {
     for (const OuterScope* s = this; s != nullptr; s = s->parent) {
       auto it = s->inits->find(name);
       if (it != s->inits->end()) return it->second;
@@ -27,7 +32,7 @@ struct OuterScope {
     }
     return nullptr;
   }
-  bool Defines(const std::string& name) const {
+  bool Defines(std::string_view name) const {
     for (const OuterScope* s = this; s != nullptr; s = s->parent) {
       if (s->defined->count(name)) return true;
     }
@@ -37,9 +42,9 @@ struct OuterScope {
 
 // The initializers a graph reads: its own, then those of enclosing scopes.
 struct VisibleInits {
-  const std::unordered_map<std::string, const pb::TensorProto*>& own;
+  const InitTable& own;
   const OuterScope* outer;
-  const pb::TensorProto* Find(const std::string& name) const {
+  const pb::TensorProto* Find(std::string_view name) const {
     auto it = own.find(name);
     if (it != own.end()) return it->second;
     return outer ? outer->Initializer(name) : nullptr;
@@ -154,22 +159,52 @@ int64_t TypedCount(const pb::TensorProto& t) {
   }
 }
 
-void CheckTensor(const pb::TensorProto& t, const std::string& what) {
+// CheckedNumElements over any range of dims, with the name built only for
+// an error.
+template <typename Dims, typename Name>
+int64_t CheckedCount(const Dims& dims, const Name& name) {
+  // The product of the non-zero dims is bounded too, so that no partial
+  // product of a tensor with a zero dim overflows either.
+  for (int64_t d : dims) {
+    if (d < 0) {
+      throw ModelError(name() + " has a negative dim (" + std::to_string(d) +
+                       "): the model is corrupt.");
+    }
+  }
+  bool empty = false;
+  int64_t n = 1;
+  for (int64_t d : dims) {
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (n > kMaxTensorElements / d) {
+      throw ModelError(name() + " has dims whose product exceeds 2^56 "
+                       "elements: the model is corrupt.");
+    }
+    n *= d;
+  }
+  return empty ? 0 : n;
+}
+
+// Checks `t`; `name()` says what it is in an error message (built only
+// then: this runs on every tensor of every model).
+template <typename Name>
+void CheckTensor(const pb::TensorProto& t, const Name& name) {
   if (t.data_type() == pb::TensorProto::UNDEFINED ||
       !pb::TensorProto_DataType_IsValid(t.data_type())) {
-    throw ModelError(what + " has data type " +
+    throw ModelError(name() + " has data type " +
                      std::to_string(t.data_type()) +
                      ", which ONNX does not define: the model is corrupt.");
   }
-  const std::vector<int64_t> dims(t.dims().begin(), t.dims().end());
-  const int64_t n = CheckedNumElements(dims, what);
+  const int64_t n = CheckedCount(t.dims(), name);
   if (t.data_location() == pb::TensorProto::EXTERNAL) return;
   const int bytes = ElementBytes(t.data_type());
   if (bytes == 0) return;
   if (t.has_raw_data()) {
     const int64_t got = static_cast<int64_t>(t.raw_data().size());
     if (got != n * bytes) {
-      throw ModelError(what + " holds " + std::to_string(got) +
+      throw ModelError(name() + " holds " + std::to_string(got) +
                        " bytes of raw data where its dims need " +
                        std::to_string(n * bytes) +
                        ": the model is truncated or corrupt.");
@@ -178,7 +213,7 @@ void CheckTensor(const pb::TensorProto& t, const std::string& what) {
   }
   const int64_t got = TypedCount(t);
   if (got != n) {
-    throw ModelError(what + " holds " + std::to_string(got) +
+    throw ModelError(name() + " holds " + std::to_string(got) +
                      " values where its dims need " + std::to_string(n) +
                      ": the model is truncated or corrupt.");
   }
@@ -186,10 +221,11 @@ void CheckTensor(const pb::TensorProto& t, const std::string& what) {
 
 void CheckAttributes(const pb::NodeProto& node, int index) {
   for (const auto& a : node.attribute()) {
-    const std::string what = "Attribute '" + a.name() + "' of " +
-                             NodeLabel(node, index);
-    if (a.has_t()) CheckTensor(a.t(), what);
-    for (const auto& t : a.tensors()) CheckTensor(t, what);
+    const auto name = [&] {
+      return "Attribute '" + a.name() + "' of " + NodeLabel(node, index);
+    };
+    if (a.has_t()) CheckTensor(a.t(), name);
+    for (const auto& t : a.tensors()) CheckTensor(t, name);
   }
 }
 
@@ -230,30 +266,30 @@ int64_t ConvChannels(const pb::NodeProto& node, const pb::TensorProto& w,
 
 void CheckConv(const pb::NodeProto& node, int index,
                const VisibleInits& inits) {
-  const std::string label = NodeLabel(node, index);
+  const auto label = [&] { return NodeLabel(node, index); };
   const int64_t group = IntAttribute(node, "group", 1);
   if (group < 1 || group > (int64_t{1} << 31)) {
-    throw ModelError(label + " has group " + std::to_string(group) +
+    throw ModelError(label() + " has group " + std::to_string(group) +
                      "; it must be in [1, 2^31].");
   }
   const pb::TensorProto* w = inits.Find(node.input(1));
   if (w == nullptr) return;
   if (w->dims_size() < 3) {
-    throw ModelError(label + " has a weight '" + node.input(1) + "' of rank " +
-                     std::to_string(w->dims_size()) +
+    throw ModelError(label() + " has a weight '" + node.input(1) +
+                     "' of rank " + std::to_string(w->dims_size()) +
                      "; a " + node.op_type() +
                      " weight has rank 3 or more (out, in, kernel...).");
   }
   const auto& wdims = w->dims();
   if (wdims[0] % group != 0) {
-    throw ModelError(label + " has a weight '" + node.input(1) +
+    throw ModelError(label() + " has a weight '" + node.input(1) +
                      "' whose first dim (" + std::to_string(wdims[0]) +
                      ") is not a multiple of its group (" +
                      std::to_string(group) + ").");
   }
   for (int k = 2; k < wdims.size(); ++k) {
     if (wdims[k] < 1) {
-      throw ModelError(label + " has a weight '" + node.input(1) +
+      throw ModelError(label() + " has a weight '" + node.input(1) +
                        "' with an empty kernel (dim " + std::to_string(k) +
                        " is 0).");
     }
@@ -267,8 +303,9 @@ void CheckConv(const pb::NodeProto& node, int index,
     for (int64_t d : b->dims()) {
       shape += (shape.empty() ? "" : ", ") + std::to_string(d);
     }
-    throw ModelError(label + " has a bias '" + node.input(2) + "' of shape [" +
-                     shape + "] for " + std::to_string(channels) +
+    throw ModelError(label() + " has a bias '" + node.input(2) +
+                     "' of shape [" + shape + "] for " +
+                     std::to_string(channels) +
                      " output channels; the bias must be 1-D with one value "
                      "per output channel.");
   }
@@ -295,7 +332,10 @@ void CheckSingleAssignmentAndOrder(const pb::GraphProto& graph,
                                    const OuterScope* outer) {
   // Every tensor name: where it comes from (-1 graph input or initializer,
   // else the producing node's index).
-  std::unordered_map<std::string, int> origin;
+  std::unordered_map<std::string_view, int> origin;
+  size_t names = graph.input_size() + graph.initializer_size();
+  for (const auto& node : graph.node()) names += node.output_size();
+  origin.reserve(names);
   for (const auto& in : graph.input()) origin.emplace(in.name(), -1);
   for (const auto& t : graph.initializer()) origin.emplace(t.name(), -1);
   for (int i = 0; i < graph.node_size(); ++i) {
@@ -341,28 +381,7 @@ void CheckSingleAssignmentAndOrder(const pb::GraphProto& graph,
 
 int64_t CheckedNumElements(const std::vector<int64_t>& dims,
                            const std::string& what) {
-  // The product of the non-zero dims is bounded too, so that no partial
-  // product of a tensor with a zero dim overflows either.
-  for (int64_t d : dims) {
-    if (d < 0) {
-      throw ModelError(what + " has a negative dim (" + std::to_string(d) +
-                       "): the model is corrupt.");
-    }
-  }
-  bool empty = false;
-  int64_t n = 1;
-  for (int64_t d : dims) {
-    if (d == 0) {
-      empty = true;
-      continue;
-    }
-    if (n > kMaxTensorElements / d) {
-      throw ModelError(what + " has dims whose product exceeds 2^56 "
-                       "elements: the model is corrupt.");
-    }
-    n *= d;
-  }
-  return empty ? 0 : n;
+  return CheckedCount(dims, [&] { return what; });
 }
 
 std::string NodeLabel(const pb::NodeProto& node, int index) {
@@ -385,7 +404,8 @@ bool IsControlFlow(const pb::NodeProto& node) {
 void ValidateGraph(const pb::GraphProto& graph, const OuterScope* outer,
                    const std::string& what) {
   const std::string in = what.empty() ? "" : " in " + what;
-  std::unordered_map<std::string, const pb::TensorProto*> inits;
+  InitTable inits;
+  inits.reserve(graph.initializer_size());
   for (const auto& t : graph.initializer()) {
     if (t.name().empty()) {
       throw ModelError("An initializer" + in +
@@ -395,7 +415,7 @@ void ValidateGraph(const pb::GraphProto& graph, const OuterScope* outer,
       throw ModelError("Initializer '" + t.name() + "'" + in +
                        " appears twice: the model is corrupt.");
     }
-    CheckTensor(t, "Initializer '" + t.name() + "'" + in);
+    CheckTensor(t, [&] { return "Initializer '" + t.name() + "'" + in; });
   }
   const VisibleInits visible{inits, outer};
   bool bodies = false;
@@ -413,7 +433,7 @@ void ValidateGraph(const pb::GraphProto& graph, const OuterScope* outer,
   }
   CheckSingleAssignmentAndOrder(graph, outer);
   if (!bodies) return;
-  std::unordered_set<std::string> defined;
+  NameSet defined;
   for (const auto& v : graph.input()) defined.insert(v.name());
   for (const auto& t : graph.initializer()) defined.insert(t.name());
   for (const auto& n : graph.node()) {
@@ -440,7 +460,7 @@ void ValidateGraph(const pb::GraphProto& graph, const OuterScope* outer,
 }
 
 void CheckUniqueNames(const pb::GraphProto& graph) {
-  std::unordered_map<std::string, int> seen;
+  std::unordered_map<std::string_view, int> seen;
   for (int i = 0; i < graph.node_size(); ++i) {
     const auto& node = graph.node(i);
     auto [it, inserted] = seen.emplace(node.name(), i);

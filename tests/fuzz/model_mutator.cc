@@ -1,8 +1,13 @@
 #include "model_mutator.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
+#include <numeric>
 #include <string>
+#include <unordered_map>
+#include <unordered_set>
 #include <vector>
 
 namespace onnxquant::fuzz {
@@ -28,13 +33,18 @@ int64_t InterestingInt(Rng& rng) {
   return kValues[Pick(rng, sizeof(kValues) / sizeof(kValues[0]))];
 }
 
+// Floats at the edges of float arithmetic. NaN and +-Inf come in one value
+// in 16: a model that holds one is refused where the engine first meets it
+// (weights, scales, batch-norm folding), so more would only stop executions
+// early, yet one in 16 still writes thousands of them per hour.
 float InterestingFloat(Rng& rng) {
-  static const float kValues[] = {
-      0.f, -0.f, 1.f, -1.f, 1e-30f, 1e30f, 3.4e38f, -3.4e38f, 1e-45f,
-      std::numeric_limits<float>::infinity(),
-      -std::numeric_limits<float>::infinity(),
-      std::numeric_limits<float>::quiet_NaN()};
-  return kValues[Pick(rng, sizeof(kValues) / sizeof(kValues[0]))];
+  static const float kFinite[] = {0.f,     -0.f,     1.f,    -1.f,  1e-30f,
+                                  1e30f,   3.4e38f,  -3.4e38f, 1e-45f};
+  static const float kNonFinite[] = {std::numeric_limits<float>::infinity(),
+                                     -std::numeric_limits<float>::infinity(),
+                                     std::numeric_limits<float>::quiet_NaN()};
+  if (Coin(rng, 16)) return kNonFinite[Pick(rng, 3)];
+  return kFinite[Pick(rng, sizeof(kFinite) / sizeof(kFinite[0]))];
 }
 
 // Op types the engine plans or rewrites, plus a few it does not know.
@@ -329,9 +339,34 @@ void FitPayload(Rng& rng, pb::TensorProto* t) {
   t->set_raw_data(raw);
 }
 
+// Whether `t`'s dims hold at most 2^18 elements (none negative).
+bool SmallDims(const pb::TensorProto& t) {
+  uint64_t n = 1;
+  for (int64_t d : t.dims()) {
+    if (d < 0 || d > (1 << 18) || (n *= d) > (1 << 18)) return false;
+  }
+  return true;
+}
+
+// Replaces NaN and +-Inf in a float tensor's values by zero.
+void ScrubNonFinite(pb::TensorProto* t) {
+  if (t->data_type() != pb::TensorProto::FLOAT) return;
+  std::string* raw = t->mutable_raw_data();
+  for (size_t i = 0; i + sizeof(float) <= raw->size(); i += sizeof(float)) {
+    float f;
+    std::memcpy(&f, raw->data() + i, sizeof f);
+    if (!std::isfinite(f)) std::memset(&(*raw)[i], 0, sizeof f);
+  }
+  for (int i = 0; i < t->float_data_size(); ++i) {
+    if (!std::isfinite(t->float_data(i))) t->set_float_data(i, 0.f);
+  }
+}
+
 // Puts back what the entry check verifies of tensors (a defined type,
-// non-negative dims, a payload of the right size) where an earlier mutation
-// broke it, so that descendants of a refused model reach the later stages.
+// non-negative dims whose product fits, a payload of the right size) where
+// an earlier mutation broke it, and finite values, so that descendants of a
+// refused model reach the later stages: a NaN or an Inf is tested where a
+// mutation writes it, not inherited by every descendant.
 void RepairTensors(Rng& rng, const Tensors& tensors) {
   for (pb::TensorProto* t : tensors.all) {
     if (!pb::TensorProto_DataType_IsValid(t->data_type()) ||
@@ -342,13 +377,156 @@ void RepairTensors(Rng& rng, const Tensors& tensors) {
     for (int k = 0; k < t->dims_size(); ++k) {
       if (t->dims(k) < 0) t->set_dims(k, 1);
     }
-    uint64_t n = 1;
-    bool small = true;
-    for (int64_t d : t->dims()) {
-      small = small && d <= (1 << 18) && (n *= d) <= (1 << 18);
+    while (!SmallDims(*t)) {  // the largest dim becomes 1
+      int largest = 0;
+      for (int k = 1; k < t->dims_size(); ++k) {
+        if (t->dims(k) > t->dims(largest)) largest = k;
+      }
+      t->set_dims(largest, 1);
     }
-    if (small && t->raw_data().size() != n * ElementSize(t->data_type())) {
+    uint64_t n = 1;
+    for (int64_t d : t->dims()) n *= static_cast<uint64_t>(d);
+    if (t->data_location() != pb::TensorProto::EXTERNAL &&
+        t->raw_data().size() != n * ElementSize(t->data_type())) {
       FitPayload(rng, t);
+    }
+    ScrubNonFinite(t);
+  }
+}
+
+// The output channels of a Conv, ConvTranspose or Gemm with weight `w` (what
+// its bias and a BatchNormalization after it must hold), or -1.
+int64_t OutputChannels(const pb::NodeProto& n, const pb::TensorProto& w) {
+  int64_t group = 1;
+  bool trans_b = false;
+  for (const auto& a : n.attribute()) {
+    if (a.name() == "group") group = a.i();
+    if (a.name() == "transB") trans_b = a.i() != 0;
+  }
+  if (n.op_type() == "Conv" && w.dims_size() >= 3) return w.dims(0);
+  if (n.op_type() == "ConvTranspose" && w.dims_size() >= 3 && group >= 1 &&
+      w.dims(1) <= (1 << 18) / group) {
+    return w.dims(1) * group;
+  }
+  if (n.op_type() == "Gemm" && w.dims_size() == 2) {
+    return w.dims(trans_b ? 0 : 1);
+  }
+  return -1;
+}
+
+// Gives `t` the dims [channels] (and a payload to match) unless it has them.
+void FitChannels(Rng& rng, int64_t channels, pb::TensorProto* t) {
+  if (channels < 0 || (t->dims_size() == 1 && t->dims(0) == channels)) return;
+  t->clear_dims();
+  t->add_dims(channels);
+  FitPayload(rng, t);
+}
+
+// Puts back what the entry check and batch-norm folding verify of the
+// tensors a node reads together (a Conv weight of rank >= 3 with non-empty
+// kernel dims and a first dim its group divides, a bias with one value per
+// output channel, batch-norm parameters with one per channel of the weight
+// before them), so that a mutation of a weight's dims carries over to them.
+void RepairNodes(Rng& rng, pb::GraphProto* g) {
+  std::unordered_map<std::string, pb::TensorProto*> inits;
+  for (auto& t : *g->mutable_initializer()) inits.emplace(t.name(), &t);
+  auto init = [&](const pb::NodeProto& n, int k) -> pb::TensorProto* {
+    if (n.input_size() <= k) return nullptr;
+    auto it = inits.find(n.input(k));
+    return it == inits.end() ? nullptr : it->second;
+  };
+  std::unordered_map<std::string, int64_t> channels;  // output -> channels
+  for (auto& n : *g->mutable_node()) {
+    if (!n.domain().empty() && n.domain() != "ai.onnx") continue;
+    const bool conv = n.op_type() == "Conv" || n.op_type() == "ConvTranspose";
+    if (n.op_type() == "BatchNormalization" && n.input_size() > 0) {
+      auto it = channels.find(n.input(0));
+      for (int k = 1; k < 5 && it != channels.end(); ++k) {
+        if (pb::TensorProto* p = init(n, k)) FitChannels(rng, it->second, p);
+      }
+      continue;
+    }
+    pb::TensorProto* w = init(n, 1);
+    if (w == nullptr || (!conv && n.op_type() != "Gemm")) continue;
+    if (conv) {
+      bool resized = false;
+      while (w->dims_size() < 3) w->add_dims(1);  // same element count
+      for (int k = 2; k < w->dims_size(); ++k) {
+        if (w->dims(k) == 0) {
+          w->set_dims(k, 1);
+          resized = true;
+        }
+      }
+      if (resized) FitPayload(rng, w);
+      for (auto& a : *n.mutable_attribute()) {
+        if (a.name() != "group") continue;
+        int64_t group = a.i() < 1 || a.i() > (1 << 18) ? 1 : a.i();
+        if (w->dims(0) % group != 0) group = std::gcd(group, w->dims(0));
+        a.set_i(std::max<int64_t>(group, 1));
+      }
+    }
+    const int64_t c = OutputChannels(n, *w);
+    if (pb::TensorProto* b = init(n, 2); b != nullptr && b != w) {
+      // A Gemm bias may also be one value, or 2-D.
+      if (conv || (b->dims_size() == 1 && b->dims(0) != 1)) {
+        FitChannels(rng, c, b);
+      }
+    }
+    if (c >= 0 && n.output_size() > 0) channels[n.output(0)] = c;
+  }
+}
+
+// Puts back what the entry check verifies of the graph's wiring where an
+// earlier mutation broke it: initializer names are non-empty and unique
+// (one may also name a graph input, as old exporters wrote);
+// each node writes a non-empty first output, and no name that a graph input,
+// an initializer or an earlier node provides (such outputs are renamed);
+// each node reads only tensors provided before it (another such tensor is
+// drawn). Ops keep their inputs' count: an arity broken by a mutation stays.
+void RepairGraph(Rng& rng, pb::GraphProto* g) {
+  std::unordered_set<std::string> all;  // every name, for fresh ones
+  for (const auto& v : g->input()) all.insert(v.name());
+  for (const auto& t : g->initializer()) all.insert(t.name());
+  for (const auto& n : g->node()) {
+    all.insert(n.output().begin(), n.output().end());
+  }
+  int counter = 0;
+  auto fresh = [&] {
+    std::string name;
+    do {
+      name = "fuzz_" + std::to_string(counter++);
+    } while (all.count(name));
+    all.insert(name);
+    return name;
+  };
+  std::unordered_set<std::string> defined;
+  std::vector<const std::string*> order;  // what a node may read
+  auto define = [&](const std::string& name) {
+    if (defined.insert(name).second) order.push_back(&*defined.find(name));
+  };
+  for (const auto& v : g->input()) define(v.name());
+  std::unordered_set<std::string> inits;  // may share a graph input's name
+  for (auto& t : *g->mutable_initializer()) {
+    if (t.name().empty() || !inits.insert(t.name()).second) {
+      t.set_name(fresh());
+      inits.insert(t.name());
+    }
+    define(t.name());
+  }
+  for (auto& n : *g->mutable_node()) {
+    for (int k = 0; k < n.input_size(); ++k) {
+      if (n.input(k).empty() || defined.count(n.input(k))) continue;
+      n.set_input(k, order.empty() ? std::string()
+                                   : *order[Pick(rng, order.size())]);
+    }
+    if (n.output_size() == 0) n.add_output();
+    for (int k = 0; k < n.output_size(); ++k) {
+      if ((k == 0 && n.output(k).empty()) || defined.count(n.output(k))) {
+        n.set_output(k, fresh());
+      }
+    }
+    for (const auto& o : n.output()) {
+      if (!o.empty()) define(o);
     }
   }
 }
@@ -458,7 +636,9 @@ void MutateOnce(Rng& rng, pb::ModelProto* m) {
 void MutateModel(std::mt19937_64& rng, pb::ModelProto* model) {
   // Seven in eight mutations keep the model past the entry check.
   if (!Coin(rng, 8)) {
+    RepairGraph(rng, model->mutable_graph());
     MutateConsistently(rng, model);
+    RepairNodes(rng, model->mutable_graph());
     return;
   }
   const size_t count = 1 + Pick(rng, 3);

@@ -19,8 +19,11 @@ namespace onnxquant::fuzz {
 // Applies a random mutation to `model`, drawn from `rng`: seven times in
 // eight one that keeps what the engine's entry check verifies (payload sizes
 // follow the dims and type, inputs name earlier tensors, ops keep their
-// arity), so that odd values reach the passes, the plan and QDQ insertion;
-// otherwise one to three that may break anything. Never throws.
+// arity, a node's weight, bias and batch-norm parameters agree) and first
+// puts back what earlier mutations broke of it (tensors' types, dims and
+// payloads, NaN and Inf values, those agreements), so that odd values reach
+// the passes, the plan and QDQ insertion; otherwise one to three that may
+// break anything. Never throws.
 void MutateModel(std::mt19937_64& rng, pb::ModelProto* model);
 
 }  // namespace onnxquant::fuzz
