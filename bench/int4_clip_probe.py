@@ -27,6 +27,7 @@ import onnxquant as oq  # noqa: E402
 from accuracy_lib.classifiers import MODELS  # noqa: E402
 from accuracy_lib.common import DEFAULT_ZOO  # noqa: E402
 from onnxquant import recovery  # noqa: E402
+from onnxquant._recovery_runs import _with_outputs  # noqa: E402
 from onnxquant.quantize import upgrade_for_int4  # noqa: E402
 from recovery import cell, correct  # noqa: E402
 
@@ -35,13 +36,7 @@ ort.set_default_logger_severity(3)
 
 def input_energy(model, x, names):
     """Per tensor of ``names``: the mean square of each channel over ``x``."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    have = {o.name for o in m.graph.output}
-    for n in names:
-        if n not in have:
-            m.graph.output.append(
-                onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    m = _with_outputs(model, names)
     s = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
     outs = s.run(names, {s.get_inputs()[0].name: x})
     return {n: np.mean(v.astype(np.float64) ** 2, axis=(0, 2, 3)) for n, v in zip(names, outs)}

@@ -47,7 +47,6 @@ class FrontierRunner:
         self.graph_inputs = ({i.name for i in model.graph.input}
                              - {t.name for t in model.graph.initializer})
         self.kept: dict[str, list[np.ndarray]] = {}
-        self.kept_bytes = 0
         self.settled: set[int] = set()
         self.node_runs = 0  # nodes run over all rounds (per batch)
 
@@ -129,10 +128,8 @@ class FrontierRunner:
         for name in [k for k in self.kept
                      if all(r in self.settled for r in self.readers.get(k, ()))]:
             del self.kept[name]
-        self.kept_bytes = sum(v.nbytes for values in self.kept.values() for v in values)
-        if self.kept_bytes > self.budget:
+        if sum(v.nbytes for values in self.kept.values() for v in values) > self.budget:
             self.kept.clear()
-            self.kept_bytes = 0
             self.budget = -1  # from now on, every round runs from the inputs
 
     def keeps(self) -> bool:

@@ -289,6 +289,8 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
     upstream = {node.name: node_upstream[i] - {node.name}
                 for i, node in enumerate(emulated.graph.node) if node.name in by_node}
     initializers = {t.name: t for t in emulated.graph.initializer}
+    initializers.update({name: onnx.numpy_helper.from_array(value, name)
+                         for name, value in biases.items()})
     runner = FrontierRunner(emulated, feeds, node_upstream)
     corrections: dict[str, np.ndarray] = {}
     rounds = 0
@@ -299,14 +301,14 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
         # the tensors no correction can change any more.
         ready = [n for n in pending if not (upstream[n] - corrections.keys())]
         wanted = [by_node[n]["output"] for n in ready]
-        initializers.update({name: onnx.numpy_helper.from_array(value, name)
-                             for name, value in biases.items()})
         measured = _channel_means(runner.run(wanted, set(corrections), initializers), wanted)
         rounds += 1
         for n in ready:
             layer = by_node[n]
             delta = (measured[layer["output"]] - reference[layer["output"]]).astype(np.float32)
             biases[layer["bias"]] = (biases[layer["bias"]] - delta).astype(np.float32)
+            initializers[layer["bias"]] = onnx.numpy_helper.from_array(biases[layer["bias"]],
+                                                                       layer["bias"])
             corrections[n] = delta
         pending = [n for n in pending if n not in corrections]
     result = onnx.ModelProto()
