@@ -78,18 +78,36 @@ oq::pb::ModelProto Parse(const py::bytes& b) {
   return oq::ParseModel(view);
 }
 
+// Serializes `m` straight into a new bytes object (no intermediate copy).
 py::bytes Serialize(const oq::pb::ModelProto& m) {
-  std::string s = oq::SerializeModel(m);
-  return py::bytes(s);
+  const size_t size = oq::SerializedSize(m);
+  PyObject* raw =
+      PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(size));
+  if (raw == nullptr) throw py::error_already_set();
+  auto out = py::reinterpret_steal<py::bytes>(raw);
+  {
+    py::gil_scoped_release release;  // `out` is not shared yet
+    oq::SerializeInto(m, size, PyBytes_AS_STRING(raw));
+  }
+  return out;
 }
 
 // Serializes `m`, first moving payloads of at least `threshold` bytes to the
-// file `payload_path` when it is not empty.
+// file `payload_path` when it is not empty, or reading every external payload
+// into the model when `inline_payloads` is set (the result is then whole).
 py::bytes SerializeBeside(oq::pb::ModelProto* m,
-                          const std::string& payload_path, int64_t threshold) {
+                          const std::string& payload_path, int64_t threshold,
+                          bool inline_payloads = false) {
+  if (inline_payloads && !payload_path.empty()) {
+    throw oq::Error(oq::ErrorKind::kInvalidArgument,
+                    "inline_payloads and payload_path exclude each other");
+  }
   if (!payload_path.empty()) {
     py::gil_scoped_release release;
     onnxquant::binding::ExternalizePayloads(m, payload_path, threshold);
+  } else if (inline_payloads) {
+    py::gil_scoped_release release;
+    onnxquant::binding::InlinePayloads(m);
   }
   return Serialize(*m);
 }
@@ -196,7 +214,8 @@ void BindPlannedModel(py::module_& m) {
           [](PlannedModel& self, const oq::RangeMap& ranges,
              const std::unordered_map<std::string, oq::WeightRemedy>&
                  weight_remedies,
-             const std::string& payload_path, int64_t payload_threshold) {
+             const std::string& payload_path, int64_t payload_threshold,
+             bool inline_payloads) {
             RequireUnquantized(self);
             oq::QuantOptions options = self.options;
             options.weight_remedies = weight_remedies;
@@ -214,11 +233,13 @@ void BindPlannedModel(py::module_& m) {
             r["floored"] = report.floored;
             r["enlarged"] = report.enlarged;
             return py::make_tuple(
-                SerializeBeside(&self.model, payload_path, payload_threshold),
+                SerializeBeside(&self.model, payload_path, payload_threshold,
+                                inline_payloads),
                 r);
           },
           py::arg("ranges"), py::arg("weight_remedies"),
           py::arg("payload_path") = "", py::arg("payload_threshold") = 1024,
+          py::arg("inline_payloads") = false,
           "As _core.quantize with the options given here, but for their "
           "weight_remedies (which change no plan); once per object.");
 }
@@ -378,7 +399,8 @@ PYBIND11_MODULE(_core, m) {
       "quantize",
       [](const py::bytes& model, const oq::DtypeMap& dtypes,
          const oq::QuantOptions& options, const oq::RangeMap& ranges,
-         const std::string& payload_path, int64_t payload_threshold) {
+         const std::string& payload_path, int64_t payload_threshold,
+         bool inline_payloads) {
         auto proto = Parse(model);
         oq::QuantizeReport report;
         {
@@ -390,13 +412,17 @@ PYBIND11_MODULE(_core, m) {
         r["floored"] = report.floored;
         r["enlarged"] = report.enlarged;
         return py::make_tuple(
-            SerializeBeside(&proto, payload_path, payload_threshold), r);
+            SerializeBeside(&proto, payload_path, payload_threshold,
+                            inline_payloads),
+            r);
       },
       py::arg("model"), py::arg("dtypes"), py::arg("options"),
       py::arg("ranges"), py::arg("payload_path") = "",
-      py::arg("payload_threshold") = 1024,
+      py::arg("payload_threshold") = 1024, py::arg("inline_payloads") = false,
       "Applies the plan with the given ranges. Returns (QDQ model bytes, "
-      "report dict); payload_path as for run_passes.");
+      "report dict); payload_path as for run_passes. inline_payloads: every "
+      "external payload of the result is read into it instead (its bytes are "
+      "then the whole model).");
 
   onnxquant::binding::BindCalibration(m);
   onnxquant::binding::BindKernelCheck(m);

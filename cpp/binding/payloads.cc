@@ -3,6 +3,7 @@
 #include <fstream>
 
 #include "onnxquant/error.h"
+#include "onnxquant/tensor_util.h"
 
 namespace onnxquant::binding {
 
@@ -45,6 +46,12 @@ void ExternalizePayloads(pb::ModelProto* model, const std::string& path,
     if (!out) {
       throw ModelError("Cannot write tensor payloads to '" + path + "'.");
     }
+  }
+}
+
+void InlinePayloads(pb::ModelProto* model) {
+  for (pb::TensorProto& t : *model->mutable_graph()->mutable_initializer()) {
+    InlineExternal(&t);
   }
 }
 

@@ -19,6 +19,12 @@ namespace onnxquant::binding {
 void ExternalizePayloads(pb::ModelProto* model, const std::string& path,
                          int64_t threshold);
 
+// Reads the payload of every main-graph initializer stored as external data
+// (absolute locations, as ExternalizePayloads and the Python layer write
+// them) into its raw_data, so that the serialized model is whole. Throws as
+// InlineExternal (tensor_util.h) does.
+void InlinePayloads(pb::ModelProto* model);
+
 }  // namespace onnxquant::binding
 
 #endif  // ONNXQUANT_BINDING_PAYLOADS_H_

@@ -29,14 +29,30 @@ pb::ModelProto ParseModel(std::string_view bytes) {
 }
 
 std::string SerializeModel(const pb::ModelProto& model) {
-  std::string out;
-  if (model.ByteSizeLong() >
-          static_cast<size_t>(std::numeric_limits<int>::max()) ||
-      !model.SerializeToString(&out)) {
+  const size_t size = SerializedSize(model);
+  std::string out(size, '\0');
+  SerializeInto(model, size, out.data());
+  return out;
+}
+
+size_t SerializedSize(const pb::ModelProto& model) {
+  const size_t size = model.ByteSizeLong();
+  if (size > static_cast<size_t>(std::numeric_limits<int>::max())) {
     throw ModelError(
         "Unable to serialize the model: it exceeds protobuf's 2 GB limit.");
   }
-  return out;
+  return size;
+}
+
+void SerializeInto(const pb::ModelProto& model, size_t size, char* out) {
+  // ByteSizeLong (in SerializedSize) cached every submessage's size: the
+  // model is measured once, not again here.
+  uint8_t* end = model.SerializeWithCachedSizesToArray(
+      reinterpret_cast<uint8_t*>(out));
+  if (static_cast<size_t>(end - reinterpret_cast<uint8_t*>(out)) != size) {
+    throw Error(ErrorKind::kInternal,
+                "The model changed while it was serialized.");
+  }
 }
 
 int DefaultOpset(const pb::ModelProto& model) {

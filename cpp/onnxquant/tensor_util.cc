@@ -140,6 +140,21 @@ pb::TensorProto MakeRaw(const std::string& name,
 
 }  // namespace
 
+void InlineExternal(pb::TensorProto* tensor) {
+  if (!IsExternal(*tensor)) return;
+  const int64_t length = ParseOffset(*tensor, "length");
+  if (length < 0) {
+    throw ModelError("Initializer '" + tensor->name() +
+                     "' is stored as external data without a length: the "
+                     "model is corrupt.");
+  }
+  std::string payload(static_cast<size_t>(length), '\0');
+  ReadExternal(*tensor, length, payload.data());
+  tensor->clear_external_data();
+  tensor->clear_data_location();
+  tensor->set_raw_data(std::move(payload));
+}
+
 int64_t NumElements(const std::vector<int64_t>& dims) {
   return CheckedNumElements(dims, "A tensor");
 }

@@ -30,6 +30,13 @@ std::vector<float> ToFloats(const pb::TensorProto& tensor);
 // data with a relative (unresolved) location.
 bool PayloadReadable(const pb::TensorProto& tensor);
 
+// Reads the payload of an initializer stored as external data (an absolute
+// location with its length entry, as the Python layer writes them) into its
+// raw_data and drops the reference, in place; a tensor held inline is left
+// as it is. Throws as ToFloats does for an unreadable payload, and
+// Error(kModel) naming the tensor when the length entry is missing.
+void InlineExternal(pb::TensorProto* tensor);
+
 // The values of an INT64 or INT32 initializer (external data as above).
 // Both readers throw Error(kModel) naming the tensor when its payload does not
 // match its dims.

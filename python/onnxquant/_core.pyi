@@ -65,7 +65,8 @@ def expose_tensors(model: bytes, names: list[str],
                    dtypes: dict[str, int]) -> tuple[bytes, list[str]]: ...
 def quantize(model: bytes, dtypes: dict[str, int], options: QuantOptions,
              ranges: dict[str, tuple[float, float]], payload_path: str = ...,
-             payload_threshold: int = ...) -> tuple[bytes, dict[str, Any]]: ...
+             payload_threshold: int = ...,
+             inline_payloads: bool = ...) -> tuple[bytes, dict[str, Any]]: ...
 
 class HistogramSet:
     names: list[str]
@@ -99,7 +100,8 @@ class PlannedModel:
                        keep_weights: bool = ...) -> KernelChecker: ...
     def quantize(self, ranges: dict[str, tuple[float, float]],
                  weight_remedies: dict[str, WeightRemedy], payload_path: str = ...,
-                 payload_threshold: int = ...) -> tuple[bytes, dict[str, Any]]: ...
+                 payload_threshold: int = ...,
+                 inline_payloads: bool = ...) -> tuple[bytes, dict[str, Any]]: ...
 
 def equalize_cross_layer(model: bytes, max_sweeps: int = ..., tolerance: float = ...,
                          replace_clip: bool = ...,

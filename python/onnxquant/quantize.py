@@ -576,27 +576,35 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         if "float" in remedies.values():
             _require_float_remedy_ranges(data, dtypes, native, native_ranges, remedies)
             planned = None  # nodes kept float: another plan
-    payload_file = workspace.new_file("quantized")
+    # Below the large-model size the engine reads every payload back into the
+    # result, whose bytes are then the whole model: checked as they are and
+    # parsed once. Large models keep their payloads in files until the check
+    # (which then takes a file) has passed.
+    payload_file = workspace.new_file("quantized") if skeleton.large else ""
+    whole = not skeleton.large
     if planned is not None:  # the remedies change weights only, not the plan
         data, native_report = planned.quantize(native_ranges, native.weight_remedies,
-                                               payload_file, PAYLOAD_THRESHOLD)
+                                               payload_file, PAYLOAD_THRESHOLD,
+                                               inline_payloads=whole)
+        del planned  # the engine's copy of the model
     else:
         data, native_report = _core.quantize(data, dtypes, native, native_ranges,
-                                             payload_file, PAYLOAD_THRESHOLD)
+                                             payload_file, PAYLOAD_THRESHOLD,
+                                             inline_payloads=whole)
     fixed = _fixed_inputs_note(work)
+    if whole:  # checked in memory, as the user gets it: no file written
+        _check_quantized(data, work, workspace)
     result = onnx.ModelProto()
     result.ParseFromString(data)
+    del data
     from onnxquant import __version__
 
     set_metadata(result, QUANTIZED_KEY, __version__)
-    if skeleton.large:
+    if not whole:
         # Past protobuf's limit the checker takes only a file, which must
         # hold the payloads beside it; the weights are read back after.
         _check_quantized(checkable_file(result, workspace), work, workspace)
         materialize(result)
-    else:  # checked in memory, as the user gets it: no file written
-        materialize(result)
-        _check_quantized(result, work, workspace)
     if not return_report:
         return result
     runtime, note = _runtime_of(result)
@@ -610,9 +618,9 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     return result, report
 
 
-def _check_quantized(checked: onnx.ModelProto | str, work: onnx.ModelProto,
+def _check_quantized(checked: bytes | str, work: onnx.ModelProto,
                      workspace: Workspace) -> None:
-    """Runs ONNX's checker on the quantized model ``checked`` (the model,
+    """Runs ONNX's checker on the quantized model ``checked`` (its bytes,
     or a file of it). Raises ModelError when the input ``work`` itself fails
     the checker (a model edited after optimize_model: the user's to fix),
     InternalError otherwise (a bug of onnxquant)."""
