@@ -645,7 +645,12 @@ class Calibrator:
         method's range instead.
         docs/calibration.md defines each method. Outputs of Sigmoid,
         HardSigmoid, Softmax and Tanh take the MIN_MAX range of the method's
-        symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and
+        symmetry unless the calibrator has ``clip_bounded_outputs``. A
+        Softmax output's range is the one observed (the method's), not the
+        fixed [0, 255/256] the quantized model gives it: :func:`quantize`
+        applies that (to ranges from any source, and not where the node's
+        ``overrides`` entry says ``{"output_range": "calibrated"}``), and its
+        report's ``softmax_ranges`` show both. NaN and
         Inf in intermediate tensors, and float32's extremes (finite values of
         magnitude >= 1e30, as attention masks hold), are left out of the
         statistics and counted in :attr:`report` (so that a mask's
