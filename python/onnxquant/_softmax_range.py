@@ -15,29 +15,21 @@ exactly 1/256, unless the options' ``overrides`` give its node
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import onnx
 
+from onnxquant._graph_walk import all_nodes
 from onnxquant.report import SoftmaxRange
 
 #: [0, 255/256]: scale (255/256) / 255 = 1/256 exactly, zero point at 0.
 SOFTMAX_OUTPUT_RANGE = (0.0, 255.0 / 256.0)
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
-            for body in bodies:
-                yield from _nodes(body)
-
-
 def softmax_outputs(graph: onnx.GraphProto) -> dict[str, str]:
     """``{output tensor: node name}`` of every Softmax of the default domain in
     ``graph`` and its bodies."""
-    return {node.output[0]: node.name for node in _nodes(graph)
+    return {node.output[0]: node.name for node in all_nodes(graph)
             if node.op_type == "Softmax" and node.domain in ("", "ai.onnx") and node.output}
 
 

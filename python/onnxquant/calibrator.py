@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxquant import _core
+from onnxquant._graph_walk import node_bodies
 from onnxquant._model import ModelLike, load_skeleton, write_bytes_atomic
 from onnxquant._payloads import Workspace, canonical_bytes, ort_session
 from onnxquant._samples import SampleBatcher, check_sample, input_specs
@@ -164,9 +165,8 @@ def _graphs(graph) -> Iterator:
     yield graph
     for node in graph.node:
         if node.op_type in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    yield from _graphs(attr.g)
+            for body in node_bodies(node):
+                yield from _graphs(body)
 
 
 def _float_tensors(model, dtypes: dict[str, int], planned: Sequence[str]) -> tuple[str, ...]:
