@@ -21,14 +21,16 @@ from onnxquant.errors import InvalidArgumentError
 WIDTH, D = 16, 18
 
 
-def _attention_like_model(softmax_is_output: bool = False) -> onnx.ModelProto:
+def _attention_like_model(softmax_is_output: bool = False,
+                          logit_scale: float = 0.02) -> onnx.ModelProto:
     """x [N, D, WIDTH] -> MatMul -> Softmax over D -> MatMul: both MatMuls have
     constant weights, so the plan quantizes the Softmax's input and output and ONNX
     Runtime fuses it. Small weights keep the logits near 0: nearly uniform rows.
     ``softmax_is_output``: the Softmax's output is the graph output (no second
-    MatMul), so the plan keeps the Softmax float."""
+    MatMul), so the plan keeps the Softmax float. ``logit_scale``: the spread
+    of the first weight (large: confident rows, largest probability near 1)."""
     rng = np.random.default_rng(5)
-    w1 = rng.normal(0, 0.02, (WIDTH, D)).astype(np.float32)
+    w1 = rng.normal(0, logit_scale, (WIDTH, D)).astype(np.float32)
     w2 = rng.normal(0, 1.0, (D, WIDTH)).astype(np.float32)
     nodes = [helper.make_node("MatMul", ["x", "w1"], ["logits"], name="mm1"),
              helper.make_node("Softmax", ["logits"], ["p"], name="softmax", axis=-1),
@@ -205,3 +207,31 @@ def test_analyze_shows_the_range_used():
                    calibrator=calibrator, methods=["MIN_MAX_ASYM"], warn=False).record("p")
     assert not kept.fixed_range
     assert kept.high == pytest.approx(ranges["p"][1], rel=1e-5)
+
+
+def test_analyze_remedy_for_a_clipping_fixed_range_is_the_override():
+    """Confident rows put probabilities above 255/256, which the fixed range
+    clips; no calibration method changes that range, so the remedy names the
+    override, not a method."""
+    model = oq.optimize_model(_attention_like_model(logit_scale=3.0))
+    calibrator = oq.Calibrator(model, "MIN_MAX_ASYM")
+    samples = [{"x": x} for x in _samples(8, 1)]
+    calibrator.collect_data(samples)
+    probabilities = np.concatenate([_probabilities(model, s["x"]) for s in samples])
+    above = float(np.mean(probabilities > 255 / 256 + 1 / 512))
+    assert above > 0.01  # the premise: more than analyze's default clip_limit
+    quantized = oq.quantize(model, calibrator.compute_range())
+    record = analyze(model, quantized, samples, calibrator=calibrator, warn=False).record("p")
+    assert record.fixed_range and "clips" in record.flags
+    assert record.clipped == pytest.approx(above, abs=0.01)
+    assert record.remedy_methods == ()
+    assert "{'softmax': {'output_range': 'calibrated'}}" in record.remedy
+    assert "exclude_nodes=['mm2', 'softmax']" in record.remedy
+
+
+def _probabilities(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
+    """The Softmax's output p, computed here from the model's weight."""
+    w1 = numpy_helper.to_array(next(i for i in model.graph.initializer if i.name == "w1"))
+    logits = x.astype(np.float64) @ w1.astype(np.float64)
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return (e / e.sum(axis=-1, keepdims=True)).ravel()
