@@ -157,9 +157,9 @@ def resolve_overrides(overrides: Mapping[str, Mapping[str, str]], data: bytes,
     calibrated: list[str] = []
     for name, entry in overrides.items():
         if "output_range" in entry and (name in nodes or name in tensors):
-            if _softmax_output(name, nodes, source, model) and \
-                    entry["output_range"] == "calibrated":
-                calibrated.append(nodes[name].output[0])
+            output = _softmax_output(name, nodes, source, model)
+            if entry["output_range"] == "calibrated":
+                calibrated.append(output)
         if name in nodes:
             if name in excluded:
                 continue
