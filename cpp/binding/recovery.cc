@@ -70,39 +70,48 @@ struct ProgressRelay {
 };
 
 void BindAdaRound(py::module_& m) {
-  m.def(
-      "adaround_targets",
-      [](const py::bytes& model, const DtypeMap& dtypes,
-         const QuantOptions& options) {
-        auto proto = Parse(model);
-        AdaRoundTargets t;
-        {
-          py::gil_scoped_release release;
-          t = ListAdaRoundTargets(proto, dtypes, options);
-        }
-        py::list layers;
-        for (const auto& l : t.layers) {
-          py::dict d;
-          d["node"] = l.node;
-          d["input"] = l.input;
-          d["weight"] = l.weight;
-          layers.append(d);
-        }
-        return py::make_tuple(layers, t.skipped);
-      },
-      py::arg("model"), py::arg("dtypes"), py::arg("options"),
-      "(layers [dict node/input/weight] in graph order, skipped [(node, "
-      "reason)]): the nodes AdaRound rounds under these options.");
+  py::class_<AdaRoundModel>(
+      m, "AdaRoundModel",
+      "A normalised model parsed and planned once for AdaRound under given "
+      "options: the nodes it rounds, and the model every layer's "
+      "AdaRoundGrams reads.")
+      .def(py::init([](const py::bytes& model, const DtypeMap& dtypes,
+                       const QuantOptions& options) {
+             auto proto = Parse(model);
+             py::gil_scoped_release release;
+             return std::make_unique<AdaRoundModel>(std::move(proto), dtypes,
+                                                    options);
+           }),
+           py::arg("model"), py::arg("dtypes"), py::arg("options"))
+      .def_property_readonly(
+          "layers",
+          [](const AdaRoundModel& self) {
+            py::list layers;
+            for (const auto& l : self.targets().layers) {
+              py::dict d;
+              d["node"] = l.node;
+              d["input"] = l.input;
+              d["weight"] = l.weight;
+              layers.append(d);
+            }
+            return layers;
+          },
+          "The nodes AdaRound rounds, in graph order: dicts node/input/weight.")
+      .def_property_readonly(
+          "skipped",
+          [](const AdaRoundModel& self) { return self.targets().skipped; },
+          "The planned nodes with a constant weight it leaves: (node, "
+          "reason).");
 
   py::class_<LayerGramAccumulator>(m, "AdaRoundGrams")
-      .def(py::init([](const py::bytes& model, const DtypeMap& dtypes,
-                       const QuantOptions& options, const std::string& node) {
-             auto proto = Parse(model);
-             return std::make_unique<LayerGramAccumulator>(proto, dtypes,
-                                                           options, node);
+      .def(py::init([](const AdaRoundModel& model, const std::string& node) {
+             py::gil_scoped_release release;
+             return std::make_unique<LayerGramAccumulator>(model, node);
            }),
-           py::arg("model"), py::arg("dtypes"), py::arg("options"),
-           py::arg("node"))
+           py::arg("model"), py::arg("node"),
+           "The Gram matrices of node's inputs, to be summed batch by batch, "
+           "and the node's weight as the model's options quantize it (read "
+           "here: the AdaRoundModel need not outlive this object).")
       .def(
           "add",
           [](LayerGramAccumulator& self, const py::list& inputs,
@@ -135,12 +144,9 @@ void BindAdaRound(py::module_& m) {
 
   m.def(
       "adaround_layer",
-      [](const py::bytes& model, const DtypeMap& dtypes,
-         const QuantOptions& options, const std::string& node,
-         const LayerGramAccumulator& grams, int iterations, float reg_weight,
+      [](const LayerGramAccumulator& grams, int iterations, float reg_weight,
          float beta_start, float beta_end, float warmup, float learning_rate,
          int threads, const py::object& progress) {
-        auto proto = Parse(model);
         AdaRoundSettings s;
         s.iterations = iterations;
         s.reg_weight = reg_weight;
@@ -154,8 +160,7 @@ void BindAdaRound(py::module_& m) {
         try {
           py::gil_scoped_release release;
           auto report = [&relay](int64_t d, int64_t t) { return relay(d, t); };
-          r = RoundLayerFromGrams(proto, dtypes, options, node, grams.grams(),
-                                  s, report);
+          r = grams.Round(s, report);
         } catch (const Error&) {
           if (relay.raised) std::rethrow_exception(relay.raised);
           throw;
@@ -172,14 +177,13 @@ void BindAdaRound(py::module_& m) {
         st["weight"] = r.weight_name;
         return py::make_tuple(weight, codes, st);
       },
-      py::arg("model"), py::arg("dtypes"), py::arg("options"), py::arg("node"),
       py::arg("grams"), py::arg("iterations") = 1000,
       py::arg("reg_weight") = 0.01f, py::arg("beta_start") = 20.f,
       py::arg("beta_end") = 2.f, py::arg("warmup") = 0.2f,
       py::arg("learning_rate") = 3e-2f, py::arg("threads") = 2,
       py::arg("progress") = py::none(),
-      "AdaRound of one node's weight from the Gram matrices of its inputs "
-      "(an AdaRoundGrams for the same node): (rounded weight, int32 codes, "
+      "AdaRound of the weight of the node of `grams` (an AdaRoundGrams) from "
+      "the Gram matrices of its inputs: (rounded weight, int32 codes, "
       "stats dict loss_nearest/loss_final/share_up/share_changed/weight). "
       "progress(done, total) is called with the GIL held.");
 }

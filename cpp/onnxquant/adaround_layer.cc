@@ -4,6 +4,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <limits>
+#include <memory>
+#include <utility>
 
 #include "onnxquant/error.h"
 #include "onnxquant/graph_edit.h"
@@ -170,51 +172,52 @@ ConvGeometry Geometry(const pb::NodeProto& node,
 
 }  // namespace
 
-AdaRoundTargets ListAdaRoundTargets(const pb::ModelProto& model,
-                                    const DtypeMap& dtypes,
-                                    const QuantOptions& options) {
-  const QuantPlan plan = MakePlan(model, dtypes, options);
-  GraphIndex index(model.graph());
-  AdaRoundTargets out;
-  for (const QuantizedNode& q : plan.quantized_nodes) {
+AdaRoundModel::AdaRoundModel(pb::ModelProto model, const DtypeMap& dtypes,
+                             const QuantOptions& options)
+    : model_(std::move(model)),
+      options_(options),
+      plan_(MakePlan(model_, dtypes, options_)),
+      index_(std::make_unique<GraphIndex>(model_.graph())) {
+  for (const QuantizedNode& q : plan_.quantized_nodes) {
     if (!q.scope.empty() || q.weight_input < 0) continue;
-    const int n = index.NodeNamed(q.node);
+    const int n = index_->NodeNamed(q.node);
     if (n < 0) continue;
-    const pb::NodeProto& node = model.graph().node(n);
-    const std::string why = Unsupported(index, node, q, options);
+    const pb::NodeProto& node = model_.graph().node(n);
+    const std::string why = Unsupported(*index_, node, q, options_);
     if (!why.empty()) {
-      out.skipped.emplace_back(q.node, why);
+      targets_.skipped.emplace_back(q.node, why);
       continue;
     }
-    out.layers.push_back({q.node, node.input(0), node.input(1)});
+    targets_.layers.push_back({q.node, node.input(0), node.input(1)});
   }
-  return out;
+}
+
+const QuantizedNode* AdaRoundModel::Planned(const std::string& name) const {
+  for (const QuantizedNode& q : plan_.quantized_nodes) {
+    if (q.node == name && q.scope.empty()) return &q;
+  }
+  return nullptr;
 }
 
 namespace {
 
-// The planned node `name` that AdaRound can round, with its plan entry;
-// throws InvalidArgument naming it otherwise.
-std::pair<const pb::NodeProto*, QuantizedNode> Target(
-    const pb::ModelProto& model, const DtypeMap& dtypes,
-    const QuantOptions& options, const std::string& name) {
-  const QuantPlan plan = MakePlan(model, dtypes, options);
-  GraphIndex index(model.graph());
-  const QuantizedNode* q = nullptr;
-  for (const QuantizedNode& c : plan.quantized_nodes) {
-    if (c.node == name && c.scope.empty()) q = &c;
-  }
-  const int n = index.NodeNamed(name);
+// The planned node `name` of `model` that AdaRound can round, with its plan
+// entry; throws InvalidArgument naming it otherwise.
+std::pair<const pb::NodeProto*, const QuantizedNode*> Target(
+    const AdaRoundModel& model, const std::string& name) {
+  const QuantizedNode* q = model.Planned(name);
+  const int n = model.index().NodeNamed(name);
   if (q == nullptr || n < 0 || q->weight_input < 0) {
     throw InvalidArgument("AdaRound: node '" + name +
                           "' is not a node the plan quantizes with a weight.");
   }
   const pb::NodeProto& node = model.graph().node(n);
-  const std::string why = Unsupported(index, node, *q, options);
+  const std::string why =
+      Unsupported(model.index(), node, *q, model.options());
   if (!why.empty()) {
     throw InvalidArgument("AdaRound cannot round node '" + name + "': " + why);
   }
-  return {&node, *q};
+  return {&node, q};
 }
 
 void AddInto(GramSums& total, const GramSums& part, const std::string& node) {
@@ -232,15 +235,20 @@ void AddInto(GramSums& total, const GramSums& part, const std::string& node) {
 
 }  // namespace
 
-LayerGramAccumulator::LayerGramAccumulator(const pb::ModelProto& model,
-                                           const DtypeMap& dtypes,
-                                           const QuantOptions& options,
+LayerGramAccumulator::LayerGramAccumulator(const AdaRoundModel& model,
                                            const std::string& name)
     : name_(name) {
-  const auto [node, q] = Target(model, dtypes, options, name);
+  const auto [node, q] = Target(model, name);
+  const QuantOptions& options = model.options();
   node_ = *node;
-  GraphIndex index(model.graph());
-  weight_dims_ = Dims(*index.Initializer(node->input(1)));
+  weight_axis_ = q->weight_axis;
+  quantized_ = QuantizeNodeWeights(model.index(), *node, *q,
+                                   std::numeric_limits<float>::max(), options);
+  weight_ = ToFloats(*model.index().Initializer(quantized_.weight_name));
+  weight_dims_ = Dims(*model.index().Initializer(node->input(1)));
+  remedy_qmax_ = RemedyOf(options, name).channel_qmax;
+  int4_ = WeightTypeOf(options, name) == WeightType::kInt4;
+  base_qmax_ = int4_ ? 7 : (options.reduce_weight_range ? 63 : 127);
   conv_ = IsOnnxOp(*node, "Conv") || IsOnnxOp(*node, "ConvTranspose");
   const bool transposed =
       Transposed(*node) && !IsOnnxOp(*node, "ConvTranspose");
@@ -292,37 +300,17 @@ void LayerGramAccumulator::Add(
   ++batches_;
 }
 
-LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
-                         const QuantOptions& options, const std::string& name,
-                         const std::vector<InputView>& inputs,
-                         const AdaRoundSettings& settings,
-                         const AdaRoundProgress& progress,
-                         const std::vector<InputView>& quantized_inputs) {
-  LayerGramAccumulator accumulator(model, dtypes, options, name);
-  accumulator.Add(inputs, quantized_inputs, settings.threads);
-  return RoundLayerFromGrams(model, dtypes, options, name,
-                             accumulator.grams(), settings, progress);
-}
-
-LayerRounding RoundLayerFromGrams(const pb::ModelProto& model,
-                                  const DtypeMap& dtypes,
-                                  const QuantOptions& options,
-                                  const std::string& name,
-                                  const LayerGrams& grams,
-                                  const AdaRoundSettings& settings,
-                                  const AdaRoundProgress& progress) {
-  const auto [node_ptr, q_entry] = Target(model, dtypes, options, name);
-  const pb::NodeProto& node = *node_ptr;
-  const QuantizedNode* q = &q_entry;
-  GraphIndex index(model.graph());
-  const NodeWeights nw = QuantizeNodeWeights(
-      index, node, *q, std::numeric_limits<float>::max(), options);
-  const std::vector<float> w = ToFloats(*index.Initializer(nw.weight_name));
+LayerRounding LayerGramAccumulator::Round(
+    const AdaRoundSettings& settings, const AdaRoundProgress& progress) const {
+  const std::string& name = name_;
+  const pb::NodeProto& node = node_;
+  const NodeWeights& nw = quantized_;
+  const std::vector<float>& w = weight_;
   const bool deconv = IsOnnxOp(node, "ConvTranspose");
   const bool transposed = Transposed(node) && !deconv;
-  const GramSums& gram = grams.gram;
-  const GramSums& cross = grams.cross;
-  const GramSums& fp_gram = grams.fp_gram;
+  const GramSums& gram = grams_.gram;
+  const GramSums& cross = grams_.cross;
+  const GramSums& fp_gram = grams_.fp_gram;
   const bool asym = !cross.sums.empty();
   const int64_t groups = gram.groups;
   if (gram.columns < 1) {
@@ -349,10 +337,10 @@ LayerRounding RoundLayerFromGrams(const pb::ModelProto& model,
     if (deconv) return ConvTransposeIndex(nw.dims, groups, r, c);
     return transposed ? c * rows_all + r : r * p.cols + c;
   };
-  const std::vector<int64_t> sidx = ScaleIndex(nw, q->weight_axis);
-  const std::vector<int32_t>& remedy = RemedyOf(options, name).channel_qmax;
-  const bool int4 = WeightTypeOf(options, name) == WeightType::kInt4;
-  const int32_t base_qmax = int4 ? 7 : (options.reduce_weight_range ? 63 : 127);
+  const std::vector<int64_t> sidx = ScaleIndex(nw, weight_axis_);
+  const std::vector<int32_t>& remedy = remedy_qmax_;
+  const bool int4 = int4_;
+  const int32_t base_qmax = base_qmax_;
   p.weight.resize(total);
   p.scale.resize(total);
   p.frozen.assign(total, 0);

@@ -6,12 +6,15 @@
 #ifndef ONNXQUANT_ADAROUND_LAYER_H_
 #define ONNXQUANT_ADAROUND_LAYER_H_
 
+#include <memory>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "onnxquant/adaround.h"
 #include "onnxquant/adaround_gram.h"
+#include "onnxquant/graph_index.h"
+#include "onnxquant/node_weights.h"
 #include "onnxquant/plan.h"
 
 namespace onnxquant {
@@ -28,14 +31,36 @@ struct AdaRoundTargets {
   std::vector<std::pair<std::string, std::string>> skipped;
 };
 
-// The nodes of the main graph that the plan for `options` quantizes with a
-// constant float weight read by no other node, and that AdaRound can round:
-// Conv and ConvTranspose 1-D and 2-D (grouped and depthwise included; no
-// ConvTranspose with output_shape or auto_pad SAME), Gemm with a constant B,
-// MatMul with a constant rank-2 B. Throws as MakePlan.
-AdaRoundTargets ListAdaRoundTargets(const pb::ModelProto& model,
-                                    const DtypeMap& dtypes,
-                                    const QuantOptions& options);
+// A normalised model parsed and planned once for AdaRound, shared by every
+// layer's Gram accumulator (and through it the layer's rounding): the
+// model, the options, the plan and an index of the main graph.
+class AdaRoundModel {
+ public:
+  // The targets are the nodes of the main graph that the plan for `options`
+  // quantizes with a constant float weight read by no other node, and that
+  // AdaRound can round: Conv and ConvTranspose 1-D and 2-D (grouped and
+  // depthwise included; no ConvTranspose with output_shape or auto_pad
+  // SAME), Gemm with a constant B, MatMul with a constant rank-2 B. Throws
+  // as MakePlan.
+  AdaRoundModel(pb::ModelProto model, const DtypeMap& dtypes,
+                const QuantOptions& options);
+  AdaRoundModel(const AdaRoundModel&) = delete;
+  AdaRoundModel& operator=(const AdaRoundModel&) = delete;
+
+  const AdaRoundTargets& targets() const { return targets_; }
+  const QuantOptions& options() const { return options_; }
+  const GraphIndex& index() const { return *index_; }
+  const pb::GraphProto& graph() const { return model_.graph(); }
+  // The plan entry of node `name` of the main graph; nullptr for none.
+  const QuantizedNode* Planned(const std::string& name) const;
+
+ private:
+  pb::ModelProto model_;
+  QuantOptions options_;
+  QuantPlan plan_;
+  std::unique_ptr<GraphIndex> index_;  // of model_'s main graph
+  AdaRoundTargets targets_;
+};
 
 struct LayerRounding {
   std::string weight_name;
@@ -52,16 +77,18 @@ struct LayerGrams {
   GramSums gram, cross, fp_gram;
 };
 
-// Sums a node's Gram matrices batch by batch, so that the caller needs only
-// one batch of its inputs in memory at a time. The sums do not depend on
-// the thread count; they do on how the samples are split into batches, in
-// the last bits.
+// One layer of an AdaRoundModel: sums its Gram matrices batch by batch, so
+// that the caller needs only one batch of its inputs in memory at a time,
+// then rounds its weight from them. It keeps what it reads of the model
+// (the node, its weight and the weight's quantization), so the model is
+// neither parsed nor planned again per layer, and need not outlive it. The
+// sums do not depend on the thread count; they do on how the samples are
+// split into batches, in the last bits.
 class LayerGramAccumulator {
  public:
-  // Throws InvalidArgument naming `node` when it is not one of
-  // ListAdaRoundTargets.
-  LayerGramAccumulator(const pb::ModelProto& model, const DtypeMap& dtypes,
-                       const QuantOptions& options, const std::string& node);
+  // Throws InvalidArgument naming `node` when it is not one of the model's
+  // targets; Error(kModel) as QuantizeNodeWeights.
+  LayerGramAccumulator(const AdaRoundModel& model, const std::string& node);
 
   // Adds one batch: the node's FP32 inputs and, for the asymmetric loss, the
   // same samples' inputs in the model with the layers above quantized (given
@@ -70,50 +97,40 @@ class LayerGramAccumulator {
   void Add(const std::vector<InputView>& inputs,
            const std::vector<InputView>& quantized_inputs, int threads);
 
+  // Rounds the node's weight with the scales quantize() gives it under the
+  // model's options (per channel or per tensor, power of two, int4 or int8,
+  // reduce_weight_range, weight_range, the node's kernel remedy; not the
+  // int32-bias floor, which needs the input scale), learning the rounding
+  // on the Gram matrices added. Quantizing the returned weight with the
+  // same options gives back `codes`: the elements of each scale's group
+  // that hold its largest |nearest code| keep their nearest code, so max|w|
+  // (and with it the scale) does not move. With quantized inputs the loss
+  // compares the FP32 output W x with W~ xq (asymmetric reconstruction,
+  // adaround.h). Throws InvalidArgument naming the node when no input was
+  // added, or settings out of their domain; InvalidArgument "cancelled"
+  // when progress returns false.
+  LayerRounding Round(const AdaRoundSettings& settings,
+                      const AdaRoundProgress& progress = nullptr) const;
+
   const LayerGrams& grams() const { return grams_; }
   int64_t batches() const { return batches_; }
 
  private:
   std::string name_;
   pb::NodeProto node_;
+  int weight_axis_ = -1;
   std::vector<int64_t> weight_dims_;
+  std::vector<float> weight_;  // the float weight, ONNX layout
+  NodeWeights quantized_;      // its nearest codes and scales
+  std::vector<int32_t> remedy_qmax_;
+  int32_t base_qmax_ = 127;
+  bool int4_ = false;
   bool conv_ = false;
   bool trans_a_ = false;
   int64_t k_ = 0;
   int64_t batches_ = 0;
   LayerGrams grams_;
 };
-
-// Rounds the weight of node `node` (one of ListAdaRoundTargets) with the
-// scales quantize() gives it under `options` (per channel or per tensor,
-// power of two, int4 or int8, reduce_weight_range, weight_range, the
-// node's kernel remedy; not the int32-bias floor, which needs the input
-// scale), learning the rounding on `inputs` (its activation input on the
-// calibration samples, FP32). Quantizing the returned weight with the same
-// options gives back `codes`: the elements of each scale's group that hold
-// its largest |nearest code| keep their nearest code, so max|w| (and with
-// it the scale) does not move.
-// `quantized_inputs` (empty: none): the same samples' input to the node in
-// the model whose layers above are quantized; the loss then compares the
-// FP32 output W x with W~ xq (asymmetric reconstruction, adaround.h).
-// Throws InvalidArgument naming the node for a node that is not a target,
-// inputs that do not fit it, or settings out of their domain;
-// InvalidArgument "cancelled" when progress returns false.
-LayerRounding RoundLayer(const pb::ModelProto& model, const DtypeMap& dtypes,
-                         const QuantOptions& options, const std::string& node,
-                         const std::vector<InputView>& inputs,
-                         const AdaRoundSettings& settings,
-                         const AdaRoundProgress& progress = nullptr,
-                         const std::vector<InputView>& quantized_inputs = {});
-
-// RoundLayer from Gram matrices summed by a LayerGramAccumulator.
-LayerRounding RoundLayerFromGrams(const pb::ModelProto& model,
-                                  const DtypeMap& dtypes,
-                                  const QuantOptions& options,
-                                  const std::string& node,
-                                  const LayerGrams& grams,
-                                  const AdaRoundSettings& settings,
-                                  const AdaRoundProgress& progress = nullptr);
 
 }  // namespace onnxquant
 

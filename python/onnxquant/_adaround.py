@@ -210,7 +210,9 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
     data = model_to_bytes(proto)
     dtypes = infer_dtypes(proto)
     native = options.to_native(data, dtypes, proto)
-    layers, skipped = _core.adaround_targets(data, dtypes, native)
+    # Parsed and planned once: every layer's Grams (and rounding) reads it.
+    planned = _core.AdaRoundModel(data, dtypes, native)
+    layers, skipped = planned.layers, planned.skipped
     graph_inputs = {i.name for i in proto.graph.input}
     bar = _ProgressLine(len(layers), progress)
     rounded: dict[str, np.ndarray] = {}
@@ -221,7 +223,7 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
         """The Gram matrices of the layer's inputs, summed batch by batch:
         one batch of its inputs in memory at a time."""
         name = layer["input"]
-        grams = _core.AdaRoundGrams(data, dtypes, native, layer["node"])
+        grams = _core.AdaRoundGrams(planned, layer["node"])
         if name in graph_inputs:
             for f in feeds:
                 grams.add([np.ascontiguousarray(f[name], dtype=np.float32)], [], threads)
@@ -240,9 +242,9 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
         for index, layer in enumerate(layers):
             t0 = time.perf_counter()
             weight, codes, stats = _core.adaround_layer(
-                data, dtypes, native, layer["node"], grams_of(layer), iterations,
-                float(reg_weight), float(beta[0]), float(beta[1]), float(warmup),
-                float(learning_rate), threads, bar.callback(index, layer["node"]))
+                grams_of(layer), iterations, float(reg_weight), float(beta[0]),
+                float(beta[1]), float(warmup), float(learning_rate), threads,
+                bar.callback(index, layer["node"]))
             rounded[layer["weight"]] = weight
             if inputs == "quantized":
                 if current is proto:

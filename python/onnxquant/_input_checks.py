@@ -24,6 +24,7 @@ import onnx.checker
 import onnx.helper
 import onnx.numpy_helper
 
+from onnxquant._graph_walk import all_graphs
 from onnxquant.errors import ModelError, UnsupportedModelError
 
 __all__ = [
@@ -66,22 +67,6 @@ def _label(node: onnx.NodeProto, index: int) -> str:
     return f"node {name} ({node.op_type})"
 
 
-def _graphs(graph: onnx.GraphProto):
-    """``graph`` and every subgraph under it, depth first in node order."""
-    stack = [graph]
-    while stack:
-        current = stack.pop()
-        yield current
-        subs = []
-        for node in current.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    subs.append(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    subs.extend(attr.graphs)
-        stack.extend(reversed(subs))
-
-
 def is_quantized_op(op_type: str) -> bool:
     """Whether ``op_type`` (in any domain) computes on quantized tensors: Q/DQ,
     QOperator ``QLinear*`` ops, integer ops (``ConvInteger``,
@@ -93,7 +78,7 @@ def is_quantized_op(op_type: str) -> bool:
 def find_quantized_node(model: onnx.ModelProto) -> tuple[onnx.NodeProto, int] | None:
     """The first node (main graph first, then subgraphs) that computes on
     quantized tensors, with its index in its graph; None when there is none."""
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         for index, node in enumerate(graph.node):
             if is_quantized_op(node.op_type):
                 return node, index
@@ -129,7 +114,7 @@ def densify_sparse_initializers(model: onnx.ModelProto) -> int:
             its dims (names the tensor).
     """
     count = 0
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         if not graph.sparse_initializer:
             continue
         for sparse in graph.sparse_initializer:
@@ -219,7 +204,7 @@ def _content_ir(model: onnx.ModelProto) -> tuple[int, str]:
 
     if model.functions:
         note(8, f"its local function '{model.functions[0].name}'")
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model.graph):
         if graph.metadata_props:
             note(10, f"metadata_props on graph '{graph.name}'")
         for tensor in graph.initializer:

@@ -22,6 +22,7 @@ import onnx.numpy_helper
 import onnx.version_converter
 from onnx import TensorProto
 
+from onnxquant._graph_walk import all_graphs, node_bodies
 from onnxquant._shapes import graph_inputs, infer_shapes, tensor_shape
 from onnxquant.errors import InvalidArgumentError, ModelError, UnsupportedModelError
 
@@ -61,17 +62,6 @@ def _node_label(node: onnx.NodeProto, index: int) -> str:
     return f"{node.op_type} node {name}"
 
 
-def _all_graphs(graph: onnx.GraphProto):
-    yield graph
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield from _all_graphs(attr.g)
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                for sub in attr.graphs:
-                    yield from _all_graphs(sub)
-
-
 # --------------------------------------------------------------------------
 # float16 -> float32
 # --------------------------------------------------------------------------
@@ -105,7 +95,7 @@ def convert_float16(model: onnx.ModelProto) -> bool:
     raises UnsupportedModelError naming the tensor.
     """
     changed = False
-    for graph in _all_graphs(model.graph):
+    for graph in all_graphs(model.graph):
         for tensor in graph.initializer:
             if tensor.data_type == TensorProto.BFLOAT16:
                 raise UnsupportedModelError(
@@ -375,13 +365,11 @@ def _subgraph_reads(graph: onnx.GraphProto) -> set[str]:
     """Names that subgraph bodies of ``graph``'s nodes read (outer scope included)."""
     names: set[str] = set()
     for node in graph.node:
-        for attr in node.attribute:
-            subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
-            for sub in subs:
-                for inner in _all_graphs(sub):
-                    for n in inner.node:
-                        names.update(n.input)
-                    names.update(o.name for o in inner.output)
+        for sub in node_bodies(node):
+            for inner in all_graphs(sub):
+                for n in inner.node:
+                    names.update(n.input)
+                names.update(o.name for o in inner.output)
     return names
 
 

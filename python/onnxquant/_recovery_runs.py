@@ -12,6 +12,7 @@ import onnx.helper
 import onnx.numpy_helper
 import onnxruntime as ort
 
+from onnxquant._graph_walk import all_nodes, node_bodies
 from onnxquant._input_checks import refuse_quantized
 from onnxquant._model import NORMALIZED_KEY, QUANTIZED_KEY, ModelLike, get_metadata, load_model
 from onnxquant._samples import batch_samples, input_specs
@@ -46,11 +47,8 @@ def _reads(node: onnx.NodeProto) -> set[str]:
     """The names ``node`` reads: its inputs and every name read inside its
     subgraph bodies (If, Loop, Scan; a superset of the outer-scope reads)."""
     names = {i for i in node.input if i}
-    for attr in node.attribute:
-        for body in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else
-                     list(attr.graphs)):
-            for inner in body.node:
-                names |= _reads(inner)
+    for body in node_bodies(node):
+        names.update(i for inner in all_nodes(body) for i in inner.input if i)
     return names
 
 

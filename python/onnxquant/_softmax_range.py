@@ -9,37 +9,75 @@ range does that wherever attention is nearly uniform (largest probability about
 1 / D). The TFLite 8-bit specification fixes a Softmax's output parameters at scale
 1/256 (zero point 0 in uint8, -128 in int8), which the kernel handles for every
 D >= 2: every Softmax output gets the range [0, 255/256], whose 8-bit scale is
-exactly 1/256.
+exactly 1/256, unless the options' ``overrides`` give its node
+``{"output_range": "calibrated"}`` (for runtimes without that kernel).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Collection, Iterable, Mapping
 
 import onnx
+
+from onnxquant._graph_walk import all_nodes
+from onnxquant.report import SoftmaxRange
 
 #: [0, 255/256]: scale (255/256) / 255 = 1/256 exactly, zero point at 0.
 SOFTMAX_OUTPUT_RANGE = (0.0, 255.0 / 256.0)
 
 
-def _nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
-    for node in graph.node:
-        yield node
-        for attr in node.attribute:
-            bodies = [attr.g] if attr.HasField("g") else list(attr.graphs)
-            for body in bodies:
-                yield from _nodes(body)
+def softmax_outputs(graph: onnx.GraphProto) -> dict[str, str]:
+    """``{output tensor: node name}`` of every Softmax of the default domain in
+    ``graph`` and its bodies."""
+    return {node.output[0]: node.name for node in all_nodes(graph)
+            if node.op_type == "Softmax" and node.domain in ("", "ai.onnx") and node.output}
 
 
 def with_softmax_output_ranges(
-        graph: onnx.GraphProto,
-        ranges: Mapping[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+        graph: onnx.GraphProto, ranges: Mapping[str, tuple[float, float]],
+        keep_calibrated: Collection[str] = ()) -> dict[str, tuple[float, float]]:
     """``ranges`` with the range of every Softmax output it holds (main graph and
-    bodies) replaced by :data:`SOFTMAX_OUTPUT_RANGE`; a new dict, the others
-    unchanged."""
+    bodies) replaced by :data:`SOFTMAX_OUTPUT_RANGE`, except the tensors in
+    ``keep_calibrated``; a new dict, the others unchanged."""
     fixed = dict(ranges)
-    for node in _nodes(graph):
-        if node.op_type == "Softmax" and node.domain in ("", "ai.onnx") \
-                and node.output and node.output[0] in fixed:
-            fixed[node.output[0]] = SOFTMAX_OUTPUT_RANGE
+    for tensor in softmax_outputs(graph):
+        if tensor in fixed and tensor not in keep_calibrated:
+            fixed[tensor] = SOFTMAX_OUTPUT_RANGE
     return fixed
+
+
+def softmax_range_entries(graph: onnx.GraphProto, given: Mapping[str, tuple[float, float]],
+                          used: Mapping[str, tuple[float, float]],
+                          qdq: Iterable[tuple[str, str, str]],
+                          keep_calibrated: Collection[str] = ()) -> tuple[SoftmaxRange, ...]:
+    """The report's entry for each Softmax output whose range the quantized
+    model uses: ``given`` are the ranges passed to quantize, ``used`` those
+    the engine got, ``qdq`` the plan's ``(tensor, source, scope)`` triples
+    (a range is used when its tensor is a source), ``keep_calibrated`` the
+    outputs the overrides keep at their calibrated range."""
+    scopes: dict[str, str] = {}
+    for tensor, source, scope in qdq:
+        if tensor == source or source not in scopes:
+            scopes[source] = scope
+    entries = []
+    for tensor, node in softmax_outputs(graph).items():
+        if tensor in scopes and tensor in given:
+            entries.append(SoftmaxRange(tensor, node, tuple(given[tensor]),
+                                        tuple(used[tensor]), tensor not in keep_calibrated,
+                                        scopes[tensor]))
+    return tuple(entries)
+
+
+def calibrated_softmax_note(entries: Iterable[SoftmaxRange]) -> str:
+    """The report's warning for Softmax outputs kept at their calibrated range
+    ("" when there are none)."""
+    kept = [e for e in entries if not e.fixed]
+    if not kept:
+        return ""
+    names = ", ".join(f"'{e.tensor}' (node '{e.node}', 8-bit scale "
+                      f"{(max(e.used[1], 0.0) - min(e.used[0], 0.0)) / 255:.3g})" for e in kept)
+    return (f"Softmax outputs kept at their calibrated range (overrides "
+            f"output_range='calibrated'): {names}. ONNX Runtime's CPU kernel QLinearSoftmax "
+            "returns 0 for the largest probabilities once floor(1 / scale) exceeds e^5 times "
+            "the softmax axis's length (bench/qlinear_softmax_probe.py); the default fixed "
+            "range (scale 1/256) never does.")

@@ -39,6 +39,7 @@ import onnx.numpy_helper
 from onnxquant import _core
 from onnxquant._model import NORMALIZED_KEY, ModelLike, get_metadata, load_model
 from onnxquant._samples import batch_samples, input_specs
+from onnxquant._softmax_range import SOFTMAX_OUTPUT_RANGE
 from onnxquant.calibrator import _BOUNDED_OUTPUT_OPS, CalibrationMethod, Calibrator
 from onnxquant.errors import InvalidArgumentError, MissingExtraError
 
@@ -98,7 +99,12 @@ class TensorAnalysis:
     ("" when unflagged), in words and as data: ``remedy_exclude_nodes`` (pass
     them to ``quantize(exclude_nodes=...)``) and ``remedy_methods`` (methods
     whose range would not be flagged for clipping). NaN where no histogram of
-    the tensor exists.
+    the tensor exists. ``fixed_range``: its parameters are those
+    :func:`~onnxquant.quantize` fixes for a Softmax output (the range
+    [0, 255/256], scale 1/256 in 8 bits), taken whatever calibration gave:
+    ``low``/``high`` show that range, ``method_ranges`` what each method
+    would have given (which quantize replaces unless the Softmax node's
+    ``overrides`` entry says ``{"output_range": "calibrated"}``).
     """
 
     tensor: str
@@ -120,6 +126,7 @@ class TensorAnalysis:
     remedy: str = ""
     remedy_exclude_nodes: tuple[str, ...] = ()
     remedy_methods: tuple[str, ...] = ()
+    fixed_range: bool = False
 
 
 class LayerAnalysis(list):
@@ -229,6 +236,10 @@ class LayerAnalysis(list):
                          f"{share(r.clipped)} {share(r.below_step)}  {','.join(r.flags)}")
         for r in self.flagged():
             lines.append(f"! {r.tensor}: {r.remedy}")
+        fixed = [r.tensor for r in self if r.fixed_range]
+        if fixed:
+            lines.append("Fixed Softmax output range [0, 255/256] (quantize; no calibration "
+                         f"method changes it): {', '.join(fixed)}")
         if any(math.isnan(r.clipped) for r in self):
             lines.append("- : no histogram of that tensor (it shares its producer's "
                          "parameters, or the calibrator did not observe it)")
@@ -482,9 +493,11 @@ def analyze(model: ModelLike, quantized: ModelLike, samples: Iterable[object], *
             below_step=below, feeds_output=t in feeds_output,
             shared_with=tuple(x for x in group[1] if x != t) if group else (),
             range_of=owner[t],
-            method_ranges={m: r[owner[t]] for m, r in method_ranges.items() if owner[t] in r})
-        flags, remedy, exclude, better = _guard(r, group, consumers, histograms.get(t),
-                                                stats.get(t), clip_limit, resolution_limit)
+            method_ranges={m: r[owner[t]] for m, r in method_ranges.items() if owner[t] in r},
+            fixed_range=_fixed_softmax_range(producer.get(owner[t]), q))
+        flags, remedy, exclude, better = _guard(
+            r, group, consumers, histograms.get(t), stats.get(t), clip_limit,
+            resolution_limit, producer[owner[t]].name if r.fixed_range else "")
         if flags:
             r = replace(r, flags=flags, remedy=remedy, remedy_exclude_nodes=exclude,
                         remedy_methods=better)
@@ -621,10 +634,18 @@ def _shared_groups(fp32: onnx.ModelProto, qparams: Mapping[str, _QParams]):
     return groups
 
 
+def _fixed_softmax_range(node: onnx.NodeProto | None, q: _QParams) -> bool:
+    """Whether the quantized range ``q`` of ``node``'s output is the one
+    quantize fixes for a Softmax output (to half a step)."""
+    return node is not None and node.op_type == "Softmax" and q.low == 0.0 and \
+        abs(q.high - SOFTMAX_OUTPUT_RANGE[1]) <= 0.5 * q.scale
+
+
 def _guard(r: TensorAnalysis, group, consumers, histogram, stats, clip_limit: float,
-           resolution_limit: float):
+           resolution_limit: float, softmax_node: str = ""):
     """The flags of one record, and a remedy for them: in words, the nodes to
-    keep float, the methods that would not clip."""
+    keep float, the methods that would not clip. ``softmax_node``: the
+    Softmax whose fixed output range the record's tensor takes, if any."""
     if histogram is None:
         return (), "", (), ()
     flags = []
@@ -650,7 +671,19 @@ def _guard(r: TensorAnalysis, group, consumers, histogram, stats, clip_limit: fl
             "16-bit activations (activation_type='int16': 256 times finer steps), for this "
             f"Concat alone with QuantOptions(overrides={{{concat.name!r}: "
             "{'activation_type': 'int16'}})")
-    if "clips_output" in flags or "clips" in flags:
+    if ("clips_output" in flags or "clips" in flags) and r.fixed_range:
+        nodes = sorted({*([r.node] if r.node else []),
+                        *(c.name for c in consumers.get(r.tensor, ()))})
+        exclude.extend(n for n in nodes if n not in exclude)
+        remedies.append(
+            f"it clips {r.clipped:.2%} of its observed values, with the fixed range "
+            f"[0, 255/256] that quantize gives every Softmax output (no calibration method "
+            f"changes it); for the calibrated range instead, QuantOptions(overrides="
+            f"{{{softmax_node!r}: {{'output_range': 'calibrated'}}}}) (ONNX Runtime's CPU "
+            f"QLinearSoftmax "
+            f"may then return 0 for the largest probabilities), or keep it float with "
+            f"exclude_nodes={nodes!r}")
+    elif "clips_output" in flags or "clips" in flags:
         limit = 0.0 if "clips_output" in flags else clip_limit
         for m, (lo, hi) in r.method_ranges.items():
             lo, hi = min(lo, 0.0), max(hi, 0.0)

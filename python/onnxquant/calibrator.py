@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 
 from onnxquant import _core
+from onnxquant._graph_walk import node_bodies
 from onnxquant._model import ModelLike, load_skeleton, write_bytes_atomic
 from onnxquant._payloads import Workspace, canonical_bytes, ort_session
 from onnxquant._samples import SampleBatcher, check_sample, input_specs
@@ -164,9 +165,8 @@ def _graphs(graph) -> Iterator:
     yield graph
     for node in graph.node:
         if node.op_type in _CONTROL_FLOW and node.domain in ("", "ai.onnx"):
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    yield from _graphs(attr.g)
+            for body in node_bodies(node):
+                yield from _graphs(body)
 
 
 def _float_tensors(model, dtypes: dict[str, int], planned: Sequence[str]) -> tuple[str, ...]:
@@ -645,7 +645,12 @@ class Calibrator:
         method's range instead.
         docs/calibration.md defines each method. Outputs of Sigmoid,
         HardSigmoid, Softmax and Tanh take the MIN_MAX range of the method's
-        symmetry unless the calibrator has ``clip_bounded_outputs``. NaN and
+        symmetry unless the calibrator has ``clip_bounded_outputs``. A
+        Softmax output's range is the one observed (the method's), not the
+        fixed [0, 255/256] the quantized model gives it: :func:`quantize`
+        applies that (to ranges from any source, and not where the node's
+        ``overrides`` entry says ``{"output_range": "calibrated"}``), and its
+        report's ``softmax_ranges`` show both. NaN and
         Inf in intermediate tensors, and float32's extremes (finite values of
         magnitude >= 1e30, as attention masks hold), are left out of the
         statistics and counted in :attr:`report` (so that a mask's

@@ -26,6 +26,7 @@ import onnx
 import onnx.checker
 from onnx import TensorProto, helper, numpy_helper
 
+from onnxquant._graph_walk import all_nodes
 from onnxquant._model import QUANTIZED_KEY, ModelLike, load_model, set_metadata
 from onnxquant.errors import InvalidArgumentError
 from onnxquant.quantize import _names, require_normalized
@@ -165,13 +166,7 @@ def quantize_weight(weight: np.ndarray, qmax: int, per_channel: bool
 
 def _read_names(graph: onnx.GraphProto) -> set[str]:
     """The names the nodes of ``graph`` and of every body in it read."""
-    names: set[str] = set()
-    for node in graph.node:
-        names.update(node.input)
-        for attr in node.attribute:
-            for body in (attr.g, *attr.graphs) if attr.HasField("g") else attr.graphs:
-                names |= _read_names(body)
-    return names
+    return {name for node in all_nodes(graph) for name in node.input}
 
 
 class _Rewriter:

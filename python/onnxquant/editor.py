@@ -34,6 +34,7 @@ import onnx.checker
 import onnx.helper
 import onnx.numpy_helper
 
+from onnxquant._graph_walk import all_nodes, node_bodies
 from onnxquant._model import get_metadata
 from onnxquant.errors import InvalidArgumentError, ModelError, UnsupportedModelError
 
@@ -277,11 +278,8 @@ def _producer(graph: onnx.GraphProto, name: str) -> onnx.NodeProto | None:
 def _read_by_bodies(graph: onnx.GraphProto, name: str) -> onnx.NodeProto | None:
     """The If/Loop/Scan node whose body reads ``name`` from the outer scope."""
     for node in graph.node:
-        for attr in node.attribute:
-            bodies = list(attr.graphs) + ([attr.g] if attr.HasField("g") else [])
-            for body in bodies:
-                if any(name in n.input for n in body.node) or _read_by_bodies(body, name):
-                    return node
+        if any(name in n.input for body in node_bodies(node) for n in all_nodes(body)):
+            return node
     return None
 
 

@@ -9,6 +9,7 @@ import warnings
 import onnx
 
 from onnxquant import _core
+from onnxquant._graph_walk import all_graphs
 from onnxquant._input_checks import (
     check_with_onnx_checker,
     densify_sparse_initializers,
@@ -24,7 +25,6 @@ from onnxquant._model import (
 )
 from onnxquant._opset import (
     TARGET_OPSET,
-    _all_graphs,
     assumed_input_shapes,
     convert_float16,
     convert_opset,
@@ -125,7 +125,7 @@ def name_nodes(model: onnx.ModelProto) -> int:
     too (unique across all graphs, so that a name tells one node); returns how
     many were renamed. Unnamed nodes become ``<op_type>_<index>``; a repeated
     name gets a ``_<n>`` suffix. Names that were unique are kept."""
-    graphs = list(_all_graphs(model.graph))
+    graphs = list(all_graphs(model.graph))
     nodes = [node for graph in graphs for node in graph.node]
     taken = {n.name for n in nodes if n.name}
     seen: set[str] = set()

@@ -12,6 +12,12 @@ normalised model and gives it, instead of the model-wide options:
   computes the range of that tensor (of the tensors a node reads and writes)
   with it instead of its own method.
 - ``"weight_type"`` (nodes only): ``"int8"`` or ``"int4"``.
+- ``"output_range"`` (Softmax nodes only): ``"fixed"`` (what every Softmax
+  output gets by default: the TFLite spec's [0, 255/256], scale 1/256) or
+  ``"calibrated"``: the output keeps the range :func:`~onnxquant.quantize`
+  is given, for runtimes other than ONNX Runtime's CPU provider, whose
+  QLinearSoftmax may then return 0 for the largest probabilities
+  (bench/qlinear_softmax_probe.py).
 
 This module resolves the names against a model's plan into the engine's
 per-tensor form (:func:`resolve_overrides`).
@@ -31,7 +37,8 @@ __all__ = ["OVERRIDE_KEYS", "ResolvedOverrides", "check_overrides", "resolve_ove
 
 _ACTIVATION = ("uint8", "int8", "int16", "float")
 _WEIGHT = ("int8", "int4")
-OVERRIDE_KEYS = ("activation_type", "method", "weight_type")
+_OUTPUT_RANGE = ("fixed", "calibrated")
+OVERRIDE_KEYS = ("activation_type", "method", "weight_type", "output_range")
 
 
 def check_overrides(overrides: object) -> dict[str, dict[str, str]]:
@@ -40,7 +47,8 @@ def check_overrides(overrides: object) -> dict[str, dict[str, str]]:
     if not isinstance(overrides, Mapping):
         raise InvalidArgumentError(
             f"overrides must be a dict {{node or tensor name: {{'activation_type': ..., "
-            f"'method': ..., 'weight_type': ...}}}}, got {type(overrides).__name__}.")
+            f"'method': ..., 'weight_type': ..., 'output_range': ...}}}}, got "
+            f"{type(overrides).__name__}.")
     out: dict[str, dict[str, str]] = {}
     for name, entry in overrides.items():
         if not isinstance(name, str) or not name:
@@ -63,6 +71,11 @@ def check_overrides(overrides: object) -> dict[str, dict[str, str]]:
                 raise InvalidArgumentError(
                     f"overrides['{name}']['weight_type'] must be 'int8' or 'int4', "
                     f"got {value!r}.")
+            if key == "output_range" and value not in _OUTPUT_RANGE:
+                raise InvalidArgumentError(
+                    f"overrides['{name}']['output_range'] must be 'fixed' (the TFLite spec's "
+                    f"[0, 255/256], the default) or 'calibrated' (the range quantize is "
+                    f"given), got {value!r}.")
             if key == "method":
                 from onnxquant.calibrator import CalibrationMethod
 
@@ -86,7 +99,9 @@ class ResolvedOverrides:
     ``float_tensors``: calibrated tensors left without Q/DQ;
     ``tensor_methods``: calibrated tensor -> method name;
     ``node_weight_types``: node -> ``"int8"``/``"int4"``;
-    ``exclude_nodes``: nodes kept float.
+    ``exclude_nodes``: nodes kept float;
+    ``calibrated_outputs``: Softmax outputs that keep their calibrated range
+    (``output_range="calibrated"``).
     """
 
     tensor_types: dict[str, str] = field(default_factory=dict)
@@ -94,6 +109,7 @@ class ResolvedOverrides:
     tensor_methods: dict[str, str] = field(default_factory=dict)
     node_weight_types: dict[str, str] = field(default_factory=dict)
     exclude_nodes: tuple[str, ...] = ()
+    calibrated_outputs: tuple[str, ...] = ()
 
 
 def _set(target: dict[str, str], key: str, value: str, what: str, name: str) -> None:
@@ -138,7 +154,12 @@ def resolve_overrides(overrides: Mapping[str, Mapping[str, str]], data: bytes,
     types: dict[str, str] = {}
     methods: dict[str, str] = {}
     weights: dict[str, str] = {}
+    calibrated: list[str] = []
     for name, entry in overrides.items():
+        if "output_range" in entry and (name in nodes or name in tensors):
+            output = _softmax_output(name, nodes, source, model)
+            if entry["output_range"] == "calibrated":
+                calibrated.append(output)
         if name in nodes:
             if name in excluded:
                 continue
@@ -183,4 +204,30 @@ def resolve_overrides(overrides: Mapping[str, Mapping[str, str]], data: bytes,
     return ResolvedOverrides(
         tensor_types={t: v for t, v in types.items() if v != "float"},
         float_tensors=floats, tensor_methods=methods, node_weight_types=weights,
-        exclude_nodes=excluded)
+        exclude_nodes=excluded, calibrated_outputs=tuple(calibrated))
+
+
+def _softmax_output(name: str, nodes: Mapping[str, onnx.NodeProto],
+                    source: Mapping[str, str], model: onnx.ModelProto) -> str:
+    """The quantized output of the Softmax node ``name`` that an
+    ``output_range`` override names; raises InvalidArgumentError naming it
+    when ``name`` is a tensor, a node of another op, or a Softmax whose
+    output stays float."""
+    if name not in nodes:
+        producer = next((n for n in model.graph.node if name in n.output), None)
+        where = f" (written by node '{producer.name}', {producer.op_type})" \
+            if producer is not None and producer.name else ""
+        raise InvalidArgumentError(
+            f"overrides['{name}'] gives an output_range to tensor '{name}'{where}; "
+            "output_range goes on a Softmax node: name the node.")
+    node = nodes[name]
+    if node.op_type != "Softmax" or node.domain not in ("", "ai.onnx"):
+        raise InvalidArgumentError(
+            f"overrides['{name}'] gives an output_range to node '{name}' ({node.op_type}); "
+            "only Softmax outputs have a fixed range: name a Softmax node.")
+    if not node.output or source.get(node.output[0]) != node.output[0]:
+        raise InvalidArgumentError(
+            f"overrides['{name}'] gives an output_range to Softmax node '{name}', whose "
+            "output the plan does not quantize (it stays float, or takes the parameters "
+            "of another tensor); drop the entry.")
+    return node.output[0]

@@ -23,7 +23,11 @@ from onnxquant._model import (
 )
 from onnxquant._payloads import PAYLOAD_THRESHOLD, Workspace, checkable_file, materialize
 from onnxquant._shapes import infer_dtypes
-from onnxquant._softmax_range import with_softmax_output_ranges
+from onnxquant._softmax_range import (
+    calibrated_softmax_note,
+    softmax_range_entries,
+    with_softmax_output_ranges,
+)
 from onnxquant.errors import (
     InternalError,
     InvalidArgumentError,
@@ -197,8 +201,13 @@ class QuantOptions:
             on a node, the node stays float); ``method`` a
             :class:`~onnxquant.CalibrationMethod` name, used by the
             Calibrator for those tensors; ``weight_type`` (nodes only)
-            ``"int8"`` or ``"int4"``. Names are those of the normalised
-            model; an unknown one raises InvalidArgumentError naming it.
+            ``"int8"`` or ``"int4"``; ``output_range`` (Softmax nodes only)
+            ``"fixed"`` (the default: the TFLite spec's [0, 255/256]) or
+            ``"calibrated"`` (the range :func:`quantize` is given, for
+            runtimes other than ONNX Runtime's CPU provider, whose
+            QLinearSoftmax may then return zeros). Names are those of the
+            normalised model; an unknown one raises InvalidArgumentError
+            naming it.
         mode: ``"static"`` (default): activations get fixed scales from
             calibrated ranges (QuantizeLinear/DequantizeLinear pairs);
             ``"dynamic"``: only MatMul and Gemm are quantized, weights to int8
@@ -430,7 +439,9 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]] | None,
             tensor the plan calibrates; with ``mode="dynamic"``, None (a
             mapping given there is not read: scales are computed at run time).
             A Softmax output's range is replaced by [0, 255/256] (scale 1/256,
-            the TFLite spec's; see docs/architecture.md).
+            the TFLite spec's; see docs/architecture.md), unless ``overrides``
+            give its node ``{"output_range": "calibrated"}``; the report's
+            ``softmax_ranges`` list both.
         activation_type, per_channel, exclude_nodes, op_types,
         quantize_activation_matmul, reduce_weight_range, target,
         kernel_remedy, quantize_silu, power_of_two, weight_range,
@@ -535,7 +546,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     skeleton = load_skeleton(model, workspace, fingerprint=False)
     work = skeleton.model
     require_normalized(work, "quantize")
-    native_ranges = with_softmax_output_ranges(work.graph, _native_ranges(ranges))
+    given = _native_ranges(ranges)
     if options.uses_int4:
         work = upgrade_for_int4(work)
     if calibration_report is None and calibrator is not None:
@@ -554,7 +565,9 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     data = model_to_bytes(work)
     # The overrides are resolved once (each resolution plans the model); the
     # checks and the remedies below work on this one native form.
-    native = options.to_native(data, dtypes, work)
+    native, resolved = options.resolve(data, dtypes, work)
+    native_ranges = with_softmax_output_ranges(work.graph, given,
+                                               resolved.calibrated_outputs)
     native.mask_nodes = masked
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.
@@ -612,9 +625,11 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
         native_report, calibration_report,
         kernels=kernel_summary(options, kernels, remedies), runtime=runtime,
         runtime_note=note)
-    notes = tuple(n for n in (fixed, mask_note) if n)
-    if notes:
-        report = replace(report, notes=(*report.notes, *notes))
+    softmax = softmax_range_entries(work.graph, given, native_ranges,
+                                    native_report.get("plan", {}).get("qdq", ()),
+                                    resolved.calibrated_outputs)
+    notes = tuple(n for n in (fixed, mask_note, calibrated_softmax_note(softmax)) if n)
+    report = replace(report, softmax_ranges=softmax, notes=(*report.notes, *notes))
     return result, report
 
 

@@ -18,6 +18,7 @@ __all__ = [
     "NonFiniteCount",
     "QuantizationReport",
     "QuantizedNode",
+    "SoftmaxRange",
     "kernel_summary",
 ]
 
@@ -52,6 +53,23 @@ class AbsorbedActivation(NamedTuple):
 
     node: str
     producer: str
+
+
+class SoftmaxRange(NamedTuple):
+    """The range of a quantized Softmax output: ``calibrated``, the
+    ``(min, max)`` passed to :func:`~onnxquant.quantize` (the calibrator's, or
+    the user's); ``used``, the range the quantized model's parameters come
+    from; ``fixed``: True when that is the TFLite spec's fixed [0, 255/256]
+    (scale 1/256), False when the node's ``overrides`` entry
+    ``{"output_range": "calibrated"}`` kept the calibrated one. ``graph``:
+    the body it lies in, as for :class:`QuantizedNode`."""
+
+    tensor: str
+    node: str
+    calibrated: tuple[float, float]
+    used: tuple[float, float]
+    fixed: bool = True
+    graph: str = ""
 
 
 class NonFiniteCount(NamedTuple):
@@ -101,6 +119,10 @@ class KernelRemedy(NamedTuple):
 
 def _count(n: int) -> str:
     return f"{n:,}".replace(",", " ")
+
+
+def _span(pair: tuple[float, float]) -> str:
+    return f"[{pair[0]:.4g}, {pair[1]:.4g}]"
 
 
 def _table(title: str, header: tuple[str, ...], rows: list[tuple[Any, ...]]) -> list[str]:
@@ -267,7 +289,10 @@ class QuantizationReport:
     ``""`` for the main graph); ``absorbed``: Relu/Clip folded into their producer's range;
     ``qdq_tensors``: tensors given a QuantizeLinear/DequantizeLinear pair;
     ``floored``: tensors whose zero range got a floored scale; ``enlarged``:
-    weights whose scale was enlarged so the int32 bias fits; ``notes``: other
+    weights whose scale was enlarged so the int32 bias fits;
+    ``softmax_ranges``: each quantized Softmax output with the range it was
+    given and the range it uses (:class:`SoftmaxRange`: the fixed
+    [0, 255/256] unless overridden); ``notes``: other
     remarks of the engine (e.g. subgraphs left in float); ``calibration``: the
     calibrator's report when it was passed to ``quantize``, else None;
     ``kernels``: the kernel check (:class:`KernelReport`).
@@ -287,6 +312,7 @@ class QuantizationReport:
     enlarged: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
     calibration: CalibrationReport | None = field(default=None)
+    softmax_ranges: tuple[SoftmaxRange, ...] = ()
     kernels: KernelReport | None = field(default=None)
     runtime: Any = field(default=None)
     runtime_note: str = ""
@@ -353,6 +379,8 @@ class QuantizationReport:
             "qdq_tensors": list(self.qdq_tensors),
             "floored": list(self.floored),
             "enlarged": list(self.enlarged),
+            "softmax_ranges": [{**r._asdict(), "calibrated": list(r.calibrated),
+                                "used": list(r.used)} for r in self.softmax_ranges],
             "notes": list(self.notes),
             "calibration": self.calibration.to_dict() if self.calibration else None,
             "kernels": self.kernels.to_dict() if self.kernels else None,
@@ -392,6 +420,14 @@ class QuantizationReport:
             lines.append(f"Zero ranges, scale floored: {', '.join(self.floored)}")
         if self.enlarged:
             lines.append(f"Weight scales enlarged for the int32 bias: {', '.join(self.enlarged)}")
+        lines += _table("Softmax output ranges (the TFLite spec's fixed [0, 255/256], scale "
+                        "1/256, unless overridden)",
+                        ("tensor", "node", "calibrated", "used") + where,
+                        [(r.tensor, r.node, _span(r.calibrated),
+                          _span(r.used) + (" fixed" if r.fixed else
+                                           " calibrated (overrides output_range)"))
+                         + ((r.graph or "main",) if bodies else ())
+                         for r in self.softmax_ranges])
         lines += [f"Note: {n}" for n in self.notes]
         lines += self._runtime_lines()
         if self.kernels is not None:

@@ -197,7 +197,9 @@ def test_typed_errors():
     from onnxquant._shapes import infer_dtypes
     native = oq.QuantOptions().to_native()
     dtypes = infer_dtypes(fp)
-    grams = _core.AdaRoundGrams(data, dtypes, native, "conv_b")
+    planned = _core.AdaRoundModel(data, dtypes, native)
+    assert [layer["node"] for layer in planned.layers] == ["conv_a", "conv_b", "matmul", "gemm"]
+    grams = _core.AdaRoundGrams(planned, "conv_b")
     with pytest.raises(oq.InvalidArgumentError, match="conv_b"):
         grams.add([np.zeros((2, 5, 8, 4), np.float32)])
     with pytest.raises(oq.InvalidArgumentError, match="float32 C-contiguous"):
@@ -206,20 +208,18 @@ def test_typed_errors():
     with pytest.raises(oq.InvalidArgumentError, match="conv_b.*some batches"):
         grams.add([np.ones((2, 8, 8, 4), np.float32)], [np.ones((2, 8, 8, 4), np.float32)])
     with pytest.raises(oq.InvalidArgumentError, match="conv_b.*no values"):
-        _core.adaround_layer(data, dtypes, native, "conv_b",
-                             _core.AdaRoundGrams(data, dtypes, native, "conv_b"))
+        _core.adaround_layer(_core.AdaRoundGrams(planned, "conv_b"))
     # An exception in the progress callback (Ctrl-C) stops the engine and is raised.
 
     def interrupt(done, total):
         raise KeyboardInterrupt
 
-    grams = _core.AdaRoundGrams(data, dtypes, native, "conv_a")
+    grams = _core.AdaRoundGrams(planned, "conv_a")
     grams.add([np.ascontiguousarray(np.concatenate(samples))])
     with pytest.raises(KeyboardInterrupt):
-        _core.adaround_layer(data, dtypes, native, "conv_a", grams,
-                             iterations=10_000_000, progress=interrupt)
+        _core.adaround_layer(grams, iterations=10_000_000, progress=interrupt)
     with pytest.raises(oq.InvalidArgumentError, match="relu_a"):
-        _core.AdaRoundGrams(data, dtypes, native, "relu_a")
+        _core.AdaRoundGrams(planned, "relu_a")
 
 
 def test_recipe_step_round_trip_and_report(tmp_path):
@@ -357,3 +357,27 @@ def test_batches_sum_to_the_same_problem():
         assert a.loss_nearest == pytest.approx(b.loss_nearest, rel=1e-5), a.node
         assert a.loss_final == pytest.approx(b.loss_final, rel=1e-3), a.node
         assert np.mean(a.codes == b.codes) > 0.99, a.node
+
+
+def test_one_parsed_model_serves_every_layer():
+    """One AdaRoundModel (one parse and plan) gives each layer's Grams, which
+    keep what they read of it: rounding after the model object is gone gives
+    the codes adaround() gives, for every layer."""
+    import gc
+
+    from onnxquant._shapes import infer_dtypes
+
+    rng = np.random.default_rng(0)
+    samples = _samples(1, 8)
+    fp = oq.optimize_model(_model(rng))
+    _, rec = recovery.adaround(fp, samples, iterations=30, threads=1, progress=False)
+    planned = _core.AdaRoundModel(fp.SerializeToString(), infer_dtypes(fp),
+                                  oq.QuantOptions().to_native())
+    x = np.ascontiguousarray(np.concatenate(samples))
+    grams = _core.AdaRoundGrams(planned, "conv_a")
+    grams.add([x], [], 1)
+    del planned
+    gc.collect()
+    _, codes, stats = _core.adaround_layer(grams, iterations=30, threads=1)
+    assert stats["weight"] == "wa"
+    np.testing.assert_array_equal(codes, rec.layers[0].codes)
