@@ -18,6 +18,18 @@ constexpr double kMaxBias = 1073741824.0;  // 2^30
 // Round half to even (the default floating-point rounding mode).
 double RoundHalfEven(double x) { return std::nearbyint(x); }
 
+// RoundHalfEven(x) wherever the result is then clamped to [-limit, limit]
+// (limit < 2^51), inlined: x is first clamped to one past the limit, and
+// adding and subtracting 1.5 * 2^52 rounds it to the nearest integer, ties
+// to even, in the default rounding mode, as nearbyint does. A NaN stays NaN.
+inline double RoundSmall(double x, double limit) {
+  constexpr double kMagic = 6755399441055744.0;  // 1.5 * 2^52
+  const double bound = limit + 1.0;
+  const double clamped = x < -bound ? -bound : (x > bound ? bound : x);
+  // Without -ffast-math (never set here) the compiler keeps both steps.
+  return (clamped + kMagic) - kMagic;
+}
+
 }  // namespace
 
 std::pair<int32_t, int32_t> ActivationCodeRange(ActivationType type) {
@@ -230,11 +242,12 @@ WeightQuant QuantizeWeight(const std::vector<float>& w,
   for (int64_t o = 0; o < outer; ++o) {
     for (int64_t c = 0; c < channels; ++c) {
       const int64_t base = (o * channels + c) * inner;
+      const double scale = out.scales[c];
+      const double limit = qmax_of(c);
       for (int64_t i = 0; i < inner; ++i) {
-        const double q = RoundHalfEven(static_cast<double>(w[base + i]) /
-                                       static_cast<double>(out.scales[c]));
-        const double limit = qmax_of(c);
-        out.values[base + i] = static_cast<int8_t>(std::clamp(q, -limit, limit));
+        out.values[base + i] = static_cast<int8_t>(std::clamp(
+            RoundSmall(static_cast<double>(w[base + i]) / scale, limit), -limit,
+            limit));
       }
     }
   }
