@@ -15,7 +15,8 @@ def node_bodies(node: onnx.NodeProto) -> list[onnx.GraphProto]:
     for attr in node.attribute:
         if attr.HasField("g"):
             bodies.append(attr.g)
-        bodies.extend(attr.graphs)
+        if attr.graphs:
+            bodies.extend(attr.graphs)
     return bodies
 
 
@@ -27,7 +28,16 @@ def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     while stack:
         current = stack.pop()
         yield current
-        stack.extend(reversed([body for node in current.node for body in node_bodies(node)]))
+        bodies: list[onnx.GraphProto] = []
+        for node in current.node:
+            attributes = node.attribute
+            if attributes:  # most nodes have none: the cheap test first
+                for attr in attributes:
+                    if attr.HasField("g"):
+                        bodies.append(attr.g)
+                    if attr.graphs:
+                        bodies.extend(attr.graphs)
+        stack.extend(reversed(bodies))
 
 
 def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:

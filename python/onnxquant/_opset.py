@@ -107,7 +107,10 @@ def convert_float16(model: onnx.ModelProto) -> bool:
         for value in (*graph.input, *graph.output, *graph.value_info):
             changed |= _retype_value(value)
         for node in graph.node:
-            for attr in node.attribute:
+            attributes = node.attribute
+            if not attributes:
+                continue
+            for attr in attributes:
                 if attr.type == onnx.AttributeProto.TENSOR and \
                         attr.t.data_type == TensorProto.FLOAT16:
                     _tensor_to_float32(attr.t)
