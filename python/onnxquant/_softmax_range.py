@@ -15,7 +15,7 @@ exactly 1/256, unless the options' ``overrides`` give its node
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 
 import onnx
 
@@ -24,6 +24,9 @@ from onnxquant.report import SoftmaxRange
 
 #: [0, 255/256]: scale (255/256) / 255 = 1/256 exactly, zero point at 0.
 SOFTMAX_OUTPUT_RANGE = (0.0, 255.0 / 256.0)
+#: The same for a 16-bit output: [0, 65535/65536], scale 1/65536 exactly, zero point
+#: -32768. The 8-bit range would clip every probability above 255/256 there.
+SOFTMAX_OUTPUT_RANGE_16 = (0.0, 65535.0 / 65536.0)
 
 
 def softmax_outputs(graph: onnx.GraphProto) -> dict[str, str]:
@@ -35,14 +38,19 @@ def softmax_outputs(graph: onnx.GraphProto) -> dict[str, str]:
 
 def with_softmax_output_ranges(
         graph: onnx.GraphProto, ranges: Mapping[str, tuple[float, float]],
-        keep_calibrated: Collection[str] = ()) -> dict[str, tuple[float, float]]:
+        keep_calibrated: Collection[str] = (),
+        sixteen_bit: Callable[[str], bool] = lambda tensor: False
+        ) -> dict[str, tuple[float, float]]:
     """``ranges`` with the range of every Softmax output it holds (main graph and
-    bodies) replaced by :data:`SOFTMAX_OUTPUT_RANGE`, except the tensors in
-    ``keep_calibrated``; a new dict, the others unchanged."""
+    bodies) replaced by :data:`SOFTMAX_OUTPUT_RANGE`, or by
+    :data:`SOFTMAX_OUTPUT_RANGE_16` where ``sixteen_bit(tensor)`` (an int16
+    output), except the tensors in ``keep_calibrated``; a new dict, the others
+    unchanged."""
     fixed = dict(ranges)
     for tensor in softmax_outputs(graph):
         if tensor in fixed and tensor not in keep_calibrated:
-            fixed[tensor] = SOFTMAX_OUTPUT_RANGE
+            fixed[tensor] = SOFTMAX_OUTPUT_RANGE_16 if sixteen_bit(tensor) \
+                else SOFTMAX_OUTPUT_RANGE
     return fixed
 
 

@@ -101,7 +101,8 @@ class TensorAnalysis:
     whose range would not be flagged for clipping). NaN where no histogram of
     the tensor exists. ``fixed_range``: its parameters are those
     :func:`~onnxquant.quantize` fixes for a Softmax output (the range
-    [0, 255/256], scale 1/256 in 8 bits), taken whatever calibration gave:
+    [0, 255/256], scale 1/256 in 8 bits; 1/65536 in int16), taken whatever
+    calibration gave:
     ``low``/``high`` show that range, ``method_ranges`` what each method
     would have given (which quantize replaces unless the Softmax node's
     ``overrides`` entry says ``{"output_range": "calibrated"}``).
@@ -238,7 +239,8 @@ class LayerAnalysis(list):
             lines.append(f"! {r.tensor}: {r.remedy}")
         fixed = [r.tensor for r in self if r.fixed_range]
         if fixed:
-            lines.append("Fixed Softmax output range [0, 255/256] (quantize; no calibration "
+            lines.append("Fixed Softmax output range, [0, 255/256] or [0, 65535/65536] in "
+                         "int16 (quantize; no calibration "
                          f"method changes it): {', '.join(fixed)}")
         if any(math.isnan(r.clipped) for r in self):
             lines.append("- : no histogram of that tensor (it shares its producer's "

@@ -439,7 +439,8 @@ def quantize(model: ModelLike, ranges: Mapping[str, tuple[float, float]] | None,
             tensor the plan calibrates; with ``mode="dynamic"``, None (a
             mapping given there is not read: scales are computed at run time).
             A Softmax output's range is replaced by [0, 255/256] (scale 1/256,
-            the TFLite spec's; see docs/architecture.md), unless ``overrides``
+            the TFLite spec's; see docs/architecture.md; an int16 output's by
+            [0, 65535/65536], scale 1/65536), unless ``overrides``
             give its node ``{"output_range": "calibrated"}``; the report's
             ``softmax_ranges`` list both.
         activation_type, per_channel, exclude_nodes, op_types,
@@ -566,8 +567,9 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     # The overrides are resolved once (each resolution plans the model); the
     # checks and the remedies below work on this one native form.
     native, resolved = options.resolve(data, dtypes, work)
-    native_ranges = with_softmax_output_ranges(work.graph, given,
-                                               resolved.calibrated_outputs)
+    native_ranges = with_softmax_output_ranges(
+        work.graph, given, resolved.calibrated_outputs,
+        lambda t: resolved.tensor_types.get(t, options.activation_type) == "int16")
     native.mask_nodes = masked
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.

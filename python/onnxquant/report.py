@@ -60,7 +60,7 @@ class SoftmaxRange(NamedTuple):
     ``(min, max)`` passed to :func:`~onnxquant.quantize` (the calibrator's, or
     the user's); ``used``, the range the quantized model's parameters come
     from; ``fixed``: True when that is the TFLite spec's fixed [0, 255/256]
-    (scale 1/256), False when the node's ``overrides`` entry
+    (scale 1/256; [0, 65535/65536] for an int16 output), False when the node's ``overrides`` entry
     ``{"output_range": "calibrated"}`` kept the calibrated one. ``graph``:
     the body it lies in, as for :class:`QuantizedNode`."""
 

@@ -94,6 +94,45 @@ def test_int8_activations_take_the_spec_zero_point():
     assert _softmax_output_qparams(quantized) == (1 / 256, -128)
 
 
+@pytest.mark.parametrize("how", ["activation_type", "override"])
+def test_int16_output_keeps_probabilities_near_one(run_model, how):
+    # Confident rows: largest probabilities above 255/256, which the 8-bit fixed
+    # range would clip. A 16-bit output takes [0, 65535/65536]: scale 1/65536.
+    model = oq.optimize_model(_attention_like_model(logit_scale=3.0))
+    samples = _samples(8, 1)
+    options = oq.QuantOptions(activation_type="int16") if how == "activation_type" else \
+        oq.QuantOptions(overrides={"softmax": {"activation_type": "int16"}})
+    calibrator = oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
+    calibrator.collect_data([{"x": x} for x in samples])
+    ranges = calibrator.compute_range()
+    assert ranges["p"][1] > 255 / 256  # the premise: confident rows
+    quantized = oq.quantize(model, ranges, calibrator=calibrator, options=options)
+    scale, zero_point = _softmax_output_qparams(quantized)
+    assert (scale, zero_point) == (1 / 65536, -32768)
+    # The dequantized probabilities, read after the Softmax's Q/DQ pair, match
+    # the softmax of what the Softmax read to the 16-bit step, the largest ones
+    # included (the 8-bit fixed range would cut them to 255/256).
+    softmax = next(n for n in quantized.graph.node if n.op_type == "Softmax")
+    q = next(n for n in quantized.graph.node
+             if n.op_type == "QuantizeLinear" and n.input[0] == softmax.output[0])
+    dq = next(n for n in quantized.graph.node
+              if n.op_type == "DequantizeLinear" and n.input[0] == q.output[0])
+    probed = _with_output(_with_output(quantized, softmax.input[0]), dq.output[0])
+    logits, got = run_model(probed, {"x": samples[0]})[-2:]
+    logits = logits.astype(np.float64)
+    expected = np.exp(logits - logits.max(-1, keepdims=True))
+    expected /= expected.sum(-1, keepdims=True)
+    assert expected.max() > 255 / 256 + 1 / 512
+    assert np.max(np.abs(got - expected)) <= 1 / 65536
+
+
+def _with_output(model: onnx.ModelProto, name: str) -> onnx.ModelProto:
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    copy.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
+    return copy
+
+
 def _calibrated(count: int = 4):
     model = oq.optimize_model(_attention_like_model())
     calibrator = oq.Calibrator(model, "MIN_MAX_ASYM")
