@@ -15,7 +15,8 @@ samples of ``default_rng(1)``) and held-out sample (``default_rng(99)``):
 2. The fused cosine (ONNX Runtime, default session options) of the logits, on the held-out
    sample and as mean and minimum over 20 more (``default_rng(5)``), for: the defaults;
    the residual Adds (both inputs activations) at int16 or float (``overrides``), all of
-   them or the first or last half; other calibration methods; and the
+   them, the first or last half, or one at a time (its output tensor at int16, or the
+   node kept float, as ``exclude_nodes`` does); other calibration methods; and the
    same network re-exported with only its class/distillation tokens and position
    embeddings re-initialised: trunc-normal(0.02) as ``transformers`` initialises ViT's,
    or normal(0.28), the RMS of the patch rows.
@@ -208,6 +209,13 @@ def probe(entry, workdir: Path) -> list[str]:
         for kind in ("int16", "float"):
             quantized = case.quantize({name: {"activation_type": kind} for name in group})
             lines.append(f"| {label} {kind} | {case.cosines(quantized)} |")
+    produced = {n.name: n.output[0] for n in case.model.graph.node}
+    for name in adds:
+        label = name.split("/model/")[-1].split("/", 1)[-1]
+        tensor = case.quantize({produced[name]: {"activation_type": "int16"}})
+        kept = case.quantize({name: {"activation_type": "float"}})
+        lines += [f"| {label}: output tensor int16 | {case.cosines(tensor)} |",
+                  f"| {label}: node float | {case.cosines(kept)} |"]
     for method in ("PERCENTILE_ASYM", "MSE_ASYM", "ENTROPY_ASYM", "SQNR_ASYM", "MIN_MAX_SYM"):
         lines.append(f"| calibrated with {method} | {case.cosines(case.recalibrated(method))} |")
     inits = (("tokens and position embeddings trunc-normal(0.02)",
