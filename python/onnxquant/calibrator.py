@@ -412,6 +412,14 @@ class Calibrator:
                      for o in n.output}
         self._bounded = frozenset(t for t in self._tensors
                                   if producers.get(t) in _BOUNDED_OUTPUT_OPS)
+        # Softmax outputs whose range quantize fixes (not those the options'
+        # overrides keep at their calibrated range).
+        kept = {name for name, entry in (self._options.overrides or {}).items()
+                if entry.get("output_range") == "calibrated"}
+        self._fixed_softmax = frozenset(
+            o for n in (n for g in _graphs(work.graph) for n in g.node)
+            if n.op_type == "Softmax" and n.domain in ("", "ai.onnx") and n.name not in kept
+            for o in n.output[:1] if o in self._tensors)
         inputs = {s.name for s in self._specs}
         self._fetch = [t for t in self._tensors if t not in inputs]
         self._from_feed = [t for t in self._tensors if t in inputs]

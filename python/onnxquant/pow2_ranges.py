@@ -61,7 +61,10 @@ def power_of_two_activation_ranges(
 
     Returns:
         (the ranges, the tensors whose range was lowered). A tensor the
-        calibrator has no histogram for, or an empty one, is kept as it is.
+        calibrator has no histogram for, or an empty one, is kept as it is,
+        and so is a Softmax output whose range :func:`~onnxquant.quantize`
+        fixes (scale 1/256, already a power of two; not one whose node's
+        ``overrides`` entry says ``{"output_range": "calibrated"}``).
 
     Raises:
         InvalidArgumentError: an unknown activation_type.
@@ -70,7 +73,9 @@ def power_of_two_activation_ranges(
         raise InvalidArgumentError(
             f"activation_type must be one of {', '.join(_CODES)}, got {activation_type!r}.")
     qmin, qmax, signed_zero = _CODES[activation_type]
-    known = set(calibrator.tensors)
+    # quantize gives Softmax outputs a fixed range of its own (power of two
+    # already): lowering theirs here would change nothing.
+    known = set(calibrator.tensors) - getattr(calibrator, "_fixed_softmax", frozenset())
     out: dict[str, tuple[float, float]] = {}
     lowered: list[str] = []
     for name, (lo, hi) in ranges.items():

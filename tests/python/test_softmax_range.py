@@ -274,3 +274,21 @@ def _probabilities(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
     logits = x.astype(np.float64) @ w1.astype(np.float64)
     e = np.exp(logits - logits.max(axis=-1, keepdims=True))
     return (e / e.sum(axis=-1, keepdims=True)).ravel()
+
+
+def test_power_of_two_ranges_leave_a_fixed_softmax_output_alone():
+    # Rows confident enough that the power-of-two search would lower the output's
+    # top (as it does under the opt-out); with the fixed range, quantize replaces
+    # that range anyway, so it is neither changed nor counted as lowered.
+    model = oq.optimize_model(_attention_like_model(logit_scale=1.0))
+    lowered_by_options = {}
+    for label, options in (("fixed", None), ("calibrated", oq.QuantOptions(overrides=_OPT_OUT))):
+        calibrator = oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
+        calibrator.collect_data([{"x": x} for x in _samples(16, 1)])
+        ranges = calibrator.compute_range()
+        out, lowered = oq.power_of_two_activation_ranges(calibrator, ranges)
+        lowered_by_options[label] = lowered
+        if label == "fixed":
+            assert out["p"] == ranges["p"]
+    assert "p" in lowered_by_options["calibrated"]
+    assert "p" not in lowered_by_options["fixed"]
