@@ -20,24 +20,10 @@ namespace {
 
 using testing::GraphBuilder;
 
-const std::vector<float> kW1 = {0.5f,  -1.f, 0.25f, 2.f,   -0.75f, 0.125f,
-                                -1.5f, 1.f,  0.3f,  0.7f,  -0.2f,  0.9f};
-
-// x[2,4] -> Gemm(W1 [4,3], B1) -> h -> Relu -> r -> MatMul(W2 [3,2]) -> y
-GraphBuilder GemmMatMul() {
-  GraphBuilder g;
-  g.Input("x", {2, 4}).Output("y", {2, 2});
-  g.Initializer("W1", {4, 3}, kW1);
-  g.Initializer("B1", {3}, {0.1f, -0.2f, 0.3f});
-  g.Initializer("W2", {3, 2}, {1.f, -0.5f, 0.25f, 0.75f, -2.f, 0.6f});
-  g.Node("Gemm", {"x", "W1", "B1"}, {"h"}, "gemm");
-  g.Node("Relu", {"h"}, {"r"}, "relu");
-  g.Node("MatMul", {"r", "W2"}, {"y"}, "matmul");
-  return g;
-}
+const std::vector<float>& kW1 = testing::GemmMatMulW1();
 
 std::unique_ptr<AdaRoundModel> Planned() {
-  GraphBuilder b = GemmMatMul();
+  GraphBuilder b = testing::GemmMatMul(2);
   return std::make_unique<AdaRoundModel>(b.Build(), b.Dtypes(), QuantOptions());
 }
 

@@ -152,6 +152,27 @@ class GraphBuilder {
   pb::ModelProto model_;
 };
 
+// The weight of GemmMatMul's Gemm, [4, 3].
+inline const std::vector<float>& GemmMatMulW1() {
+  static const std::vector<float> w1 = {0.5f, -1.f, 0.25f, 2.f,  -0.75f, 0.125f,
+                                        -1.5f, 1.f, 0.3f,  0.7f, -0.2f,  0.9f};
+  return w1;
+}
+
+// x[batch, 4] -> Gemm(W1 [4,3], B1) -> h -> Relu -> r -> MatMul(W2 [3,2])
+// -> y: one weighted node of each kind, for the tests of weight handling.
+inline GraphBuilder GemmMatMul(int64_t batch) {
+  GraphBuilder g;
+  g.Input("x", {batch, 4}).Output("y", {batch, 2});
+  g.Initializer("W1", {4, 3}, GemmMatMulW1());
+  g.Initializer("B1", {3}, {0.1f, -0.2f, 0.3f});
+  g.Initializer("W2", {3, 2}, {1.f, -0.5f, 0.25f, 0.75f, -2.f, 0.6f});
+  g.Node("Gemm", {"x", "W1", "B1"}, {"h"}, "gemm");
+  g.Node("Relu", {"h"}, {"r"}, "relu");
+  g.Node("MatMul", {"r", "W2"}, {"y"}, "matmul");
+  return g;
+}
+
 }  // namespace onnxquant::testing
 
 #endif  // ONNXQUANT_TESTS_GRAPH_BUILDER_H_

@@ -16,21 +16,7 @@ namespace {
 
 using testing::GraphBuilder;
 
-// x[1,4] -> Gemm(W1, B1) -> h -> Relu -> r -> MatMul(W2) -> y
-GraphBuilder GemmMatMul() {
-  GraphBuilder g;
-  g.Input("x", {1, 4}).Output("y", {1, 2});
-  g.Initializer("W1", {4, 3},
-                {0.5f, -1.f, 0.25f, 2.f, -0.75f, 0.125f, -1.5f, 1.f, 0.3f,
-                 0.7f, -0.2f, 0.9f});
-  g.Initializer("B1", {3}, {0.1f, -0.2f, 0.3f});
-  g.Initializer("W2", {3, 2}, {1.f, -0.5f, 0.25f, 0.75f, -2.f, 0.6f});
-  g.Node("Gemm", {"x", "W1", "B1"}, {"h"}, "gemm");
-  g.Node("Relu", {"h"}, {"r"}, "relu");
-  g.Node("MatMul", {"r", "W2"}, {"y"}, "matmul");
-  return g;
-}
-
+// Ranges of testing::GemmMatMul(1)'s activations.
 const RangeMap kRanges = {
     {"x", {-1.f, 3.f}}, {"r", {0.f, 6.f}}, {"y", {-2.f, 6.f}}};
 
@@ -38,7 +24,7 @@ const RangeMap kRanges = {
 // `checked` options computed (or none, with `use_cache` false).
 std::string Quantized(const QuantOptions& checked, const QuantOptions& options,
                       bool use_cache, WeightCache* cache = nullptr) {
-  GraphBuilder b = GemmMatMul();
+  GraphBuilder b = testing::GemmMatMul(1);
   pb::ModelProto m = b.Build();
   QuantPlan plan = MakePlan(m, b.Dtypes(), checked);
   WeightCache own;
@@ -52,7 +38,7 @@ std::string Quantized(const QuantOptions& checked, const QuantOptions& options,
 }
 
 TEST(WeightCache, TheCheckerKeepsEveryCheckedNodesWeights) {
-  GraphBuilder b = GemmMatMul();
+  GraphBuilder b = testing::GemmMatMul(1);
   pb::ModelProto m = b.Build();
   const QuantPlan plan = MakePlan(m, b.Dtypes(), {});
   WeightCache cache;
@@ -80,7 +66,7 @@ TEST(WeightCache, AnEntryIsTakenWhereItsRemedyIsTheInsertions) {
   const QuantOptions options;
   WeightCache cache;
   {
-    GraphBuilder b = GemmMatMul();
+    GraphBuilder b = testing::GemmMatMul(1);
     pb::ModelProto m = b.Build();
     KernelChecker checker(m, MakePlan(m, b.Dtypes(), options), options,
                           kRanges, &cache);
