@@ -138,7 +138,9 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     """Simulates ONNX Runtime's 16-bit pair sums for every quantized node with
     a weight of a normalised ``model``.
 
-    ``ranges`` are the calibrated ranges (as for :func:`quantize`); ``feeds``
+    ``ranges`` are the calibrated ranges (as for :func:`quantize`; without
+    ``native_options``, each Softmax output's is replaced by the fixed one
+    quantize gives it by default); ``feeds``
     are model inputs ({input name: array}) to replay, e.g. a calibrator's
     retained samples; ``headroom`` grows the observed peaks by that fraction
     before ``channel_qmax`` is fitted to them; ``native_options`` the
@@ -165,6 +167,12 @@ def check_kernels(model: onnx.ModelProto, ranges: Mapping[str, tuple[float, floa
     from onnxquant.quantize import QuantOptions
 
     options = native_options if native_options is not None else QuantOptions().to_native()
+    if native_options is None:
+        # As quantize with default options: every Softmax output takes its fixed
+        # range (quantize passes its ranges with that done, and its options).
+        from onnxquant._softmax_range import with_softmax_output_ranges
+
+        ranges = with_softmax_output_ranges(model.graph, ranges)
     from onnxquant._model import model_to_bytes
 
     types = _dtypes(model, dtypes)

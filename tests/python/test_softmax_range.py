@@ -292,3 +292,20 @@ def test_power_of_two_ranges_leave_a_fixed_softmax_output_alone():
             assert out["p"] == ranges["p"]
     assert "p" in lowered_by_options["calibrated"]
     assert "p" not in lowered_by_options["fixed"]
+
+
+def test_check_kernels_with_default_options_sees_the_fixed_range():
+    # Called on its own with calibrated ranges, the kernel check judges the
+    # Softmax's reader with the range quantize uses (the fixed one), not with the
+    # calibrated one, whose 255 codes for a largest probability of about 0.07
+    # would report pair sums that the quantized model never computes.
+    from onnxquant.kernel_check import check_kernels
+
+    model, calibrator = _calibrated(8)
+    feeds = [{"x": x} for x in _samples(8, 1)]
+    ranges = calibrator.compute_range()
+    fixed = dict(ranges, p=(0.0, 255 / 256))
+    got = {c.node: c for c in check_kernels(model, ranges, feeds).nodes}
+    expected = {c.node: c for c in check_kernels(model, fixed, feeds).nodes}
+    assert got["mm2"] == expected["mm2"]
+    assert got["mm2"].peak < 8 * 127 * 16  # codes of at most 0.07 * 256, not 255
