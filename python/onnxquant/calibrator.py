@@ -20,6 +20,7 @@ from onnxquant import _core
 from onnxquant._graph_walk import node_bodies
 from onnxquant._model import ModelLike, load_skeleton, write_bytes_atomic
 from onnxquant._payloads import Workspace, canonical_bytes, ort_session
+from onnxquant._softmax_range import softmax_outputs
 from onnxquant._samples import SampleBatcher, check_sample, input_specs
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import (
@@ -414,12 +415,9 @@ class Calibrator:
                                   if producers.get(t) in _BOUNDED_OUTPUT_OPS)
         # Softmax outputs whose range quantize fixes (not those the options'
         # overrides keep at their calibrated range).
-        kept = {name for name, entry in (self._options.overrides or {}).items()
-                if entry.get("output_range") == "calibrated"}
         self._fixed_softmax = frozenset(
-            o for n in (n for g in _graphs(work.graph) for n in g.node)
-            if n.op_type == "Softmax" and n.domain in ("", "ai.onnx") and n.name not in kept
-            for o in n.output[:1] if o in self._tensors)
+            t for t in softmax_outputs(work.graph)
+            if t in self._tensors and t not in resolved.calibrated_outputs)
         inputs = {s.name for s in self._specs}
         self._fetch = [t for t in self._tensors if t not in inputs]
         self._from_feed = [t for t in self._tensors if t in inputs]
