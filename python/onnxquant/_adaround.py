@@ -20,7 +20,7 @@ from onnxquant._model import ModelLike, model_to_bytes
 from onnxquant._recovery_runs import _feeds, _normalized, _prefix, _session
 from onnxquant._shapes import infer_dtypes
 from onnxquant.errors import InvalidArgumentError
-from onnxquant.quantize import QuantOptions
+from onnxquant.quantize import QuantOptions, options_or_default
 
 
 @dataclass(frozen=True)
@@ -166,11 +166,7 @@ def adaround(model: ModelLike, samples: Iterable[object], *,
         UnsupportedModelError: an already quantized model.
         KeyboardInterrupt: raised from the progress callback; the engine stops.
     """
-    if options is None:
-        options = QuantOptions()
-    if not isinstance(options, QuantOptions):
-        raise InvalidArgumentError(
-            f"options must be a QuantOptions, got {type(options).__name__}.")
+    options = options_or_default(options)
     for name, value, ok in (
             ("iterations", iterations, isinstance(iterations, int) and iterations >= 1),
             ("batch_size", batch_size, isinstance(batch_size, int) and batch_size >= 1),

@@ -16,7 +16,7 @@ from onnxquant import _core
 from onnxquant._model import ModelLike, model_to_bytes
 from onnxquant._recovery_runs import _feeds, _normalized, _session, _with_outputs
 from onnxquant.errors import CalibrationDataError, InvalidArgumentError
-from onnxquant.quantize import QuantOptions
+from onnxquant.quantize import QuantOptions, options_or_default
 
 
 @dataclass(frozen=True)
@@ -175,11 +175,7 @@ def smooth_quant(model: ModelLike, samples: Iterable[object], *,
     if alpha_scope not in ("group", "model"):
         raise InvalidArgumentError(
             f"alpha_scope must be 'group' or 'model', got {alpha_scope!r}.")
-    if options is None:
-        options = QuantOptions()
-    if not isinstance(options, QuantOptions):
-        raise InvalidArgumentError(
-            f"options must be a QuantOptions, got {type(options).__name__}.")
+    options = options_or_default(options)
     start = time.perf_counter()
     proto, normalized_here = _normalized(model, "smooth_quant")
     feeds, count = _feeds(proto, samples, batch_size, "smooth_quant")

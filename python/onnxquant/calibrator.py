@@ -31,7 +31,7 @@ from onnxquant.errors import (
     UnsupportedModelError,
     first_line,
 )
-from onnxquant.quantize import QuantOptions, require_normalized
+from onnxquant.quantize import QuantOptions, options_or_default, require_normalized
 from onnxquant.report import CalibrationReport, NonFiniteCount
 
 __all__ = ["CalibrationMethod", "Calibrator", "default_threads"]
@@ -351,11 +351,7 @@ class Calibrator:
             raise InvalidArgumentError(
                 f"collect must be 'plan' (the tensors the options plan) or 'all' (every "
                 f"float tensor, so that quantize takes any options), got {collect!r}.")
-        if options is None:
-            options = QuantOptions()
-        elif not isinstance(options, QuantOptions):
-            raise InvalidArgumentError(
-                f"options must be a QuantOptions, got {type(options).__name__}.")
+        options = options_or_default(options)
         if options.dynamic:
             raise InvalidArgumentError(
                 "options have mode='dynamic', which computes activation scales at run time: "

@@ -447,7 +447,7 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         InvalidArgumentError: an argument outside its domain.
     """
     from onnxquant.analyze import analyze
-    from onnxquant.quantize import QuantOptions, quantize
+    from onnxquant.quantize import options_or_default, quantize
 
     if candidates not in _CANDIDATES:
         raise InvalidArgumentError(
@@ -478,11 +478,7 @@ def mixed_precision(model, calibrator, samples: Iterable[object],
         raise InvalidArgumentError(
             f"model must be the onnx.ModelProto optimize_model returned, got "
             f"{type(model).__name__}.")
-    if options is None:
-        options = calibrator.options
-    elif not isinstance(options, QuantOptions):
-        raise InvalidArgumentError(
-            f"options must be a QuantOptions, got {type(options).__name__}.")
+    options = options_or_default(calibrator.options if options is None else options)
     if promote_to == "int8" and not options.uses_int4:
         raise InvalidArgumentError(
             "promote_to='int8' promotes int4 weights to int8; the options have none "

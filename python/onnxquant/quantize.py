@@ -380,6 +380,17 @@ def _names(option: str, values: Iterable[str]) -> tuple[str, ...]:
     return values
 
 
+def options_or_default(options: object) -> QuantOptions:
+    """``options`` itself when it is a :class:`QuantOptions`, the defaults when
+    it is None; InvalidArgumentError naming its type otherwise."""
+    if options is None:
+        return QuantOptions()
+    if not isinstance(options, QuantOptions):
+        raise InvalidArgumentError(
+            f"options must be a QuantOptions, got {type(options).__name__}.")
+    return options
+
+
 def require_normalized(model: onnx.ModelProto, what: str) -> None:
     """Raises UnsupportedModelError when ``model`` is already quantized (it has
     a quantized node, named in the message, or quantize's stamp), ModelError

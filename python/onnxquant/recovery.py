@@ -49,7 +49,7 @@ from onnxquant._recovery_runs import _feeds, _normalized, _reads, _session, _wit
 from onnxquant._shapes import infer_dtypes
 from onnxquant._smooth_quant import SmoothQuantGroup, SmoothQuantRecord, smooth_quant
 from onnxquant.errors import InvalidArgumentError
-from onnxquant.quantize import QuantOptions
+from onnxquant.quantize import QuantOptions, options_or_default
 
 __all__ = [
     "AdaRoundLayer",
@@ -256,11 +256,7 @@ def correct_bias(model: ModelLike, samples: Iterable[object], *,
         InvalidArgumentError: options that are not a QuantOptions, batch_size < 1.
         UnsupportedModelError: an already quantized model.
     """
-    if options is None:
-        options = QuantOptions()
-    if not isinstance(options, QuantOptions):
-        raise InvalidArgumentError(
-            f"options must be a QuantOptions, got {type(options).__name__}.")
+    options = options_or_default(options)
     if not isinstance(batch_size, int) or batch_size < 1:
         raise InvalidArgumentError(f"batch_size must be an integer >= 1, got {batch_size!r}.")
     start = time.perf_counter()
