@@ -28,16 +28,9 @@ def all_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
     while stack:
         current = stack.pop()
         yield current
-        bodies: list[onnx.GraphProto] = []
-        for node in current.node:
-            attributes = node.attribute
-            if attributes:  # most nodes have none: the cheap test first
-                for attr in attributes:
-                    if attr.HasField("g"):
-                        bodies.append(attr.g)
-                    if attr.graphs:
-                        bodies.extend(attr.graphs)
-        stack.extend(reversed(bodies))
+        # Most nodes have no attribute: the cheap test first.
+        stack.extend(reversed([body for node in current.node if node.attribute
+                               for body in node_bodies(node)]))
 
 
 def all_nodes(graph: onnx.GraphProto) -> Iterator[onnx.NodeProto]:
