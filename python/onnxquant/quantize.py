@@ -578,9 +578,11 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     # The overrides are resolved once (each resolution plans the model); the
     # checks and the remedies below work on this one native form.
     native, resolved = options.resolve(data, dtypes, work)
+    def sixteen_bit(tensor: str) -> bool:
+        return resolved.tensor_types.get(tensor, options.activation_type) == "int16"
+
     native_ranges = with_softmax_output_ranges(
-        work.graph, given, resolved.calibrated_outputs,
-        lambda t: resolved.tensor_types.get(t, options.activation_type) == "int16")
+        work.graph, given, resolved.calibrated_outputs, sixteen_bit)
     native.mask_nodes = masked
     # Bodies (If/Loop/Scan) with tensors no calibration sample reached stay
     # float; the engine says so per node.
@@ -641,7 +643,8 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     softmax = softmax_range_entries(work.graph, given, native_ranges,
                                     native_report.get("plan", {}).get("qdq", ()),
                                     resolved.calibrated_outputs)
-    notes = tuple(n for n in (fixed, mask_note, calibrated_softmax_note(softmax)) if n)
+    notes = tuple(n for n in (fixed, mask_note, calibrated_softmax_note(softmax, sixteen_bit))
+                  if n)
     report = replace(report, softmax_ranges=softmax, notes=(*report.notes, *notes))
     return result, report
 

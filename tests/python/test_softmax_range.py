@@ -196,6 +196,30 @@ def test_opt_out_keeps_the_calibrated_scale():
         assert _cosine(got, want_y) > 0.99
 
 
+def test_opt_out_of_a_16_bit_output_gives_no_8_bit_warning():
+    # The warning is about ONNX Runtime's 8-bit QLinearSoftmax: a 16-bit output
+    # kept at its calibrated range runs as DQ -> Softmax -> Q, and the report
+    # does not warn about it (nor call its scale 8-bit).
+    model = oq.optimize_model(_attention_like_model())
+    options = oq.QuantOptions(overrides={"softmax": {"output_range": "calibrated",
+                                                     "activation_type": "int16"}})
+    calibrator = oq.Calibrator(model, "MIN_MAX_ASYM", options=options)
+    calibrator.collect_data([{"x": x} for x in _samples(4, 1)])
+    ranges = calibrator.compute_range()
+    quantized, report = oq.quantize(model, ranges, options=options, calibrator=calibrator,
+                                    return_report=True)
+    (entry,) = report.softmax_ranges
+    assert not entry.fixed and entry.used == ranges["p"]
+    scale, _ = _softmax_output_qparams(quantized)
+    assert scale < 1 / 65536 * 4  # a 16-bit scale, from the calibrated range
+    assert not any("QLinearSoftmax" in n or "8-bit scale" in n for n in report.notes)
+    # The same opt-out in 8 bits still warns.
+    eight = oq.QuantOptions(overrides=_OPT_OUT)
+    _, report8 = oq.quantize(model, ranges, options=eight, calibrator=calibrator,
+                             return_report=True)
+    assert any("8-bit scale" in n and "'p'" in n for n in report8.notes)
+
+
 def _run_float(model: onnx.ModelProto, x: np.ndarray) -> list[np.ndarray]:
     session = ort.InferenceSession(model.SerializeToString(),
                                    providers=["CPUExecutionProvider"])
