@@ -578,6 +578,7 @@ def _quantize(model, ranges, options: QuantOptions, calibrator, calibration_repo
     # The overrides are resolved once (each resolution plans the model); the
     # checks and the remedies below work on this one native form.
     native, resolved = options.resolve(data, dtypes, work)
+
     def sixteen_bit(tensor: str) -> bool:
         return resolved.tensor_types.get(tensor, options.activation_type) == "int16"
 
